@@ -1,0 +1,26 @@
+# Engine image: the `durable` CLI (control plane and worker) plus the example handlers.
+# The same image runs both roles; docker-compose.yml picks the command.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+
+# Dependencies and package first, so edits to examples/ do not reinstall everything.
+COPY pyproject.toml README* ./
+COPY sdk ./sdk
+COPY server ./server
+RUN pip install .
+
+# Handler modules for `durable worker --module examples.hello` (not part of the package).
+COPY examples ./examples
+ENV PYTHONPATH=/app
+
+RUN useradd --create-home --uid 10001 durable
+USER durable
+
+EXPOSE 50051
+CMD ["durable", "server", "--nats", "nats://n1:4222,nats://n2:4222,nats://n3:4222", "--listen", "0.0.0.0:50051"]

@@ -1,0 +1,112 @@
+# Developer entry points. Needs only python3 (>= 3.11) and make: `make setup` builds .venv.
+# Targets marked with `##` are listed by `make help` (the default).
+
+PYTHON      ?= python3
+VENV        ?= .venv
+BIN         := $(VENV)/bin
+STAMP       := $(VENV)/.install.stamp
+SYNC        ?= always
+DATA        ?= ./data
+LISTEN      ?= 127.0.0.1:50051
+PYTEST_ARGS ?=
+STUB_DIRS   := sdk/durable/v1 sdk/durable/internal
+
+# grpc_tools.protoc finds its protoc-gen-mypy plugins on PATH; put the venv first.
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.DEFAULT_GOAL := help
+.PHONY: help venv setup run test lint breaking proto check-proto bench fmt clean distclean
+
+help: ## List the targets
+	@echo "Usage: make <target> [SYNC=always|2m] [PYTEST_ARGS=...]"
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' \
+		$(MAKEFILE_LIST)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Reinstalls only when pyproject.toml changes (or the venv is new).
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+venv: $(STAMP) ## Create .venv and install the project with dev extras (alias: setup)
+
+setup: $(STAMP) ## Same as venv
+
+run: setup ## Run the dev stack (embedded nats-server + control plane + worker); SYNC=always|2m
+	$(BIN)/durable dev --data $(DATA) --listen $(LISTEN) --sync $(SYNC)
+
+test: setup ## Run the test suite; extra pytest flags via PYTEST_ARGS="..."
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+lint: setup ## ruff, ruff format --check, mypy, buf lint, stale stubs, buf breaking
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/buf lint
+	@$(MAKE) --no-print-directory check-proto
+	@$(MAKE) --no-print-directory breaking
+
+# Compares proto/ with the last commit on branch main (local, else origin/main). Skipped when
+# there is no such commit with .proto files (fresh repo, shallow CI clone of another branch).
+breaking: setup ## buf breaking against git branch main (skipped without history to compare)
+	@ref=""; \
+	for r in main origin/main; do \
+		if git rev-parse -q --verify "$$r^{commit}" >/dev/null 2>&1 && \
+		   git ls-tree -r --name-only "$$r" -- proto | grep -q '\.proto$$'; then ref=$$r; break; fi; \
+	done; \
+	if [ -z "$$ref" ]; then \
+		echo "buf breaking: skipped (no commit on main with proto/ to compare against)"; \
+	elif git cat-file -e "$$ref:buf.yaml" 2>/dev/null; then \
+		echo "buf breaking against $$ref"; \
+		$(BIN)/buf breaking --against ".git#ref=$$ref"; \
+	else \
+		echo "buf breaking against $$ref (subdir proto)"; \
+		$(BIN)/buf breaking proto --against ".git#ref=$$ref,subdir=proto"; \
+	fi
+
+proto: setup ## Regenerate the Python stubs in sdk/durable from proto/
+	PY="$(abspath $(BIN))/python" bash scripts/gen_proto.sh
+
+# Regenerates into a scratch copy and diffs it with the tree: fails on stale, missing or
+# leftover stubs. Once the repo tracks files, generated stubs must be tracked too.
+check-proto: setup ## Fail if the committed stubs differ from what proto/ generates
+	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	mkdir -p "$$tmp/scripts" "$$tmp/sdk/durable"; \
+	cp -R proto "$$tmp/proto"; cp scripts/gen_proto.sh "$$tmp/scripts/"; \
+	for d in $(STUB_DIRS); do if [ -d "$$d" ]; then cp -R "$$d" "$$tmp/sdk/durable/"; fi; done; \
+	PY="$(abspath $(BIN))/python" bash "$$tmp/scripts/gen_proto.sh" >"$$tmp/gen.log" 2>&1 || \
+		{ cat "$$tmp/gen.log" >&2; exit 1; }; \
+	status=0; \
+	for d in $(STUB_DIRS); do \
+		diff -r -x __pycache__ "$$tmp/$$d" "$$d" || status=1; \
+	done; \
+	if [ $$status -ne 0 ]; then \
+		echo "check-proto: generated stubs are stale or missing; run 'make proto' and commit them" >&2; \
+		exit 1; \
+	fi; \
+	if git rev-parse --is-inside-work-tree >/dev/null 2>&1 && [ -n "$$(git ls-files | head -n 1)" ]; then \
+		untracked=$$(cd "$$tmp" && find $(STUB_DIRS) -type f ! -path '*/__pycache__/*' | sort | \
+			while read -r f; do git -C "$(CURDIR)" ls-files --error-unmatch "$$f" >/dev/null 2>&1 || echo "$$f"; done); \
+		if [ -n "$$untracked" ]; then \
+			echo "check-proto: generated stubs not tracked by git (git add them):" >&2; \
+			echo "$$untracked" >&2; exit 1; \
+		fi; \
+	fi; \
+	echo "check-proto: stubs are up to date"
+
+bench: setup ## Run the benchmark; SYNC=always|2m is reported with every figure
+	$(BIN)/python -m durable_server.bench --sync $(SYNC)
+
+fmt: setup ## Format and auto-fix: ruff format, ruff check --fix
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean: ## Remove caches and build output (keeps .venv and ./data; see distclean)
+	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean ## clean, and also remove .venv and the dev data in ./data
+	rm -rf $(VENV) $(DATA)

@@ -1,0 +1,47 @@
+"""Durable execution on NATS JetStream: write handlers as ``async def`` functions taking a
+``ctx``; every step through ``ctx`` is journaled, so a crash or restart resumes where it
+stopped without running a completed step again.
+
+The public surface is exactly ``__all__``; everything else lives in ``_private`` modules.
+"""
+
+from durable._client import Client, InvocationHandle
+from durable._context import Context
+from durable._handlers import Service
+from durable._retry import RetryPolicy
+from durable.errors import (
+    AlreadyExistsError,
+    CancelledError,
+    ClientError,
+    DurableError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    InvocationCancelledError,
+    InvocationFailedError,
+    NotFoundError,
+    ResourceExhaustedError,
+    ResultTimeoutError,
+    RPCError,
+    TerminalError,
+)
+
+__all__ = [
+    "AlreadyExistsError",
+    "CancelledError",
+    "Client",
+    "ClientError",
+    "Context",
+    "DurableError",
+    "FailedPreconditionError",
+    "InvalidArgumentError",
+    "InvocationCancelledError",
+    "InvocationFailedError",
+    "InvocationHandle",
+    "NotFoundError",
+    "RPCError",
+    "ResourceExhaustedError",
+    "ResultTimeoutError",
+    "RetryPolicy",
+    "Service",
+    "TerminalError",
+]

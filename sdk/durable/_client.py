@@ -1,0 +1,593 @@
+"""Typed async client for the ``durable.v1.DurableControl`` gRPC service.
+
+A thin layer over the generated ``grpc.aio`` stub: Python arguments in, Python values or the
+generated response messages out, and gRPC failures turned into :mod:`durable.errors`
+exceptions that keep the status code and details. Waiting for a result uses ``AwaitResult``,
+which the server completes when the outcome is pushed to it; the client never polls.
+
+The ``timeout`` parameters here are sent to the server as the wait bound of ``AwaitResult``
+and ``Invoke``; wrapping the calls in ``asyncio.timeout`` instead (what ASYNC109 suggests)
+would abandon the call without telling the server.
+"""
+
+# ruff: noqa: ASYNC109
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, Final, Self, TypeAlias, TypeVar, overload
+
+import grpc
+import grpc.aio
+from google.protobuf.message import Message
+
+from durable._payloads import from_payload, to_payload
+from durable.errors import (
+    InvocationCancelledError,
+    InvocationFailedError,
+    ResultTimeoutError,
+    RPCError,
+)
+from durable.v1 import control_pb2, control_pb2_grpc, types_pb2
+
+__all__ = [
+    "DEFAULT_TARGET",
+    "Client",
+    "InvocationHandle",
+    "is_terminal",
+    "parse_status",
+    "status_name",
+]
+
+#: Address the client and the ``durable`` CLI use when none is given.
+DEFAULT_TARGET: Final = "localhost:50051"
+
+# An ``InvocationStatus`` enum value (an ``int``), e.g. ``types_pb2.INVOCATION_STATUS_RUNNING``.
+_Status: TypeAlias = types_pb2.InvocationStatus.ValueType
+
+M = TypeVar("M", bound=Message)
+_Req = TypeVar("_Req", bound=Message)
+_Resp = TypeVar("_Resp", bound=Message)
+
+Timeout: TypeAlias = float | timedelta | None
+
+_STATUS_PREFIX: Final = "INVOCATION_STATUS_"
+_TERMINAL: Final = frozenset(
+    {
+        types_pb2.INVOCATION_STATUS_COMPLETED,
+        types_pb2.INVOCATION_STATUS_FAILED,
+        types_pb2.INVOCATION_STATUS_CANCELLED,
+    }
+)
+# Extra time given to a waiting RPC beyond its server-side timeout, so the server answers
+# "not done yet" before the client's own deadline cuts the call.
+_DEADLINE_GRACE: Final = 5.0
+_DEFAULT_OPTIONS: Final[tuple[tuple[str, Any], ...]] = (
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+)
+
+
+_STATUS_BY_NAME: Final[dict[str, _Status]] = {
+    name.removeprefix(_STATUS_PREFIX): value
+    for name, value in types_pb2.InvocationStatus.items()
+    if value != types_pb2.INVOCATION_STATUS_UNSPECIFIED
+}
+_NAME_BY_STATUS: Final[dict[int, str]] = {v: k for k, v in _STATUS_BY_NAME.items()}
+
+
+def parse_status(status: str | int) -> _Status:
+    """Return the ``InvocationStatus`` value named by ``status``.
+
+    Accepts enum values and names in any case, with or without the ``INVOCATION_STATUS_``
+    prefix, and ``-`` for ``_`` (``"running"``, ``"backing-off"``). Raises ``ValueError``
+    listing the valid names otherwise; ``UNSPECIFIED`` is refused since it matches nothing.
+    """
+    if isinstance(status, int):
+        name = _NAME_BY_STATUS.get(status, "")
+    else:
+        name = status.strip().upper().replace("-", "_").removeprefix(_STATUS_PREFIX)
+    if name in _STATUS_BY_NAME:
+        return _STATUS_BY_NAME[name]
+    valid = ", ".join(_STATUS_BY_NAME).lower()
+    raise ValueError(f"unknown invocation status {status!r}; expected one of: {valid}")
+
+
+def status_name(status: int) -> str:
+    """Return the short name of a status value, e.g. ``"RUNNING"`` (``"UNKNOWN(9)"`` if new)."""
+    if status == types_pb2.INVOCATION_STATUS_UNSPECIFIED:
+        return "UNSPECIFIED"
+    return _NAME_BY_STATUS.get(status, f"UNKNOWN({status})")
+
+
+def is_terminal(status: int) -> bool:
+    """Return whether an invocation in ``status`` has ended (completed, failed or cancelled)."""
+    return status in _TERMINAL
+
+
+def _seconds(timeout: Timeout) -> float | None:
+    if isinstance(timeout, timedelta):
+        return timeout.total_seconds()
+    return None if timeout is None else float(timeout)
+
+
+def _unwrap(
+    invocation_id: str,
+    status: _Status,
+    result: types_pb2.Result,
+    result_type: type[Message] | None,
+) -> Any:
+    """Turn a finished invocation's ``Result`` into its value, or raise its failure."""
+    outcome = result.WhichOneof("outcome")
+    if outcome == "value":
+        return from_payload(result.value, result_type)
+    failure = result.failure
+    if status == types_pb2.INVOCATION_STATUS_CANCELLED or failure.error_type == "CancelledError":
+        raise InvocationCancelledError(
+            failure.message, failure.error_type, failure.code, invocation_id
+        )
+    if outcome == "failure" or status == types_pb2.INVOCATION_STATUS_FAILED:
+        raise InvocationFailedError(
+            failure.message or "no failure recorded",
+            failure.error_type,
+            failure.code,
+            invocation_id,
+        )
+    return from_payload(types_pb2.Payload(), result_type)
+
+
+class InvocationHandle:
+    """A reference to one invocation: its id, plus shortcuts to await and steer it.
+
+    Returned by :meth:`Client.start` and :meth:`Client.invoke`, or made from a known id with
+    :meth:`Client.handle`. It remembers the last status it saw and, once the invocation has
+    ended, its outcome, so awaiting the result twice costs one round trip at most.
+
+    Attributes: ``id`` (the invocation id), ``handler`` (``"<service>/<handler>"``) and
+    ``key`` (object key or workflow id), both empty when made from an id only, and
+    ``already_existed`` (an idempotency key matched an invocation started before).
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        invocation_id: str,
+        *,
+        handler: str = "",
+        key: str = "",
+        already_existed: bool = False,
+        status: _Status = types_pb2.INVOCATION_STATUS_UNSPECIFIED,
+        outcome: types_pb2.Result | None = None,
+    ) -> None:
+        self._client = client
+        self.id = invocation_id
+        self.handler = handler
+        self.key = key
+        self.already_existed = already_existed
+        self._status = status
+        self._outcome = outcome
+
+    def __repr__(self) -> str:
+        return f"InvocationHandle({self.id!r}, status={status_name(self._status)})"
+
+    @property
+    def status(self) -> _Status:
+        """The last status this handle saw (``UNSPECIFIED`` before any)."""
+        return self._status
+
+    @property
+    def done(self) -> bool:
+        """True once this handle has seen the invocation end and holds its outcome."""
+        return self._outcome is not None and is_terminal(self._status)
+
+    @property
+    def outcome(self) -> types_pb2.Result | None:
+        """The raw ``Result`` once the invocation has ended (see :attr:`done`), else ``None``."""
+        return self._outcome if self.done else None
+
+    @overload
+    async def result(self, timeout: Timeout = None) -> Any: ...
+
+    @overload
+    async def result(self, timeout: Timeout = None, *, result_type: type[M]) -> M: ...
+
+    async def result(self, timeout: Timeout = None, *, result_type: type[M] | None = None) -> Any:
+        """Wait for the invocation to end and return its decoded value.
+
+        ``timeout`` (seconds or a timedelta; ``None`` waits as long as it takes) bounds the
+        wait: :class:`~durable.errors.ResultTimeoutError` is raised when it passes first,
+        and the invocation keeps running. A terminal failure raises
+        :class:`~durable.errors.InvocationFailedError`, a cancellation
+        :class:`~durable.errors.InvocationCancelledError`. ``result_type`` decodes a
+        protobuf result into that message class.
+        """
+        if not self.done:
+            response = await self._client._await_result(self.id, _seconds(timeout))
+            self._status = response.status
+            self._outcome = response.result
+        assert self._outcome is not None
+        return _unwrap(self.id, self._status, self._outcome, result_type)
+
+    async def get(self, *, skip_journal: bool = False) -> control_pb2.GetWorkflowResponse:
+        """Fetch the invocation with its journal (see :meth:`Client.get`)."""
+        response = await self._client.get(self.id, skip_journal=skip_journal)
+        self._status = response.invocation.status
+        return response
+
+    async def pause(self, reason: str = "") -> types_pb2.InvocationSummary:
+        """Pause the invocation at its next step (see :meth:`Client.pause`)."""
+        return self._seen(await self._client.pause(self.id, reason))
+
+    async def resume(self) -> types_pb2.InvocationSummary:
+        """Resume the paused invocation (see :meth:`Client.resume`)."""
+        return self._seen(await self._client.resume(self.id))
+
+    async def cancel(self, reason: str = "") -> types_pb2.InvocationSummary:
+        """Cancel the invocation (see :meth:`Client.cancel`)."""
+        return self._seen(await self._client.cancel(self.id, reason))
+
+    def _seen(self, summary: types_pb2.InvocationSummary) -> types_pb2.InvocationSummary:
+        self._status = summary.status
+        return summary
+
+
+class Client:
+    """Async client of the durable engine's control plane (``durable.v1.DurableControl``).
+
+    Create it with ``Client(target)`` and use it as an async context manager, or with
+    ``await Client.connect(target)`` to fail fast when the server is unreachable. The
+    channel opens lazily on the first call, inside the running event loop. Every failed call
+    raises a :class:`~durable.errors.RPCError` subclass carrying the gRPC status.
+
+    ``rpc_timeout`` bounds every call that does not wait for an invocation; ``options`` are
+    extra gRPC channel options; ``credentials`` switch to a TLS channel.
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+        rpc_timeout: float | None = 30.0,
+    ) -> None:
+        self._target = target
+        self._credentials = credentials
+        self._options = [*_DEFAULT_OPTIONS, *options]
+        self._rpc_timeout = rpc_timeout
+        self._channel: grpc.aio.Channel | None = None
+        self._stub_: control_pb2_grpc.DurableControlAsyncStub | None = None
+
+    @classmethod
+    async def connect(
+        cls,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float | None = 10.0,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+        rpc_timeout: float | None = 30.0,
+    ) -> Self:
+        """Create a client and wait until its channel is connected.
+
+        Raises an :class:`~durable.errors.RPCError` with code ``UNAVAILABLE`` when the
+        server cannot be reached within ``timeout`` seconds.
+        """
+        client = cls(target, credentials=credentials, options=options, rpc_timeout=rpc_timeout)
+        client._stub()
+        assert client._channel is not None
+        try:
+            await asyncio.wait_for(client._channel.channel_ready(), timeout)
+        except TimeoutError:
+            await client.close()
+            raise RPCError(
+                f"could not connect to {target} within {timeout}s",
+                code=grpc.StatusCode.UNAVAILABLE,
+            ) from None
+        return client
+
+    @property
+    def target(self) -> str:
+        """The server address this client talks to."""
+        return self._target
+
+    def __repr__(self) -> str:
+        return f"Client(target={self._target!r})"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the channel; calls in flight are cancelled. Safe to call twice."""
+        channel, self._channel, self._stub_ = self._channel, None, None
+        if channel is not None:
+            await channel.close(None)
+
+    def _stub(self) -> control_pb2_grpc.DurableControlAsyncStub:
+        if self._stub_ is None:
+            if self._credentials is None:
+                channel = grpc.aio.insecure_channel(self._target, options=self._options)
+            else:
+                channel = grpc.aio.secure_channel(
+                    self._target, self._credentials, options=self._options
+                )
+            self._channel = channel
+            self._stub_ = control_pb2_grpc.DurableControlStub(channel)
+        return self._stub_
+
+    async def _call(
+        self,
+        rpc: grpc.aio.UnaryUnaryMultiCallable[_Req, _Resp],
+        request: _Req,
+        timeout: float | None,
+    ) -> _Resp:
+        try:
+            return await rpc(request, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise RPCError.from_status(exc.code(), exc.details() or "") from exc
+
+    # ---------------------------------------------------------------------------- invoking
+
+    async def invoke(
+        self,
+        handler: str,
+        input: Any = None,
+        *,
+        key: str = "",
+        idempotency_key: str = "",
+        wait: bool = False,
+        wait_timeout: Timeout = None,
+    ) -> InvocationHandle:
+        """Start an invocation of ``handler`` (``"<service>/<handler>"``) and return its handle.
+
+        ``input`` is any JSON-able value, ``bytes`` or a protobuf message. ``key`` addresses
+        an object key or workflow id. With ``idempotency_key`` the same handler, key and
+        idempotency key always return the same invocation (``handle.already_existed``).
+        With ``wait`` the server also waits up to ``wait_timeout`` for the invocation to
+        end, so ``handle.done`` may already be true and ``handle.result()`` free.
+        """
+        request = control_pb2.InvokeRequest(
+            handler=handler,
+            key=key,
+            input=to_payload(input),
+            idempotency_key=idempotency_key,
+            wait=wait,
+        )
+        deadline = self._rpc_timeout
+        if wait:
+            seconds = _seconds(wait_timeout)
+            deadline = None
+            if seconds is not None:
+                request.wait_timeout.FromTimedelta(timedelta(seconds=max(seconds, 0.0)))
+                deadline = max(seconds, 0.0) + _DEADLINE_GRACE
+        response = await self._call(self._stub().Invoke, request, deadline)
+        return InvocationHandle(
+            self,
+            response.invocation_id,
+            handler=handler,
+            key=key,
+            already_existed=response.already_existed,
+            status=response.status,
+            outcome=response.result if response.HasField("result") else None,
+        )
+
+    async def start(
+        self, handler: str, input: Any = None, *, key: str = "", idempotency_key: str = ""
+    ) -> InvocationHandle:
+        """Start an invocation without waiting for it; see :meth:`invoke` for the arguments."""
+        return await self.invoke(handler, input, key=key, idempotency_key=idempotency_key)
+
+    @overload
+    async def execute(
+        self,
+        handler: str,
+        input: Any = None,
+        *,
+        key: str = "",
+        idempotency_key: str = "",
+        timeout: Timeout = None,
+    ) -> Any: ...
+
+    @overload
+    async def execute(
+        self,
+        handler: str,
+        input: Any = None,
+        *,
+        key: str = "",
+        idempotency_key: str = "",
+        timeout: Timeout = None,
+        result_type: type[M],
+    ) -> M: ...
+
+    async def execute(
+        self,
+        handler: str,
+        input: Any = None,
+        *,
+        key: str = "",
+        idempotency_key: str = "",
+        timeout: Timeout = None,
+        result_type: type[M] | None = None,
+    ) -> Any:
+        """Invoke ``handler`` and return its result: :meth:`invoke` then ``handle.result()``.
+
+        Raises like :meth:`InvocationHandle.result` when it fails, is cancelled or has not
+        ended within ``timeout``.
+        """
+        seconds = _seconds(timeout)
+        started = time.monotonic()
+        handle = await self.invoke(
+            handler,
+            input,
+            key=key,
+            idempotency_key=idempotency_key,
+            wait=True,
+            wait_timeout=seconds,
+        )
+        if seconds is not None:
+            seconds = max(seconds - (time.monotonic() - started), 0.0)
+        if result_type is None:
+            return await handle.result(seconds)
+        return await handle.result(seconds, result_type=result_type)
+
+    def handle(self, invocation_id: str) -> InvocationHandle:
+        """Return a handle for an existing invocation id (no call is made)."""
+        return InvocationHandle(self, invocation_id)
+
+    @overload
+    async def result(self, invocation_id: str, timeout: Timeout = None) -> Any: ...
+
+    @overload
+    async def result(
+        self, invocation_id: str, timeout: Timeout = None, *, result_type: type[M]
+    ) -> M: ...
+
+    async def result(
+        self, invocation_id: str, timeout: Timeout = None, *, result_type: type[M] | None = None
+    ) -> Any:
+        """Wait for an invocation to end and return its value (see
+        :meth:`InvocationHandle.result`)."""
+        handle = self.handle(invocation_id)
+        if result_type is None:
+            return await handle.result(timeout)
+        return await handle.result(timeout, result_type=result_type)
+
+    async def _await_result(
+        self, invocation_id: str, timeout: float | None
+    ) -> control_pb2.AwaitResultResponse:
+        """Block on ``AwaitResult`` until the invocation ends; re-arm if the server answers
+        "not done" early (e.g. its own wait limit), up to ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + max(timeout, 0.0)
+        pause = 0.05
+        while True:
+            request = control_pb2.AwaitResultRequest(invocation_id=invocation_id)
+            remaining = None if deadline is None else max(deadline - loop.time(), 0.0)
+            if remaining is not None:
+                request.timeout.FromTimedelta(timedelta(seconds=remaining))
+            asked = loop.time()
+            try:
+                response = await self._call(
+                    self._stub().AwaitResult,
+                    request,
+                    None if remaining is None else remaining + _DEADLINE_GRACE,
+                )
+            except RPCError as exc:
+                if exc.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise ResultTimeoutError(invocation_id, timeout) from exc
+                raise
+            if response.done:
+                return response
+            if deadline is not None and loop.time() >= deadline:
+                raise ResultTimeoutError(invocation_id, timeout)
+            if loop.time() - asked < pause:  # the server did not wait: do not spin
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 1.0)
+
+    # -------------------------------------------------------------------------- inspecting
+
+    async def get(
+        self, invocation_id: str, *, skip_journal: bool = False
+    ) -> control_pb2.GetWorkflowResponse:
+        """Return one invocation with its journal and current step (``GetWorkflow``)."""
+        request = control_pb2.GetWorkflowRequest(
+            invocation_id=invocation_id, skip_journal=skip_journal
+        )
+        return await self._call(self._stub().GetWorkflow, request, self._rpc_timeout)
+
+    async def list(
+        self,
+        *,
+        statuses: Iterable[str | int] | str | int = (),
+        handler: str = "",
+        key: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> control_pb2.ListWorkflowsResponse:
+        """Return one page of invocations, newest first (``ListWorkflows``).
+
+        ``statuses`` are names (``"running"``) or values; empty means any. ``page_size`` is
+        1 to 1000 (0: the server default, 50). Pass the response's ``next_page_token`` as
+        ``page_token`` with the same filters for the next page, or use :meth:`list_all`.
+        """
+        if isinstance(statuses, str | int):
+            statuses = [statuses]
+        request = control_pb2.ListWorkflowsRequest(
+            statuses=[parse_status(s) for s in statuses],
+            handler=handler,
+            key=key,
+            page_size=page_size,
+            page_token=page_token,
+        )
+        return await self._call(self._stub().ListWorkflows, request, self._rpc_timeout)
+
+    async def list_all(
+        self,
+        *,
+        statuses: Iterable[str | int] | str | int = (),
+        handler: str = "",
+        key: str = "",
+        page_size: int = 0,
+    ) -> AsyncIterator[types_pb2.InvocationSummary]:
+        """Iterate over every matching invocation, newest first, fetching pages as needed."""
+        if isinstance(statuses, str | int):
+            statuses = [statuses]
+        wanted = builtins.list(statuses)
+        token = ""
+        while True:
+            page = await self.list(
+                statuses=wanted, handler=handler, key=key, page_size=page_size, page_token=token
+            )
+            for summary in page.invocations:
+                yield summary
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def stats(self) -> control_pb2.StatsResponse:
+        """Return invocation counts by status and by handler (``Stats``)."""
+        return await self._call(self._stub().Stats, control_pb2.StatsRequest(), self._rpc_timeout)
+
+    async def handlers(self) -> builtins.list[types_pb2.HandlerInfo]:
+        """Return the handlers the running workers registered, sorted by name."""
+        response = await self._call(
+            self._stub().ListHandlers, control_pb2.ListHandlersRequest(), self._rpc_timeout
+        )
+        return builtins.list(response.handlers)
+
+    # ---------------------------------------------------------------------------- steering
+
+    async def pause(self, invocation_id: str, reason: str = "") -> types_pb2.InvocationSummary:
+        """Pause an invocation at its next step boundary; it then holds no worker slot.
+
+        Returns the invocation: PAUSED, or still RUNNING until it reaches that boundary.
+        """
+        request = control_pb2.PauseRequest(invocation_id=invocation_id, reason=reason)
+        response = await self._call(self._stub().Pause, request, self._rpc_timeout)
+        return response.invocation
+
+    async def resume(self, invocation_id: str) -> types_pb2.InvocationSummary:
+        """Resume a paused invocation from the same journal position; returns it."""
+        request = control_pb2.ResumeRequest(invocation_id=invocation_id)
+        response = await self._call(self._stub().Resume, request, self._rpc_timeout)
+        return response.invocation
+
+    async def cancel(self, invocation_id: str, reason: str = "") -> types_pb2.InvocationSummary:
+        """Cancel an invocation: its handler sees a cancellation at its next step and can
+        compensate. Returns it: CANCELLED, or still running until the handler sees it."""
+        request = control_pb2.CancelRequest(invocation_id=invocation_id, reason=reason)
+        response = await self._call(self._stub().Cancel, request, self._rpc_timeout)
+        return response.invocation

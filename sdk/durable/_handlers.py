@@ -1,0 +1,175 @@
+"""Handler definitions: services now; virtual objects and workflows share the same shape.
+
+A handler is an ``async def`` taking ``ctx`` and, optionally, one input argument. Its type
+hints decide how the input is decoded and checked (see ``_serde``), and its full name,
+``<service>/<handler>``, is what clients pass to Invoke.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+import typing
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from durable import _serde
+from durable._retry import RetryPolicy
+from durable.v1 import types_pb2
+
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
+
+HandlerFn = Callable[..., Awaitable[Any]]
+F = TypeVar("F", bound=HandlerFn)
+
+
+@dataclasses.dataclass(frozen=True)
+class HandlerDef:
+    """Everything the runtime needs to know about one handler."""
+
+    service: str
+    name: str
+    kind: int
+    fn: HandlerFn
+    input_type: Any
+    output_type: Any
+    takes_input: bool
+    retry: RetryPolicy | None
+    description: str
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.service}/{self.name}"
+
+    def info(self) -> types_pb2.HandlerInfo:
+        """The handler as announced to the control plane."""
+        import json
+
+        schema = _serde.json_schema(self.input_type) if self.takes_input else {"type": "null"}
+        is_message = isinstance(self.input_type, type) and issubclass(
+            self.input_type, _serde.Message
+        )
+        return types_pb2.HandlerInfo(
+            name=self.full_name,
+            service=self.service,
+            handler=self.name,
+            kind=self.kind,  # type: ignore[arg-type]
+            input_type=_serde.type_name(self.input_type) if self.takes_input else "none",
+            output_type=_serde.type_name(self.output_type),
+            input_schema=json.dumps(schema, sort_keys=True) if schema is not None else "",
+            input_message=self.input_type.DESCRIPTOR.full_name if is_message else "",
+            description=self.description,
+        )
+
+
+def _check_name(what: str, name: str) -> str:
+    if not _NAME_RE.match(name):
+        raise ValueError(
+            f"{what} name {name!r} must start with a letter or '_' and contain only letters, "
+            "digits, '_' or '-' (at most 64 characters)"
+        )
+    return name
+
+
+class Service:
+    """A stateless service: a named group of handlers, each invocation independent.
+
+    Example::
+
+        greeter = Service("greeter")
+
+        @greeter.handler()
+        async def greet(ctx: Context, name: str) -> str:
+            return await ctx.run("format", lambda: f"Hello, {name}!")
+    """
+
+    kind_label = "service"
+
+    def __init__(
+        self, name: str, *, retry: RetryPolicy | None = None, description: str = ""
+    ) -> None:
+        self.name = _check_name("service", name)
+        self.retry = retry
+        self.description = description
+        self._handlers: dict[str, HandlerDef] = {}
+
+    @property
+    def handlers(self) -> list[HandlerDef]:
+        return list(self._handlers.values())
+
+    def _handler_kind(self, shared: bool) -> int:
+        return types_pb2.HANDLER_KIND_SERVICE
+
+    def handler(
+        self,
+        name: str | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> Callable[[F], F]:
+        """Register an ``async def handler(ctx[, input])`` under this service."""
+
+        def register(fn: F) -> F:
+            self._register(fn, name, retry, shared=False)
+            return fn
+
+        return register
+
+    def _register(
+        self, fn: HandlerFn, name: str | None, retry: RetryPolicy | None, *, shared: bool
+    ) -> HandlerDef:
+        if not inspect.iscoroutinefunction(fn):
+            raise TypeError(f"handler {fn.__qualname__} must be an async def")
+        hname = _check_name("handler", name or fn.__name__)
+        if hname in self._handlers:
+            raise ValueError(f"{self.name}/{hname} is defined twice")
+        params = list(inspect.signature(fn).parameters.values())
+        if not params or len(params) > 2:
+            raise TypeError(
+                f"handler {fn.__qualname__} must take (ctx) or (ctx, input), "
+                f"not {len(params)} parameters"
+            )
+        hints = typing.get_type_hints(fn)
+        takes_input = len(params) == 2
+        input_type = hints.get(params[1].name, Any) if takes_input else type(None)
+        doc = inspect.getdoc(fn) or ""
+        hdef = HandlerDef(
+            service=self.name,
+            name=hname,
+            kind=self._handler_kind(shared),
+            fn=fn,
+            input_type=input_type,
+            output_type=hints.get("return", Any),
+            takes_input=takes_input,
+            retry=retry or self.retry,
+            description=doc.split("\n\n", 1)[0],
+        )
+        self._handlers[hname] = hdef
+        return hdef
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, handlers={list(self._handlers)})"
+
+
+class Registry:
+    """The handlers a worker serves, by full name."""
+
+    def __init__(self, services: typing.Iterable[Service] = ()) -> None:
+        self._by_name: dict[str, HandlerDef] = {}
+        for svc in services:
+            self.add(svc)
+
+    def add(self, service: Service) -> None:
+        for h in service.handlers:
+            if h.full_name in self._by_name:
+                raise ValueError(f"handler {h.full_name} is registered twice")
+            self._by_name[h.full_name] = h
+
+    def get(self, full_name: str) -> HandlerDef | None:
+        return self._by_name.get(full_name)
+
+    def __iter__(self) -> typing.Iterator[HandlerDef]:
+        return iter(sorted(self._by_name.values(), key=lambda h: h.full_name))
+
+    def __len__(self) -> int:
+        return len(self._by_name)

@@ -1,0 +1,88 @@
+"""Plain-text tables and field lists for the ``durable`` CLI, without extra dependencies.
+
+Tables size each column to its widest cell (capped, with an ellipsis), underline the
+header, right-align numeric columns and never leave trailing spaces, so output reads well in
+a terminal and diffs cleanly in tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+__all__ = ["format_fields", "format_table", "truncate"]
+
+_GAP = "  "
+_ELLIPSIS = "…"
+
+
+def truncate(text: str, width: int) -> str:
+    """Cut ``text`` to at most ``width`` characters, marking the cut with an ellipsis."""
+    if width <= 0:
+        return ""
+    if len(text) <= width:
+        return text
+    return text[: width - 1] + _ELLIPSIS
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    text = str(value)
+    # One row per line: newlines and tabs inside a cell would break the grid.
+    return " ".join(text.split()) if any(c in text for c in "\n\r\t") else text
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def format_table(
+    headers: Sequence[str],
+    rows: Iterable[Sequence[object]],
+    *,
+    max_width: int = 60,
+) -> str:
+    """Render ``rows`` under ``headers`` as an aligned text table (no trailing newline).
+
+    Cells are converted with ``str`` (``None`` is blank) and cut to ``max_width``
+    characters. A column whose non-blank cells are all numbers is right-aligned. The
+    header is followed by a line of dashes as wide as each column.
+    """
+    raw = [list(row) for row in rows]
+    grid = [[truncate(_cell(v), max_width) for v in row] for row in raw]
+    ncols = len(headers)
+    for i, row in enumerate(grid):
+        if len(row) != ncols:
+            raise ValueError(f"row {i} has {len(row)} cells, expected {ncols}")
+    widths = [len(h) for h in headers]
+    for row in grid:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    numeric = [
+        any(row[i] is not None and row[i] != "" for row in raw)
+        and all(_is_number(row[i]) for row in raw if row[i] is not None and row[i] != "")
+        for i in range(ncols)
+    ]
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [
+            c.rjust(w) if right else c.ljust(w)
+            for c, w, right in zip(cells, widths, numeric, strict=True)
+        ]
+        return _GAP.join(parts).rstrip()
+
+    out = [line(headers), line(["-" * w for w in widths])]
+    out.extend(line(row) for row in grid)
+    return "\n".join(out)
+
+
+def format_fields(fields: Iterable[tuple[str, object]], *, skip_blank: bool = True) -> str:
+    """Render ``(label, value)`` pairs as aligned ``label  value`` lines (no trailing newline).
+
+    Blank values (``None`` or ``""``) are left out unless ``skip_blank`` is false, so a
+    view lists only what is known.
+    """
+    pairs = [(label, _cell(value)) for label, value in fields]
+    if skip_blank:
+        pairs = [(label, value) for label, value in pairs if value]
+    width = max((len(label) for label, _ in pairs), default=0)
+    return "\n".join(f"{label.ljust(width)}{_GAP}{value}".rstrip() for label, value in pairs)

@@ -1,0 +1,82 @@
+"""Settings shared by the control plane and the workers.
+
+One frozen dataclass so that both processes derive the same stream, bucket and subject names
+from one prefix, and so tests can run several isolated engines on one nats-server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+_PREFIX_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+
+MiB = 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+    """Where the engine keeps its data and the limits it enforces."""
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    """One URL or a comma-separated list (a cluster)."""
+    prefix: str = "durable"
+    """Namespace of every subject, stream and bucket; lets engines share a NATS account."""
+    replicas: int = 1
+    """JetStream replicas for the engine's streams and buckets (3 on a cluster)."""
+    ack_wait: float = 30.0
+    """Seconds a worker may hold an invocation without a heartbeat before it is redelivered."""
+    max_payload_bytes: int = 1 * MiB
+    """Largest input or output accepted, in bytes."""
+    duplicate_window: float = 120.0
+    """JetStream duplicate window for work items, seconds."""
+    heartbeat_interval: float = 5.0
+    """Seconds between worker registry heartbeats."""
+    reconcile_after: float = 10.0
+    """A PENDING invocation with no work item for this long is enqueued again."""
+
+    def __post_init__(self) -> None:
+        if not _PREFIX_RE.match(self.prefix):
+            raise ValueError(
+                f"prefix {self.prefix!r} must be lowercase letters, digits or '_', "
+                "start with a letter, at most 32 characters"
+            )
+
+    # Names derived from the prefix: one place, so that no two modules disagree.
+    @property
+    def journal_stream(self) -> str:
+        return f"{self.prefix.upper()}_JOURNAL"
+
+    def journal_subject(self, invocation_id: str) -> str:
+        return f"{self.prefix}.journal.{invocation_id}"
+
+    @property
+    def work_stream(self) -> str:
+        return f"{self.prefix.upper()}_WORK"
+
+    def work_subject(self, invocation_id: str) -> str:
+        return f"{self.prefix}.work.{invocation_id}"
+
+    @property
+    def work_consumer(self) -> str:
+        return "workers"
+
+    @property
+    def invocations_bucket(self) -> str:
+        return f"{self.prefix}_invocations"
+
+    @property
+    def workers_bucket(self) -> str:
+        return f"{self.prefix}_workers"
+
+    def signal_subject(self, invocation_id: str) -> str:
+        """Core NATS subject on which the control plane tells workers about pause/cancel."""
+        return f"{self.prefix}.signal.{invocation_id}"
+
+    def progress_subject(self, invocation_id: str) -> str:
+        """Core NATS subject on which workers announce the step they start (not persisted)."""
+        return f"{self.prefix}.progress.{invocation_id}"
+
+    @property
+    def servers(self) -> list[str]:
+        return [u.strip() for u in self.nats_url.split(",") if u.strip()]

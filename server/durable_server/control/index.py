@@ -1,0 +1,231 @@
+"""In-memory view of every invocation, folded from a watch of the invocations bucket.
+
+ListWorkflows, Stats and AwaitResult answer from here, never by reading the records per
+request: the watch replays the latest value of each key once at start-up, then pushes every
+change as it is written. Each control plane process keeps its own view, so they scale out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import collections
+import contextlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from nats.js.kv import KeyValue
+
+from durable.internal.v1 import storage_pb2
+from durable.v1 import types_pb2
+from durable_server.records import is_terminal
+
+log = logging.getLogger("durable.control")
+
+Record = storage_pb2.InvocationRecord
+
+
+@dataclass
+class Summary:
+    """What the index keeps per invocation (no payloads)."""
+
+    id: str
+    handler: str
+    key: str
+    status: int
+    attempt: int
+    created_ns: int
+    updated_ns: int
+    ended_ns: int
+
+    @classmethod
+    def of(cls, r: Record) -> Summary:
+        return cls(
+            id=r.id,
+            handler=r.handler,
+            key=r.key,
+            status=r.status,
+            attempt=r.attempt,
+            created_ns=r.created_at.ToNanoseconds(),
+            updated_ns=r.updated_at.ToNanoseconds(),
+            ended_ns=r.ended_at.ToNanoseconds() if r.HasField("ended_at") else 0,
+        )
+
+    def to_proto(self) -> types_pb2.InvocationSummary:
+        s = types_pb2.InvocationSummary(
+            invocation_id=self.id,
+            handler=self.handler,
+            key=self.key,
+            status=self.status,  # type: ignore[arg-type]
+            attempt=self.attempt,
+        )
+        s.created_at.FromNanoseconds(self.created_ns)
+        s.updated_at.FromNanoseconds(self.updated_ns)
+        if self.ended_ns:
+            s.ended_at.FromNanoseconds(self.ended_ns)
+        return s
+
+
+@dataclass
+class Cursor:
+    """Position after which the next page starts (exclusive), newest first."""
+
+    created_ns: int
+    id: str
+
+
+class InvocationIndex:
+    """Summaries by id, ordered by creation, with counters and result waiters."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, Summary] = {}
+        self._order: list[tuple[int, str]] = []
+        self._by_status: collections.Counter[int] = collections.Counter()
+        self._by_handler: dict[str, collections.Counter[int]] = collections.defaultdict(
+            collections.Counter
+        )
+        self._waiters: dict[str, list[asyncio.Future[Record]]] = {}
+        self.ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- feeding --------------------------------------------------------------------------
+
+    async def start(self, kv: KeyValue) -> None:
+        """Watch the bucket; returns once the existing records are loaded."""
+        watcher = await kv.watchall()
+        self._task = asyncio.create_task(self._follow(watcher), name="invocation-index")
+        await self.ready.wait()
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    self.ready.set()
+                    continue
+                if entry.operation in ("DEL", "PURGE") or not entry.value:
+                    self.remove(entry.key)
+                    continue
+                record = Record()
+                try:
+                    record.ParseFromString(entry.value)
+                except Exception:
+                    log.exception("unreadable record %s", entry.key)
+                    continue
+                self.apply(record)
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()
+
+    def apply(self, record: Record) -> None:
+        new = Summary.of(record)
+        old = self._by_id.get(new.id)
+        if old is not None:
+            self._count(old, -1)
+        else:
+            bisect.insort(self._order, (new.created_ns, new.id))
+        self._by_id[new.id] = new
+        self._count(new, +1)
+        if is_terminal(record.status):
+            for fut in self._waiters.pop(record.id, []):
+                if not fut.done():
+                    fut.set_result(record)
+
+    def remove(self, invocation_id: str) -> None:
+        old = self._by_id.pop(invocation_id, None)
+        if old is None:
+            return
+        self._count(old, -1)
+        i = bisect.bisect_left(self._order, (old.created_ns, old.id))
+        if i < len(self._order) and self._order[i] == (old.created_ns, old.id):
+            del self._order[i]
+
+    def _count(self, s: Summary, delta: int) -> None:
+        self._by_status[s.status] += delta
+        self._by_handler[s.handler][s.status] += delta
+        if self._by_handler[s.handler][s.status] == 0:
+            del self._by_handler[s.handler][s.status]
+            if not self._by_handler[s.handler]:
+                del self._by_handler[s.handler]
+
+    # -- reading --------------------------------------------------------------------------
+
+    def get(self, invocation_id: str) -> Summary | None:
+        return self._by_id.get(invocation_id)
+
+    def waiter(self, invocation_id: str) -> asyncio.Future[Record]:
+        """A future resolved with the record when the invocation ends."""
+        fut: asyncio.Future[Record] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(invocation_id, []).append(fut)
+        return fut
+
+    def drop_waiter(self, invocation_id: str, fut: asyncio.Future[Record]) -> None:
+        waiters = self._waiters.get(invocation_id)
+        if waiters and fut in waiters:
+            waiters.remove(fut)
+            if not waiters:
+                del self._waiters[invocation_id]
+
+    def list(
+        self,
+        *,
+        statuses: Iterable[int] = (),
+        handler: str = "",
+        key: str = "",
+        page_size: int,
+        after: Cursor | None,
+    ) -> tuple[list[Summary], Cursor | None, int]:
+        """One page, newest first, plus the cursor of the next page and the match count."""
+        wanted = set(statuses)
+
+        def match(s: Summary) -> bool:
+            return (
+                (not wanted or s.status in wanted)
+                and (not handler or s.handler == handler)
+                and (not key or s.key == key)
+            )
+
+        total = self._count_matches(wanted, handler, key, match)
+        start = len(self._order)
+        if after is not None:
+            start = bisect.bisect_left(self._order, (after.created_ns, after.id))
+        page: list[Summary] = []
+        i = start - 1
+        while i >= 0 and len(page) < page_size:
+            s = self._by_id[self._order[i][1]]
+            if match(s):
+                page.append(s)
+            i -= 1
+        more = any(match(self._by_id[self._order[j][1]]) for j in range(i, -1, -1))
+        nxt = Cursor(page[-1].created_ns, page[-1].id) if page and more else None
+        return page, nxt, total
+
+    def _count_matches(self, wanted: set[int], handler: str, key: str, match: object) -> int:
+        if key:
+            return sum(1 for s in self._by_id.values() if match(s))  # type: ignore[operator]
+        if handler:
+            counts = self._by_handler.get(handler, collections.Counter())
+            return sum(c for st, c in counts.items() if not wanted or st in wanted)
+        return sum(c for st, c in self._by_status.items() if not wanted or st in wanted)
+
+    def stats(self) -> tuple[dict[int, int], dict[str, dict[int, int]]]:
+        by_handler = {h: dict(c) for h, c in sorted(self._by_handler.items())}
+        return dict(self._by_status), by_handler
+
+    def stale_pending(self, older_than_ns: int, limit: int = 1000) -> list[str]:
+        out = []
+        for s in self._by_id.values():
+            if s.status == types_pb2.INVOCATION_STATUS_PENDING and s.updated_ns < older_than_ns:
+                out.append(s.id)
+                if len(out) >= limit:
+                    break
+        return out
+
+    def __len__(self) -> int:
+        return len(self._by_id)

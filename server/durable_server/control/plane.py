@@ -1,0 +1,313 @@
+"""Control-plane operations on invocations, independent of gRPC.
+
+Every state change is a CAS on the record (``RecordStore.mutate``) whose change function
+refuses, with a FAILED_PRECONDITION message, any transition the current state does not allow;
+then, where a worker must act, a work item is enqueued or a signal is published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+import grpc
+from nats.aio.client import Client as NATS
+
+from durable.internal.v1 import storage_pb2
+from durable.v1 import types_pb2
+from durable_server.config import EngineConfig
+from durable_server.control.catalog import HandlerCatalog
+from durable_server.control.index import InvocationIndex
+from durable_server.control.validation import (
+    RequestError,
+    invalid,
+    payload_to_stored,
+    validate_input,
+)
+from durable_server.ids import idempotent_invocation_id, new_invocation_id
+from durable_server.journal import Journal, LoadedJournal
+from durable_server.records import (
+    MutationRefused,
+    Record,
+    RecordNotFound,
+    RecordStore,
+    Versioned,
+    is_terminal,
+    now_ts,
+    status_name,
+)
+from durable_server.resources import ensure_resources, invocations_kv, workers_kv
+from durable_server.workqueue import WorkQueue
+
+log = logging.getLogger("durable.control")
+S = types_pb2
+
+_MAX_IDEMPOTENCY_KEY = 256
+_MAX_KEY = 256
+
+
+@dataclass
+class Progress:
+    """The step a worker announced it started (not persisted)."""
+
+    index: int
+    kind: int
+    name: str
+    at: float
+
+
+def refused(message: str, record: Record) -> MutationRefused:
+    return MutationRefused(message, record)
+
+
+def _ended(r: Record) -> str:
+    return f"invocation {r.id} already ended ({status_name(r.status)}); nothing is left to change"
+
+
+class ControlPlane:
+    """The engine's control operations over one NATS connection."""
+
+    def __init__(self, cfg: EngineConfig, nc: NATS) -> None:
+        self.cfg = cfg
+        self.nc = nc
+        self.index = InvocationIndex()
+        self.catalog = HandlerCatalog(live_after=3 * cfg.heartbeat_interval + 1)
+        self.progress: dict[str, Progress] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        js = self.nc.jetstream()
+        await ensure_resources(js, self.cfg)
+        kv = await invocations_kv(js, self.cfg)
+        self.records = RecordStore(kv)
+        self.journal = Journal(js, self.cfg)
+        self.work = WorkQueue(js, self.cfg)
+        await self.nc.subscribe(f"{self.cfg.prefix}.progress.>", cb=self._on_progress)
+        await self.catalog.start(await workers_kv(js, self.cfg))
+        await self.index.start(kv)
+        self._tasks.append(asyncio.create_task(self._reconcile_loop(), name="reconciler"))
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        await self.index.stop()
+        await self.catalog.stop()
+
+    # -- invoke & await -------------------------------------------------------------------
+
+    async def invoke(
+        self, handler: str, key: str, payload: types_pb2.Payload, idempotency_key: str
+    ) -> tuple[Record, bool]:
+        """Store and enqueue a new invocation; returns (record, already_existed)."""
+        info = self._handler(handler)
+        if info.kind == S.HANDLER_KIND_SERVICE and key:
+            raise invalid(f"{handler} is a service handler; it takes no key (got {key!r})")
+        if len(key) > _MAX_KEY:
+            raise invalid(f"key is {len(key)} characters; at most {_MAX_KEY} are allowed")
+        if len(idempotency_key) > _MAX_IDEMPOTENCY_KEY:
+            raise invalid(
+                f"idempotency_key is {len(idempotency_key)} characters; "
+                f"at most {_MAX_IDEMPOTENCY_KEY} are allowed"
+            )
+        data, content_type = payload_to_stored(payload, self.cfg.max_payload_bytes, "input")
+        validate_input(info, data, content_type)
+        now = now_ts()
+        record = Record(
+            id=(
+                idempotent_invocation_id(handler, key, idempotency_key)
+                if idempotency_key
+                else new_invocation_id()
+            ),
+            handler=handler,
+            key=key,
+            input=storage_pb2.StoredPayload(data=data, content_type=content_type),
+            status=S.INVOCATION_STATUS_PENDING,
+            idempotency_key=idempotency_key,
+            created_at=now,
+            updated_at=now,
+            generation=1,
+        )
+        if idempotency_key:
+            # Create first: only the Invoke that created the record may enqueue it.
+            if await self.records.create(record) is None:
+                return (await self.records.get(record.id)).record, True
+            await self.work.enqueue(record.id, 1, "invoke")
+        else:
+            # A fresh id cannot exist yet: write both at once (the worker waits for the record).
+            await asyncio.gather(
+                self.records.create(record), self.work.enqueue(record.id, 1, "invoke")
+            )
+        return record, False
+
+    def _handler(self, name: str) -> types_pb2.HandlerInfo:
+        if not name:
+            raise invalid("handler is required, as '<service>/<handler>' (see ListHandlers)")
+        handlers = self.catalog.handlers()
+        info = handlers.get(name)
+        if info is None:
+            known = ", ".join(sorted(handlers)) or "none (no worker has registered yet)"
+            raise RequestError(
+                grpc.StatusCode.NOT_FOUND,
+                f"handler {name!r} is not registered; known handlers: {known}",
+            )
+        return info
+
+    async def await_result(self, invocation_id: str, timeout: float | None) -> tuple[Record, bool]:
+        """The record once ended (True), or as it is when the timeout passes (False)."""
+        fut = self.index.waiter(invocation_id)
+        try:
+            current = await self.get_record(invocation_id)
+            if is_terminal(current.record.status):
+                return current.record, True
+            try:
+                return await asyncio.wait_for(asyncio.shield(fut), timeout), True
+            except TimeoutError:
+                return (await self.get_record(invocation_id)).record, False
+        finally:
+            self.index.drop_waiter(invocation_id, fut)
+
+    async def get_record(self, invocation_id: str) -> Versioned:
+        try:
+            return await self.records.get(invocation_id)
+        except RecordNotFound:
+            raise RequestError(
+                grpc.StatusCode.NOT_FOUND,
+                f"no invocation {invocation_id} (never created, or purged)",
+            ) from None
+
+    async def load_journal(self, invocation_id: str) -> LoadedJournal:
+        return await self.journal.load(invocation_id)
+
+    # -- steering -------------------------------------------------------------------------
+
+    async def _mutate(self, invocation_id: str, change: object) -> Record:
+        current = await self.get_record(invocation_id)
+        try:
+            written = await self.records.mutate(invocation_id, change, current=current)  # type: ignore[arg-type]
+        except MutationRefused as err:
+            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, str(err)) from None
+        return written.record
+
+    async def pause(self, invocation_id: str, reason: str) -> Record:
+        def change(r: Record) -> None:
+            if is_terminal(r.status):
+                raise refused(_ended(r), r)
+            if r.status == S.INVOCATION_STATUS_PAUSED:
+                raise refused(f"invocation {r.id} is already paused; Resume continues it", r)
+            if r.pause_requested:
+                raise refused(f"invocation {r.id} is already pausing at its next step", r)
+            r.status_reason = reason or "paused by an operator"
+            if r.status == S.INVOCATION_STATUS_RUNNING:
+                r.pause_requested = True
+            else:
+                r.status = S.INVOCATION_STATUS_PAUSED
+
+        record = await self._mutate(invocation_id, change)
+        if record.pause_requested:
+            await self._signal(invocation_id, {"pause": True})
+        return record
+
+    async def resume(self, invocation_id: str) -> Record:
+        def change(r: Record) -> None:
+            if r.status == S.INVOCATION_STATUS_PAUSED:
+                r.status = S.INVOCATION_STATUS_PENDING
+                r.generation += 1
+                r.status_reason = ""
+            elif r.status == S.INVOCATION_STATUS_RUNNING and r.pause_requested:
+                r.pause_requested = False
+                r.status_reason = ""
+            elif is_terminal(r.status):
+                raise refused(_ended(r), r)
+            else:
+                raise refused(
+                    f"invocation {r.id} is {status_name(r.status)}, not paused; "
+                    "only a paused invocation can be resumed",
+                    r,
+                )
+
+        record = await self._mutate(invocation_id, change)
+        if record.status == S.INVOCATION_STATUS_PENDING:
+            await self.work.enqueue(record.id, record.generation, "resume")
+        else:
+            await self._signal(invocation_id, {"resume": True})
+        return record
+
+    async def cancel(self, invocation_id: str, reason: str) -> Record:
+        reason = reason or "cancelled by an operator"
+
+        def change(r: Record) -> None:
+            if is_terminal(r.status):
+                raise refused(_ended(r), r)
+            if r.cancel_requested:
+                raise refused(f"invocation {r.id} is already being cancelled", r)
+            if r.status == S.INVOCATION_STATUS_PENDING and r.attempt == 0:
+                # Never started: there is nothing to compensate.
+                r.status = S.INVOCATION_STATUS_CANCELLED
+                r.ended_at.CopyFrom(now_ts())
+                r.failure.CopyFrom(S.Failure(message=reason, error_type="CancelledError"))
+                return
+            r.cancel_requested = True
+            r.cancel_reason = reason
+            r.pause_requested = False
+            if r.status != S.INVOCATION_STATUS_RUNNING:
+                # Wake it so that the handler sees the cancellation and can compensate.
+                r.status = S.INVOCATION_STATUS_PENDING
+                r.generation += 1
+
+        record = await self._mutate(invocation_id, change)
+        if record.status == S.INVOCATION_STATUS_RUNNING:
+            await self._signal(invocation_id, {"cancel": True, "reason": reason})
+        elif record.status == S.INVOCATION_STATUS_PENDING:
+            await self.work.enqueue(record.id, record.generation, "cancel")
+        return record
+
+    async def _signal(self, invocation_id: str, body: dict[str, object]) -> None:
+        await self.nc.publish(self.cfg.signal_subject(invocation_id), json.dumps(body).encode())
+
+    # -- background -----------------------------------------------------------------------
+
+    async def _on_progress(self, msg: object) -> None:
+        subject: str = msg.subject  # type: ignore[attr-defined]
+        try:
+            body = json.loads(msg.data)  # type: ignore[attr-defined]
+            self.progress[subject.rsplit(".", 1)[-1]] = Progress(
+                int(body["i"]), int(body["k"]), str(body["n"]), float(body["t"])
+            )
+        except (ValueError, KeyError, TypeError):
+            return
+        if len(self.progress) > 100_000:
+            # Keep only running invocations' entries.
+            for inv in list(self.progress):
+                s = self.index.get(inv)
+                if s is None or s.status != S.INVOCATION_STATUS_RUNNING:
+                    del self.progress[inv]
+
+    async def _reconcile_loop(self) -> None:
+        """Enqueue again a PENDING invocation whose work item is missing.
+
+        That happens only when a process died between writing the record and the work item
+        (e.g. the control plane during Invoke or Resume); the client then got no answer.
+        """
+        while True:
+            await asyncio.sleep(self.cfg.reconcile_after)
+            cutoff = time.time_ns() - int(self.cfg.reconcile_after * 1e9)
+            for invocation_id in self.index.stale_pending(cutoff):
+                try:
+                    if await self.work.has_item(invocation_id):
+                        continue
+                    current = await self.records.get(invocation_id)
+                    if current.record.status == S.INVOCATION_STATUS_PENDING:
+                        log.info("re-enqueueing %s (work item missing)", invocation_id)
+                        await self.work.enqueue(
+                            invocation_id, current.record.generation, "reconcile"
+                        )
+                except RecordNotFound:
+                    continue
+                except Exception:
+                    log.exception("reconcile %s failed", invocation_id)

@@ -1,0 +1,96 @@
+"""The control-plane process: DurableControl plus server reflection and standard health,
+so grpcurl, buf curl and generated stubs work with nothing but the address.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from nats.aio.client import Client as NATS
+
+from durable.v1 import control_pb2, control_pb2_grpc
+from durable_server.config import EngineConfig
+from durable_server.control.plane import ControlPlane
+from durable_server.control.servicer import DurableControlServicer
+from durable_server.worker.runtime import connect_nats
+
+log = logging.getLogger("durable.control")
+
+SERVICE_NAME = control_pb2.DESCRIPTOR.services_by_name["DurableControl"].full_name
+
+
+class ControlServer:
+    """Runs the gRPC server over a :class:`ControlPlane`."""
+
+    def __init__(
+        self, cfg: EngineConfig, listen: str = "127.0.0.1:50051", *, nc: NATS | None = None
+    ) -> None:
+        self.cfg = cfg
+        self.listen = listen
+        self._nc = nc
+        self._own_nc = nc is None
+        self.port = 0
+        self._server: grpc.aio.Server | None = None
+        self.plane: ControlPlane | None = None
+
+    async def start(self) -> None:
+        if self._nc is None:
+            self._nc = await connect_nats(self.cfg, "durable-control")
+        self.plane = ControlPlane(self.cfg, self._nc)
+        await self.plane.start()
+        # Accept messages well over the payload limit so the limit is reported precisely
+        # (RESOURCE_EXHAUSTED with the numbers) instead of by grpc's generic size check.
+        max_message = 4 * self.cfg.max_payload_bytes + 1024 * 1024
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", max_message),
+                ("grpc.max_send_message_length", max_message * 2),
+            ]
+        )
+        control_pb2_grpc.add_DurableControlServicer_to_server(
+            DurableControlServicer(self.plane), server
+        )
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        self.port = server.add_insecure_port(self.listen)
+        if self.port == 0:
+            raise RuntimeError(f"cannot listen on {self.listen}")
+        await server.start()
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._server = server
+        log.info("control plane listening on %s (port %d)", self.listen, self.port)
+
+    @property
+    def target(self) -> str:
+        host = self.listen.rsplit(":", 1)[0]
+        if host in ("0.0.0.0", "[::]", ""):
+            host = "127.0.0.1"
+        return f"{host}:{self.port}"
+
+    async def stop(self, grace: float = 1.0) -> None:
+        if self._server is not None:
+            await self._server.stop(grace)
+        if self.plane is not None:
+            await self.plane.stop()
+        if self._own_nc and self._nc is not None:
+            with contextlib.suppress(Exception):
+                await self._nc.drain()
+
+    async def wait(self) -> None:
+        assert self._server is not None
+        await self._server.wait_for_termination()
+
+    async def __aenter__(self) -> ControlServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

@@ -1,0 +1,196 @@
+"""``durable.v1.DurableControl`` over gRPC: request checks, then ``ControlPlane`` calls,
+then responses. Refusals become gRPC statuses with their message; nothing here writes storage
+directly.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from durable.v1 import control_pb2, control_pb2_grpc, types_pb2
+from durable_server.control.index import Summary
+from durable_server.control.plane import ControlPlane
+from durable_server.control.validation import (
+    RequestError,
+    check_invocation_id,
+    decode_page_token,
+    encode_page_token,
+    filter_digest,
+    invalid,
+)
+from durable_server.control.views import invocation_view, result_of
+from durable_server.records import Record
+
+log = logging.getLogger("durable.control")
+S = types_pb2
+C = control_pb2
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+_MAX_PAGE = 1000
+_DEFAULT_PAGE = 50
+
+
+def _rpc(
+    fn: Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]],
+) -> Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]:
+    """Turn RequestError into the gRPC status it carries; log anything unexpected."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+        try:
+            return await fn(self, request, context)
+        except RequestError as err:
+            await context.abort(err.code, err.message)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as err:
+            log.exception("%s failed", fn.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, f"{type(err).__name__}: {err}")
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
+def _timeout(has: bool, duration: Any, context: grpc.aio.ServicerContext) -> float | None:
+    """The effective wait: the request's timeout, capped by the call's own deadline."""
+    limit = context.time_remaining()
+    wait = duration.ToTimedelta().total_seconds() if has else None
+    if wait is not None and wait < 0:
+        raise invalid("timeout must not be negative")
+    candidates = [t for t in (wait, limit - 0.05 if limit is not None else None) if t is not None]
+    return max(0.0, min(candidates)) if candidates else None
+
+
+def _summary(r: Record) -> types_pb2.InvocationSummary:
+    return Summary.of(r).to_proto()
+
+
+class DurableControlServicer(control_pb2_grpc.DurableControlServicer):
+    """Implements every DurableControl RPC."""
+
+    def __init__(self, plane: ControlPlane) -> None:
+        self._plane = plane
+
+    @_rpc
+    async def Invoke(
+        self, request: C.InvokeRequest, context: grpc.aio.ServicerContext
+    ) -> C.InvokeResponse:
+        record, existed = await self._plane.invoke(
+            request.handler, request.key, request.input, request.idempotency_key
+        )
+        response = C.InvokeResponse(
+            invocation_id=record.id, already_existed=existed, status=record.status
+        )
+        if request.wait:
+            timeout = _timeout(request.HasField("wait_timeout"), request.wait_timeout, context)
+            record, done = await self._plane.await_result(record.id, timeout)
+            response.status = record.status
+            if done:
+                response.result.CopyFrom(result_of(record))
+        return response
+
+    @_rpc
+    async def AwaitResult(
+        self, request: C.AwaitResultRequest, context: grpc.aio.ServicerContext
+    ) -> C.AwaitResultResponse:
+        invocation_id = check_invocation_id(request.invocation_id)
+        timeout = _timeout(request.HasField("timeout"), request.timeout, context)
+        record, done = await self._plane.await_result(invocation_id, timeout)
+        response = C.AwaitResultResponse(
+            invocation_id=invocation_id, done=done, status=record.status
+        )
+        if done:
+            response.result.CopyFrom(result_of(record))
+        return response
+
+    @_rpc
+    async def GetWorkflow(
+        self, request: C.GetWorkflowRequest, context: grpc.aio.ServicerContext
+    ) -> C.GetWorkflowResponse:
+        invocation_id = check_invocation_id(request.invocation_id)
+        current = await self._plane.get_record(invocation_id)
+        journal = None if request.skip_journal else await self._plane.load_journal(invocation_id)
+        invocation, entries = invocation_view(
+            current.record, journal, self._plane.progress.get(invocation_id)
+        )
+        return C.GetWorkflowResponse(invocation=invocation, journal=entries)
+
+    @_rpc
+    async def ListWorkflows(
+        self, request: C.ListWorkflowsRequest, context: grpc.aio.ServicerContext
+    ) -> C.ListWorkflowsResponse:
+        if request.page_size < 0 or request.page_size > _MAX_PAGE:
+            raise invalid(f"page_size must be between 1 and {_MAX_PAGE} (0 means {_DEFAULT_PAGE})")
+        statuses = list(request.statuses)
+        for st in statuses:
+            if st == S.INVOCATION_STATUS_UNSPECIFIED or st not in S.InvocationStatus.values():
+                raise invalid(
+                    f"statuses holds {st}, which is not a status; use e.g. "
+                    "INVOCATION_STATUS_RUNNING"
+                )
+        digest = filter_digest(statuses, request.handler, request.key)
+        after = decode_page_token(request.page_token, digest) if request.page_token else None
+        page, nxt, total = self._plane.index.list(
+            statuses=statuses,
+            handler=request.handler,
+            key=request.key,
+            page_size=request.page_size or _DEFAULT_PAGE,
+            after=after,
+        )
+        return C.ListWorkflowsResponse(
+            invocations=[s.to_proto() for s in page],
+            next_page_token=encode_page_token(nxt, digest) if nxt else "",
+            total_size=total,
+        )
+
+    @_rpc
+    async def Stats(
+        self, request: C.StatsRequest, context: grpc.aio.ServicerContext
+    ) -> C.StatsResponse:
+        by_status, by_handler = self._plane.index.stats()
+        response = C.StatsResponse(total=sum(by_status.values()))
+        for st in S.InvocationStatus.values():
+            if st != S.INVOCATION_STATUS_UNSPECIFIED:
+                response.by_status.add(status=st, count=by_status.get(st, 0))
+        for handler, counts in by_handler.items():
+            hs = response.by_handler.add(handler=handler, total=sum(counts.values()))
+            for st, count in sorted(counts.items()):
+                hs.by_status.add(status=st, count=count)  # type: ignore[arg-type]
+        return response
+
+    @_rpc
+    async def Pause(
+        self, request: C.PauseRequest, context: grpc.aio.ServicerContext
+    ) -> C.PauseResponse:
+        record = await self._plane.pause(check_invocation_id(request.invocation_id), request.reason)
+        return C.PauseResponse(invocation=_summary(record))
+
+    @_rpc
+    async def Resume(
+        self, request: C.ResumeRequest, context: grpc.aio.ServicerContext
+    ) -> C.ResumeResponse:
+        record = await self._plane.resume(check_invocation_id(request.invocation_id))
+        return C.ResumeResponse(invocation=_summary(record))
+
+    @_rpc
+    async def Cancel(
+        self, request: C.CancelRequest, context: grpc.aio.ServicerContext
+    ) -> C.CancelResponse:
+        record = await self._plane.cancel(
+            check_invocation_id(request.invocation_id), request.reason
+        )
+        return C.CancelResponse(invocation=_summary(record))
+
+    @_rpc
+    async def ListHandlers(
+        self, request: C.ListHandlersRequest, context: grpc.aio.ServicerContext
+    ) -> C.ListHandlersResponse:
+        handlers = self._plane.catalog.handlers()
+        return C.ListHandlersResponse(handlers=[handlers[n] for n in sorted(handlers)])

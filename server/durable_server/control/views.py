@@ -1,0 +1,78 @@
+"""Stored records and journal entries as the API's messages."""
+
+from __future__ import annotations
+
+from durable.internal.v1 import storage_pb2
+from durable.v1 import types_pb2
+from durable_server.control.validation import stored_to_payload
+from durable_server.journal import LoadedJournal
+
+S = types_pb2
+_SUMMARY_LIMIT = 120
+
+
+def result_of(r: storage_pb2.InvocationRecord) -> types_pb2.Result:
+    if r.HasField("failure"):
+        return types_pb2.Result(failure=r.failure)
+    return types_pb2.Result(value=stored_to_payload(r.output.data, r.output.content_type))
+
+
+def _summary(entry: storage_pb2.JournalRecord) -> str:
+    if entry.HasField("failure"):
+        text = f"{entry.failure.error_type}: {entry.failure.message}"
+    elif entry.value.content_type == "application/json":
+        text = entry.value.data.decode("utf-8", "replace")
+    else:
+        text = f"<{len(entry.value.data)} bytes {entry.value.content_type}>"
+    return text if len(text) <= _SUMMARY_LIMIT else text[: _SUMMARY_LIMIT - 1] + "…"
+
+
+def journal_entry(entry: storage_pb2.JournalRecord) -> types_pb2.JournalEntry:
+    out = types_pb2.JournalEntry(
+        index=entry.index,
+        kind=entry.kind,
+        name=entry.name,
+        summary=_summary(entry),
+        recorded_at=entry.recorded_at,
+        attempt=entry.attempt,
+    )
+    if entry.HasField("failure"):
+        out.result.failure.CopyFrom(entry.failure)
+    elif entry.HasField("value"):
+        out.result.value.CopyFrom(stored_to_payload(entry.value.data, entry.value.content_type))
+    return out
+
+
+def invocation_view(
+    r: storage_pb2.InvocationRecord,
+    journal: LoadedJournal | None,
+    progress: object | None,
+) -> tuple[types_pb2.Invocation, list[types_pb2.JournalEntry]]:
+    """The Invocation message and its journal entries."""
+    inv = types_pb2.Invocation(
+        invocation_id=r.id,
+        handler=r.handler,
+        key=r.key,
+        status=r.status,
+        input=stored_to_payload(r.input.data, r.input.content_type),
+        idempotency_key=r.idempotency_key,
+        attempt=r.attempt,
+        status_reason=r.status_reason,
+        pause_requested=r.pause_requested,
+        cancel_requested=r.cancel_requested,
+    )
+    for name in ("created_at", "updated_at", "started_at", "ended_at", "next_attempt_at"):
+        if r.HasField(name):
+            getattr(inv, name).CopyFrom(getattr(r, name))
+    if r.HasField("last_failure") and r.status == S.INVOCATION_STATUS_BACKING_OFF:
+        inv.last_failure.CopyFrom(r.last_failure)
+    if r.HasField("failure") or r.HasField("output"):
+        inv.result.CopyFrom(result_of(r))
+    entries = [journal_entry(e) for e in journal.entries] if journal else []
+    length = len(journal.entries) if journal else r.journal_length
+    inv.journal_length = length
+    inv.current_step.index = length
+    if progress is not None and getattr(progress, "index", -1) == length:
+        inv.current_step.kind = progress.kind  # type: ignore[attr-defined]
+        inv.current_step.name = progress.name  # type: ignore[attr-defined]
+    return inv, entries

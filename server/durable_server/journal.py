@@ -1,0 +1,98 @@
+"""The journal: an append-only JetStream subject per invocation, fenced per entry.
+
+Each entry is published with ``Nats-Expected-Last-Subject-Sequence`` set to the stream sequence
+of the entry before it (0 for the first). A worker that is not the current driver, because
+another one took the invocation over, finds the subject has moved on, gets error 10071, and
+stops: no duplicate or interleaved entries can be written. Appending costs one small message
+per step, whatever the journal's length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nats.js import JetStreamContext
+from nats.js.errors import APIError, NotFoundError
+
+from durable.internal.v1 import storage_pb2
+from durable_server.config import EngineConfig
+
+Entry = storage_pb2.JournalRecord
+
+_WRONG_LAST_SEQUENCE = (10071, 10164)
+
+
+class JournalFenced(Exception):
+    """Another driver appended to this journal since we read it: stop driving."""
+
+
+@dataclass
+class LoadedJournal:
+    """Entries in order with the stream sequence of the last one (0 when empty)."""
+
+    entries: list[Entry]
+    last_seq: int
+
+
+class Journal:
+    """Reads and appends journal entries."""
+
+    def __init__(self, js: JetStreamContext, cfg: EngineConfig) -> None:
+        self._js = js
+        self._cfg = cfg
+
+    async def append(self, invocation_id: str, entry: Entry, expected_last_seq: int) -> int:
+        """Append ``entry`` if the journal's last entry is still ``expected_last_seq``.
+
+        Returns the new entry's stream sequence; raises :class:`JournalFenced` otherwise.
+        """
+        headers = {
+            "Nats-Expected-Last-Subject-Sequence": str(expected_last_seq),
+            # Same entry republished after a lost ack is dropped instead of doubled.
+            "Nats-Msg-Id": f"{invocation_id}:{entry.index}:{entry.attempt}",
+        }
+        try:
+            ack = await self._js.publish(
+                self._cfg.journal_subject(invocation_id),
+                entry.SerializeToString(),
+                headers=headers,
+            )
+        except APIError as err:
+            if err.err_code in _WRONG_LAST_SEQUENCE:
+                raise JournalFenced(
+                    f"journal of {invocation_id} moved past sequence {expected_last_seq}"
+                ) from err
+            raise
+        if ack.duplicate:
+            # Our own earlier publish of this very entry landed; find its sequence.
+            msg = await self._js.get_msg(
+                self._cfg.journal_stream,
+                subject=self._cfg.journal_subject(invocation_id),
+                direct=True,
+            )
+            return int(msg.seq or 0)
+        return int(ack.seq)
+
+    async def load(self, invocation_id: str) -> LoadedJournal:
+        """Read every entry of one invocation, in order."""
+        subject = self._cfg.journal_subject(invocation_id)
+        entries: list[Entry] = []
+        seq = 0
+        last_seq = 0
+        while True:
+            try:
+                msg = await self._js.get_msg(
+                    self._cfg.journal_stream, seq=seq + 1, subject=subject, next=True, direct=True
+                )
+            except NotFoundError:
+                break
+            entry = Entry()
+            entry.ParseFromString(msg.data or b"")
+            entries.append(entry)
+            seq = last_seq = int(msg.seq or 0)
+        return LoadedJournal(entries, last_seq)
+
+    async def purge(self, invocation_id: str) -> None:
+        await self._js.purge_stream(
+            self._cfg.journal_stream, subject=self._cfg.journal_subject(invocation_id)
+        )

@@ -1,0 +1,173 @@
+"""The engine's processes as CLI commands: ``durable dev``, ``durable server``, ``durable worker``.
+
+``dev`` runs everything in one process for a laptop: an embedded nats-server with JetStream
+under ``--data``, the control plane and a worker hosting the given modules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from durable._handlers import Service
+from durable_server.config import EngineConfig
+from durable_server.control.server import ControlServer
+from durable_server.natsd import EmbeddedNats
+from durable_server.worker.runtime import Worker
+
+log = logging.getLogger("durable")
+
+DEFAULT_MODULES = ["examples.hello"]
+
+
+def load_services(modules: list[str]) -> list[Service]:
+    """Import each module and collect the Service objects defined at its top level."""
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    services: list[Service] = []
+    for name in modules:
+        module = importlib.import_module(name)
+        found = [v for v in vars(module).values() if isinstance(v, Service)]
+        if not found:
+            raise SystemExit(f"error: module {name} defines no durable Service")
+        services.extend(found)
+    return services
+
+
+def _config(args: argparse.Namespace, nats_url: str | None = None) -> EngineConfig:
+    return EngineConfig(
+        nats_url=nats_url or args.nats,
+        prefix=args.prefix,
+        replicas=args.replicas,
+        ack_wait=args.ack_wait,
+        max_payload_bytes=args.max_payload_bytes,
+    )
+
+
+def _engine_flags(p: argparse.ArgumentParser, *, with_nats: bool = True) -> None:
+    if with_nats:
+        p.add_argument(
+            "--nats",
+            default="nats://127.0.0.1:4222",
+            help="NATS URL, or a comma-separated list for a cluster",
+        )
+    p.add_argument("--prefix", default="durable", help="namespace of streams and buckets")
+    p.add_argument("--replicas", type=int, default=1, help="JetStream replicas (3 on a cluster)")
+    p.add_argument(
+        "--ack-wait", type=float, default=30.0, help="seconds before a silent worker's work moves"
+    )
+    p.add_argument(
+        "--max-payload-bytes", type=int, default=1024 * 1024, help="largest input/output"
+    )
+    p.add_argument("--log-level", default="INFO")
+
+
+def add_engine_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register dev, server and worker on the ``durable`` CLI."""
+    dev = sub.add_parser("dev", help="embedded nats-server + control plane + worker, one process")
+    dev.add_argument("--data", default="./data", help="JetStream store directory")
+    dev.add_argument("--listen", default="127.0.0.1:50051", help="gRPC address")
+    dev.add_argument("--nats-port", type=int, default=4222, help="embedded nats-server port")
+    dev.add_argument(
+        "--sync", default="always", help="nats-server sync_interval: 'always' or e.g. '2m'"
+    )
+    dev.add_argument("--module", action="append", help="module with handlers (repeatable)")
+    dev.add_argument("--slots", type=int, default=64, help="concurrent invocations")
+    _engine_flags(dev, with_nats=False)
+    dev.set_defaults(func=lambda a: _run(_dev(a), a))
+
+    server = sub.add_parser("server", help="run the control plane (gRPC DurableControl)")
+    server.add_argument("--listen", default="127.0.0.1:50051", help="gRPC address")
+    _engine_flags(server)
+    server.set_defaults(func=lambda a: _run(_server(a), a))
+
+    worker = sub.add_parser("worker", help="run a worker hosting handler modules")
+    worker.add_argument("--module", action="append", required=True, help="module with handlers")
+    worker.add_argument("--slots", type=int, default=64, help="concurrent invocations")
+    worker.add_argument("--worker-id", default=None, help="stable id (default: random)")
+    _engine_flags(worker)
+    worker.set_defaults(func=lambda a: _run(_worker(a), a))
+
+
+def _run(main: object, args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        asyncio.run(main)  # type: ignore[arg-type]
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def _server(args: argparse.Namespace) -> None:
+    async with ControlServer(_config(args), args.listen) as server:
+        print(f"durable control plane on {server.target}", flush=True)
+        await _until_signalled()
+
+
+async def _worker(args: argparse.Namespace) -> None:
+    services = load_services(args.module)
+    async with Worker(_config(args), services, slots=args.slots, worker_id=args.worker_id) as w:
+        print(f"durable worker {w.worker_id}: {', '.join(h.full_name for h in w.registry)}")
+        await _until_signalled()
+
+
+async def _dev(args: argparse.Namespace) -> None:
+    services = load_services(args.module or DEFAULT_MODULES)
+    data = Path(args.data).resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    natsd = EmbeddedNats(data, port=args.nats_port, sync_interval=args.sync)
+    await natsd.astart()
+    try:
+        cfg = _config(args, natsd.url)
+        async with (
+            ControlServer(cfg, args.listen) as server,
+            Worker(cfg, services, slots=args.slots) as worker,
+        ):
+            print(_banner(server.target, natsd.url, args.sync, data, worker), flush=True)
+            await _until_signalled()
+    finally:
+        await natsd.astop()
+
+
+def _banner(target: str, nats_url: str, sync: str, data: Path, worker: Worker) -> str:
+    handlers = [h.full_name for h in worker.registry]
+    first = handlers[0] if handlers else "greeter/greet"
+    return f"""
+durable dev is running
+  gRPC DurableControl  {target}   (reflection + health on)
+  nats-server          {nats_url}   JetStream under {data} (sync_interval={sync})
+  worker               {worker.worker_id} serving {", ".join(handlers)}
+
+Try it:
+  .venv/bin/durable handlers
+  .venv/bin/durable invoke {first} '"World"'
+  .venv/bin/durable invoke orders/checkout '{{"order_id": "o-1", "items": ["book"], "amount": 12.5}}'
+  .venv/bin/durable list
+  .venv/bin/durable get <invocation id>
+  grpcurl -plaintext {target} list
+  grpcurl -plaintext -d '{{"handler": "{first}", "input": {{"json": "World"}}, "wait": true}}' \\
+      {target} durable.v1.DurableControl/Invoke
+  .venv/bin/buf curl --protocol grpc --http2-prior-knowledge \\
+      --data '{{"handler": "{first}", "input": {{"json": "World"}}, "wait": true}}' \\
+      http://{target}/durable.v1.DurableControl/Invoke
+
+Ctrl-C stops everything; data stays under {data}.
+"""

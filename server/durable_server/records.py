@@ -1,0 +1,134 @@
+"""The invocation record: one KV entry per invocation, changed only by compare-and-swap.
+
+Every writer (control plane and workers) goes through :meth:`RecordStore.mutate`, which reads
+the entry, applies a pure change function and writes it back conditioned on the revision it
+read, retrying on conflict. So a Pause never undoes a completion, and a completion never
+undoes a Cancel: each sees the other's write and decides again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from durable.internal.v1 import storage_pb2
+from durable.v1 import types_pb2
+
+Record = storage_pb2.InvocationRecord
+Status = types_pb2.InvocationStatus
+
+TERMINAL_STATUSES = frozenset(
+    {
+        types_pb2.INVOCATION_STATUS_COMPLETED,
+        types_pb2.INVOCATION_STATUS_FAILED,
+        types_pb2.INVOCATION_STATUS_CANCELLED,
+    }
+)
+
+
+class RecordNotFound(Exception):
+    """No record with that id."""
+
+
+class MutationRefused(Exception):
+    """The change function decided the record's current state does not allow the change."""
+
+    def __init__(self, message: str, record: Record) -> None:
+        super().__init__(message)
+        self.record = record
+
+
+@dataclass(frozen=True)
+class Versioned:
+    """A record with the KV revision it was read at."""
+
+    record: Record
+    revision: int
+
+
+def now_ts() -> Timestamp:
+    ts = Timestamp()
+    ts.GetCurrentTime()
+    return ts
+
+
+def ts_to_datetime(ts: Timestamp) -> dt.datetime:
+    return ts.ToDatetime(tzinfo=dt.UTC)
+
+
+def is_terminal(status: int) -> bool:
+    return status in TERMINAL_STATUSES
+
+
+def status_name(status: int) -> str:
+    return types_pb2.InvocationStatus.Name(status).removeprefix("INVOCATION_STATUS_")  # type: ignore[arg-type]
+
+
+class RecordStore:
+    """Typed access to the invocations bucket."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self._kv = kv
+
+    async def create(self, record: Record) -> int | None:
+        """Store a new record; None when one with that id exists already."""
+        try:
+            rev: int = await self._kv.create(record.id, record.SerializeToString())
+            return rev
+        except KeyWrongLastSequenceError:
+            return None
+
+    async def get(self, invocation_id: str) -> Versioned:
+        try:
+            entry = await self._kv.get(invocation_id)
+        except KeyNotFoundError as err:
+            raise RecordNotFound(invocation_id) from err
+        if entry.value is None:
+            raise RecordNotFound(invocation_id)
+        record = Record()
+        record.ParseFromString(entry.value)
+        return Versioned(record, entry.revision or 0)
+
+    async def write(self, current: Versioned, record: Record) -> Versioned | None:
+        """CAS-write ``record`` over ``current``; None when someone else wrote in between."""
+        record.updated_at.CopyFrom(now_ts())
+        try:
+            rev = await self._kv.update(
+                record.id, record.SerializeToString(), last=current.revision
+            )
+        except KeyWrongLastSequenceError:
+            return None
+        return Versioned(record, rev)
+
+    async def mutate(
+        self,
+        invocation_id: str,
+        change: Callable[[Record], None],
+        *,
+        current: Versioned | None = None,
+        attempts: int = 50,
+    ) -> Versioned:
+        """Apply ``change`` to a copy of the latest record and CAS it in, retrying on conflict.
+
+        ``change`` edits the copy in place, or raises :class:`MutationRefused` to leave the
+        record as it is. Starting from ``current`` saves a read when the caller has one.
+        """
+        for _ in range(attempts):
+            if current is None:
+                current = await self.get(invocation_id)
+            updated = Record()
+            updated.CopyFrom(current.record)
+            change(updated)
+            written = await self.write(current, updated)
+            if written is not None:
+                return written
+            current = None
+        raise RuntimeError(f"record {invocation_id}: too much write contention")
+
+    async def delete(self, invocation_id: str) -> None:
+        await self._kv.delete(invocation_id)

@@ -1,0 +1,132 @@
+"""Creates (idempotently) the streams, consumer and buckets the engine uses.
+
+- ``<P>_JOURNAL``: one append-only subject per invocation (``<p>.journal.<id>``); every entry is
+  appended with the expected last subject sequence of the entry before it, which is the fence.
+- ``<P>_WORK``: work queue of "drive invocation X" items, consumed by the shared durable pull
+  consumer ``workers``; unacked items are redelivered after ack_wait, so a dead worker's
+  invocation moves on. Message ids dedupe repeated enqueues.
+- KV ``<p>_invocations``: the mutable record of each invocation, changed only by CAS.
+- KV ``<p>_workers``: live workers and the handlers they serve, refreshed by heartbeats.
+"""
+
+from __future__ import annotations
+
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.kv import KeyValue
+
+from durable_server.config import EngineConfig
+
+# Records hold an input and an output, each up to max_payload_bytes, plus metadata.
+_RECORD_OVERHEAD = 64 * 1024
+
+
+def _stream_configs(cfg: EngineConfig) -> list[StreamConfig]:
+    value_limit = 2 * cfg.max_payload_bytes + _RECORD_OVERHEAD
+    return [
+        StreamConfig(
+            name=cfg.journal_stream,
+            subjects=[f"{cfg.prefix}.journal.>"],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=cfg.replicas,
+            allow_direct=True,
+            max_msg_size=value_limit,
+            duplicate_window=cfg.duplicate_window,
+        ),
+        StreamConfig(
+            name=cfg.work_stream,
+            subjects=[f"{cfg.prefix}.work.>"],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            num_replicas=cfg.replicas,
+            allow_direct=True,
+            duplicate_window=cfg.duplicate_window,
+        ),
+    ]
+
+
+async def ensure_resources(js: JetStreamContext, cfg: EngineConfig) -> None:
+    """Create what is missing; leave what exists (and its data) untouched."""
+    for sc in _stream_configs(cfg):
+        try:
+            await js.stream_info(sc.name)
+        except NotFoundError:
+            try:
+                await js.add_stream(sc)
+            except BadRequestError:
+                # Another process created it between our check and our create.
+                await js.stream_info(sc.name)
+    await _ensure_work_consumer(js, cfg)
+    await invocations_kv(js, cfg)
+    await workers_kv(js, cfg)
+
+
+async def _ensure_work_consumer(js: JetStreamContext, cfg: EngineConfig) -> None:
+    try:
+        await js.consumer_info(cfg.work_stream, cfg.work_consumer)
+        return
+    except NotFoundError:
+        pass
+    await js.add_consumer(
+        cfg.work_stream,
+        ConsumerConfig(
+            durable_name=cfg.work_consumer,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=cfg.ack_wait,
+            # Never give up on an invocation: redelivery is how a dead worker's work moves on.
+            max_deliver=-1,
+            max_ack_pending=100_000,
+            max_waiting=4096,
+        ),
+    )
+
+
+async def invocations_kv(js: JetStreamContext, cfg: EngineConfig) -> KeyValue:
+    return await _kv(
+        js,
+        KeyValueConfig(
+            bucket=cfg.invocations_bucket,
+            history=1,
+            storage=StorageType.FILE,
+            replicas=cfg.replicas,
+            max_value_size=2 * cfg.max_payload_bytes + _RECORD_OVERHEAD,
+            direct=True,
+        ),
+    )
+
+
+async def workers_kv(js: JetStreamContext, cfg: EngineConfig) -> KeyValue:
+    # A dead worker's entry ages out after a day, so a handler stays known (and Invoke keeps
+    # accepting it) across restarts and deploys, but not forever.
+    return await _kv(
+        js,
+        KeyValueConfig(
+            bucket=cfg.workers_bucket,
+            history=1,
+            ttl=24 * 3600.0,
+            storage=StorageType.FILE,
+            replicas=cfg.replicas,
+            direct=True,
+        ),
+    )
+
+
+async def _kv(js: JetStreamContext, kvc: KeyValueConfig) -> KeyValue:
+    try:
+        return await js.key_value(kvc.bucket)
+    except NotFoundError:
+        try:
+            return await js.create_key_value(kvc)
+        except BadRequestError:
+            return await js.key_value(kvc.bucket)

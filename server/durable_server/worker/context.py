@@ -1,0 +1,260 @@
+"""The runtime's ``ctx``: replays journaled steps and journals new ones, in order.
+
+Step numbers are taken when a step is *called*, and entries are appended in that order even
+when steps finish out of order (``asyncio.gather`` over several ``ctx.run``), so a replay maps
+the same calls to the same entries. Before a new step it honours Pause (unwind, keep the
+journal) and Cancel (journal the cancellation as this step's outcome and raise it, once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import inspect
+import random as _random
+import typing
+import uuid as _uuid
+from collections.abc import Callable
+from typing import Any
+
+from durable import _serde
+from durable._context import Context
+from durable._retry import RetryPolicy
+from durable.errors import CancelledError, NonDeterminismError, SuspendInvocation, TerminalError
+from durable.internal.v1 import storage_pb2
+from durable.v1 import types_pb2
+from durable_server.journal import Journal, JournalFenced
+from durable_server.records import now_ts
+from durable_server.worker.signals import ControlFlags, Fenced, RetryAttempt
+
+CANCELLED_ERROR_TYPE = "CancelledError"
+_KIND_NAMES = {
+    types_pb2.STEP_KIND_RUN: "run",
+    types_pb2.STEP_KIND_NOW: "now",
+}
+
+
+def describe_step(kind: int, name: str) -> str:
+    return f"{_KIND_NAMES.get(kind, types_pb2.StepKind.Name(kind))} {name!r}"  # type: ignore[arg-type]
+
+
+def failure_of(err: BaseException) -> types_pb2.Failure:
+    code = err.code if isinstance(err, TerminalError) else 0
+    message = err.message if isinstance(err, TerminalError) else str(err)
+    return types_pb2.Failure(
+        message=message or type(err).__name__, error_type=type(err).__name__, code=code
+    )
+
+
+def error_from_failure(failure: types_pb2.Failure) -> TerminalError:
+    if failure.error_type == CANCELLED_ERROR_TYPE:
+        return CancelledError(failure.message, failure.code)
+    return TerminalError(failure.message, failure.code)
+
+
+class InvocationContext(Context):
+    """``ctx`` of one attempt of one invocation."""
+
+    def __init__(
+        self,
+        *,
+        record: storage_pb2.InvocationRecord,
+        entries: list[storage_pb2.JournalRecord],
+        last_seq: int,
+        journal: Journal,
+        worker_id: str,
+        flags: ControlFlags,
+        announce: Callable[[int, int, str], None],
+    ) -> None:
+        self._record = record
+        self._entries = entries
+        self._last_seq = last_seq
+        self._journal = journal
+        self._worker_id = worker_id
+        self._flags = flags
+        self._announce = announce
+        self._next_index = 0
+        self._next_append = len(entries)
+        self._append_turn = asyncio.Condition()
+        self._rng = _random.Random(record.id)
+        self.cancel_delivered = any(
+            e.HasField("failure") and e.failure.error_type == CANCELLED_ERROR_TYPE for e in entries
+        )
+
+    # -- identity -------------------------------------------------------------------------
+
+    @property
+    def invocation_id(self) -> str:
+        return self._record.id
+
+    @property
+    def handler(self) -> str:
+        return self._record.handler
+
+    @property
+    def key(self) -> str:
+        return self._record.key
+
+    @property
+    def attempt(self) -> int:
+        return self._record.attempt
+
+    @property
+    def steps_taken(self) -> int:
+        return self._next_index
+
+    @property
+    def journal_length(self) -> int:
+        return self._next_append
+
+    def unconsumed_entries(self) -> int:
+        """Journaled steps the code has not asked for (non-determinism once it returned)."""
+        return max(0, len(self._entries) - self._next_index)
+
+    # -- steps ----------------------------------------------------------------------------
+
+    def _take(self, kind: int, name: str) -> tuple[int, storage_pb2.JournalRecord | None]:
+        index = self._next_index
+        self._next_index += 1
+        if index < len(self._entries):
+            entry = self._entries[index]
+            if entry.kind != kind or entry.name != name:
+                expected = describe_step(entry.kind, entry.name)
+                actual = describe_step(kind, name)
+                raise NonDeterminismError(
+                    f"non-deterministic replay at step {index}: the journal holds {expected} "
+                    f"but the code asked for {actual}; the handler's code changed since this "
+                    "invocation started (deploy the old code, or cancel it)",
+                    index=index,
+                    expected=expected,
+                    actual=actual,
+                )
+            return index, entry
+        return index, None
+
+    def _before_new_step(self, index: int, kind: int, name: str) -> bool:
+        """Apply Pause and Cancel; True when this step must deliver the cancellation."""
+        if self._flags.cancel and not self.cancel_delivered:
+            return True
+        if self._flags.pause:
+            raise SuspendInvocation("paused")
+        self._announce(index, kind, name)
+        return False
+
+    async def _append(self, entry: storage_pb2.JournalRecord) -> None:
+        async with self._append_turn:
+            await self._append_turn.wait_for(lambda: self._next_append == entry.index)
+            try:
+                self._last_seq = await self._journal.append(self._record.id, entry, self._last_seq)
+            except JournalFenced as err:
+                raise Fenced(str(err)) from err
+            self._next_append += 1
+            self._append_turn.notify_all()
+
+    def _entry(self, index: int, kind: int, name: str) -> storage_pb2.JournalRecord:
+        return storage_pb2.JournalRecord(
+            index=index,
+            kind=kind,  # type: ignore[arg-type]
+            name=name,
+            recorded_at=now_ts(),
+            attempt=self._record.attempt,
+            worker_id=self._worker_id,
+        )
+
+    async def _deliver_cancel(self, index: int, kind: int, name: str) -> None:
+        reason = self._flags.cancel_reason or "invocation cancelled"
+        entry = self._entry(index, kind, name)
+        entry.failure.CopyFrom(types_pb2.Failure(message=reason, error_type=CANCELLED_ERROR_TYPE))
+        await self._append(entry)
+        self.cancel_delivered = True
+        raise CancelledError(reason)
+
+    @staticmethod
+    def _replay(entry: storage_pb2.JournalRecord, result_type: Any) -> Any:
+        if entry.HasField("failure"):
+            raise error_from_failure(entry.failure)
+        return _serde.decode(entry.value.data, entry.value.content_type, result_type)
+
+    async def run(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        *args: Any,
+        retry: RetryPolicy | None = None,
+        result_type: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        if result_type is None:
+            try:
+                result_type = typing.get_type_hints(fn).get("return", Any)
+            except Exception:
+                result_type = Any
+        index, entry = self._take(types_pb2.STEP_KIND_RUN, name)
+        if entry is not None:
+            return self._replay(entry, result_type)
+        if self._before_new_step(index, types_pb2.STEP_KIND_RUN, name):
+            await self._deliver_cancel(index, types_pb2.STEP_KIND_RUN, name)
+        entry = self._entry(index, types_pb2.STEP_KIND_RUN, name)
+        failed: TerminalError | None = None
+        try:
+            value = await self._execute(fn, args, kwargs, retry)
+            data, content_type = _serde.encode(value)
+            entry.value.CopyFrom(storage_pb2.StoredPayload(data=data, content_type=content_type))
+        except TerminalError as err:
+            failed = err
+        except TypeError as err:  # from encode: retrying cannot make the value encodable
+            failed = TerminalError(f"step {name!r}: {err}")
+        if failed is not None:
+            entry.failure.CopyFrom(failure_of(failed))
+        await self._append(entry)
+        if failed is not None:
+            raise failed
+        # Hand back what a replay would, so the first run and the replays agree.
+        return _serde.decode(entry.value.data, entry.value.content_type, result_type)
+
+    async def _execute(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        retry: RetryPolicy | None,
+    ) -> Any:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                if inspect.iscoroutinefunction(fn):
+                    return await fn(*args, **kwargs)
+                result = await asyncio.to_thread(fn, *args, **kwargs)
+                if inspect.isawaitable(result):
+                    return await result
+                return result
+            except TerminalError:
+                raise
+            except Exception as err:
+                if retry is None:
+                    raise RetryAttempt(err) from err
+                if retry.gives_up_after(attempt):
+                    raise TerminalError(
+                        f"gave up after {attempt} attempts: {type(err).__name__}: {err}"
+                    ) from err
+                await asyncio.sleep(retry.delay(attempt))
+
+    async def now(self) -> dt.datetime:
+        index, entry = self._take(types_pb2.STEP_KIND_NOW, "now")
+        if entry is not None:
+            return dt.datetime.fromisoformat(self._replay(entry, str))
+        if self._before_new_step(index, types_pb2.STEP_KIND_NOW, "now"):
+            await self._deliver_cancel(index, types_pb2.STEP_KIND_NOW, "now")
+        value = dt.datetime.now(dt.UTC)
+        entry = self._entry(index, types_pb2.STEP_KIND_NOW, "now")
+        data, ct = _serde.encode(value.isoformat())
+        entry.value.CopyFrom(storage_pb2.StoredPayload(data=data, content_type=ct))
+        await self._append(entry)
+        return value
+
+    def random(self) -> float:
+        return self._rng.random()
+
+    def uuid(self) -> _uuid.UUID:
+        return _uuid.UUID(int=self._rng.getrandbits(128), version=4)

@@ -1,0 +1,239 @@
+"""Drives one invocation attempt: claim the record, replay the journal, run the handler,
+record the outcome, then ack, nak or (when fenced) leave the work item alone.
+
+The record is claimed with a CAS that bumps ``attempt``; the journal's per-entry fence decides
+which driver may write. Every final write is conditioned on our attempt still being the
+current one, so a worker that lost the invocation to another can change nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from nats.aio.msg import Msg
+
+from durable import _serde
+from durable._handlers import HandlerDef, Registry
+from durable._retry import DEFAULT_HANDLER_RETRY
+from durable.errors import CancelledError, NonDeterminismError, SuspendInvocation, TerminalError
+from durable.internal.v1 import storage_pb2
+from durable.v1 import types_pb2
+from durable_server.journal import Journal, LoadedJournal
+from durable_server.records import (
+    MutationRefused,
+    Record,
+    RecordNotFound,
+    RecordStore,
+    is_terminal,
+    now_ts,
+)
+from durable_server.worker.context import InvocationContext, failure_of
+from durable_server.worker.signals import ControlFlags, Fenced, RetryAttempt
+
+log = logging.getLogger("durable.worker")
+
+S = types_pb2
+
+
+@dataclass
+class Outcome:
+    """What the attempt ended with, as a change to apply to the record."""
+
+    status: int
+    output: storage_pb2.StoredPayload | None = None
+    failure: types_pb2.Failure | None = None
+    reason: str = ""
+    retry_in: float | None = None
+
+
+class Executor:
+    """Runs attempts of invocations for one worker."""
+
+    def __init__(
+        self,
+        *,
+        records: RecordStore,
+        journal: Journal,
+        registry: Registry,
+        worker_id: str,
+        announce: Callable[[str, int, int, str], None],
+    ) -> None:
+        self._records = records
+        self._journal = journal
+        self._registry = registry
+        self._worker_id = worker_id
+        self._announce = announce
+
+    async def drive(self, msg: Msg, invocation_id: str, flags: ControlFlags) -> None:
+        try:
+            current = await self._records.get(invocation_id)
+        except RecordNotFound:
+            # Invoke writes the record and the work item concurrently; the item can win.
+            if msg.metadata.num_delivered < 20:
+                await msg.nak(delay=0.25)
+            else:
+                log.warning("dropping work item for unknown invocation %s", invocation_id)
+                await msg.ack()
+            return
+        rec = current.record
+        if is_terminal(rec.status) or rec.status == S.INVOCATION_STATUS_PAUSED:
+            await msg.ack()
+            return
+        if rec.status == S.INVOCATION_STATUS_BACKING_OFF and rec.HasField("next_attempt_at"):
+            wait = rec.next_attempt_at.ToNanoseconds() / 1e9 - time.time()
+            if wait > 0.005:
+                await msg.nak(delay=wait)
+                return
+        hdef = self._registry.get(rec.handler)
+        if hdef is None:
+            log.warning("no handler %s in this worker; leaving %s to others", rec.handler, rec.id)
+            await msg.nak(delay=1.0)
+            return
+
+        try:
+            claimed = await self._records.mutate(invocation_id, self._claim, current=current)
+        except MutationRefused:
+            await msg.ack()
+            return
+        rec = claimed.record
+        flags.pause = flags.pause or rec.pause_requested
+        flags.cancel = flags.cancel or rec.cancel_requested
+        flags.cancel_reason = flags.cancel_reason or rec.cancel_reason
+
+        # Attempt 1 is the first claim ever, so nobody can have journaled anything yet.
+        loaded = LoadedJournal([], 0) if rec.attempt == 1 else await self._journal.load(rec.id)
+        ctx = InvocationContext(
+            record=rec,
+            entries=loaded.entries,
+            last_seq=loaded.last_seq,
+            journal=self._journal,
+            worker_id=self._worker_id,
+            flags=flags,
+            announce=lambda i, k, n: self._announce(rec.id, i, k, n),
+        )
+        try:
+            outcome = await self._run_handler(hdef, rec, ctx)
+        except Fenced as err:
+            log.info("invocation %s: fenced (%s); another worker drives it", rec.id, err)
+            return
+        try:
+            await self._records.mutate(
+                rec.id, lambda r: self._finish(r, rec.attempt, ctx, outcome), current=claimed
+            )
+        except MutationRefused as refused:
+            log.info("invocation %s: %s", rec.id, refused)
+            return
+        if outcome.retry_in is not None:
+            await msg.nak(delay=outcome.retry_in)
+        else:
+            await msg.ack()
+
+    def _claim(self, r: Record) -> None:
+        if is_terminal(r.status) or r.status == S.INVOCATION_STATUS_PAUSED:
+            raise MutationRefused(f"not runnable ({r.status})", r)
+        r.status = S.INVOCATION_STATUS_RUNNING
+        r.attempt += 1
+        r.worker_id = self._worker_id
+        if not r.HasField("started_at"):
+            r.started_at.CopyFrom(now_ts())
+        r.ClearField("next_attempt_at")
+
+    async def _run_handler(self, hdef: HandlerDef, rec: Record, ctx: InvocationContext) -> Outcome:
+        try:
+            args: list[Any] = [ctx]
+            if hdef.takes_input:
+                try:
+                    args.append(
+                        _serde.decode(rec.input.data, rec.input.content_type, hdef.input_type)
+                    )
+                except _serde.DecodeFailure as err:
+                    raise TerminalError(
+                        f"input does not decode for {hdef.full_name}: {err}"
+                    ) from err
+            value = await hdef.fn(*args)
+        except SuspendInvocation as sig:
+            return Outcome(S.INVOCATION_STATUS_PAUSED, reason=sig.reason or "paused")
+        except NonDeterminismError as err:
+            log.error("invocation %s: %s", rec.id, err.message)
+            return Outcome(S.INVOCATION_STATUS_PAUSED, reason=err.message)
+        except Fenced:
+            raise
+        except TerminalError as err:
+            if isinstance(err, CancelledError) or ctx.cancel_delivered:
+                return Outcome(S.INVOCATION_STATUS_CANCELLED, failure=failure_of(err))
+            return Outcome(S.INVOCATION_STATUS_FAILED, failure=failure_of(err))
+        except RetryAttempt as sig:
+            return self._retry_or_fail(hdef, rec, sig.cause)
+        except Exception as err:
+            return self._retry_or_fail(hdef, rec, err)
+        if ctx.unconsumed_entries():
+            reason = (
+                f"non-deterministic replay: the handler returned after {ctx.steps_taken} steps "
+                f"but the journal holds {ctx.steps_taken + ctx.unconsumed_entries()}; the "
+                "handler's code changed since this invocation started"
+            )
+            return Outcome(S.INVOCATION_STATUS_PAUSED, reason=reason)
+        if ctx.cancel_delivered:
+            failure = types_pb2.Failure(
+                message="cancelled; the handler compensated and returned",
+                error_type="CancelledError",
+            )
+            return Outcome(S.INVOCATION_STATUS_CANCELLED, failure=failure)
+        try:
+            data, content_type = _serde.encode(value)
+        except TypeError as err:
+            return Outcome(
+                S.INVOCATION_STATUS_FAILED,
+                failure=types_pb2.Failure(message=str(err), error_type="TypeError"),
+            )
+        return Outcome(
+            S.INVOCATION_STATUS_COMPLETED,
+            output=storage_pb2.StoredPayload(data=data, content_type=content_type),
+        )
+
+    @staticmethod
+    def _retry_or_fail(hdef: HandlerDef, rec: Record, err: BaseException) -> Outcome:
+        policy = hdef.retry or DEFAULT_HANDLER_RETRY
+        failure = failure_of(err)
+        if policy.gives_up_after(rec.attempt):
+            failure.message = f"gave up after {rec.attempt} attempts: {failure.message}"
+            return Outcome(S.INVOCATION_STATUS_FAILED, failure=failure)
+        log.warning("invocation %s attempt %d failed: %r", rec.id, rec.attempt, err)
+        return Outcome(
+            S.INVOCATION_STATUS_BACKING_OFF, failure=failure, retry_in=policy.delay(rec.attempt)
+        )
+
+    def _finish(self, r: Record, attempt: int, ctx: InvocationContext, out: Outcome) -> None:
+        if r.attempt != attempt or r.status != S.INVOCATION_STATUS_RUNNING:
+            raise MutationRefused(
+                f"attempt {attempt} lost the invocation (now attempt {r.attempt}, "
+                f"status {r.status}); leaving it",
+                r,
+            )
+        r.status = out.status  # type: ignore[assignment]
+        r.journal_length = ctx.journal_length
+        r.worker_id = ""
+        if out.status == S.INVOCATION_STATUS_PAUSED:
+            r.pause_requested = False
+            r.status_reason = out.reason
+        elif out.status == S.INVOCATION_STATUS_BACKING_OFF:
+            assert out.failure is not None and out.retry_in is not None
+            r.last_failure.CopyFrom(out.failure)
+            due = Timestamp()
+            due.FromDatetime(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=out.retry_in))
+            r.next_attempt_at.CopyFrom(due)
+        else:
+            r.ended_at.CopyFrom(now_ts())
+            r.pause_requested = False
+            if out.output is not None:
+                r.output.CopyFrom(out.output)
+            if out.failure is not None:
+                r.failure.CopyFrom(out.failure)
+            if out.status == S.INVOCATION_STATUS_CANCELLED:
+                r.cancel_requested = False

@@ -1,0 +1,267 @@
+"""The worker process: pulls work items, runs up to ``slots`` invocations at once, keeps their
+items alive while they run, and announces its handlers.
+
+Work is pulled with raw JetStream pull requests sized to the free slots, and every delivered
+item starts at once (nats-py's ``fetch`` would hold the first item back until the whole batch
+arrived). Several worker processes share the one durable consumer and so share the work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterable
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from durable._handlers import Registry, Service
+from durable.internal.v1 import storage_pb2
+from durable_server.config import EngineConfig
+from durable_server.journal import Journal
+from durable_server.records import RecordStore, now_ts
+from durable_server.resources import ensure_resources, invocations_kv, workers_kv
+from durable_server.worker.executor import Executor
+from durable_server.worker.signals import ControlFlags
+
+log = logging.getLogger("durable.worker")
+
+_PULL_EXPIRES = 5.0
+
+
+async def connect_nats(cfg: EngineConfig, name: str) -> NATS:
+    """Connect with reconnects that never give up (the default stops after ~2 minutes)."""
+    return await nats.connect(
+        servers=cfg.servers,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        allow_reconnect=True,
+    )
+
+
+class Worker:
+    """Hosts handlers and executes their invocations.
+
+    ``async with Worker(cfg, [svc1, svc2]):`` runs it in the background of the current event
+    loop; :meth:`run` runs it until cancelled.
+    """
+
+    def __init__(
+        self,
+        cfg: EngineConfig,
+        services: Iterable[Service],
+        *,
+        slots: int = 64,
+        worker_id: str | None = None,
+        nc: NATS | None = None,
+    ) -> None:
+        if slots < 1:
+            raise ValueError("slots must be at least 1")
+        self.cfg = cfg
+        self.registry = Registry(services)
+        self.slots = slots
+        self.worker_id = worker_id or f"w{uuid.uuid4().hex[:12]}"
+        self._nc = nc
+        self._own_nc = nc is None
+        self._inflight: dict[str, tuple[Msg, ControlFlags]] = {}
+        self._requests: collections.deque[list[float]] = collections.deque()
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._main: asyncio.Task[None] | None = None
+        self._started_at = now_ts()
+        self._stopping = False
+
+    @property
+    def nc(self) -> NATS:
+        assert self._nc is not None, "worker not started"
+        return self._nc
+
+    async def start(self) -> None:
+        if self._nc is None:
+            self._nc = await connect_nats(self.cfg, f"durable-worker-{self.worker_id}")
+        js = self.nc.jetstream()
+        await ensure_resources(js, self.cfg)
+        self._records = RecordStore(await invocations_kv(js, self.cfg))
+        self._workers_kv = await workers_kv(js, self.cfg)
+        self._executor = Executor(
+            records=self._records,
+            journal=Journal(js, self.cfg),
+            registry=self.registry,
+            worker_id=self.worker_id,
+            announce=self._announce,
+        )
+        await self.nc.subscribe(f"{self.cfg.prefix}.signal.>", cb=self._on_signal)
+        self._inbox = self.nc.new_inbox()
+        await self.nc.subscribe(self._inbox, cb=self._on_delivery)
+        await self._register()
+        self._main = asyncio.create_task(self._run_loops(), name=f"worker-{self.worker_id}")
+        log.info(
+            "worker %s serving %d handlers with %d slots",
+            self.worker_id,
+            len(self.registry),
+            self.slots,
+        )
+
+    async def stop(self, *, graceful: bool = True) -> None:
+        """Stop pulling; hand running invocations back (nak) so another worker continues."""
+        self._stopping = True
+        if self._main:
+            self._main.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._main
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if graceful and self._nc is not None and self._nc.is_connected:
+            with contextlib.suppress(Exception):
+                await self._workers_kv.delete(self.worker_id)
+        if self._own_nc and self._nc is not None:
+            with contextlib.suppress(Exception):
+                await self._nc.drain()
+
+    async def run(self) -> None:
+        await self.start()
+        try:
+            assert self._main is not None
+            await self._main
+        finally:
+            await self.stop()
+
+    async def __aenter__(self) -> Worker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- pulling --------------------------------------------------------------------------
+
+    def _requested(self) -> int:
+        return int(sum(r[1] for r in self._requests))
+
+    async def _run_loops(self) -> None:
+        await asyncio.gather(self._pull_loop(), self._heartbeat_loop())
+
+    async def _pull_loop(self) -> None:
+        api = f"$JS.API.CONSUMER.MSG.NEXT.{self.cfg.work_stream}.{self.cfg.work_consumer}"
+        while not self._stopping:
+            now = time.monotonic()
+            # Requests the server should have expired by now are gone even if we missed
+            # the status message (e.g. across a reconnect).
+            while self._requests and self._requests[0][0] < now - 1.0:
+                self._requests.popleft()
+            want = self.slots - len(self._tasks) - self._requested()
+            if want > 0 and self.nc.is_connected:
+                body = {"batch": want, "expires": int(_PULL_EXPIRES * 1e9)}
+                self._requests.append([now + _PULL_EXPIRES, want])
+                await self.nc.publish(api, json.dumps(body).encode(), reply=self._inbox)
+            self._wake.clear()
+            timeout = _PULL_EXPIRES + 0.5
+            if self._requests:
+                timeout = max(0.05, self._requests[0][0] - time.monotonic() + 1.05)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _on_delivery(self, msg: Msg) -> None:
+        status = msg.headers.get("Status") if msg.headers else None
+        if status is not None:
+            if status in ("408", "409") and self._requests:
+                self._requests.popleft()
+                self._wake.set()
+            return
+        if self._requests:
+            self._requests[0][1] -= 1
+            if self._requests[0][1] <= 0:
+                self._requests.popleft()
+        invocation_id = msg.subject.rsplit(".", 1)[-1]
+        if invocation_id in self._inflight:
+            # A second item for an invocation we already drive; look again later.
+            await msg.nak(delay=1.0)
+            return
+        flags = ControlFlags()
+        self._inflight[invocation_id] = (msg, flags)
+        task = asyncio.create_task(self._drive(msg, invocation_id, flags))
+        self._tasks.add(task)
+
+    async def _drive(self, msg: Msg, invocation_id: str, flags: ControlFlags) -> None:
+        try:
+            await self._executor.drive(msg, invocation_id, flags)
+        except asyncio.CancelledError:
+            if self._stopping:
+                with contextlib.suppress(Exception):
+                    await msg.nak()
+            raise
+        except Exception:
+            log.exception("invocation %s: worker error; it will be redelivered", invocation_id)
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=1.0)
+        finally:
+            self._inflight.pop(invocation_id, None)
+            task = asyncio.current_task()
+            if task is not None:
+                self._tasks.discard(task)  # type: ignore[arg-type]
+            self._wake.set()
+
+    # -- liveness -------------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        """Register every few seconds and keep running items from being redelivered."""
+        last_progress = time.monotonic()
+        while not self._stopping:
+            await asyncio.sleep(min(self.cfg.heartbeat_interval, self.cfg.ack_wait / 3))
+            if time.monotonic() - last_progress >= self.cfg.ack_wait / 3:
+                last_progress = time.monotonic()
+                for msg, _ in list(self._inflight.values()):
+                    with contextlib.suppress(Exception):
+                        await msg.in_progress()
+            with contextlib.suppress(Exception):
+                await self._register()
+
+    async def _register(self) -> None:
+        reg = storage_pb2.WorkerRegistration(
+            worker_id=self.worker_id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            handlers=[h.info() for h in self.registry],
+            started_at=self._started_at,
+            heartbeat_at=now_ts(),
+            slots=self.slots,
+        )
+        await self._workers_kv.put(self.worker_id, reg.SerializeToString())
+
+    # -- control signals ------------------------------------------------------------------
+
+    async def _on_signal(self, msg: Msg) -> None:
+        invocation_id = msg.subject.rsplit(".", 1)[-1]
+        running = self._inflight.get(invocation_id)
+        if running is None:
+            return
+        flags = running[1]
+        try:
+            signal = json.loads(msg.data or b"{}")
+        except ValueError:
+            return
+        if signal.get("pause"):
+            flags.pause = True
+        if signal.get("resume"):
+            flags.pause = False
+        if signal.get("cancel"):
+            flags.cancel = True
+            flags.cancel_reason = str(signal.get("reason") or "")
+
+    def _announce(self, invocation_id: str, index: int, kind: int, name: str) -> None:
+        body = json.dumps({"i": index, "k": kind, "n": name, "t": time.time()}).encode()
+        task = asyncio.ensure_future(
+            self.nc.publish(self.cfg.progress_subject(invocation_id), body)
+        )
+        task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)

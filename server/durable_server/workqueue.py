@@ -1,0 +1,40 @@
+"""Enqueues "drive invocation X" work items on the work stream.
+
+The message id is ``<id>:<generation>``: enqueueing the same generation twice within the
+duplicate window stores one item. A stale or duplicate item is harmless anyway, because the
+worker acts on the record, not on the item.
+"""
+
+from __future__ import annotations
+
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from durable.internal.v1 import storage_pb2
+from durable_server.config import EngineConfig
+
+
+class WorkQueue:
+    """Publishes and inspects work items."""
+
+    def __init__(self, js: JetStreamContext, cfg: EngineConfig) -> None:
+        self._js = js
+        self._cfg = cfg
+
+    async def enqueue(self, invocation_id: str, generation: int, reason: str) -> None:
+        item = storage_pb2.WorkItem(invocation_id=invocation_id, reason=reason)
+        await self._js.publish(
+            self._cfg.work_subject(invocation_id),
+            item.SerializeToString(),
+            headers={"Nats-Msg-Id": f"{invocation_id}:{generation}"},
+        )
+
+    async def has_item(self, invocation_id: str) -> bool:
+        """True while an unacked work item for the invocation is in the queue."""
+        try:
+            await self._js.get_msg(
+                self._cfg.work_stream, subject=self._cfg.work_subject(invocation_id), direct=True
+            )
+        except NotFoundError:
+            return False
+        return True

@@ -1,0 +1,66 @@
+"""Shared pytest fixtures, chained nats.py-style: store dir -> nats-server -> client.
+
+* `nats_server` is one session-wide embedded server (sync_interval "always"); tests share it,
+  so give streams/buckets unique names (see `unique`).
+* `isolated_nats` is a private server on the test's own `store_dir`, for tests that kill or
+  restart the server (crash tests) and must not disturb the others.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+
+from durable_server.natsd import EmbeddedNats
+
+
+@pytest.fixture
+def store_dir(tmp_path: Path) -> Path:
+    """A fresh, empty directory for one test's nats-server store."""
+    d = tmp_path / "store"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture(scope="session")
+def nats_store_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The store directory of the session-wide nats-server."""
+    return tmp_path_factory.mktemp("nats-session")
+
+
+@pytest.fixture(scope="session")
+def nats_server(nats_store_dir: Path) -> Iterator[EmbeddedNats]:
+    """One embedded nats-server (JetStream, fsync always) shared by the whole session."""
+    with EmbeddedNats(nats_store_dir, sync_interval="always", server_name="test-session") as srv:
+        yield srv
+
+
+@pytest.fixture
+def isolated_nats(store_dir: Path) -> Iterator[EmbeddedNats]:
+    """A private embedded nats-server on this test's store_dir; free to kill() and restart()."""
+    with EmbeddedNats(store_dir, sync_interval="always", server_name="test-isolated") as srv:
+        yield srv
+
+
+@pytest.fixture
+async def nc(nats_server: EmbeddedNats) -> AsyncIterator[NATS]:
+    """A nats-py client connected to the session server, closed after the test."""
+    client = await nats.connect(nats_server.url, name="pytest", max_reconnect_attempts=-1)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short random token for stream/bucket/subject names on the shared server."""
+    return uuid.uuid4().hex[:10]
+
+
+# --- engine fixtures below are added by the engine team ---
