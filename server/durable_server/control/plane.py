@@ -102,9 +102,20 @@ class ControlPlane:
     # -- invoke & await -------------------------------------------------------------------
 
     async def invoke(
-        self, handler: str, key: str, payload: types_pb2.Payload, idempotency_key: str
-    ) -> tuple[Record, bool]:
-        """Store and enqueue a new invocation; returns (record, already_existed)."""
+        self,
+        handler: str,
+        key: str,
+        payload: types_pb2.Payload,
+        idempotency_key: str,
+        *,
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> tuple[Record, bool, bool]:
+        """Store and enqueue a new invocation; returns (record, already_existed, ended).
+
+        With ``wait``, also wait up to ``timeout`` for it to end; the record returned is then
+        the final one when ``ended``.
+        """
         info = self._handler(handler)
         if info.kind == S.HANDLER_KIND_SERVICE and key:
             raise invalid(f"{handler} is a service handler; it takes no key (got {key!r})")
@@ -133,17 +144,33 @@ class ControlPlane:
             updated_at=now,
             generation=1,
         )
-        if idempotency_key:
-            # Create first: only the Invoke that created the record may enqueue it.
-            if await self.records.create(record) is None:
-                return (await self.records.get(record.id)).record, True
-            await self.work.enqueue(record.id, 1, "invoke")
-        else:
-            # A fresh id cannot exist yet: write both at once (the worker waits for the record).
-            await asyncio.gather(
-                self.records.create(record), self.work.enqueue(record.id, 1, "invoke")
-            )
-        return record, False
+        # Listen for the end before anything is written, so no change can slip past.
+        fut = self.index.waiter(record.id) if wait else None
+        try:
+            if idempotency_key:
+                # Create first: only the Invoke that created the record may enqueue it.
+                if await self.records.create(record) is None:
+                    if wait:
+                        existing, ended = await self.await_result(record.id, timeout)
+                    else:
+                        existing, ended = (await self.get_record(record.id)).record, False
+                    return existing, True, ended
+                await self.work.enqueue(record.id, 1, "invoke")
+            else:
+                # A fresh id cannot exist yet: write both at once (the worker waits for the
+                # record if its work item wins the race).
+                await asyncio.gather(
+                    self.records.create(record), self.work.enqueue(record.id, 1, "invoke")
+                )
+            if fut is None:
+                return record, False, False
+            try:
+                return await asyncio.wait_for(asyncio.shield(fut), timeout), False, True
+            except TimeoutError:
+                return (await self.get_record(record.id)).record, False, False
+        finally:
+            if fut is not None:
+                self.index.drop_waiter(record.id, fut)
 
     def _handler(self, name: str) -> types_pb2.HandlerInfo:
         if not name:

@@ -82,18 +82,22 @@ class DurableControlServicer(control_pb2_grpc.DurableControlServicer):
     async def Invoke(
         self, request: C.InvokeRequest, context: grpc.aio.ServicerContext
     ) -> C.InvokeResponse:
-        record, existed = await self._plane.invoke(
-            request.handler, request.key, request.input, request.idempotency_key
+        timeout = None
+        if request.wait:
+            timeout = _timeout(request.HasField("wait_timeout"), request.wait_timeout, context)
+        record, existed, ended = await self._plane.invoke(
+            request.handler,
+            request.key,
+            request.input,
+            request.idempotency_key,
+            wait=request.wait,
+            timeout=timeout,
         )
         response = C.InvokeResponse(
             invocation_id=record.id, already_existed=existed, status=record.status
         )
-        if request.wait:
-            timeout = _timeout(request.HasField("wait_timeout"), request.wait_timeout, context)
-            record, done = await self._plane.await_result(record.id, timeout)
-            response.status = record.status
-            if done:
-                response.result.CopyFrom(result_of(record))
+        if ended:
+            response.result.CopyFrom(result_of(record))
         return response
 
     @_rpc

@@ -49,7 +49,8 @@ def payload_to_stored(payload: types_pb2.Payload, limit: int, what: str) -> tupl
     """An API Payload as (data, content_type), enforcing the size limit."""
     kind = payload.WhichOneof("value")
     if kind == "json":
-        data = json.dumps(json_format.MessageToDict(payload.json), separators=(",", ":")).encode()
+        value = _integral_floats_to_int(json_format.MessageToDict(payload.json))
+        data = json.dumps(value, separators=(",", ":")).encode()
         content_type = _serde.JSON
     elif kind == "data":
         data = payload.data
@@ -70,6 +71,17 @@ def payload_to_stored(payload: types_pb2.Payload, limit: int, what: str) -> tupl
             "(server flag --max-payload-bytes). Store large data elsewhere and pass a reference.",
         )
     return data, content_type
+
+
+def _integral_floats_to_int(value: Any) -> Any:
+    """google.protobuf.Value keeps every number as a double; JSON clients mean 3, not 3.0."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral_floats_to_int(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral_floats_to_int(v) for v in value]
+    return value
 
 
 def stored_to_payload(data: bytes, content_type: str) -> types_pb2.Payload:

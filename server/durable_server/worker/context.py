@@ -28,6 +28,7 @@ from durable_server.records import now_ts
 from durable_server.worker.signals import ControlFlags, Fenced, RetryAttempt
 
 CANCELLED_ERROR_TYPE = "CancelledError"
+_ANNOUNCE_AFTER = 0.05
 _KIND_NAMES = {
     types_pb2.STEP_KIND_RUN: "run",
     types_pb2.STEP_KIND_NOW: "now",
@@ -138,7 +139,6 @@ class InvocationContext(Context):
             return True
         if self._flags.pause:
             raise SuspendInvocation("paused")
-        self._announce(index, kind, name)
         return False
 
     async def _append(self, entry: storage_pb2.JournalRecord) -> None:
@@ -196,6 +196,11 @@ class InvocationContext(Context):
             await self._deliver_cancel(index, types_pb2.STEP_KIND_RUN, name)
         entry = self._entry(index, types_pb2.STEP_KIND_RUN, name)
         failed: TerminalError | None = None
+        # Tell the control plane which step is running only when it takes a while: quick
+        # steps would cost a message each for nothing an operator could see.
+        announce = asyncio.get_running_loop().call_later(
+            _ANNOUNCE_AFTER, self._announce, index, types_pb2.STEP_KIND_RUN, name
+        )
         try:
             value = await self._execute(fn, args, kwargs, retry)
             data, content_type = _serde.encode(value)
@@ -204,6 +209,8 @@ class InvocationContext(Context):
             failed = err
         except TypeError as err:  # from encode: retrying cannot make the value encodable
             failed = TerminalError(f"step {name!r}: {err}")
+        finally:
+            announce.cancel()
         if failed is not None:
             entry.failure.CopyFrom(failure_of(failed))
         await self._append(entry)
