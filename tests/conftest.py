@@ -8,14 +8,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
 from nats.aio.client import Client as NATS
 
+from durable import Service
+from durable.testing import LocalEngine, start_engine
 from durable_server.natsd import EmbeddedNats
 
 
@@ -64,3 +68,19 @@ def unique() -> str:
 
 
 # --- engine fixtures below are added by the engine team ---
+
+
+@pytest.fixture
+async def engine_factory(
+    nats_server: EmbeddedNats,
+) -> AsyncIterator[Callable[..., Awaitable[LocalEngine]]]:
+    """Start engines (control plane + worker, in this event loop) on the session nats-server,
+    each under its own prefix so tests never see each other's invocations."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def start(services: list[Service], **kwargs: Any) -> LocalEngine:
+            return await stack.enter_async_context(
+                start_engine(services, nats_url=nats_server.url, **kwargs)
+            )
+
+        yield start
