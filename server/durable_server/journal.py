@@ -49,7 +49,7 @@ class Journal:
         headers = {
             "Nats-Expected-Last-Subject-Sequence": str(expected_last_seq),
             # Same entry republished after a lost ack is dropped instead of doubled.
-            "Nats-Msg-Id": f"{invocation_id}:{entry.index}:{entry.attempt}",
+            "Nats-Msg-Id": f"{invocation_id}:{entry.index}:{entry.worker_id}:{entry.attempt}",
         }
         try:
             ack = await self._js.publish(

@@ -21,20 +21,28 @@ class WorkQueue:
         self._js = js
         self._cfg = cfg
 
-    async def enqueue(self, invocation_id: str, generation: int, reason: str) -> None:
-        item = storage_pb2.WorkItem(invocation_id=invocation_id, reason=reason)
+    async def enqueue(
+        self,
+        invocation_id: str,
+        generation: int,
+        reason: str,
+        initial: storage_pb2.InvocationRecord | None = None,
+    ) -> None:
+        item = storage_pb2.WorkItem(invocation_id=invocation_id, reason=reason, initial=initial)
         await self._js.publish(
             self._cfg.work_subject(invocation_id),
             item.SerializeToString(),
             headers={"Nats-Msg-Id": f"{invocation_id}:{generation}"},
         )
 
-    async def has_item(self, invocation_id: str) -> bool:
-        """True while an unacked work item for the invocation is in the queue."""
+    async def pending_item(self, invocation_id: str) -> storage_pb2.WorkItem | None:
+        """The newest unacked work item for the invocation, if one is queued."""
         try:
-            await self._js.get_msg(
+            msg = await self._js.get_msg(
                 self._cfg.work_stream, subject=self._cfg.work_subject(invocation_id), direct=True
             )
         except NotFoundError:
-            return False
-        return True
+            return None
+        item = storage_pb2.WorkItem()
+        item.ParseFromString(msg.data or b"")
+        return item

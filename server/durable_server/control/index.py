@@ -137,6 +137,11 @@ class InvocationIndex:
                 if not fut.done():
                     fut.set_result(record)
 
+    def apply_if_absent(self, record: Record) -> None:
+        """Show a just-accepted invocation before its record is written (see plane.invoke)."""
+        if record.id not in self._by_id:
+            self.apply(record)
+
     def remove(self, invocation_id: str) -> None:
         old = self._by_id.pop(invocation_id, None)
         if old is None:

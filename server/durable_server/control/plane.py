@@ -78,6 +78,7 @@ class ControlPlane:
         self.catalog = HandlerCatalog(live_after=3 * cfg.heartbeat_interval + 1)
         self.progress: dict[str, Progress] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         js = self.nc.jetstream()
@@ -157,10 +158,13 @@ class ControlPlane:
                     return existing, True, ended
                 await self.work.enqueue(record.id, 1, "invoke")
             else:
-                # A fresh id cannot exist yet: write both at once (the worker waits for the
-                # record if its work item wins the race).
-                await asyncio.gather(
-                    self.records.create(record), self.work.enqueue(record.id, 1, "invoke")
+                # A fresh id cannot exist yet, so the work item alone accepts the invocation:
+                # one write. The worker creates the record as it claims it; if no worker
+                # does so soon, we create it PENDING so that every control plane lists it.
+                await self.work.enqueue(record.id, 1, "invoke", initial=record)
+                self.index.apply_if_absent(record)
+                asyncio.get_running_loop().call_later(
+                    self.cfg.pending_record_after, self._spawn_create_pending, record
                 )
             if fut is None:
                 return record, False, False
@@ -200,13 +204,33 @@ class ControlPlane:
             self.index.drop_waiter(invocation_id, fut)
 
     async def get_record(self, invocation_id: str) -> Versioned:
-        try:
-            return await self.records.get(invocation_id)
-        except RecordNotFound:
-            raise RequestError(
-                grpc.StatusCode.NOT_FOUND,
-                f"no invocation {invocation_id} (never created, or purged)",
-            ) from None
+        """The record, created from its queued work item if no worker has claimed it yet."""
+        for _ in range(3):
+            try:
+                return await self.records.get(invocation_id)
+            except RecordNotFound:
+                pass
+            item = await self.work.pending_item(invocation_id)
+            if item is None or not item.HasField("initial"):
+                break
+            if (rev := await self.records.create(item.initial)) is not None:
+                return Versioned(item.initial, rev)
+        raise RequestError(
+            grpc.StatusCode.NOT_FOUND,
+            f"no invocation {invocation_id} (never created, or purged)",
+        )
+
+    async def _create_pending(self, record: Record) -> None:
+        summary = self.index.get(record.id)
+        if summary is not None and summary.status != S.INVOCATION_STATUS_PENDING:
+            return  # a worker claimed it: the record exists
+        if summary is None or summary.attempt == 0:
+            await self.records.create(record)
+
+    def _spawn_create_pending(self, record: Record) -> None:
+        task = asyncio.create_task(self._create_pending(record))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def load_journal(self, invocation_id: str) -> LoadedJournal:
         return await self.journal.load(invocation_id)
@@ -236,8 +260,8 @@ class ControlPlane:
                 r.status = S.INVOCATION_STATUS_PAUSED
 
         record = await self._mutate(invocation_id, change)
-        if record.pause_requested:
-            await self._signal(invocation_id, {"pause": True})
+        # Always: a worker may be running a fresh invocation before writing its record.
+        await self._signal(invocation_id, {"pause": True})
         return record
 
     async def resume(self, invocation_id: str) -> Record:
@@ -259,10 +283,9 @@ class ControlPlane:
                 )
 
         record = await self._mutate(invocation_id, change)
+        await self._signal(invocation_id, {"resume": True})
         if record.status == S.INVOCATION_STATUS_PENDING:
             await self.work.enqueue(record.id, record.generation, "resume")
-        else:
-            await self._signal(invocation_id, {"resume": True})
         return record
 
     async def cancel(self, invocation_id: str, reason: str) -> Record:
@@ -273,24 +296,22 @@ class ControlPlane:
                 raise refused(_ended(r), r)
             if r.cancel_requested:
                 raise refused(f"invocation {r.id} is already being cancelled", r)
-            if r.status == S.INVOCATION_STATUS_PENDING and r.attempt == 0:
-                # Never started: there is nothing to compensate.
-                r.status = S.INVOCATION_STATUS_CANCELLED
-                r.ended_at.CopyFrom(now_ts())
-                r.failure.CopyFrom(S.Failure(message=reason, error_type="CancelledError"))
-                return
+            # Cancellation is always delivered through the handler, even before it started:
+            # a worker may be running a fresh invocation before writing its record, and
+            # ending it here would discard what that worker did.
             r.cancel_requested = True
             r.cancel_reason = reason
             r.pause_requested = False
-            if r.status != S.INVOCATION_STATUS_RUNNING:
-                # Wake it so that the handler sees the cancellation and can compensate.
+            if r.status in (S.INVOCATION_STATUS_PAUSED, S.INVOCATION_STATUS_BACKING_OFF):
+                # Its work item is gone or delayed: wake it so that it can compensate.
                 r.status = S.INVOCATION_STATUS_PENDING
                 r.generation += 1
+                r.status_reason = ""
 
+        before = (await self.get_record(invocation_id)).record.status
         record = await self._mutate(invocation_id, change)
-        if record.status == S.INVOCATION_STATUS_RUNNING:
-            await self._signal(invocation_id, {"cancel": True, "reason": reason})
-        elif record.status == S.INVOCATION_STATUS_PENDING:
+        await self._signal(invocation_id, {"cancel": True, "reason": reason})
+        if before != record.status and record.status == S.INVOCATION_STATUS_PENDING:
             await self.work.enqueue(record.id, record.generation, "cancel")
         return record
 
@@ -326,7 +347,7 @@ class ControlPlane:
             cutoff = time.time_ns() - int(self.cfg.reconcile_after * 1e9)
             for invocation_id in self.index.stale_pending(cutoff):
                 try:
-                    if await self.work.has_item(invocation_id):
+                    if await self.work.pending_item(invocation_id) is not None:
                         continue
                     current = await self.records.get(invocation_id)
                     if current.record.status == S.INVOCATION_STATUS_PENDING:

@@ -151,6 +151,7 @@ class InvocationContext(Context):
             self._next_append += 1
             self._append_turn.notify_all()
 
+
     def _entry(self, index: int, kind: int, name: str) -> storage_pb2.JournalRecord:
         return storage_pb2.JournalRecord(
             index=index,

@@ -8,10 +8,11 @@ current one, so a worker that lost the invocation to another can change nothing.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,9 +31,11 @@ from durable_server.records import (
     Record,
     RecordNotFound,
     RecordStore,
+    Versioned,
     is_terminal,
     now_ts,
 )
+from durable_server.worker.claim import Claim
 from durable_server.worker.context import InvocationContext, failure_of
 from durable_server.worker.signals import ControlFlags, Fenced, RetryAttempt
 
@@ -63,51 +66,86 @@ class Executor:
         registry: Registry,
         worker_id: str,
         announce: Callable[[str, int, int, str], None],
+        running_record_after: float = 0.2,
     ) -> None:
         self._records = records
         self._journal = journal
         self._registry = registry
         self._worker_id = worker_id
         self._announce = announce
+        self._running_record_after = running_record_after
+        self._background: set[asyncio.Future[None]] = set()
 
     async def drive(self, msg: Msg, invocation_id: str, flags: ControlFlags) -> None:
-        try:
-            current = await self._records.get(invocation_id)
-        except RecordNotFound:
-            # Invoke writes the record and the work item concurrently; the item can win.
-            if msg.metadata.num_delivered < 20:
-                await msg.nak(delay=0.25)
-            else:
+        item = storage_pb2.WorkItem()
+        item.ParseFromString(msg.data or b"")
+        current: Versioned | None = None
+        replayed_fast_path = False
+        if item.HasField("initial"):
+            if not await self._serves(msg, item.initial.handler, invocation_id):
+                return
+            try:
+                current = await self._records.get(invocation_id)
+            except RecordNotFound:
+                # Fast path: nobody wrote the record yet, so nobody claimed it; the delivery
+                # count is our attempt number (every earlier delivery was an attempt).
+                attempt = msg.metadata.num_delivered or 1
+                claim = Claim.fresh(self._records, item.initial, attempt, self._worker_id)
+                if await self._attempt(msg, claim, flags, load_journal=attempt > 1):
+                    return
+                replayed_fast_path = True  # fenced at once: someone journaled before us
+        claimed = await self._claim_existing(msg, invocation_id, current)
+        if claimed is None:
+            return
+        claim = Claim(self._records, claimed.record, self._worker_id, written=claimed)
+        if not await self._attempt(msg, claim, flags, load_journal=replayed_fast_path):
+            # Fenced at the first append although we loaded the journal: another worker is
+            # driving it right now. Leave the item; it comes back if that worker dies.
+            log.info("invocation %s: another worker is driving it", invocation_id)
+
+    async def _claim_existing(
+        self, msg: Msg, invocation_id: str, current: Versioned | None
+    ) -> Versioned | None:
+        if current is None:
+            try:
+                current = await self._records.get(invocation_id)
+            except RecordNotFound:
                 log.warning("dropping work item for unknown invocation %s", invocation_id)
                 await msg.ack()
-            return
+                return None
         rec = current.record
         if is_terminal(rec.status) or rec.status == S.INVOCATION_STATUS_PAUSED:
             await msg.ack()
-            return
+            return None
+        if not await self._serves(msg, rec.handler, invocation_id):
+            return None
         if rec.status == S.INVOCATION_STATUS_BACKING_OFF and rec.HasField("next_attempt_at"):
             wait = rec.next_attempt_at.ToNanoseconds() / 1e9 - time.time()
             if wait > 0.005:
                 await msg.nak(delay=wait)
-                return
-        hdef = self._registry.get(rec.handler)
-        if hdef is None:
-            log.warning("no handler %s in this worker; leaving %s to others", rec.handler, rec.id)
-            await msg.nak(delay=1.0)
-            return
-
+                return None
         try:
-            claimed = await self._records.mutate(invocation_id, self._claim, current=current)
+            return await self._records.mutate(invocation_id, self._claim, current=current)
         except MutationRefused:
             await msg.ack()
-            return
-        rec = claimed.record
+            return None
+
+    async def _attempt(
+        self, msg: Msg, claim: Claim, flags: ControlFlags, *, load_journal: bool
+    ) -> bool:
+        """Run one attempt; False when its very first append was fenced while it had
+        assumed an empty journal (the caller then retries with the journal loaded)."""
+        rec = claim.record
+        hdef = self._registry.get(rec.handler)
+        assert hdef is not None, "checked before claiming"
         flags.pause = flags.pause or rec.pause_requested
         flags.cancel = flags.cancel or rec.cancel_requested
         flags.cancel_reason = flags.cancel_reason or rec.cancel_reason
 
-        # Attempt 1 is the first claim ever, so nobody can have journaled anything yet.
-        loaded = LoadedJournal([], 0) if rec.attempt == 1 else await self._journal.load(rec.id)
+        # Attempt 1 is normally the first ever, so nothing is journaled yet; if that is
+        # wrong, the first append is fenced and the caller retries with the journal loaded.
+        shortcut = claim.attempt == 1 and not load_journal
+        loaded = LoadedJournal([], 0) if shortcut else await self._journal.load(rec.id)
         ctx = InvocationContext(
             record=rec,
             entries=loaded.entries,
@@ -117,22 +155,41 @@ class Executor:
             flags=flags,
             announce=lambda i, k, n: self._announce(rec.id, i, k, n),
         )
+        timer = None
+        if not claim.written:
+            timer = asyncio.get_running_loop().call_later(
+                self._running_record_after, self._spawn, claim.mark_running(flags)
+            )
         try:
             outcome = await self._run_handler(hdef, rec, ctx)
         except Fenced as err:
+            if shortcut and ctx.journal_length == 0:
+                return False
             log.info("invocation %s: fenced (%s); another worker drives it", rec.id, err)
-            return
-        try:
-            await self._records.mutate(
-                rec.id, lambda r: self._finish(r, rec.attempt, ctx, outcome), current=claimed
-            )
-        except MutationRefused as refused:
-            log.info("invocation %s: %s", rec.id, refused)
-            return
+            return True
+        finally:
+            if timer is not None:
+                timer.cancel()
+        if not await claim.finish(lambda r: self._finish(r, claim, ctx, outcome)):
+            log.info("invocation %s: attempt %d lost it; leaving it", rec.id, claim.attempt)
+            return True
         if outcome.retry_in is not None:
             await msg.nak(delay=outcome.retry_in)
         else:
             await msg.ack()
+        return True
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _serves(self, msg: Msg, handler: str, invocation_id: str) -> bool:
+        if self._registry.get(handler) is not None:
+            return True
+        log.warning("no handler %s in this worker; leaving %s to others", handler, invocation_id)
+        await msg.nak(delay=1.0)
+        return False
 
     def _claim(self, r: Record) -> None:
         if is_terminal(r.status) or r.status == S.INVOCATION_STATUS_PAUSED:
@@ -199,6 +256,7 @@ class Executor:
 
     @staticmethod
     def _retry_or_fail(hdef: HandlerDef, rec: Record, err: BaseException) -> Outcome:
+        """``rec`` is the attempt's view of the record: its ``attempt`` is ours."""
         policy = hdef.retry or DEFAULT_HANDLER_RETRY
         failure = failure_of(err)
         if policy.gives_up_after(rec.attempt):
@@ -209,14 +267,12 @@ class Executor:
             S.INVOCATION_STATUS_BACKING_OFF, failure=failure, retry_in=policy.delay(rec.attempt)
         )
 
-    def _finish(self, r: Record, attempt: int, ctx: InvocationContext, out: Outcome) -> None:
-        if r.attempt != attempt or r.status != S.INVOCATION_STATUS_RUNNING:
-            raise MutationRefused(
-                f"attempt {attempt} lost the invocation (now attempt {r.attempt}, "
-                f"status {r.status}); leaving it",
-                r,
-            )
+    @staticmethod
+    def _finish(r: Record, claim: Claim, ctx: InvocationContext, out: Outcome) -> None:
         r.status = out.status  # type: ignore[assignment]
+        r.attempt = claim.attempt
+        if not r.HasField("started_at"):
+            r.started_at.CopyFrom(claim.record.started_at)
         r.journal_length = ctx.journal_length
         r.worker_id = ""
         if out.status == S.INVOCATION_STATUS_PAUSED:

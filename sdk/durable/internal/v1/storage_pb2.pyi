@@ -244,19 +244,27 @@ class WorkItem(_message.Message):
 
     INVOCATION_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    INITIAL_FIELD_NUMBER: _builtins.int
     invocation_id: _builtins.str
     """Invocation id."""
     reason: _builtins.str
     """Why it was enqueued: "invoke", "resume", "cancel", "reconcile"."""
+    @_builtins.property
+    def initial(self) -> Global___InvocationRecord:
+        """For a fresh Invoke, the record as accepted: the work item is then the only write Invoke
+        makes, and the worker that takes it creates the record (claiming it in the same write).
+        """
+
     def __init__(
         self,
         *,
         invocation_id: _builtins.str = ...,
         reason: _builtins.str = ...,
+        initial: Global___InvocationRecord | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["initial", b"initial"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["invocation_id", b"invocation_id", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["initial", b"initial", "invocation_id", b"invocation_id", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

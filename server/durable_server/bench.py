@@ -1,0 +1,667 @@
+"""``make bench``: workflow latency and throughput against the raw JetStream floor.
+
+Each run starts a fresh embedded nats-server (temporary store, the given ``sync_interval``),
+measures the floor with nats-py on a scratch stream (sequential publish-with-ack latency,
+pipelined publish throughput), then runs the engine as in production, as separate OS
+processes (``durable server`` and ``durable worker`` hosting
+:mod:`durable_server.bench_handlers`), and drives the 3-step ``bench/three_steps`` workflow
+through :class:`durable.Client`: sequential latency, then throughput with a bounded number
+in flight. The reported figures are medians across runs.
+
+Progress and a summary table go to stderr; the last line of stdout is one JSON object
+(also written to ``--out FILE``)::
+
+    python -m durable_server.bench --sync always [--runs 3] [--sequential 200]
+        [--throughput 1000] [--in-flight 50] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import atexit
+import contextlib
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health_pb2
+
+from durable import Client
+from durable_server.bench_handlers import HANDLER, STEPS
+from durable_server.natsd import EmbeddedNats, find_nats_server
+
+__all__ = ["main"]
+
+HANDLERS_MODULE = "durable_server.bench_handlers"
+CONTROL_SERVICE = "durable.v1.DurableControl"
+_HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+_FLOOR_STREAM = "BENCHFLOOR"
+_FLOOR_SUBJECT = "benchfloor.msgs"
+_FLOOR_PAYLOAD = b"x" * 64
+_START_TIMEOUT = 60.0  # seconds for a process to come up / the handler to register
+_CALL_TIMEOUT = 60.0  # seconds for one workflow to finish
+_STOP_TIMEOUT = 10.0  # seconds for a process to exit on SIGTERM before SIGKILL
+
+
+class BenchError(RuntimeError):
+    """The benchmark could not run (a process died, a workflow failed or timed out)."""
+
+
+def _log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------- statistics
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) with linear interpolation between closest ranks."""
+    if not values:
+        return math.nan
+    data = sorted(values)
+    pos = (len(data) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(data) - 1)
+    return data[lo] + (data[hi] - data[lo]) * (pos - lo)
+
+
+def _latency_ms(samples_s: Sequence[float]) -> dict[str, float]:
+    ms = [s * 1000.0 for s in samples_s]
+    return {
+        "p50_ms": percentile(ms, 50),
+        "p99_ms": percentile(ms, 99),
+        "mean_ms": statistics.fmean(ms) if ms else math.nan,
+    }
+
+
+def _round(value: float, digits: int) -> float:
+    return round(value, digits) if math.isfinite(value) else value
+
+
+# ---------------------------------------------------------------------------------- floor
+
+
+async def measure_floor(
+    nats_url: str, *, publishes: int, pipelined: int, pipelined_in_flight: int
+) -> dict[str, Any]:
+    """Raw JetStream on this server with nats-py: publish-with-ack latency and pipelined rate."""
+    import nats
+
+    nc = await nats.connect(nats_url, name="durable-bench-floor", max_reconnect_attempts=5)
+    try:
+        js = nc.jetstream(timeout=10.0)
+        await js.add_stream(name=_FLOOR_STREAM, subjects=[_FLOOR_SUBJECT])
+        for _ in range(min(20, publishes)):  # warm up the connection and the stream
+            await js.publish(_FLOOR_SUBJECT, _FLOOR_PAYLOAD)
+
+        samples: list[float] = []
+        for _ in range(publishes):
+            t0 = time.perf_counter()
+            await js.publish(_FLOOR_SUBJECT, _FLOOR_PAYLOAD)
+            samples.append(time.perf_counter() - t0)
+
+        elapsed = await _pipelined(nc, pipelined, pipelined_in_flight)
+        with contextlib.suppress(Exception):
+            await js.delete_stream(_FLOOR_STREAM)
+    finally:
+        with contextlib.suppress(Exception):
+            await nc.close()
+    lat = _latency_ms(samples)
+    return {
+        "publish_p50_ms": lat["p50_ms"],
+        "publish_p99_ms": lat["p99_ms"],
+        "publish_mean_ms": lat["mean_ms"],
+        "pipelined_msgs_per_s": pipelined / elapsed if elapsed > 0 else math.nan,
+        "publish_n": publishes,
+        "pipelined_n": pipelined,
+        "pipelined_in_flight": pipelined_in_flight,
+    }
+
+
+async def _pipelined(nc: Any, n: int, window: int) -> float:
+    """Publish ``n`` messages keeping ``window`` unacknowledged; seconds until the last ack.
+
+    Core publishes with a reply subject, the acks counted on one inbox subscription: what
+    ``js.publish_async`` does, without its per-message future bookkeeping (which halves the
+    rate), so this is the ceiling a Python client can reach. Every ack is checked for an
+    error; the wait is bounded (a rejected message would otherwise never be acknowledged).
+    """
+    inbox = nc.new_inbox()
+    slots = asyncio.Semaphore(window)
+    done = asyncio.Event()
+    acked = 0
+    errors: list[bytes] = []
+
+    async def on_ack(msg: Any) -> None:
+        nonlocal acked
+        data: bytes = msg.data
+        if not data or b'"error"' in data:
+            errors.append(data)
+        acked += 1
+        slots.release()
+        if acked >= n:
+            done.set()
+
+    sub = await nc.subscribe(inbox, cb=on_ack)
+    try:
+        t0 = time.perf_counter()
+        async with asyncio.timeout(120.0):
+            for _ in range(n):
+                await slots.acquire()
+                await nc.publish(_FLOOR_SUBJECT, _FLOOR_PAYLOAD, reply=inbox)
+            await done.wait()
+        elapsed = time.perf_counter() - t0
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+    if errors:
+        raise BenchError(f"{len(errors)} pipelined publishes failed, e.g. {errors[0]!r}")
+    return elapsed
+
+
+# ---------------------------------------------------------------------------- processes
+
+
+def repo_root() -> Path:
+    """The checkout this module lives in (``<root>/server/durable_server/bench.py``)."""
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "pyproject.toml").is_file() else Path.cwd()
+
+
+def _child_env(root: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    paths = [str(root), str(root / "server"), str(root / "sdk")]
+    paths += [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p not in paths]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Proc:
+    """One engine process (``durable server`` / ``durable worker``) with its log file."""
+
+    _live: set[Proc] = set()
+
+    def __init__(self, name: str, args: list[str], log_path: Path, root: Path) -> None:
+        self.name = name
+        self.log_path = log_path
+        self._log: IO[bytes] = log_path.open("wb")
+        cmd = [sys.executable, "-m", "durable_server.cli", *args]
+        try:
+            self.popen = subprocess.Popen(
+                cmd,
+                cwd=root,
+                env=_child_env(root),
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # we stop it ourselves, in order, on Ctrl-C too
+            )
+        except BaseException:
+            self._log.close()
+            raise
+        Proc._live.add(self)
+
+    @property
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def check_alive(self) -> None:
+        if not self.alive:
+            raise BenchError(
+                f"{self.name} exited with code {self.popen.returncode}\n"
+                f"--- {self.name} log tail ---\n{self.log_tail()}"
+            )
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, timeout: float = _STOP_TIMEOUT) -> None:
+        """SIGTERM (the engine shuts down gracefully), SIGKILL if it does not exit in time."""
+        try:
+            if self.popen.poll() is None:
+                self.popen.send_signal(signal.SIGTERM)
+                try:
+                    self.popen.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    self.popen.kill()
+                    self.popen.wait()
+        finally:
+            self._log.close()
+            Proc._live.discard(self)
+
+    @classmethod
+    def kill_all(cls) -> None:
+        """Last resort at interpreter exit: never leave an engine process behind."""
+        for proc in list(cls._live):
+            with contextlib.suppress(Exception):
+                if proc.popen.poll() is None:
+                    proc.popen.kill()
+                    proc.popen.wait(5)
+            cls._live.discard(proc)
+
+
+atexit.register(Proc.kill_all)
+
+
+async def wait_healthy(target: str, server: Proc, limit_s: float = _START_TIMEOUT) -> None:
+    """Poll the standard gRPC health check until DurableControl reports SERVING."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
+    async with grpc.aio.insecure_channel(target) as channel:
+        check = channel.unary_unary(
+            _HEALTH_CHECK,
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+        request = health_pb2.HealthCheckRequest(service=CONTROL_SERVICE)
+        while True:
+            server.check_alive()
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                response = await check(request, timeout=1.0)
+                if response.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            if loop.time() > deadline:
+                raise BenchError(
+                    f"control plane at {target} not healthy within {limit_s:.0f}s\n"
+                    f"--- server log tail ---\n{server.log_tail()}"
+                )
+            await asyncio.sleep(0.1)
+
+
+async def wait_registered(
+    client: Client, procs: Sequence[Proc], limit_s: float = _START_TIMEOUT
+) -> None:
+    """Poll ListHandlers until the worker has registered the benchmark handler."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
+    while True:
+        for proc in procs:
+            proc.check_alive()
+        with contextlib.suppress(Exception):
+            if any(h.name == HANDLER for h in await client.handlers()):
+                return
+        if loop.time() > deadline:
+            tails = "\n".join(f"--- {p.name} log tail ---\n{p.log_tail()}" for p in procs)
+            raise BenchError(f"{HANDLER} not registered within {limit_s:.0f}s\n{tails}")
+        await asyncio.sleep(0.1)
+
+
+async def start_server(engine: list[str], workdir: Path, root: Path, procs: list[Proc]) -> str:
+    """Start ``durable server`` on a free port and wait until it is healthy; its target.
+
+    The port is picked by binding port 0 and closing it, so another process may take it
+    first: when the server dies during startup, try again on a new port (three attempts).
+    """
+    attempts = 3
+    for attempt in range(1, attempts + 1):
+        target = f"127.0.0.1:{free_port()}"
+        server = Proc(
+            "server",
+            ["server", "--listen", target, *engine],
+            workdir / f"server-{attempt}.log",
+            root,
+        )
+        procs.append(server)
+        try:
+            await wait_healthy(target, server)
+            return target
+        except BenchError:
+            if server.alive or attempt == attempts:
+                raise
+            _log(f"server on {target} exited during startup; retrying on another port")
+            server.stop()
+            procs.remove(server)
+    raise AssertionError("unreachable")
+
+
+# ------------------------------------------------------------------------------ workload
+
+
+async def _one(client: Client, x: int) -> float:
+    t0 = time.perf_counter()
+    result = await client.execute(HANDLER, x, timeout=_CALL_TIMEOUT)
+    elapsed = time.perf_counter() - t0
+    if result != x + STEPS:
+        raise BenchError(f"{HANDLER}({x}) returned {result!r}, expected {x + STEPS}")
+    return elapsed
+
+
+async def measure_sequential(client: Client, n: int) -> list[float]:
+    return [await _one(client, i) for i in range(n)]
+
+
+async def measure_throughput(client: Client, n: int, in_flight: int) -> tuple[float, list[float]]:
+    """Run ``n`` workflows with at most ``in_flight`` at once; (elapsed s, latencies s)."""
+    gate = asyncio.Semaphore(in_flight)
+
+    async def bounded(x: int) -> float:
+        async with gate:
+            return await _one(client, x)
+
+    t0 = time.perf_counter()
+    async with asyncio.TaskGroup() as tg:
+        tasks = [tg.create_task(bounded(i)) for i in range(n)]
+    elapsed = time.perf_counter() - t0
+    return elapsed, [t.result() for t in tasks]
+
+
+# ----------------------------------------------------------------------------------- runs
+
+
+@dataclass(frozen=True)
+class Settings:
+    sync: str
+    runs: int
+    sequential: int
+    throughput: int
+    in_flight: int
+    warmup: int
+    floor_publishes: int
+    floor_pipelined: int
+    floor_in_flight: int
+
+
+@contextlib.contextmanager
+def _stopping(procs: list[Proc]) -> Iterator[list[Proc]]:
+    """Stop the processes in reverse start order (worker, then server), whatever happens."""
+    try:
+        yield procs
+    finally:
+        for proc in reversed(procs):
+            with contextlib.suppress(Exception):
+                proc.stop()
+
+
+async def one_run(k: int, s: Settings) -> dict[str, Any]:
+    tag = f"run {k}/{s.runs}"
+    root = repo_root()
+    workdir = Path(tempfile.mkdtemp(prefix=f"durable-bench{k}-"))
+    started = time.perf_counter()
+    try:
+        natsd = EmbeddedNats(
+            workdir / "store", sync_interval=s.sync, server_name=f"durable-bench{k}"
+        )
+        _log(f"{tag}: starting nats-server (sync_interval={s.sync})")
+        await natsd.astart()
+        try:
+            _log(
+                f"{tag}: JetStream floor ({s.floor_publishes} sequential publishes, "
+                f"{s.floor_pipelined} pipelined with {s.floor_in_flight} in flight)"
+            )
+            floor = await measure_floor(
+                natsd.url,
+                publishes=s.floor_publishes,
+                pipelined=s.floor_pipelined,
+                pipelined_in_flight=s.floor_in_flight,
+            )
+            prefix = f"bench{k}"
+            engine = ["--nats", natsd.url, "--prefix", prefix]
+            procs: list[Proc] = []
+            with _stopping(procs):
+                _log(f"{tag}: starting `durable worker` and `durable server`")
+                procs.append(
+                    Proc(
+                        "worker",
+                        ["worker", "--module", HANDLERS_MODULE, *engine],
+                        workdir / "worker.log",
+                        root,
+                    )
+                )
+                target = await start_server(engine, workdir, root, procs)
+                async with Client(target) as client:
+                    await wait_registered(client, procs)
+                    _log(f"{tag}: warm-up ({s.warmup} workflows)")
+                    await measure_sequential(client, s.warmup)
+                    await measure_throughput(client, s.warmup, max(1, min(s.in_flight, 10)))
+                    _log(f"{tag}: sequential latency ({s.sequential} workflows)")
+                    seq = await measure_sequential(client, s.sequential)
+                    _log(f"{tag}: throughput ({s.throughput} workflows, {s.in_flight} in flight)")
+                    elapsed, loaded = await measure_throughput(client, s.throughput, s.in_flight)
+                for proc in procs:
+                    proc.check_alive()
+        finally:
+            await natsd.astop()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    wps = s.throughput / elapsed if elapsed > 0 else math.nan
+    lat = _latency_ms(seq)
+    loaded_lat = _latency_ms(loaded)
+    workflow = {
+        **lat,
+        "workflows_per_s": wps,
+        "steps_per_s": wps * STEPS,
+        "loaded_p50_ms": loaded_lat["p50_ms"],
+        "loaded_p99_ms": loaded_lat["p99_ms"],
+    }
+    result = {"run": k, "workflow": workflow, "floor": floor}
+    result["wall_s"] = time.perf_counter() - started
+    _log(
+        f"{tag}: done in {result['wall_s']:.1f}s: p50 {lat['p50_ms']:.2f} ms, "
+        f"{wps:.0f} workflows/s (floor: publish p50 {floor['publish_p50_ms']:.3f} ms, "
+        f"{floor['pipelined_msgs_per_s']:.0f} msgs/s pipelined)"
+    )
+    return result
+
+
+def _median_of(per_run: list[dict[str, Any]], section: str, field: str) -> float:
+    values = [float(r[section][field]) for r in per_run]
+    return statistics.median(values) if values else math.nan
+
+
+def _nats_server_version() -> str:
+    try:
+        out = subprocess.run(
+            [str(find_nats_server()), "--version"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout
+    except (OSError, subprocess.SubprocessError, RuntimeError):
+        return "unknown"
+    # "nats-server: v2.15.1"
+    return out.strip().rsplit(" ", 1)[-1].lstrip("v") or "unknown"
+
+
+def summarize(s: Settings, per_run: list[dict[str, Any]]) -> dict[str, Any]:
+    wf_fields = ["p50_ms", "p99_ms", "mean_ms", "workflows_per_s", "steps_per_s"]
+    wf_fields += ["loaded_p50_ms", "loaded_p99_ms"]
+    floor_fields = ["publish_p50_ms", "publish_p99_ms", "publish_mean_ms"]
+    floor_fields += ["pipelined_msgs_per_s"]
+    workflow: dict[str, Any] = {f: _round(_median_of(per_run, "workflow", f), 3) for f in wf_fields}
+    workflow.update(
+        steps_per_workflow=STEPS,
+        sequential_n=s.sequential,
+        throughput_n=s.throughput,
+        in_flight=s.in_flight,
+    )
+    floor: dict[str, Any] = {f: _round(_median_of(per_run, "floor", f), 3) for f in floor_fields}
+    floor.update(
+        publish_n=s.floor_publishes,
+        pipelined_n=s.floor_pipelined,
+        pipelined_in_flight=s.floor_in_flight,
+    )
+    rounded_runs = [
+        {
+            "run": r["run"],
+            "wall_s": _round(r["wall_s"], 2),
+            "workflow": {k: _round(float(v), 3) for k, v in r["workflow"].items()},
+            "floor": {
+                k: _round(float(v), 3) if isinstance(v, float) else v for k, v in r["floor"].items()
+            },
+        }
+        for r in per_run
+    ]
+    return {
+        "sync": s.sync,
+        "runs": s.runs,
+        "statistic": "median across runs",
+        "handler": HANDLER,
+        "workflow": workflow,
+        "floor": floor,
+        "per_run": rounded_runs,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "nats_server_version": _nats_server_version(),
+        },
+    }
+
+
+def render_table(report: dict[str, Any]) -> str:
+    wf, fl = report["workflow"], report["floor"]
+    rows = [
+        ("workflow p50 (sequential)", f"{wf['p50_ms']:.2f} ms"),
+        ("workflow p99 (sequential)", f"{wf['p99_ms']:.2f} ms"),
+        ("workflow mean (sequential)", f"{wf['mean_ms']:.2f} ms"),
+        (f"workflows/s ({wf['in_flight']} in flight)", f"{wf['workflows_per_s']:.0f}"),
+        (f"steps/s ({STEPS} per workflow)", f"{wf['steps_per_s']:.0f}"),
+        (
+            "workflow p50 / p99 under load",
+            f"{wf['loaded_p50_ms']:.2f} / {wf['loaded_p99_ms']:.2f} ms",
+        ),
+        ("floor: publish-with-ack p50", f"{fl['publish_p50_ms']:.3f} ms"),
+        ("floor: publish-with-ack p99", f"{fl['publish_p99_ms']:.3f} ms"),
+        (
+            f"floor: pipelined ({fl['pipelined_in_flight']} in flight)",
+            f"{fl['pipelined_msgs_per_s']:.0f} msgs/s",
+        ),
+    ]
+    m = report["machine"]
+    title = (
+        f"durable bench: sync_interval={report['sync']}, median of {report['runs']} run(s), "
+        f"{wf['sequential_n']} sequential / {wf['throughput_n']} throughput workflows; "
+        f"{m['cpus']} cpus, Python {m['python']}, nats-server {m['nats_server_version']}"
+    )
+    width = max(len(name) for name, _ in rows)
+    lines = [title, "-" * len(title)]
+    lines += [f"  {name.ljust(width)}  {value.rjust(14)}" for name, value in rows]
+    return "\n".join(lines)
+
+
+async def run_bench(s: Settings) -> dict[str, Any]:
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    if task is not None:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    per_run = []
+    for k in range(1, s.runs + 1):
+        per_run.append(await one_run(k, s))
+    return summarize(s, per_run)
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m durable_server.bench",
+        description="Benchmark a 3-step workflow against the raw JetStream floor.",
+    )
+    p.add_argument(
+        "--sync", default="always", help="nats-server sync_interval: 'always' or e.g. '2m'"
+    )
+    p.add_argument("--runs", type=_positive, default=3, help="repetitions (medians reported)")
+    p.add_argument("--sequential", type=_positive, default=200, help="workflows one at a time")
+    p.add_argument("--throughput", type=_positive, default=1000, help="workflows for throughput")
+    p.add_argument("--in-flight", type=_positive, default=50, help="concurrent workflows")
+    p.add_argument("--warmup", type=_positive, default=20, help="warm-up workflows per run")
+    p.add_argument(
+        "--floor-publishes", type=_positive, default=1000, help="sequential publishes (floor)"
+    )
+    p.add_argument(
+        "--floor-pipelined", type=_positive, default=10000, help="pipelined publishes (floor)"
+    )
+    p.add_argument(
+        "--floor-in-flight", type=_positive, default=256, help="pipelined publishes in flight"
+    )
+    p.add_argument("--out", type=Path, default=None, help="also write the JSON report here")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        EmbeddedNats(tempfile.gettempdir(), sync_interval=args.sync)  # validates the value
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    settings = Settings(
+        sync=args.sync,
+        runs=args.runs,
+        sequential=args.sequential,
+        throughput=args.throughput,
+        in_flight=args.in_flight,
+        warmup=args.warmup,
+        floor_publishes=args.floor_publishes,
+        floor_pipelined=args.floor_pipelined,
+        floor_in_flight=args.floor_in_flight,
+    )
+    try:
+        report = asyncio.run(run_bench(settings))
+    except KeyboardInterrupt:
+        _log("interrupted; processes stopped")
+        return 130
+    except asyncio.CancelledError:
+        _log("terminated; processes stopped")
+        return 143
+    except BenchError as exc:
+        _log(f"failed: {exc}")
+        return 1
+    except Exception:
+        _log(f"failed:\n{traceback.format_exc()}")
+        return 1
+    finally:
+        Proc.kill_all()
+    print(render_table(report), file=sys.stderr, flush=True)
+    line = json.dumps(report, separators=(", ", ": "))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(line + "\n")
+    print(line, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""The handler `make bench` measures: a service whose workflow is three trivial durable steps.
+
+Hosted by a ``durable worker --module durable_server.bench_handlers`` process started by
+:mod:`durable_server.bench`. Each step is a ``ctx.run`` of a sync function that adds one,
+so the figures measure the engine (journal writes, scheduling, gRPC), not the work.
+"""
+
+from __future__ import annotations
+
+from durable import Context, Service
+
+__all__ = ["HANDLER", "STEPS", "bench", "three_steps"]
+
+bench = Service("bench", description="Benchmark workload: three trivial durable steps")
+
+#: Full name clients pass to Invoke.
+HANDLER = "bench/three_steps"
+#: Durable steps per invocation of :data:`HANDLER`.
+STEPS = 3
+
+
+def _add_one(x: int) -> int:
+    return x + 1
+
+
+@bench.handler()
+async def three_steps(ctx: Context, x: int) -> int:
+    """Runs three journaled steps, each adding one; returns ``x + 3``."""
+    a = await ctx.run("one", _add_one, x)
+    b = await ctx.run("two", _add_one, a)
+    return await ctx.run("three", _add_one, b)

@@ -1,0 +1,133 @@
+"""A worker's hold on an invocation's record for one attempt.
+
+Fresh invocations take a fast path: the record does not exist yet (the work item carries it),
+so the worker runs the handler without writing it, and writes it once at the end, already
+finished. Only an attempt still running after ``running_record_after`` seconds writes a
+RUNNING record on the way, so that operators see it. Fencing never depends on the record:
+the journal's per-entry expected-sequence check decides who may append. The record check
+here only keeps a worker that lost the invocation from overwriting another one's outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from durable.v1 import types_pb2
+from durable_server.records import (
+    MutationRefused,
+    Record,
+    RecordStore,
+    Versioned,
+    is_terminal,
+    now_ts,
+)
+from durable_server.worker.signals import ControlFlags
+
+S = types_pb2
+
+
+class Claim:
+    """The record of the invocation one attempt drives, written or not yet."""
+
+    def __init__(
+        self,
+        records: RecordStore,
+        record: Record,
+        worker_id: str,
+        *,
+        written: Versioned | None = None,
+    ) -> None:
+        self.record = record
+        self._records = records
+        self._worker_id = worker_id
+        self._written = written
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    def fresh(
+        cls, records: RecordStore, initial: Record, attempt: int, worker_id: str
+    ) -> Claim:
+        """Claim of a fresh invocation whose record does not exist yet."""
+        record = Record()
+        record.CopyFrom(initial)
+        record.status = S.INVOCATION_STATUS_RUNNING
+        record.attempt = attempt
+        record.worker_id = worker_id
+        record.started_at.CopyFrom(now_ts())
+        return cls(records, record, worker_id)
+
+    @property
+    def attempt(self) -> int:
+        return self.record.attempt
+
+    @property
+    def written(self) -> bool:
+        return self._written is not None
+
+    def _ours(self, r: Record) -> bool:
+        """Is the stored record still ours to change?
+
+        It is when we claimed it (our worker id and attempt), or when nobody has claimed it
+        since it was written by the control plane (PENDING, or PAUSED by an operator before
+        we wrote anything) with an attempt count below ours.
+        """
+        if r.worker_id == self._worker_id and r.attempt == self.attempt:
+            return True
+        return not r.worker_id and r.attempt < self.attempt and not is_terminal(r.status)
+
+    async def mark_running(self, flags: ControlFlags) -> None:
+        """Write the RUNNING record of a fast-path attempt that takes a while."""
+        async with self._lock:
+            if self._written is not None:
+                return
+            rev = await self._records.create(self.record)
+            if rev is not None:
+                self._written = Versioned(self.record, rev)
+                return
+
+            def change(r: Record) -> None:
+                if not self._ours(r):
+                    raise MutationRefused("claimed by another worker", r)
+                # An operator acted before we wrote anything: honour it at the next step.
+                flags.pause = flags.pause or r.pause_requested or (
+                    r.status == S.INVOCATION_STATUS_PAUSED
+                )
+                flags.cancel = flags.cancel or r.cancel_requested
+                flags.cancel_reason = flags.cancel_reason or r.cancel_reason
+                r.status = S.INVOCATION_STATUS_RUNNING
+                r.attempt = self.attempt
+                r.worker_id = self._worker_id
+                if not r.HasField("started_at"):
+                    r.started_at.CopyFrom(self.record.started_at)
+
+            try:
+                self._written = await self._records.mutate(self.record.id, change)
+            except MutationRefused:
+                pass  # the journal fence stops us at our next append
+
+    async def finish(self, change: Callable[[Record], None]) -> bool:
+        """Apply the attempt's outcome; False when the invocation is no longer ours."""
+        async with self._lock:
+            if self._written is None:
+                final = Record()
+                final.CopyFrom(self.record)
+                change(final)
+                final.updated_at.CopyFrom(now_ts())
+                if await self._records.create(final) is not None:
+                    return True
+
+            def guarded(r: Record) -> None:
+                if not self._ours(r):
+                    raise MutationRefused(
+                        f"attempt {self.attempt} lost the invocation to "
+                        f"{r.worker_id or 'the control plane'} (attempt {r.attempt})",
+                        r,
+                    )
+                change(r)
+
+            try:
+                await self._records.mutate(self.record.id, guarded, current=self._written)
+            except MutationRefused:
+                return False
+            return True
