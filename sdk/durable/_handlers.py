@@ -47,9 +47,7 @@ class HandlerDef:
         import json
 
         schema = _serde.json_schema(self.input_type) if self.takes_input else {"type": "null"}
-        is_message = isinstance(self.input_type, type) and issubclass(
-            self.input_type, _serde.Message
-        )
+        is_message = _serde.is_message_type(self.input_type)
         return types_pb2.HandlerInfo(
             name=self.full_name,
             service=self.service,

@@ -55,13 +55,14 @@ def encode(value: Any) -> tuple[bytes, str]:
         ) from err
 
 
-def _is_message_type(tp: Any) -> bool:
+def is_message_type(tp: Any) -> bool:
+    """True for a generated protobuf message class."""
     return isinstance(tp, type) and issubclass(tp, Message)
 
 
 def decode(data: bytes, content_type: str, tp: Any = Any) -> Any:
-    """Decode (data, content_type) into ``tp``; raises :class:`DecodeFailure` when it does not fit."""
-    if _is_message_type(tp):
+    """Decode (data, content_type) into ``tp``; :class:`DecodeFailure` when it does not fit."""
+    if is_message_type(tp):
         msg = tp()
         if content_type.startswith(PROTOBUF_PREFIX):
             got = content_type[len(PROTOBUF_PREFIX) :]
@@ -157,7 +158,7 @@ def _convert_dataclass(value: Any, tp: type, path: str) -> Any:
 
 def json_schema(tp: Any) -> dict[str, Any] | None:
     """The JSON schema subset for ``tp``; None when any JSON is accepted (or not JSON)."""
-    if tp is Any or tp is object or _is_message_type(tp) or tp is bytes:
+    if tp is Any or tp is object or is_message_type(tp) or tp is bytes:
         return None
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -221,7 +222,7 @@ def _json_type(value: Any) -> str:
 def _type_name(tp: Any) -> str:
     if tp is Any:
         return "any"
-    if _is_message_type(tp):
+    if is_message_type(tp):
         return str(tp.DESCRIPTOR.full_name)
     if isinstance(tp, type):
         return tp.__name__

@@ -100,10 +100,8 @@ def _run(main: object, args: argparse.Namespace) -> int:
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main)  # type: ignore[arg-type]
-    except KeyboardInterrupt:
-        pass
     return 0
 
 
@@ -131,8 +129,7 @@ async def _worker(args: argparse.Namespace) -> None:
 
 async def _dev(args: argparse.Namespace) -> None:
     services = load_services(args.module or DEFAULT_MODULES)
-    data = Path(args.data).resolve()
-    data.mkdir(parents=True, exist_ok=True)
+    data = _prepare_data_dir(args.data)
     natsd = EmbeddedNats(data, port=args.nats_port, sync_interval=args.sync)
     await natsd.astart()
     try:
@@ -147,6 +144,12 @@ async def _dev(args: argparse.Namespace) -> None:
         await natsd.astop()
 
 
+def _prepare_data_dir(path: str) -> Path:
+    data = Path(path).resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    return data
+
+
 def _banner(target: str, nats_url: str, sync: str, data: Path, worker: Worker) -> str:
     handlers = [h.full_name for h in worker.registry]
     first = handlers[0] if handlers else "greeter/greet"
@@ -159,7 +162,8 @@ durable dev is running
 Try it:
   .venv/bin/durable handlers
   .venv/bin/durable invoke {first} '"World"'
-  .venv/bin/durable invoke orders/checkout '{{"order_id": "o-1", "items": ["book"], "amount": 12.5}}'
+  .venv/bin/durable invoke orders/checkout \\
+      '{{"order_id": "o-1", "items": ["book"], "amount": 12.5}}'
   .venv/bin/durable list
   .venv/bin/durable get <invocation id>
   grpcurl -plaintext {target} list

@@ -58,6 +58,7 @@ def _stream_configs(cfg: EngineConfig) -> list[StreamConfig]:
 async def ensure_resources(js: JetStreamContext, cfg: EngineConfig) -> None:
     """Create what is missing; leave what exists (and its data) untouched."""
     for sc in _stream_configs(cfg):
+        assert sc.name is not None
         try:
             await js.stream_info(sc.name)
         except NotFoundError:

@@ -56,7 +56,7 @@ class HandlerCatalog:
                     self._workers[entry.key] = reg
         finally:
             with contextlib.suppress(Exception):
-                await watcher.stop()
+                await watcher.stop()  # type: ignore[no-untyped-call]
 
     def handlers(self) -> dict[str, types_pb2.HandlerInfo]:
         """Every known handler with its live worker count and when it was last seen."""

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import builtins
 import collections
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from nats.js.kv import KeyValue
@@ -80,12 +81,12 @@ class InvocationIndex:
 
     def __init__(self) -> None:
         self._by_id: dict[str, Summary] = {}
-        self._order: list[tuple[int, str]] = []
+        self._order: builtins.list[tuple[int, str]] = []
         self._by_status: collections.Counter[int] = collections.Counter()
         self._by_handler: dict[str, collections.Counter[int]] = collections.defaultdict(
             collections.Counter
         )
-        self._waiters: dict[str, list[asyncio.Future[Record]]] = {}
+        self._waiters: dict[str, builtins.list[asyncio.Future[Record]]] = {}
         self.ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -121,7 +122,7 @@ class InvocationIndex:
                 self.apply(record)
         finally:
             with contextlib.suppress(Exception):
-                await watcher.stop()
+                await watcher.stop()  # type: ignore[no-untyped-call]
 
     def apply(self, record: Record) -> None:
         new = Summary.of(record)
@@ -185,7 +186,7 @@ class InvocationIndex:
         key: str = "",
         page_size: int,
         after: Cursor | None,
-    ) -> tuple[list[Summary], Cursor | None, int]:
+    ) -> tuple[builtins.list[Summary], Cursor | None, int]:
         """One page, newest first, plus the cursor of the next page and the match count."""
         wanted = set(statuses)
 
@@ -200,7 +201,7 @@ class InvocationIndex:
         start = len(self._order)
         if after is not None:
             start = bisect.bisect_left(self._order, (after.created_ns, after.id))
-        page: list[Summary] = []
+        page: builtins.list[Summary] = []
         i = start - 1
         while i >= 0 and len(page) < page_size:
             s = self._by_id[self._order[i][1]]
@@ -211,9 +212,11 @@ class InvocationIndex:
         nxt = Cursor(page[-1].created_ns, page[-1].id) if page and more else None
         return page, nxt, total
 
-    def _count_matches(self, wanted: set[int], handler: str, key: str, match: object) -> int:
+    def _count_matches(
+        self, wanted: set[int], handler: str, key: str, match: Callable[[Summary], bool]
+    ) -> int:
         if key:
-            return sum(1 for s in self._by_id.values() if match(s))  # type: ignore[operator]
+            return sum(1 for s in self._by_id.values() if match(s))
         if handler:
             counts = self._by_handler.get(handler, collections.Counter())
             return sum(c for st, c in counts.items() if not wanted or st in wanted)
@@ -223,8 +226,8 @@ class InvocationIndex:
         by_handler = {h: dict(c) for h, c in sorted(self._by_handler.items())}
         return dict(self._by_status), by_handler
 
-    def stale_pending(self, older_than_ns: int, limit: int = 1000) -> list[str]:
-        out = []
+    def stale_pending(self, older_than_ns: int, limit: int = 1000) -> builtins.list[str]:
+        out: builtins.list[str] = []
         for s in self._by_id.values():
             if s.status == types_pb2.INVOCATION_STATUS_PENDING and s.updated_ns < older_than_ns:
                 out.append(s.id)

@@ -154,7 +154,7 @@ class ControlPlane:
                     if wait:
                         existing, ended = await self.await_result(record.id, timeout)
                     else:
-                        existing, ended = (await self.get_record(record.id)).record, False
+                        existing, ended = await self.view_record(record.id), False
                     return existing, True, ended
                 await self.work.enqueue(record.id, 1, "invoke")
             else:
@@ -171,7 +171,7 @@ class ControlPlane:
             try:
                 return await asyncio.wait_for(asyncio.shield(fut), timeout), False, True
             except TimeoutError:
-                return (await self.get_record(record.id)).record, False, False
+                return await self.view_record(record.id), False, False
         finally:
             if fut is not None:
                 self.index.drop_waiter(record.id, fut)
@@ -193,18 +193,35 @@ class ControlPlane:
         """The record once ended (True), or as it is when the timeout passes (False)."""
         fut = self.index.waiter(invocation_id)
         try:
-            current = await self.get_record(invocation_id)
-            if is_terminal(current.record.status):
-                return current.record, True
+            current = await self.view_record(invocation_id)
+            if is_terminal(current.status):
+                return current, True
             try:
                 return await asyncio.wait_for(asyncio.shield(fut), timeout), True
             except TimeoutError:
-                return (await self.get_record(invocation_id)).record, False
+                return await self.view_record(invocation_id), False
         finally:
             self.index.drop_waiter(invocation_id, fut)
 
+    async def view_record(self, invocation_id: str) -> Record:
+        """The record, or, before any worker wrote it, as its queued work item carries it."""
+        try:
+            return (await self.records.get(invocation_id)).record
+        except RecordNotFound:
+            pass
+        item = await self.work.pending_item(invocation_id)
+        if item is not None and item.HasField("initial"):
+            return item.initial
+        try:  # a worker may have written it since our first look
+            return (await self.records.get(invocation_id)).record
+        except RecordNotFound:
+            raise RequestError(
+                grpc.StatusCode.NOT_FOUND,
+                f"no invocation {invocation_id} (never created, or purged)",
+            ) from None
+
     async def get_record(self, invocation_id: str) -> Versioned:
-        """The record, created from its queued work item if no worker has claimed it yet."""
+        """The record to change, created from its queued work item if no worker wrote it."""
         for _ in range(3):
             try:
                 return await self.records.get(invocation_id)

@@ -54,7 +54,7 @@ class ControlServer:
         control_pb2_grpc.add_DurableControlServicer_to_server(
             DurableControlServicer(self.plane), server
         )
-        health_servicer = health.aio.HealthServicer()
+        health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server

@@ -26,6 +26,7 @@ from durable_server.control.validation import (
 from durable_server.control.views import invocation_view, result_of
 from durable_server.records import Record
 
+ServicerContext = grpc.aio.ServicerContext[Any, Any]
 log = logging.getLogger("durable.control")
 S = types_pb2
 C = control_pb2
@@ -38,12 +39,12 @@ _DEFAULT_PAGE = 50
 
 
 def _rpc(
-    fn: Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]],
-) -> Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]:
+    fn: Callable[[Any, Req, ServicerContext], Awaitable[Resp]],
+) -> Callable[[Any, Req, ServicerContext], Awaitable[Resp]]:
     """Turn RequestError into the gRPC status it carries; log anything unexpected."""
 
     @functools.wraps(fn)
-    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+    async def wrapper(self: Any, request: Req, context: ServicerContext) -> Resp:
         try:
             return await fn(self, request, context)
         except RequestError as err:
@@ -58,7 +59,7 @@ def _rpc(
     return wrapper
 
 
-def _timeout(has: bool, duration: Any, context: grpc.aio.ServicerContext) -> float | None:
+def _timeout(has: bool, duration: Any, context: ServicerContext) -> float | None:
     """The effective wait: the request's timeout, capped by the call's own deadline."""
     limit = context.time_remaining()
     wait = duration.ToTimedelta().total_seconds() if has else None
@@ -79,9 +80,7 @@ class DurableControlServicer(control_pb2_grpc.DurableControlServicer):
         self._plane = plane
 
     @_rpc
-    async def Invoke(
-        self, request: C.InvokeRequest, context: grpc.aio.ServicerContext
-    ) -> C.InvokeResponse:
+    async def Invoke(self, request: C.InvokeRequest, context: ServicerContext) -> C.InvokeResponse:
         timeout = None
         if request.wait:
             timeout = _timeout(request.HasField("wait_timeout"), request.wait_timeout, context)
@@ -102,7 +101,7 @@ class DurableControlServicer(control_pb2_grpc.DurableControlServicer):
 
     @_rpc
     async def AwaitResult(
-        self, request: C.AwaitResultRequest, context: grpc.aio.ServicerContext
+        self, request: C.AwaitResultRequest, context: ServicerContext
     ) -> C.AwaitResultResponse:
         invocation_id = check_invocation_id(request.invocation_id)
         timeout = _timeout(request.HasField("timeout"), request.timeout, context)
@@ -116,23 +115,23 @@ class DurableControlServicer(control_pb2_grpc.DurableControlServicer):
 
     @_rpc
     async def GetWorkflow(
-        self, request: C.GetWorkflowRequest, context: grpc.aio.ServicerContext
+        self, request: C.GetWorkflowRequest, context: ServicerContext
     ) -> C.GetWorkflowResponse:
         invocation_id = check_invocation_id(request.invocation_id)
-        current = await self._plane.get_record(invocation_id)
+        record = await self._plane.view_record(invocation_id)
         journal = None if request.skip_journal else await self._plane.load_journal(invocation_id)
         invocation, entries = invocation_view(
-            current.record, journal, self._plane.progress.get(invocation_id)
+            record, journal, self._plane.progress.get(invocation_id)
         )
         return C.GetWorkflowResponse(invocation=invocation, journal=entries)
 
     @_rpc
     async def ListWorkflows(
-        self, request: C.ListWorkflowsRequest, context: grpc.aio.ServicerContext
+        self, request: C.ListWorkflowsRequest, context: ServicerContext
     ) -> C.ListWorkflowsResponse:
         if request.page_size < 0 or request.page_size > _MAX_PAGE:
             raise invalid(f"page_size must be between 1 and {_MAX_PAGE} (0 means {_DEFAULT_PAGE})")
-        statuses = list(request.statuses)
+        statuses: list[int] = list(request.statuses)
         for st in statuses:
             if st == S.INVOCATION_STATUS_UNSPECIFIED or st not in S.InvocationStatus.values():
                 raise invalid(
@@ -155,9 +154,7 @@ class DurableControlServicer(control_pb2_grpc.DurableControlServicer):
         )
 
     @_rpc
-    async def Stats(
-        self, request: C.StatsRequest, context: grpc.aio.ServicerContext
-    ) -> C.StatsResponse:
+    async def Stats(self, request: C.StatsRequest, context: ServicerContext) -> C.StatsResponse:
         by_status, by_handler = self._plane.index.stats()
         response = C.StatsResponse(total=sum(by_status.values()))
         for st in S.InvocationStatus.values():
@@ -165,28 +162,22 @@ class DurableControlServicer(control_pb2_grpc.DurableControlServicer):
                 response.by_status.add(status=st, count=by_status.get(st, 0))
         for handler, counts in by_handler.items():
             hs = response.by_handler.add(handler=handler, total=sum(counts.values()))
-            for st, count in sorted(counts.items()):
-                hs.by_status.add(status=st, count=count)  # type: ignore[arg-type]
+            for code, count in sorted(counts.items()):
+                hs.by_status.add(status=S.InvocationStatus.ValueType(code), count=count)
         return response
 
     @_rpc
-    async def Pause(
-        self, request: C.PauseRequest, context: grpc.aio.ServicerContext
-    ) -> C.PauseResponse:
+    async def Pause(self, request: C.PauseRequest, context: ServicerContext) -> C.PauseResponse:
         record = await self._plane.pause(check_invocation_id(request.invocation_id), request.reason)
         return C.PauseResponse(invocation=_summary(record))
 
     @_rpc
-    async def Resume(
-        self, request: C.ResumeRequest, context: grpc.aio.ServicerContext
-    ) -> C.ResumeResponse:
+    async def Resume(self, request: C.ResumeRequest, context: ServicerContext) -> C.ResumeResponse:
         record = await self._plane.resume(check_invocation_id(request.invocation_id))
         return C.ResumeResponse(invocation=_summary(record))
 
     @_rpc
-    async def Cancel(
-        self, request: C.CancelRequest, context: grpc.aio.ServicerContext
-    ) -> C.CancelResponse:
+    async def Cancel(self, request: C.CancelRequest, context: ServicerContext) -> C.CancelResponse:
         record = await self._plane.cancel(
             check_invocation_id(request.invocation_id), request.reason
         )
@@ -194,7 +185,7 @@ class DurableControlServicer(control_pb2_grpc.DurableControlServicer):
 
     @_rpc
     async def ListHandlers(
-        self, request: C.ListHandlersRequest, context: grpc.aio.ServicerContext
+        self, request: C.ListHandlersRequest, context: ServicerContext
     ) -> C.ListHandlersResponse:
         handlers = self._plane.catalog.handlers()
         return C.ListHandlersResponse(handlers=[handlers[n] for n in sorted(handlers)])

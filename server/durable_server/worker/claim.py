@@ -11,6 +11,7 @@ here only keeps a worker that lost the invocation from overwriting another one's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 
 from durable.v1 import types_pb2
@@ -45,9 +46,7 @@ class Claim:
         self._lock = asyncio.Lock()
 
     @classmethod
-    def fresh(
-        cls, records: RecordStore, initial: Record, attempt: int, worker_id: str
-    ) -> Claim:
+    def fresh(cls, records: RecordStore, initial: Record, attempt: int, worker_id: str) -> Claim:
         """Claim of a fresh invocation whose record does not exist yet."""
         record = Record()
         record.CopyFrom(initial)
@@ -90,8 +89,8 @@ class Claim:
                 if not self._ours(r):
                     raise MutationRefused("claimed by another worker", r)
                 # An operator acted before we wrote anything: honour it at the next step.
-                flags.pause = flags.pause or r.pause_requested or (
-                    r.status == S.INVOCATION_STATUS_PAUSED
+                flags.pause = (
+                    flags.pause or r.pause_requested or (r.status == S.INVOCATION_STATUS_PAUSED)
                 )
                 flags.cancel = flags.cancel or r.cancel_requested
                 flags.cancel_reason = flags.cancel_reason or r.cancel_reason
@@ -101,10 +100,9 @@ class Claim:
                 if not r.HasField("started_at"):
                     r.started_at.CopyFrom(self.record.started_at)
 
-            try:
+            # When refused, the journal fence stops us at our next append.
+            with contextlib.suppress(MutationRefused):
                 self._written = await self._records.mutate(self.record.id, change)
-            except MutationRefused:
-                pass  # the journal fence stops us at our next append
 
     async def finish(self, change: Callable[[Record], None]) -> bool:
         """Apply the attempt's outcome; False when the invocation is no longer ours."""

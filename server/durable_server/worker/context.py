@@ -29,14 +29,15 @@ from durable_server.worker.signals import ControlFlags, Fenced, RetryAttempt
 
 CANCELLED_ERROR_TYPE = "CancelledError"
 _ANNOUNCE_AFTER = 0.05
-_KIND_NAMES = {
+_KIND_NAMES: dict[int, str] = {
     types_pb2.STEP_KIND_RUN: "run",
     types_pb2.STEP_KIND_NOW: "now",
 }
 
 
 def describe_step(kind: int, name: str) -> str:
-    return f"{_KIND_NAMES.get(kind, types_pb2.StepKind.Name(kind))} {name!r}"  # type: ignore[arg-type]
+    label = _KIND_NAMES.get(kind) or types_pb2.StepKind.Name(kind)  # type: ignore[arg-type]
+    return f"{label} {name!r}"
 
 
 def failure_of(err: BaseException) -> types_pb2.Failure:
@@ -150,7 +151,6 @@ class InvocationContext(Context):
                 raise Fenced(str(err)) from err
             self._next_append += 1
             self._append_turn.notify_all()
-
 
     def _entry(self, index: int, kind: int, name: str) -> storage_pb2.JournalRecord:
         return storage_pb2.JournalRecord(

@@ -158,7 +158,7 @@ class Executor:
         timer = None
         if not claim.written:
             timer = asyncio.get_running_loop().call_later(
-                self._running_record_after, self._spawn, claim.mark_running(flags)
+                self._running_record_after, lambda: self._spawn(claim.mark_running(flags))
             )
         try:
             outcome = await self._run_handler(hdef, rec, ctx)

@@ -209,7 +209,7 @@ class Worker:
             self._inflight.pop(invocation_id, None)
             task = asyncio.current_task()
             if task is not None:
-                self._tasks.discard(task)  # type: ignore[arg-type]
+                self._tasks.discard(task)
             self._wake.set()
 
     # -- liveness -------------------------------------------------------------------------
