@@ -9,6 +9,7 @@ undoes a Cancel: each sees the other's write and decides again.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -53,7 +54,7 @@ class Versioned:
 
 def now_ts() -> Timestamp:
     ts = Timestamp()
-    ts.GetCurrentTime()
+    ts.FromNanoseconds(time.time_ns())
     return ts
 
 

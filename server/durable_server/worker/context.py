@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import inspect
 import random as _random
 import typing
@@ -52,6 +53,26 @@ def error_from_failure(failure: types_pb2.Failure) -> TerminalError:
     if failure.error_type == CANCELLED_ERROR_TYPE:
         return CancelledError(failure.message, failure.code)
     return TerminalError(failure.message, failure.code)
+
+
+def _declared_return_type(fn: Callable[..., Any]) -> Any:
+    """``fn``'s return annotation, evaluated once per function (lambdas have none)."""
+    if not getattr(fn, "__annotations__", None):
+        return Any
+    try:
+        return _return_type_cached(fn)
+    except TypeError:  # unhashable callable
+        return _return_type(fn)
+
+
+def _return_type(fn: Callable[..., Any]) -> Any:
+    try:
+        return typing.get_type_hints(fn).get("return", Any)
+    except Exception:
+        return Any
+
+
+_return_type_cached = functools.lru_cache(maxsize=1024)(_return_type)
 
 
 class InvocationContext(Context):
@@ -186,10 +207,7 @@ class InvocationContext(Context):
         **kwargs: Any,
     ) -> Any:
         if result_type is None:
-            try:
-                result_type = typing.get_type_hints(fn).get("return", Any)
-            except Exception:
-                result_type = Any
+            result_type = _declared_return_type(fn)
         index, entry = self._take(types_pb2.STEP_KIND_RUN, name)
         if entry is not None:
             return self._replay(entry, result_type)
