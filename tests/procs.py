@@ -154,7 +154,9 @@ class ProcGroup:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.env = {
             **os.environ,
-            "PYTHONPATH": str(REPO),
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p
+            ),
             "PYTHONUNBUFFERED": "1",
             LEDGER_ENV: str(ledger),
         }

@@ -16,7 +16,6 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +34,12 @@ from durable import (
     TerminalError,
 )
 from durable._payloads import from_payload
-from durable.testing import LocalEngine
+from durable.testing import start_engine
 from durable.v1 import types_pb2
+from durable_server.natsd import EmbeddedNats
+from tests.engine_support import EngineFactory, start_ready, wait_status
 
 S = types_pb2
-EngineFactory = Callable[..., Awaitable[LocalEngine]]
 
 # Per-step execution counts, keyed "<tag>:<step>", and tags whose handler already failed once.
 RUNS: collections.Counter[str] = collections.Counter()
@@ -234,23 +234,6 @@ async def reverse(ctx: Context, data: bytes) -> bytes:
 # -- helpers -------------------------------------------------------------------------------
 
 
-async def wait_status(
-    engine: LocalEngine, invocation_id: str, status: int, timeout: float = 5.0
-) -> Any:
-    """Poll GetWorkflow until the invocation is in ``status``; return that view."""
-    deadline = time.monotonic() + timeout
-    while True:
-        view = await engine.client.get(invocation_id)
-        if view.invocation.status == status:
-            return view
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"{invocation_id} still {S.InvocationStatus.Name(view.invocation.status)}, "
-                f"wanted {S.InvocationStatus.Name(status)}"  # type: ignore[arg-type]
-            )
-        await asyncio.sleep(0.01)
-
-
 def _order(tag: str) -> dict[str, Any]:
     return {
         "tag": tag,
@@ -301,7 +284,7 @@ async def buf_curl(tmp_path: Path, *args: str) -> str:
 
 
 async def test_multi_step_workflow_from_python(engine_factory: EngineFactory) -> None:
-    engine = await engine_factory([e2e])
+    engine = await start_ready(engine_factory, [e2e])
     tag = _tag()
     handle = await engine.client.invoke("e2e/checkout", _order(tag), wait=True, wait_timeout=10)
     assert handle.done and handle.status == S.INVOCATION_STATUS_COMPLETED
@@ -371,7 +354,7 @@ async def test_multi_step_workflow_from_python(engine_factory: EngineFactory) ->
 async def test_multi_step_workflow_from_buf_curl(
     engine_factory: EngineFactory, tmp_path: Path
 ) -> None:
-    engine = await engine_factory([e2e])
+    engine = await start_ready(engine_factory, [e2e])
     base = f"http://{engine.target}"
 
     services = await buf_curl(tmp_path, "--list-services", base)
@@ -439,7 +422,7 @@ async def test_multi_step_workflow_from_buf_curl(
 
 
 async def test_health_service_serving(engine_factory: EngineFactory) -> None:
-    engine = await engine_factory([e2e])
+    engine = await start_ready(engine_factory, [e2e])
     async with grpc.aio.insecure_channel(engine.target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         for service in ("", "durable.v1.DurableControl"):
@@ -451,7 +434,7 @@ async def test_health_service_serving(engine_factory: EngineFactory) -> None:
 
 
 async def test_now_random_uuid_are_the_same_on_replay(engine_factory: EngineFactory) -> None:
-    engine = await engine_factory([e2e])
+    engine = await start_ready(engine_factory, [e2e])
     tag = _tag()
     before = dt.datetime.now(dt.UTC)
     out = await engine.client.execute("e2e/clocks", tag, timeout=10)
@@ -486,7 +469,7 @@ async def test_now_random_uuid_are_the_same_on_replay(engine_factory: EngineFact
 async def test_terminal_error_in_a_step_fails_the_invocation(
     engine_factory: EngineFactory,
 ) -> None:
-    engine = await engine_factory([e2e])
+    engine = await start_ready(engine_factory, [e2e])
     tag = _tag()
     handle = await engine.client.start("e2e/refund", tag)
     with pytest.raises(InvocationFailedError) as info:
@@ -515,7 +498,7 @@ async def test_terminal_error_in_a_step_fails_the_invocation(
 
 
 async def test_run_retry_policy_retries_in_place(engine_factory: EngineFactory) -> None:
-    engine = await engine_factory([e2e])
+    engine = await start_ready(engine_factory, [e2e])
     tag = _tag()
     handle = await engine.client.start("e2e/flaky_step", tag)
     assert await handle.result(timeout=10) == {"value": "fetched", "attempt": 1}
@@ -528,7 +511,7 @@ async def test_run_retry_policy_retries_in_place(engine_factory: EngineFactory) 
 async def test_run_retry_policy_exhausted_journals_a_terminal_failure(
     engine_factory: EngineFactory,
 ) -> None:
-    engine = await engine_factory([e2e])
+    engine = await start_ready(engine_factory, [e2e])
     tag = _tag()
     handle = await engine.client.start("e2e/exhausted_step", tag)
     out = await handle.result(timeout=10)
@@ -554,7 +537,7 @@ async def test_run_retry_policy_exhausted_journals_a_terminal_failure(
 
 
 async def test_handler_retry_policy_backs_off_then_fails(engine_factory: EngineFactory) -> None:
-    engine = await engine_factory([e2e])
+    engine = await start_ready(engine_factory, [e2e])
     tag = _tag()
     handle = await engine.client.start("e2e/always_fails", tag)
 
@@ -582,7 +565,7 @@ async def test_handler_retry_policy_backs_off_then_fails(engine_factory: EngineF
 
 
 async def test_protobuf_message_input_and_output(engine_factory: EngineFactory) -> None:
-    engine = await engine_factory([e2e])
+    engine = await start_ready(engine_factory, [e2e])
     ts = Timestamp(seconds=1_700_000_000, nanos=123_000)
     out = await engine.client.execute("e2e/later", ts, timeout=10, result_type=Timestamp)
     assert isinstance(out, Timestamp)
@@ -618,7 +601,7 @@ async def test_protobuf_message_input_and_output(engine_factory: EngineFactory) 
 
 
 async def test_bytes_payloads(engine_factory: EngineFactory) -> None:
-    engine = await engine_factory([e2e])
+    engine = await start_ready(engine_factory, [e2e])
     data = bytes(range(256)) + b"\x00tail"
     out = await engine.client.execute("e2e/reverse", data, timeout=10)
     assert out == data[::-1]
@@ -631,7 +614,7 @@ async def test_bytes_payloads(engine_factory: EngineFactory) -> None:
 
 
 async def test_dataclass_input_is_decoded(engine_factory: EngineFactory) -> None:
-    engine = await engine_factory([e2e])
+    engine = await start_ready(engine_factory, [e2e])
     tag = _tag()
     order = _order(tag) | {"note": "gift wrap"}
     out = await engine.client.execute("e2e/checkout", order, timeout=10)
@@ -645,3 +628,14 @@ async def test_dataclass_input_is_decoded(engine_factory: EngineFactory) -> None
     schema = json.loads(info.input_schema)
     assert schema["required"] == ["tag", "items", "amount"]
     assert schema["additionalProperties"] is False
+
+
+async def test_start_engine_yields_once_its_handlers_are_known(nats_server: EmbeddedNats) -> None:
+    """`durable.testing.start_engine` is for users' own tests, whose first line is an Invoke:
+    when it yields, the control plane must already know the worker's handlers (otherwise
+    that Invoke fails NOT_FOUND "no worker has registered yet", now and then)."""
+    for _ in range(10):
+        async with start_engine([e2e], nats_url=nats_server.url) as engine:
+            known = engine.control.plane.catalog.handlers()  # type: ignore[union-attr]
+            assert "e2e/reverse" in known, "start_engine yielded before its handlers were known"
+            assert await engine.client.execute("e2e/reverse", b"ab", timeout=5) == b"ba"

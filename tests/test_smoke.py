@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from durable.testing import LocalEngine
-
 from examples import hello
 
 

@@ -10,7 +10,6 @@ and ``Invoke``; wrapping the calls in ``asyncio.timeout`` instead (what ASYNC109
 would abandon the call without telling the server.
 """
 
-
 from __future__ import annotations
 
 import asyncio

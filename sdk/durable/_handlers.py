@@ -57,8 +57,28 @@ class HandlerDef:
             output_type=_serde.type_name(self.output_type),
             input_schema=json.dumps(schema, sort_keys=True) if schema is not None else "",
             input_message=self.input_type.DESCRIPTOR.full_name if is_message else "",
+            input_descriptor_set=_descriptor_set(self.input_type) if is_message else b"",
             description=self.description,
         )
+
+
+def _descriptor_set(message_type: Any) -> bytes:
+    """The FileDescriptorSet of a message's file and everything it imports."""
+    from google.protobuf import descriptor_pb2
+
+    files: dict[str, descriptor_pb2.FileDescriptorProto] = {}
+
+    def add(fd: Any) -> None:
+        if fd.name in files:
+            return
+        for dep in fd.dependencies:
+            add(dep)
+        proto = descriptor_pb2.FileDescriptorProto()
+        fd.CopyToProto(proto)
+        files[fd.name] = proto
+
+    add(message_type.DESCRIPTOR.file)
+    return descriptor_pb2.FileDescriptorSet(file=list(files.values())).SerializeToString()
 
 
 def _check_name(what: str, name: str) -> str:

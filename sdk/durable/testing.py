@@ -12,6 +12,7 @@ exactly as in production, so a test of your handlers tests what will run::
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import tempfile
 import uuid
@@ -86,4 +87,17 @@ async def start_engine(
         await stack.enter_async_context(worker)
         client = Client(control.target)
         await stack.enter_async_context(client)
+        await _until_registered(client, {h.full_name for h in worker.registry})
         yield LocalEngine(client, control.target, nats_url, cfg, control, worker, natsd)
+
+
+async def _until_registered(client: Client, names: set[str], timeout: float = 10.0) -> None:
+    """Wait until the control plane lists every handler, so the first Invoke finds them."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        known = {h.name for h in await client.handlers()}
+        if names <= known:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"handlers {sorted(names - known)} did not register in {timeout}s")
+        await asyncio.sleep(0.01)

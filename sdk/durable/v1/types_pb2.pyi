@@ -514,6 +514,7 @@ class HandlerInfo(_message.Message):
     LIVE_WORKERS_FIELD_NUMBER: _builtins.int
     LAST_SEEN_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    INPUT_DESCRIPTOR_SET_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Full name, "<service>/<handler>", as passed to Invoke."""
     service: _builtins.str
@@ -534,6 +535,10 @@ class HandlerInfo(_message.Message):
     """Workers currently alive that serve this handler."""
     description: _builtins.str
     """The handler's docstring (first paragraph)."""
+    input_descriptor_set: _builtins.bytes
+    """google.protobuf.FileDescriptorSet defining input_message and its dependencies, so the
+    control plane can check protobuf inputs before accepting them; empty for JSON inputs.
+    """
     @_builtins.property
     def last_seen(self) -> _timestamp_pb2.Timestamp:
         """When a worker last registered or heartbeated for this handler."""
@@ -552,10 +557,11 @@ class HandlerInfo(_message.Message):
         live_workers: _builtins.int = ...,
         last_seen: _timestamp_pb2.Timestamp | None = ...,
         description: _builtins.str = ...,
+        input_descriptor_set: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_seen", b"last_seen"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "handler", b"handler", "input_message", b"input_message", "input_schema", b"input_schema", "input_type", b"input_type", "kind", b"kind", "last_seen", b"last_seen", "live_workers", b"live_workers", "name", b"name", "output_type", b"output_type", "service", b"service"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "handler", b"handler", "input_descriptor_set", b"input_descriptor_set", "input_message", b"input_message", "input_schema", b"input_schema", "input_type", b"input_type", "kind", b"kind", "last_seen", b"last_seen", "live_workers", b"live_workers", "name", b"name", "output_type", b"output_type", "service", b"service"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

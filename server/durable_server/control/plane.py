@@ -151,6 +151,7 @@ class ControlPlane:
             if idempotency_key:
                 # Create first: only the Invoke that created the record may enqueue it.
                 if await self.records.create(record) is None:
+                    await self._check_same_input(record)
                     if wait:
                         existing, ended = await self.await_result(record.id, timeout)
                     else:
@@ -175,6 +176,19 @@ class ControlPlane:
         finally:
             if fut is not None:
                 self.index.drop_waiter(record.id, fut)
+
+    async def _check_same_input(self, record: Record) -> None:
+        existing = await self.view_record(record.id)
+        if (existing.input.data, existing.input.content_type) != (
+            record.input.data,
+            record.input.content_type,
+        ):
+            raise RequestError(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"idempotency key {record.idempotency_key!r} was already used for invocation "
+                f"{record.id} of {record.handler} with a different input; send the same "
+                "input to get that invocation, or use a new key",
+            )
 
     def _handler(self, name: str) -> types_pb2.HandlerInfo:
         if not name:

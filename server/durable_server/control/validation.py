@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 from typing import Any
 
 import grpc
-from google.protobuf import json_format
+from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
+from google.protobuf.message import Message
 
 from durable import _serde
 from durable._serde import json_type as _json_type
@@ -103,6 +105,15 @@ def validate_input(handler: types_pb2.HandlerInfo, data: bytes, content_type: st
                 f"{handler.name} takes protobuf message {handler.input_message}; send it as "
                 f"bytes with content_type '{expected}' (got '{content_type}')"
             )
+        message_class = _message_class(handler)
+        if message_class is None:
+            return  # the worker registered no descriptors; it checks the input itself
+        try:
+            _serde.decode(data, content_type, message_class)
+        except _serde.DecodeFailure as err:
+            raise invalid(
+                f"input is not a valid {handler.input_message} for {handler.name}: {err}"
+            ) from err
         return
     if content_type != _serde.JSON:
         if handler.input_schema:
@@ -119,6 +130,26 @@ def validate_input(handler: types_pb2.HandlerInfo, data: bytes, content_type: st
         raise invalid(
             f"input does not match {handler.name}({handler.input_type}): " + "; ".join(errors[:5])
         )
+
+
+@functools.lru_cache(maxsize=256)
+def _message_class_from(message: str, descriptor_set: bytes) -> type[Message] | None:
+    files = descriptor_pb2.FileDescriptorSet()
+    files.ParseFromString(descriptor_set)
+    pool = descriptor_pool.DescriptorPool()
+    for file in files.file:
+        pool.Add(file)
+    try:
+        return message_factory.GetMessageClass(pool.FindMessageTypeByName(message))
+    except KeyError:
+        return None
+
+
+def _message_class(handler: types_pb2.HandlerInfo) -> type[Message] | None:
+    """The input message class built from the descriptors the worker registered."""
+    if not handler.input_descriptor_set:
+        return None
+    return _message_class_from(handler.input_message, handler.input_descriptor_set)
 
 
 def schema_errors(schema: dict[str, Any], value: Any, path: str) -> list[str]:

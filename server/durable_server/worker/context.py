@@ -49,6 +49,20 @@ def failure_of(err: BaseException) -> types_pb2.Failure:
     )
 
 
+def encode_bounded(value: Any, limit: int, what: str) -> storage_pb2.StoredPayload:
+    """Encode a step result or handler output; a TerminalError when it cannot be stored."""
+    try:
+        data, content_type = _serde.encode(value)
+    except TypeError as err:  # retrying cannot make the value encodable
+        raise TerminalError(f"{what}: {err}") from err
+    if len(data) > limit:
+        raise TerminalError(
+            f"{what} is {len(data)} bytes encoded; the limit is {limit} bytes "
+            "(--max-payload-bytes). Store large data elsewhere and return a reference."
+        )
+    return storage_pb2.StoredPayload(data=data, content_type=content_type)
+
+
 def error_from_failure(failure: types_pb2.Failure) -> TerminalError:
     if failure.error_type == CANCELLED_ERROR_TYPE:
         return CancelledError(failure.message, failure.code)
@@ -88,6 +102,7 @@ class InvocationContext(Context):
         worker_id: str,
         flags: ControlFlags,
         announce: Callable[[int, int, str], None],
+        max_payload: int,
     ) -> None:
         self._record = record
         self._entries = entries
@@ -96,6 +111,7 @@ class InvocationContext(Context):
         self._worker_id = worker_id
         self._flags = flags
         self._announce = announce
+        self._max_payload = max_payload
         self._next_index = 0
         self._next_append = len(entries)
         self._append_turn = asyncio.Condition()
@@ -121,6 +137,10 @@ class InvocationContext(Context):
     @property
     def attempt(self) -> int:
         return self._record.attempt
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._flags.cancel
 
     @property
     def steps_taken(self) -> int:
@@ -166,6 +186,7 @@ class InvocationContext(Context):
     async def _append(self, entry: storage_pb2.JournalRecord) -> None:
         async with self._append_turn:
             await self._append_turn.wait_for(lambda: self._next_append == entry.index)
+            entry.recorded_at.CopyFrom(now_ts())
             try:
                 self._last_seq = await self._journal.append(self._record.id, entry, self._last_seq)
             except JournalFenced as err:
@@ -222,12 +243,11 @@ class InvocationContext(Context):
         )
         try:
             value = await self._execute(fn, args, kwargs, retry)
-            data, content_type = _serde.encode(value)
-            entry.value.CopyFrom(storage_pb2.StoredPayload(data=data, content_type=content_type))
+            entry.value.CopyFrom(
+                encode_bounded(value, self._max_payload, f"the result of step {name!r}")
+            )
         except TerminalError as err:
             failed = err
-        except TypeError as err:  # from encode: retrying cannot make the value encodable
-            failed = TerminalError(f"step {name!r}: {err}")
         finally:
             announce.cancel()
         if failed is not None:

@@ -36,12 +36,13 @@ from durable_server.records import (
     now_ts,
 )
 from durable_server.worker.claim import Claim
-from durable_server.worker.context import InvocationContext, failure_of
+from durable_server.worker.context import InvocationContext, encode_bounded, failure_of
 from durable_server.worker.signals import ControlFlags, Fenced, RetryAttempt
 
 log = logging.getLogger("durable.worker")
 
 S = types_pb2
+_PAUSED = "paused"
 
 
 @dataclass
@@ -66,6 +67,7 @@ class Executor:
         registry: Registry,
         worker_id: str,
         announce: Callable[[str, int, int, str], None],
+        max_payload: int,
         running_record_after: float = 0.2,
     ) -> None:
         self._records = records
@@ -74,42 +76,44 @@ class Executor:
         self._worker_id = worker_id
         self._announce = announce
         self._running_record_after = running_record_after
+        self._max_payload = max_payload
         self._background: set[asyncio.Future[None]] = set()
 
     async def drive(self, msg: Msg, invocation_id: str, flags: ControlFlags) -> None:
         item = storage_pb2.WorkItem()
         item.ParseFromString(msg.data or b"")
+        fresh = item.HasField("initial")
+        # Every earlier delivery of a fresh item may have been an attempt that never wrote
+        # the record; counting them keeps attempt numbers unique and increasing.
+        floor = (msg.metadata.num_delivered or 1) - 1 if fresh else 0
         current: Versioned | None = None
-        replayed_fast_path = False
-        if item.HasField("initial"):
+        if fresh:
             if not await self._serves(msg, item.initial.handler, invocation_id):
                 return
             try:
                 current = await self._records.get(invocation_id)
             except RecordNotFound:
-                # Fast path: nobody wrote the record yet, so nobody claimed it; the delivery
-                # count is our attempt number (every earlier delivery was an attempt).
-                attempt = msg.metadata.num_delivered or 1
-                claim = Claim.fresh(self._records, item.initial, attempt, self._worker_id)
-                if await self._attempt(msg, claim, flags, load_journal=attempt > 1):
+                # Fast path: nobody wrote the record, so nobody claimed it.
+                claim = Claim.fresh(self._records, item.initial, floor + 1, self._worker_id)
+                if await self._attempt(msg, claim, flags, load_journal=floor > 0):
                     return
-                replayed_fast_path = True  # fenced at once: someone journaled before us
-        claimed = await self._claim_existing(msg, invocation_id, current)
-        if claimed is None:
-            return
-        claim = Claim(self._records, claimed.record, self._worker_id, written=claimed)
-        if not await self._attempt(msg, claim, flags, load_journal=replayed_fast_path):
-            # Fenced at the first append although we loaded the journal: another worker is
-            # driving it right now. Leave the item; it comes back if that worker dies.
-            log.info("invocation %s: another worker is driving it", invocation_id)
+                floor += 1  # fenced at once: another driver journaled first
+        claimed = await self._claim_existing(msg, invocation_id, current, floor=floor)
+        if claimed is not None:
+            claim = Claim(self._records, claimed.record, self._worker_id, written=claimed)
+            await self._attempt(msg, claim, flags, load_journal=True)
 
     async def _claim_existing(
-        self, msg: Msg, invocation_id: str, current: Versioned | None
+        self, msg: Msg, invocation_id: str, current: Versioned | None, *, floor: int
     ) -> Versioned | None:
         if current is None:
             try:
                 current = await self._records.get(invocation_id)
             except RecordNotFound:
+                if floor:
+                    # Another worker drives this fresh invocation without having written
+                    # its record yet: leave the item to it (it returns if that worker dies).
+                    return None
                 log.warning("dropping work item for unknown invocation %s", invocation_id)
                 await msg.ack()
                 return None
@@ -125,7 +129,9 @@ class Executor:
                 await msg.nak(delay=wait)
                 return None
         try:
-            return await self._records.mutate(invocation_id, self._claim, current=current)
+            return await self._records.mutate(
+                invocation_id, lambda r: self._claim(r, floor), current=current
+            )
         except MutationRefused:
             await msg.ack()
             return None
@@ -142,9 +148,9 @@ class Executor:
         flags.cancel = flags.cancel or rec.cancel_requested
         flags.cancel_reason = flags.cancel_reason or rec.cancel_reason
 
-        # Attempt 1 is normally the first ever, so nothing is journaled yet; if that is
-        # wrong, the first append is fenced and the caller retries with the journal loaded.
-        shortcut = claim.attempt == 1 and not load_journal
+        # A first delivery on the fast path skips reading the (normally empty) journal; if
+        # someone did journal, the first append is fenced and the caller claims it again.
+        shortcut = not load_journal
         loaded = LoadedJournal([], 0) if shortcut else await self._journal.load(rec.id)
         ctx = InvocationContext(
             record=rec,
@@ -154,6 +160,7 @@ class Executor:
             worker_id=self._worker_id,
             flags=flags,
             announce=lambda i, k, n: self._announce(rec.id, i, k, n),
+            max_payload=self._max_payload,
         )
         timer = None
         if not claim.written:
@@ -191,11 +198,11 @@ class Executor:
         await msg.nak(delay=1.0)
         return False
 
-    def _claim(self, r: Record) -> None:
+    def _claim(self, r: Record, floor: int) -> None:
         if is_terminal(r.status) or r.status == S.INVOCATION_STATUS_PAUSED:
             raise MutationRefused(f"not runnable ({r.status})", r)
         r.status = S.INVOCATION_STATUS_RUNNING
-        r.attempt += 1
+        r.attempt = max(r.attempt, floor) + 1
         r.worker_id = self._worker_id
         if not r.HasField("started_at"):
             r.started_at.CopyFrom(now_ts())
@@ -215,9 +222,16 @@ class Executor:
                     ) from err
             value = await hdef.fn(*args)
         except SuspendInvocation as sig:
-            return Outcome(S.INVOCATION_STATUS_PAUSED, reason=sig.reason or "paused")
+            return Outcome(S.INVOCATION_STATUS_PAUSED, reason=sig.reason or _PAUSED)
         except NonDeterminismError as err:
             log.error("invocation %s: %s", rec.id, err.message)
+            if ctx.cancel_requested:
+                # It cannot be replayed, so it cannot compensate either: end it as asked.
+                failure = types_pb2.Failure(
+                    message=f"cancelled without compensation: {err.message}",
+                    error_type="CancelledError",
+                )
+                return Outcome(S.INVOCATION_STATUS_CANCELLED, failure=failure)
             return Outcome(S.INVOCATION_STATUS_PAUSED, reason=err.message)
         except Fenced:
             raise
@@ -243,16 +257,10 @@ class Executor:
             )
             return Outcome(S.INVOCATION_STATUS_CANCELLED, failure=failure)
         try:
-            data, content_type = _serde.encode(value)
-        except TypeError as err:
-            return Outcome(
-                S.INVOCATION_STATUS_FAILED,
-                failure=types_pb2.Failure(message=str(err), error_type="TypeError"),
-            )
-        return Outcome(
-            S.INVOCATION_STATUS_COMPLETED,
-            output=storage_pb2.StoredPayload(data=data, content_type=content_type),
-        )
+            output = encode_bounded(value, self._max_payload, f"the output of {hdef.full_name}")
+        except TerminalError as err:
+            return Outcome(S.INVOCATION_STATUS_FAILED, failure=failure_of(err))
+        return Outcome(S.INVOCATION_STATUS_COMPLETED, output=output)
 
     @staticmethod
     def _retry_or_fail(hdef: HandlerDef, rec: Record, err: BaseException) -> Outcome:
@@ -276,8 +284,10 @@ class Executor:
         r.journal_length = ctx.journal_length
         r.worker_id = ""
         if out.status == S.INVOCATION_STATUS_PAUSED:
+            # An operator's pause keeps the reason they gave; a non-determinism stop says why.
+            if out.reason != _PAUSED or not r.status_reason:
+                r.status_reason = out.reason
             r.pause_requested = False
-            r.status_reason = out.reason
         elif out.status == S.INVOCATION_STATUS_BACKING_OFF:
             assert out.failure is not None and out.retry_in is not None
             r.last_failure.CopyFrom(out.failure)

@@ -98,6 +98,7 @@ class Worker:
             registry=self.registry,
             worker_id=self.worker_id,
             announce=self._announce,
+            max_payload=self.cfg.max_payload_bytes,
         )
         await self.nc.subscribe(f"{self.cfg.prefix}.signal.>", cb=self._on_signal)
         self._inbox = self.nc.new_inbox()

@@ -1,0 +1,57 @@
+"""Helpers shared by the end-to-end test modules (test-only; no engine code here)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from durable import Service
+from durable.testing import LocalEngine
+from durable.v1 import control_pb2, types_pb2
+
+EngineFactory = Callable[..., Awaitable[LocalEngine]]
+
+
+async def wait_for_handlers(
+    engine: LocalEngine, services: Iterable[Service], timeout: float = 5.0
+) -> None:
+    """Wait until the control plane lists every handler of ``services``.
+
+    ``start_engine`` may yield before the control plane has seen the worker's registration
+    (see test_e2e.py::test_start_engine_yields_once_its_handlers_are_known); waiting here keeps
+    the other tests about what they test.
+    """
+    wanted = {h.full_name for s in services for h in s.handlers}
+    deadline = time.monotonic() + timeout
+    while wanted - {h.name for h in await engine.client.handlers()}:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"handlers {sorted(wanted)} never registered")
+        await asyncio.sleep(0.005)
+
+
+async def start_ready(
+    factory: EngineFactory, services: list[Service], **kwargs: Any
+) -> LocalEngine:
+    """Start an engine with ``engine_factory`` and wait until its handlers are invokable."""
+    engine = await factory(services, **kwargs)
+    await wait_for_handlers(engine, services)
+    return engine
+
+
+async def wait_status(
+    engine: LocalEngine, invocation_id: str, status: int, timeout: float = 5.0
+) -> control_pb2.GetWorkflowResponse:
+    """Poll GetWorkflow until the invocation is in ``status``; return that view."""
+    deadline = time.monotonic() + timeout
+    while True:
+        view = await engine.client.get(invocation_id)
+        if view.invocation.status == status:
+            return view
+        if time.monotonic() > deadline:
+            name = types_pb2.InvocationStatus.Name
+            raise AssertionError(
+                f"{invocation_id} still {name(view.invocation.status)}, wanted {name(status)}"  # type: ignore[arg-type]
+            )
+        await asyncio.sleep(0.01)
