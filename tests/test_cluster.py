@@ -339,9 +339,31 @@ async def test_start_engine_on_cluster_is_ready_when_it_yields(nats_cluster: Clu
     assert not missing, "\n".join(missing)
 
 
-async def test_cluster_node_killed_while_invoking(nats_cluster: Cluster) -> None:
-    """SIGKILL a node that leads nothing (not the meta group, no engine stream or consumer)
-    while invocations are being submitted: the two survivors keep quorum, all complete."""
+async def _r1_consumer_hosts(js: JetStreamContext, stream: str) -> set[str]:
+    """Nodes hosting an unreplicated consumer of ``stream`` (e.g. a KV watch)."""
+    hosts: set[str] = set()
+    for ci in await js.consumers_info(stream):
+        if ci.config.num_replicas == 1 and ci.cluster is not None and ci.cluster.leader:
+            hosts.add(ci.cluster.leader)
+    return hosts
+
+
+# Each invocation must be answered within this long of its submission, a node loss included.
+KILL_LATENCY_BOUND = 10.0
+
+
+@pytest.mark.parametrize("victim_kind", ["idle-node", "index-watch-node"])
+async def test_cluster_node_killed_while_invoking(nats_cluster: Cluster, victim_kind: str) -> None:
+    """SIGKILL one node that leads nothing (neither the meta group nor any engine stream or
+    the work consumer: leaders are stepped down off it first) while invocations are being
+    submitted. The two survivors keep quorum, so every invocation must complete and be
+    answered promptly.
+
+    ``idle-node``: the victim also hosts no watch of the invocations bucket.
+    ``index-watch-node``: the victim hosts the control plane's watch of the invocations
+    bucket (an unreplicated ordered consumer), from which AwaitResult learns that an
+    invocation ended.
+    """
     cl = nats_cluster
     async with start_engine([cluster], nats_url=cl.url, replicas=NODES) as engine:
         await _wait_for_handler(engine.client, "cluster/arith")
@@ -350,21 +372,39 @@ async def test_cluster_node_killed_while_invoking(nats_cluster: Cluster) -> None
 
         meta = cl.meta_leader()
         assert meta is not None, cl.logs()
-        victim = next(n for n in cl.nodes if n.server_name != meta)
         nc = await _connect(cl)
         try:
-            leaders = await _move_leaders_off(nc, engine.config, victim.server_name, meta)
             js = nc.jetstream(timeout=5.0)
-            for st in _engine_streams(engine.config):
-                for ci in await js.consumers_info(st):
-                    print("DIAG consumer", st, ci.name, ci.config.num_replicas, ci.cluster.leader)
-            ports = {n.port: n.server_name for n in cl.nodes}
-            print("DIAG control on", ports[engine.control._nc.connected_url.port], "worker on", ports[engine.worker.nc.connected_url.port], "victim", victim.server_name)
+            watched = await _r1_consumer_hosts(js, f"KV_{engine.config.invocations_bucket}")
+            if victim_kind == "idle-node":
+                # Always exists: at most one node besides the meta leader hosts the watch.
+                names = [n.server_name for n in cl.nodes if n.server_name not in {meta, *watched}]
+            else:
+                assert watched, "the control plane holds no watch of the invocations bucket"
+                names = sorted(watched)
+            victim = cl.node(names[0])
+            heir = next(n.server_name for n in cl.nodes if n is not victim)
+            leaders = await _move_leaders_off(nc, engine.config, victim.server_name, heir)
         finally:
             await nc.close()
+        assert engine.control.plane is not None
+        by_port = {n.port: n.server_name for n in cl.nodes}
+        attached = {
+            "control": by_port.get(engine.control.plane.nc.connected_url.port),
+            "worker": by_port.get(engine.worker.nc.connected_url.port),
+        }
 
         ns = list(range(60))
         spacing = 0.03  # submissions span ~1.8 s; the kill lands in the middle
+        latencies: dict[int, float] = {}
+
+        async def one(i: int, n: int) -> tuple[str, Any]:
+            await asyncio.sleep(i * spacing)
+            t = time.monotonic()
+            handle = await engine.client.invoke("cluster/arith", n, wait=True, wait_timeout=40)
+            output = await handle.result(timeout=40)
+            latencies[n] = time.monotonic() - t
+            return handle.id, output
 
         async def kill_soon() -> float:
             await asyncio.sleep(0.6)
@@ -372,8 +412,9 @@ async def test_cluster_node_killed_while_invoking(nats_cluster: Cluster) -> None
             return time.monotonic()
 
         t0 = time.monotonic()
-        runs, killed_at = await asyncio.gather(
-            _run_arith(engine.client, ns, within=40, spacing=spacing), kill_soon()
+        runs, killed_at = await asyncio.wait_for(
+            asyncio.gather(asyncio.gather(*(one(i, n) for i, n in enumerate(ns))), kill_soon()),
+            60,
         )
         done = time.monotonic()
         assert not victim.running
@@ -381,10 +422,19 @@ async def test_cluster_node_killed_while_invoking(nats_cluster: Cluster) -> None
         # After the kill, new invocations still go through on the two survivors.
         after = await _run_arith(engine.client, [2000, 2001, 2002], within=30)
         await _check_arith(engine.client, [2000, 2001, 2002], after)
-    print(
-        f"\n[cluster-kill] meta leader {meta}, asset leaders {leaders}, killed "
-        f"{victim.server_name} at {killed_at - t0:.1f}s; {len(ns)} workflows done at "
-        f"{done - t0:.1f}s"
+
+    slow = {n: round(t, 1) for n, t in latencies.items() if t > KILL_LATENCY_BOUND}
+    summary = (
+        f"meta leader {meta}, asset leaders {leaders}, invocations-bucket watch on "
+        f"{sorted(watched)}, connections {attached}; killed {victim.server_name} at "
+        f"{killed_at - t0:.1f}s; "
+        f"{len(ns)} workflows done at {done - t0:.1f}s, slowest answer "
+        f"{max(latencies.values()):.1f}s"
+    )
+    print(f"\n[cluster-kill {victim_kind}] {summary}")
+    assert not slow, (
+        f"{len(slow)} invocations were answered more than {KILL_LATENCY_BOUND}s after "
+        f"submission (n: seconds) {slow}; {summary}"
     )
 
 

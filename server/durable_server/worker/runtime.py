@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Iterable
 
 import nats
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
@@ -37,15 +38,35 @@ log = logging.getLogger("durable.worker")
 _PULL_EXPIRES = 5.0
 
 
-async def connect_nats(cfg: EngineConfig, name: str) -> NATS:
-    """Connect with reconnects that never give up (the default stops after ~2 minutes)."""
-    return await nats.connect(
-        servers=cfg.servers,
-        name=name,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
-        allow_reconnect=True,
-    )
+async def _log_nats_error(err: Exception) -> None:
+    log.warning("NATS: %s", err)
+
+
+async def connect_nats(cfg: EngineConfig, name: str, *, wait: float = 30.0) -> NATS:
+    """Connect with reconnects that never give up (the default stops after ~2 minutes).
+
+    The first connection is retried for up to ``wait`` seconds too, so the engine can start
+    alongside its NATS servers (compose, systemd) instead of failing on the first refusal.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return await nats.connect(
+                servers=cfg.servers,
+                name=name,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                allow_reconnect=True,
+                connect_timeout=2,
+                error_cb=_log_nats_error,
+            )
+        except (OSError, nats.errors.NoServersError, TimeoutError) as err:
+            if time.monotonic() >= deadline:
+                raise ConnectionError(
+                    f"cannot reach NATS at {cfg.nats_url} after {wait:.0f}s: {err}"
+                ) from err
+            log.info("NATS at %s not reachable yet (%s); retrying", cfg.nats_url, err)
+            await asyncio.sleep(0.25)
 
 
 class Worker:
