@@ -32,7 +32,7 @@ class EngineConfig:
     """JetStream duplicate window for work items, seconds."""
     heartbeat_interval: float = 5.0
     """Seconds between worker registry heartbeats."""
-    pending_record_after: float = 0.5
+    pending_record_after: float = 5.0
     """Seconds after Invoke at which the control plane writes the PENDING record of an
     invocation that no worker has claimed (and so created) yet."""
     reconcile_after: float = 10.0

@@ -7,6 +7,8 @@ worker acts on the record, not on the item.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
@@ -34,6 +36,25 @@ class WorkQueue:
             item.SerializeToString(),
             headers={"Nats-Msg-Id": f"{invocation_id}:{generation}"},
         )
+
+    async def queued_items(self) -> AsyncIterator[storage_pb2.WorkItem]:
+        """Every work item still in the queue, oldest first (read once at start-up)."""
+        seq = 0
+        while True:
+            try:
+                msg = await self._js.get_msg(
+                    self._cfg.work_stream,
+                    seq=seq + 1,
+                    subject=f"{self._cfg.prefix}.work.>",
+                    next=True,
+                    direct=True,
+                )
+            except NotFoundError:
+                return
+            item = storage_pb2.WorkItem()
+            item.ParseFromString(msg.data or b"")
+            yield item
+            seq = int(msg.seq or seq + 1)
 
     async def pending_item(self, invocation_id: str) -> storage_pb2.WorkItem | None:
         """The newest unacked work item for the invocation, if one is queued."""

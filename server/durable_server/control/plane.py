@@ -90,6 +90,10 @@ class ControlPlane:
         await self.nc.subscribe(f"{self.cfg.prefix}.progress.>", cb=self._on_progress)
         await self.catalog.start(await workers_kv(js, self.cfg))
         await self.index.start(kv)
+        # Invocations accepted but not yet written by any worker exist only as work items.
+        async for item in self.work.queued_items():
+            if item.HasField("initial"):
+                self.index.apply_if_absent(item.initial)
         self._tasks.append(asyncio.create_task(self._reconcile_loop(), name="reconciler"))
 
     async def stop(self) -> None:
