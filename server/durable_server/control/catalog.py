@@ -6,8 +6,6 @@ handler stays known (and Invoke keeps accepting it) across worker restarts and d
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 
@@ -15,6 +13,7 @@ from nats.js.kv import KeyValue
 
 from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
+from durable_server.control.follow import BucketFollower
 
 log = logging.getLogger("durable.control")
 
@@ -25,38 +24,21 @@ class HandlerCatalog:
     def __init__(self, live_after: float) -> None:
         self._workers: dict[str, storage_pb2.WorkerRegistration] = {}
         self._live_after = live_after
-        self._task: asyncio.Task[None] | None = None
-        self._ready = asyncio.Event()
+        self._follower = BucketFollower(
+            "handler-catalog",
+            storage_pb2.WorkerRegistration,
+            on_put=self._workers.__setitem__,
+            on_delete=self._forget,
+        )
+
+    def _forget(self, worker_id: str) -> None:
+        self._workers.pop(worker_id, None)
 
     async def start(self, kv: KeyValue) -> None:
-        watcher = await kv.watchall()
-        self._task = asyncio.create_task(self._follow(watcher), name="handler-catalog")
-        await self._ready.wait()
+        await self._follower.start(kv)
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:
-        try:
-            async for entry in watcher:
-                if entry is None:
-                    self._ready.set()
-                elif entry.operation in ("DEL", "PURGE") or not entry.value:
-                    self._workers.pop(entry.key, None)
-                else:
-                    reg = storage_pb2.WorkerRegistration()
-                    try:
-                        reg.ParseFromString(entry.value)
-                    except Exception:
-                        log.warning("unreadable worker registration %s", entry.key)
-                        continue
-                    self._workers[entry.key] = reg
-        finally:
-            with contextlib.suppress(Exception):
-                await watcher.stop()  # type: ignore[no-untyped-call]
+        await self._follower.stop()
 
     def handlers(self) -> dict[str, types_pb2.HandlerInfo]:
         """Every known handler with its live worker count and when it was last seen."""

@@ -11,7 +11,6 @@ import asyncio
 import bisect
 import builtins
 import collections
-import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from nats.js.kv import KeyValue
 
 from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
+from durable_server.control.follow import BucketFollower
 from durable_server.records import is_terminal
 
 log = logging.getLogger("durable.control")
@@ -87,42 +87,18 @@ class InvocationIndex:
             collections.Counter
         )
         self._waiters: dict[str, builtins.list[asyncio.Future[Record]]] = {}
-        self.ready = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._follower = BucketFollower(
+            "invocation-index", Record, on_put=lambda _, r: self.apply(r), on_delete=self.remove
+        )
 
     # -- feeding --------------------------------------------------------------------------
 
     async def start(self, kv: KeyValue) -> None:
         """Watch the bucket; returns once the existing records are loaded."""
-        watcher = await kv.watchall()
-        self._task = asyncio.create_task(self._follow(watcher), name="invocation-index")
-        await self.ready.wait()
+        await self._follower.start(kv)
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:
-        try:
-            async for entry in watcher:
-                if entry is None:
-                    self.ready.set()
-                    continue
-                if entry.operation in ("DEL", "PURGE") or not entry.value:
-                    self.remove(entry.key)
-                    continue
-                record = Record()
-                try:
-                    record.ParseFromString(entry.value)
-                except Exception:
-                    log.exception("unreadable record %s", entry.key)
-                    continue
-                self.apply(record)
-        finally:
-            with contextlib.suppress(Exception):
-                await watcher.stop()  # type: ignore[no-untyped-call]
+        await self._follower.stop()
 
     def apply(self, record: Record) -> None:
         new = Summary.of(record)
