@@ -222,6 +222,8 @@ def _json_type(value: Any) -> str:
 def _type_name(tp: Any) -> str:
     if tp is Any:
         return "any"
+    if tp is None or tp is type(None):
+        return "none"
     if is_message_type(tp):
         return str(tp.DESCRIPTOR.full_name)
     if isinstance(tp, type):

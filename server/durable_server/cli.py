@@ -405,7 +405,7 @@ async def _cmd_stats(client: Client, args: argparse.Namespace) -> int:
 async def _cmd_pause(client: Client, args: argparse.Namespace) -> int:
     summary = await client.pause(args.invocation_id, args.reason)
     if summary.status == types_pb2.INVOCATION_STATUS_PAUSED:
-        return _report(args, summary, f"{summary.invocation_id} paused")
+        return _report(args, summary, "paused")
     return _report(args, summary, "pause requested; it stops at its next step")
 
 
@@ -417,7 +417,7 @@ async def _cmd_resume(client: Client, args: argparse.Namespace) -> int:
 async def _cmd_cancel(client: Client, args: argparse.Namespace) -> int:
     summary = await client.cancel(args.invocation_id, args.reason)
     if summary.status == types_pb2.INVOCATION_STATUS_CANCELLED:
-        return _report(args, summary, f"{summary.invocation_id} cancelled")
+        return _report(args, summary, "cancelled")
     return _report(args, summary, "cancel requested; the handler sees it at its next step")
 
 

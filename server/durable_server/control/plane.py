@@ -68,6 +68,14 @@ def _ended(r: Record) -> str:
     return f"invocation {r.id} already ended ({status_name(r.status)}); nothing is left to change"
 
 
+def _same_payload(a: storage_pb2.StoredPayload, b: storage_pb2.StoredPayload) -> bool:
+    if a.content_type != b.content_type:
+        return False
+    if a.content_type == "application/json":
+        return bool(json.loads(a.data or b"null") == json.loads(b.data or b"null"))
+    return a.data == b.data
+
+
 class ControlPlane:
     """The engine's control operations over one NATS connection."""
 
@@ -183,10 +191,7 @@ class ControlPlane:
 
     async def _check_same_input(self, record: Record) -> None:
         existing = await self.view_record(record.id)
-        if (existing.input.data, existing.input.content_type) != (
-            record.input.data,
-            record.input.content_type,
-        ):
+        if not _same_payload(existing.input, record.input):
             raise RequestError(
                 grpc.StatusCode.ALREADY_EXISTS,
                 f"idempotency key {record.idempotency_key!r} was already used for invocation "

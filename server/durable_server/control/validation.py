@@ -52,7 +52,9 @@ def payload_to_stored(payload: types_pb2.Payload, limit: int, what: str) -> tupl
     kind = payload.WhichOneof("value")
     if kind == "json":
         value = _integral_floats_to_int(json_format.MessageToDict(payload.json))
-        data = json.dumps(value, separators=(",", ":")).encode()
+        # Sorted keys: the same JSON object always stores as the same bytes (the protobuf
+        # map behind google.protobuf.Struct has no order), which idempotent retries compare.
+        data = json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
         content_type = _serde.JSON
     elif kind == "data":
         data = payload.data

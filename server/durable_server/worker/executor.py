@@ -301,5 +301,5 @@ class Executor:
                 r.output.CopyFrom(out.output)
             if out.failure is not None:
                 r.failure.CopyFrom(out.failure)
-            if out.status == S.INVOCATION_STATUS_CANCELLED:
-                r.cancel_requested = False
+            # Ended: a cancel that arrived too late to be seen is moot, not pending.
+            r.cancel_requested = False
