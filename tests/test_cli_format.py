@@ -466,8 +466,8 @@ async def test_cli_invoke_waits_for_the_result(nats_server: EmbeddedNats, tmp_pa
         assert await engine.client.result(inv_id, timeout=5) == RECEIPT
 
         # Input from a file (and from stdin), with an idempotency key: the second run finds
-        # the first invocation instead of starting another. (A scalar input: see the xfail
-        # test below for JSON objects.)
+        # the first invocation instead of starting another. (JSON objects: see the retry
+        # test below.)
         input_file = tmp_path / "seconds.json"
         input_file.write_text("5\n")
         idem = ("--idempotency-key", "idem-1")
