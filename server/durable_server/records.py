@@ -14,7 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.aio.client import Client as NATS
+from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from durable.internal.v1 import storage_pb2
@@ -73,8 +74,11 @@ def status_name(status: int) -> str:
 class RecordStore:
     """Typed access to the invocations bucket."""
 
-    def __init__(self, kv: KeyValue) -> None:
+    def __init__(self, kv: KeyValue, nc: NATS, bucket: str) -> None:
         self._kv = kv
+        self._nc = nc
+        # Reads skip the KV wrapper: the direct-get request is on every invocation's path.
+        self._get_prefix = f"$JS.API.DIRECT.GET.KV_{bucket}.$KV.{bucket}."
 
     async def create(self, record: Record) -> int | None:
         """Store a new record; None when one with that id exists already."""
@@ -85,15 +89,18 @@ class RecordStore:
             return None
 
     async def get(self, invocation_id: str) -> Versioned:
-        try:
-            entry = await self._kv.get(invocation_id)
-        except KeyNotFoundError as err:
-            raise RecordNotFound(invocation_id) from err
-        if entry.value is None:
+        msg = await self._nc.request(self._get_prefix + invocation_id, b"", timeout=10)
+        headers = msg.headers or {}
+        status = headers.get("Status")
+        if status == "404" or headers.get("KV-Operation") in ("DEL", "PURGE") or not msg.data:
             raise RecordNotFound(invocation_id)
+        if status is not None:
+            raise RuntimeError(
+                f"reading record {invocation_id}: {status} {headers.get('Description', '')}"
+            )
         record = Record()
-        record.ParseFromString(entry.value)
-        return Versioned(record, entry.revision or 0)
+        record.ParseFromString(msg.data)
+        return Versioned(record, int(headers["Nats-Sequence"]))
 
     async def write(self, current: Versioned, record: Record) -> Versioned | None:
         """CAS-write ``record`` over ``current``; None when someone else wrote in between."""

@@ -92,7 +92,7 @@ class ControlPlane:
         js = self.nc.jetstream()
         await ensure_resources(js, self.cfg)
         kv = await invocations_kv(js, self.cfg)
-        self.records = RecordStore(kv)
+        self.records = RecordStore(kv, self.nc, self.cfg.invocations_bucket)
         self.journal = Journal(js, self.cfg)
         self.work = WorkQueue(js, self.cfg)
         await self.nc.subscribe(f"{self.cfg.prefix}.progress.>", cb=self._on_progress)

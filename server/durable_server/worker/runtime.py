@@ -111,7 +111,9 @@ class Worker:
             self._nc = await connect_nats(self.cfg, f"durable-worker-{self.worker_id}")
         js = self.nc.jetstream()
         await ensure_resources(js, self.cfg)
-        self._records = RecordStore(await invocations_kv(js, self.cfg))
+        self._records = RecordStore(
+            await invocations_kv(js, self.cfg), self.nc, self.cfg.invocations_bucket
+        )
         self._workers_kv = await workers_kv(js, self.cfg)
         self._executor = Executor(
             records=self._records,
