@@ -5,6 +5,8 @@
   control plane and the worker get the comma-separated list of client URLs and ``replicas=3``.
   Multi-step workflows complete, the engine's streams, buckets and work consumer really are
   replicated on three nodes, and start_engine is ready to invoke as soon as it yields.
+  A work item is readable (``WorkQueue.pending_item``) as soon as its enqueue returned,
+  which GetWorkflow/AwaitResult rely on for an invocation no worker has written yet.
 * A node is SIGKILLed while invocations are being submitted; it leads nothing (the engine's
   stream and consumer leaders are stepped down off it first, and it is not the meta leader).
   When the engine holds nothing else on it, every invocation completes and is answered
@@ -35,14 +37,18 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig
+from nats.js.errors import KeyNotFoundError
 
 from durable import Client, Context, Service
+from durable.internal.v1 import storage_pb2
 from durable.testing import start_engine
 from durable.v1 import types_pb2
 from durable_server.config import EngineConfig
 from durable_server.control.server import ControlServer
 from durable_server.natsd import EmbeddedNats
+from durable_server.resources import ensure_resources
 from durable_server.worker.runtime import Worker
+from durable_server.workqueue import WorkQueue
 from tests.cluster_handlers import LEDGER_ENV, STEPS
 from tests.procs import REPO, EngineProc, free_port
 
@@ -348,6 +354,66 @@ async def test_start_engine_on_cluster_is_ready_when_it_yields(nats_cluster: Clu
     assert not problems, "\n".join(problems)
 
 
+WQ_ITEMS = 500
+
+
+async def test_queued_work_item_is_readable_right_after_enqueue_on_cluster(
+    nats_cluster: Cluster,
+) -> None:
+    """``WorkQueue.pending_item`` must see an item as soon as ``enqueue`` returned.
+
+    The control plane relies on it: an invocation accepted by Invoke exists only as its work
+    item until a worker writes the record (at the end, on the fast path), so GetWorkflow,
+    AwaitResult, Pause and Cancel look the item up, and answer NOT_FOUND ("never created, or
+    purged") when it is missing. On a replicated stream a direct get may be answered by a
+    replica that has not applied the newest message yet. Here the items looked up are never
+    acked, while other items are enqueued and acked around them as workers would.
+    """
+    cfg = EngineConfig(nats_url=nats_cluster.url, prefix=f"wq{uuid.uuid4().hex[:8]}", replicas=3)
+    control = await _connect(nats_cluster)
+    busy = await _connect(nats_cluster)
+    stop = asyncio.Event()
+    try:
+        await ensure_resources(control.jetstream(timeout=5.0), cfg)
+        queue = WorkQueue(control.jetstream(timeout=5.0), cfg)
+        other = WorkQueue(busy.jetstream(timeout=5.0), cfg)
+        sub = await busy.jetstream(timeout=5.0).pull_subscribe_bind(
+            cfg.work_consumer, stream=cfg.work_stream
+        )
+
+        async def work_elsewhere() -> None:
+            i = 0
+            while not stop.is_set():
+                await other.enqueue(f"other{i}", 1, "invoke")
+                i += 1
+                with contextlib.suppress(TimeoutError):  # nats raises both kinds
+                    for msg in await sub.fetch(100, timeout=0.001):
+                        if ".other" in msg.subject:
+                            await msg.ack()
+
+        background = asyncio.create_task(work_elsewhere())
+        missing: list[str] = []
+
+        async def one(i: int) -> None:
+            await asyncio.sleep(i * 0.004)
+            invocation_id = f"checked{i}"
+            await queue.enqueue(invocation_id, 1, "invoke")
+            if await queue.pending_item(invocation_id) is None:
+                missing.append(invocation_id)
+
+        await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(WQ_ITEMS))), 30)
+        stop.set()
+        await asyncio.wait_for(background, 10)
+    finally:
+        stop.set()
+        for conn in (control, busy):
+            await conn.close()
+    assert not missing, (
+        f"pending_item found no work item for {len(missing)} of {WQ_ITEMS} items enqueued "
+        f"(and acknowledged by the stream) just before, none of them acked: {missing[:10]}"
+    )
+
+
 async def _r1_consumer_hosts(js: JetStreamContext, stream: str) -> set[str]:
     """Nodes hosting an unreplicated consumer of ``stream`` (e.g. a KV watch)."""
     hosts: set[str] = set()
@@ -378,27 +444,45 @@ class KillRun:
         return (
             f"killed {self.victim.server_name} at {self.killed_at:.1f}s; {len(KILL_NS)} "
             f"workflows done at {self.done_at:.1f}s, slowest answer "
-            f"{max(self.latencies.values()):.1f}s; {self.probe}"
+            f"{max(self.latencies.values()):.1f}s{'; ' + self.probe if self.probe else ''}"
         )
 
 
 PROBE_AFTER_KILL = 5.0
 
 
-async def _kill_while_invoking(client: Client, victim: EmbeddedNats) -> KillRun:
-    """Submit KILL_NS over ~1.8 s, SIGKILL ``victim`` at 0.6 s; check every result and that
-    new invocations still go through afterwards. PROBE_AFTER_KILL seconds after the kill,
-    compare how many invocations storage (GetWorkflow) shows COMPLETED with how many
-    AwaitResult has answered."""
+async def _completed_in_storage(cl: Cluster, cfg: EngineConfig, ids: set[str]) -> int:
+    """How many of ``ids`` have a COMPLETED record in the bucket (read directly)."""
+    nc = await _connect(cl)
+    try:
+        kv = await nc.jetstream(timeout=5.0).key_value(cfg.invocations_bucket)
+        done = 0
+        for key in ids:
+            with contextlib.suppress(KeyNotFoundError):
+                record = storage_pb2.InvocationRecord()
+                record.ParseFromString((await kv.get(key)).value or b"")
+                done += record.status == COMPLETED
+        return done
+    finally:
+        await nc.close()
+
+
+async def _kill_while_invoking(
+    cl: Cluster, cfg: EngineConfig, client: Client, victim: EmbeddedNats, *, probe: bool
+) -> KillRun:
+    """Invoke KILL_NS (with wait) over ~1.8 s, SIGKILL ``victim`` at 0.6 s; check every
+    result and that new invocations still go through afterwards. With ``probe``,
+    PROBE_AFTER_KILL seconds after the kill, compare how many of the invocations whose
+    steps this process ran are COMPLETED in the bucket (read directly, not through the
+    control plane) with how many Invoke calls have answered."""
     latencies: dict[int, float] = {}
     answered_at: list[float] = []
-    ids: dict[int, str] = {}
+    earlier = set(STEP_RUNS)
 
     async def one(i: int, n: int) -> tuple[str, Any]:
         await asyncio.sleep(i * KILL_SPACING)
         t = time.monotonic()
-        handle = await client.start("cluster/arith", n)
-        ids[n] = handle.id
+        handle = await client.invoke("cluster/arith", n, wait=True, wait_timeout=40)
         output = await handle.result(timeout=40)
         answered_at.append(time.monotonic())
         latencies[n] = answered_at[-1] - t
@@ -408,22 +492,22 @@ async def _kill_while_invoking(client: Client, victim: EmbeddedNats) -> KillRun:
         await asyncio.sleep(0.6)
         victim.kill()
         killed = time.monotonic()
+        if not probe:
+            return killed, ""
         await asyncio.sleep(PROBE_AFTER_KILL)
-        answered, started = len(latencies), dict(ids)
+        answered = len(latencies)
+        ran = {key.split(":")[0] for key in set(STEP_RUNS) - earlier}
         try:
-            gets = (client.get(inv, skip_journal=True) for inv in started.values())
-            views = await asyncio.gather(*gets)
-            stored = sum(v.invocation.status == COMPLETED for v in views)
-            probe = (
-                f"{PROBE_AFTER_KILL:.0f}s after the kill, {stored} of {len(started)} started "
-                f"invocations were COMPLETED in storage, {answered} answered"
+            stored = await _completed_in_storage(cl, cfg, ran)
+            return killed, (
+                f"{PROBE_AFTER_KILL:.0f}s after the kill, {stored} of {len(KILL_NS)} "
+                f"invocations were COMPLETED in the bucket, {answered} answered"
             )
         except Exception as exc:
-            probe = f"GetWorkflow {PROBE_AFTER_KILL:.0f}s after the kill failed: {exc!r}"
-        return killed, probe
+            return killed, f"reading the bucket {PROBE_AFTER_KILL:.0f}s after the kill: {exc!r}"
 
     t0 = time.monotonic()
-    runs, (killed_at, probe) = await asyncio.wait_for(
+    runs, (killed_at, probed) = await asyncio.wait_for(
         asyncio.gather(
             asyncio.gather(*(one(i, n) for i, n in enumerate(KILL_NS))), kill_then_probe()
         ),
@@ -434,7 +518,7 @@ async def _kill_while_invoking(client: Client, victim: EmbeddedNats) -> KillRun:
     await _check_arith(client, KILL_NS, runs)
     after = await _run_arith(client, [2000, 2001, 2002], within=30)
     await _check_arith(client, [2000, 2001, 2002], after)
-    return KillRun(victim, killed_at - t0, done - t0, latencies, probe)
+    return KillRun(victim, killed_at - t0, done - t0, latencies, probed)
 
 
 async def _connect_to(cl: Cluster, first: EmbeddedNats) -> NATS:
@@ -480,7 +564,7 @@ async def test_cluster_idle_node_killed_while_invoking(nats_cluster: Cluster) ->
             assert nc_control.connected_url is not None and nc_worker.connected_url is not None
             assert nc_control.connected_url.port == nc_worker.connected_url.port == meta.port
 
-            run = await _kill_while_invoking(client, victim)
+            run = await _kill_while_invoking(cl, cfg, client, victim, probe=False)
     finally:
         for conn in (nc, nc_control, nc_worker):
             await conn.close()
@@ -535,7 +619,7 @@ async def test_cluster_node_with_index_watch_killed_while_invoking(
             "control": cl.attached(engine.control.plane.nc),
             "worker": cl.attached(engine.worker.nc),
         }
-        run = await _kill_while_invoking(engine.client, victim)
+        run = await _kill_while_invoking(cl, engine.config, engine.client, victim, probe=True)
     summary = (
         f"meta leader {meta_name}, asset leaders {leaders}, invocations-bucket watch on "
         f"{sorted(watched)}, connections {attached}; {run.summary()}"

@@ -81,5 +81,12 @@ class EngineConfig:
         return f"{self.prefix}.progress.{invocation_id}"
 
     @property
+    def direct_reads(self) -> bool:
+        """Whether reads may use JetStream direct get. On a replicated stream any replica
+        answers a direct get, possibly before it has the newest message; reads that decide
+        what to do next (records, journals, work items) must then go to the leader."""
+        return self.replicas == 1
+
+    @property
     def servers(self) -> list[str]:
         return [u.strip() for u in self.nats_url.split(",") if u.strip()]

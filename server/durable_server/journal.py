@@ -68,7 +68,7 @@ class Journal:
             msg = await self._js.get_msg(
                 self._cfg.journal_stream,
                 subject=self._cfg.journal_subject(invocation_id),
-                direct=True,
+                direct=self._cfg.direct_reads,
             )
             return int(msg.seq or 0)
         return int(ack.seq)
@@ -82,7 +82,11 @@ class Journal:
         while True:
             try:
                 msg = await self._js.get_msg(
-                    self._cfg.journal_stream, seq=seq + 1, subject=subject, next=True, direct=True
+                    self._cfg.journal_stream,
+                    seq=seq + 1,
+                    subject=subject,
+                    next=True,
+                    direct=self._cfg.direct_reads,
                 )
             except NotFoundError:
                 break

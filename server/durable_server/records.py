@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from nats.aio.client import Client as NATS
-from nats.js.errors import KeyWrongLastSequenceError
+from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
 from durable.internal.v1 import storage_pb2
@@ -74,9 +74,12 @@ def status_name(status: int) -> str:
 class RecordStore:
     """Typed access to the invocations bucket."""
 
-    def __init__(self, kv: KeyValue, nc: NATS, bucket: str) -> None:
+    def __init__(self, kv: KeyValue, nc: NATS, bucket: str, *, direct_reads: bool) -> None:
         self._kv = kv
         self._nc = nc
+        self._stream = f"KV_{bucket}"
+        self._subject_prefix = f"$KV.{bucket}."
+        self._direct_reads = direct_reads
         # Reads skip the KV wrapper: the direct-get request is on every invocation's path.
         self._get_prefix = f"$JS.API.DIRECT.GET.KV_{bucket}.$KV.{bucket}."
 
@@ -89,6 +92,8 @@ class RecordStore:
             return None
 
     async def get(self, invocation_id: str) -> Versioned:
+        if not self._direct_reads:
+            return await self._get_from_leader(invocation_id)
         msg = await self._nc.request(self._get_prefix + invocation_id, b"", timeout=10)
         headers = msg.headers or {}
         status = headers.get("Status")
@@ -101,6 +106,19 @@ class RecordStore:
         record = Record()
         record.ParseFromString(msg.data)
         return Versioned(record, int(headers["Nats-Sequence"]))
+
+    async def _get_from_leader(self, invocation_id: str) -> Versioned:
+        try:
+            msg = await self._nc.jetstream().get_msg(
+                self._stream, subject=self._subject_prefix + invocation_id, direct=False
+            )
+        except NotFoundError:
+            raise RecordNotFound(invocation_id) from None
+        if (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE") or not msg.data:
+            raise RecordNotFound(invocation_id)
+        record = Record()
+        record.ParseFromString(msg.data)
+        return Versioned(record, int(msg.seq or 0))
 
     async def write(self, current: Versioned, record: Record) -> Versioned | None:
         """CAS-write ``record`` over ``current``; None when someone else wrote in between."""

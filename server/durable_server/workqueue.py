@@ -47,7 +47,7 @@ class WorkQueue:
                     seq=seq + 1,
                     subject=f"{self._cfg.prefix}.work.>",
                     next=True,
-                    direct=True,
+                    direct=self._cfg.direct_reads,
                 )
             except NotFoundError:
                 return
@@ -60,7 +60,9 @@ class WorkQueue:
         """The newest unacked work item for the invocation, if one is queued."""
         try:
             msg = await self._js.get_msg(
-                self._cfg.work_stream, subject=self._cfg.work_subject(invocation_id), direct=True
+                self._cfg.work_stream,
+                subject=self._cfg.work_subject(invocation_id),
+                direct=self._cfg.direct_reads,
             )
         except NotFoundError:
             return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 
-from nats.js.kv import KeyValue
+from nats.js import JetStreamContext
 
 from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
@@ -34,8 +34,8 @@ class HandlerCatalog:
     def _forget(self, worker_id: str) -> None:
         self._workers.pop(worker_id, None)
 
-    async def start(self, kv: KeyValue) -> None:
-        await self._follower.start(kv)
+    async def start(self, js: JetStreamContext, bucket: str) -> None:
+        await self._follower.start(js, bucket)
 
     async def stop(self) -> None:
         await self._follower.stop()

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from nats.js.kv import KeyValue
+from nats.js import JetStreamContext
 
 from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
@@ -93,9 +93,9 @@ class InvocationIndex:
 
     # -- feeding --------------------------------------------------------------------------
 
-    async def start(self, kv: KeyValue) -> None:
-        """Watch the bucket; returns once the existing records are loaded."""
-        await self._follower.start(kv)
+    async def start(self, js: JetStreamContext, bucket: str) -> None:
+        """Follow the bucket; returns once the existing records are loaded."""
+        await self._follower.start(js, bucket)
 
     async def stop(self) -> None:
         await self._follower.stop()

@@ -92,12 +92,15 @@ class ControlPlane:
         js = self.nc.jetstream()
         await ensure_resources(js, self.cfg)
         kv = await invocations_kv(js, self.cfg)
-        self.records = RecordStore(kv, self.nc, self.cfg.invocations_bucket)
+        self.records = RecordStore(
+            kv, self.nc, self.cfg.invocations_bucket, direct_reads=self.cfg.direct_reads
+        )
         self.journal = Journal(js, self.cfg)
         self.work = WorkQueue(js, self.cfg)
         await self.nc.subscribe(f"{self.cfg.prefix}.progress.>", cb=self._on_progress)
-        await self.catalog.start(await workers_kv(js, self.cfg))
-        await self.index.start(kv)
+        await workers_kv(js, self.cfg)
+        await self.catalog.start(js, self.cfg.workers_bucket)
+        await self.index.start(js, self.cfg.invocations_bucket)
         # Invocations accepted but not yet written by any worker exist only as work items.
         async for item in self.work.queued_items():
             if item.HasField("initial"):

@@ -11,6 +11,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+import nats.errors
+import nats.js.errors
 
 from durable.v1 import control_pb2, control_pb2_grpc, types_pb2
 from durable_server.control.index import Summary
@@ -34,6 +36,14 @@ C = control_pb2
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
+_UNAVAILABLE = (
+    TimeoutError,
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionClosedError,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+)
 _MAX_PAGE = 1000
 _DEFAULT_PAGE = 50
 
@@ -51,6 +61,13 @@ def _rpc(
             await context.abort(err.code, err.message)
         except grpc.aio.AbortError:
             raise
+        except _UNAVAILABLE as err:
+            # A leader election or a lost connection: the request may be retried as is
+            # (Invoke with an idempotency key stays exactly-once).
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"JetStream did not answer ({type(err).__name__}); retry the call",
+            )
         except Exception as err:
             log.exception("%s failed", fn.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, f"{type(err).__name__}: {err}")

@@ -112,7 +112,10 @@ class Worker:
         js = self.nc.jetstream()
         await ensure_resources(js, self.cfg)
         self._records = RecordStore(
-            await invocations_kv(js, self.cfg), self.nc, self.cfg.invocations_bucket
+            await invocations_kv(js, self.cfg),
+            self.nc,
+            self.cfg.invocations_bucket,
+            direct_reads=self.cfg.direct_reads,
         )
         self._workers_kv = await workers_kv(js, self.cfg)
         self._executor = Executor(
