@@ -7,6 +7,7 @@ worker acts on the record, not on the item.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
 from nats.js import JetStreamContext
@@ -58,6 +59,10 @@ class WorkQueue:
 
     async def pending_item(self, invocation_id: str) -> storage_pb2.WorkItem | None:
         """The newest unacked work item for the invocation, if one is queued."""
+        found = await self._pending(invocation_id)
+        return found[0] if found else None
+
+    async def _pending(self, invocation_id: str) -> tuple[storage_pb2.WorkItem, int] | None:
         try:
             msg = await self._js.get_msg(
                 self._cfg.work_stream,
@@ -68,4 +73,30 @@ class WorkQueue:
             return None
         item = storage_pb2.WorkItem()
         item.ParseFromString(msg.data or b"")
-        return item
+        return item, int(msg.seq or 0)
+
+    async def queued_fresh_item(
+        self, invocation_id: str
+    ) -> tuple[storage_pb2.InvocationRecord, int] | None:
+        """The record a queued fresh item carries (at generation 2) and the item's sequence,
+        or None when no fresh item is queued. See :meth:`retire_fresh_item`."""
+        found = await self._pending(invocation_id)
+        if found is None or not found[0].HasField("initial"):
+            return None
+        item, seq = found
+        record = storage_pb2.InvocationRecord()
+        record.CopyFrom(item.initial)
+        record.generation = 2
+        return record, seq
+
+    async def retire_fresh_item(self, invocation_id: str, seq: int) -> None:
+        """Replace a fresh item by a plain one once the control plane wrote its record.
+
+        A worker that takes a fresh item may start the handler before it has read the
+        record, so such an item must not outlive the record's creation: later workers must
+        take the plain item, which makes them read the record (and see a Pause or Cancel)
+        first.
+        """
+        await self.enqueue(invocation_id, 2, "operator")
+        with contextlib.suppress(Exception):  # already delivered and acked: nothing to do
+            await self._js.delete_msg(self._cfg.work_stream, seq)

@@ -253,11 +253,13 @@ class ControlPlane:
                 return await self.records.get(invocation_id)
             except RecordNotFound:
                 pass
-            item = await self.work.pending_item(invocation_id)
-            if item is None or not item.HasField("initial"):
+            fresh = await self.work.queued_fresh_item(invocation_id)
+            if fresh is None:
                 break
-            if (rev := await self.records.create(item.initial)) is not None:
-                return Versioned(item.initial, rev)
+            record, seq = fresh
+            if (rev := await self.records.create(record)) is not None:
+                await self.work.retire_fresh_item(invocation_id, seq)
+                return Versioned(record, rev)
         raise RequestError(
             grpc.StatusCode.NOT_FOUND,
             f"no invocation {invocation_id} (never created, or purged)",

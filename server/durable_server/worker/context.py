@@ -26,7 +26,7 @@ from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
 from durable_server.journal import Journal, JournalFenced
 from durable_server.records import now_ts
-from durable_server.worker.signals import ControlFlags, Fenced, RetryAttempt
+from durable_server.worker.signals import ControlFlags, Fenced, RecordExists, RetryAttempt
 
 CANCELLED_ERROR_TYPE = "CancelledError"
 _ANNOUNCE_AFTER = 0.05
@@ -103,6 +103,7 @@ class InvocationContext(Context):
         flags: ControlFlags,
         announce: Callable[[int, int, str], None],
         max_payload: int,
+        precheck: asyncio.Future[Any] | None = None,
     ) -> None:
         self._record = record
         self._entries = entries
@@ -112,6 +113,7 @@ class InvocationContext(Context):
         self._flags = flags
         self._announce = announce
         self._max_payload = max_payload
+        self._precheck = precheck
         self._next_index = 0
         self._next_append = len(entries)
         self._append_turn = asyncio.Condition()
@@ -186,6 +188,12 @@ class InvocationContext(Context):
     async def _append(self, entry: storage_pb2.JournalRecord) -> None:
         async with self._append_turn:
             await self._append_turn.wait_for(lambda: self._next_append == entry.index)
+            if self._precheck is not None:
+                # Fast path: nothing may be journaled before we know no record exists.
+                found = await self._precheck
+                if found is not None:
+                    raise RecordExists(found)
+                self._precheck = None
             entry.recorded_at.CopyFrom(now_ts())
             try:
                 self._last_seq = await self._journal.append(self._record.id, entry, self._last_seq)

@@ -37,12 +37,18 @@ from durable_server.records import (
 )
 from durable_server.worker.claim import Claim
 from durable_server.worker.context import InvocationContext, encode_bounded, failure_of
-from durable_server.worker.signals import ControlFlags, Fenced, RetryAttempt
+from durable_server.worker.signals import ControlFlags, Fenced, RecordExists, RetryAttempt
 
 log = logging.getLogger("durable.worker")
 
 S = types_pb2
 _PAUSED = "paused"
+
+
+def _age(msg: Msg) -> float:
+    """Seconds since the work item was published."""
+    published = msg.metadata.timestamp
+    return time.time() - published.timestamp() if published else 0.0
 
 
 @dataclass
@@ -69,6 +75,7 @@ class Executor:
         announce: Callable[[str, int, int, str], None],
         max_payload: int,
         running_record_after: float = 0.2,
+        young_item: float = 1.0,
     ) -> None:
         self._records = records
         self._journal = journal
@@ -76,6 +83,7 @@ class Executor:
         self._worker_id = worker_id
         self._announce = announce
         self._running_record_after = running_record_after
+        self._young_item = young_item
         self._max_payload = max_payload
         self._background: set[asyncio.Future[None]] = set()
 
@@ -90,18 +98,35 @@ class Executor:
         if fresh:
             if not await self._serves(msg, item.initial.handler, invocation_id):
                 return
-            try:
-                current = await self._records.get(invocation_id)
-            except RecordNotFound:
-                # Fast path: nobody wrote the record, so nobody claimed it.
+            # Fast path: if nobody wrote the record, nobody claimed it. A first delivery of a
+            # young item rarely has one (only a Pause or Cancel in its first moments makes
+            # it), so that read runs alongside the handler's first step and only has to be
+            # back before the step's result is journaled.
+            young = floor == 0 and _age(msg) < self._young_item
+            precheck = asyncio.ensure_future(self._find(invocation_id))
+            if not young:
+                current = await precheck
+            if current is None:
                 claim = Claim.fresh(self._records, item.initial, floor + 1, self._worker_id)
-                if await self._attempt(msg, claim, flags, load_journal=floor > 0):
+                ran = await self._attempt(
+                    msg, claim, flags, load_journal=floor > 0, precheck=precheck
+                )
+                if ran is True:
                     return
-                floor += 1  # fenced at once: another driver journaled first
+                if ran is False:
+                    floor += 1  # fenced at once: another driver journaled first
+                else:
+                    current = ran  # the record existed: claim it the ordinary way
         claimed = await self._claim_existing(msg, invocation_id, current, floor=floor)
         if claimed is not None:
             claim = Claim(self._records, claimed.record, self._worker_id, written=claimed)
             await self._attempt(msg, claim, flags, load_journal=True)
+
+    async def _find(self, invocation_id: str) -> Versioned | None:
+        try:
+            return await self._records.get(invocation_id)
+        except RecordNotFound:
+            return None
 
     async def _claim_existing(
         self, msg: Msg, invocation_id: str, current: Versioned | None, *, floor: int
@@ -137,10 +162,17 @@ class Executor:
             return None
 
     async def _attempt(
-        self, msg: Msg, claim: Claim, flags: ControlFlags, *, load_journal: bool
-    ) -> bool:
-        """Run one attempt; False when its very first append was fenced while it had
-        assumed an empty journal (the caller then retries with the journal loaded)."""
+        self,
+        msg: Msg,
+        claim: Claim,
+        flags: ControlFlags,
+        *,
+        load_journal: bool,
+        precheck: asyncio.Future[Versioned | None] | None = None,
+    ) -> bool | Versioned:
+        """Run one attempt. False when its very first append was fenced while it had
+        assumed an empty journal (the caller then retries with the journal loaded); the
+        record when ``precheck`` found that one existed before anything was journaled."""
         rec = claim.record
         hdef = self._registry.get(rec.handler)
         assert hdef is not None, "checked before claiming"
@@ -161,6 +193,7 @@ class Executor:
             flags=flags,
             announce=lambda i, k, n: self._announce(rec.id, i, k, n),
             max_payload=self._max_payload,
+            precheck=precheck,
         )
         timer = None
         if not claim.written:
@@ -169,6 +202,11 @@ class Executor:
             )
         try:
             outcome = await self._run_handler(hdef, rec, ctx)
+            if precheck is not None and (found := await precheck) is not None:
+                return found  # it ended before journaling anything; do it over, claimed
+        except RecordExists as exists:
+            assert isinstance(exists.record, Versioned)
+            return exists.record
         except Fenced as err:
             if shortcut and ctx.journal_length == 0:
                 return False
@@ -233,7 +271,7 @@ class Executor:
                 )
                 return Outcome(S.INVOCATION_STATUS_CANCELLED, failure=failure)
             return Outcome(S.INVOCATION_STATUS_PAUSED, reason=err.message)
-        except Fenced:
+        except (Fenced, RecordExists):
             raise
         except TerminalError as err:
             if isinstance(err, CancelledError) or ctx.cancel_delivered:
