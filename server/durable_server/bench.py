@@ -41,6 +41,7 @@ from typing import IO, Any
 
 import grpc
 import grpc.aio
+import uvloop
 from grpc_health.v1 import health_pb2
 
 from durable import Client
@@ -388,6 +389,7 @@ class Settings:
     floor_publishes: int
     floor_pipelined: int
     floor_in_flight: int
+    topology: str = "combined"
 
 
 @contextlib.contextmanager
@@ -427,15 +429,19 @@ async def one_run(k: int, s: Settings) -> dict[str, Any]:
             engine = ["--nats", natsd.url, "--prefix", prefix]
             procs: list[Proc] = []
             with _stopping(procs):
-                _log(f"{tag}: starting `durable worker` and `durable server`")
-                procs.append(
-                    Proc(
-                        "worker",
-                        ["worker", "--module", HANDLERS_MODULE, *engine],
-                        workdir / "worker.log",
-                        root,
+                if s.topology == "split":
+                    _log(f"{tag}: starting `durable worker` and `durable server`")
+                    procs.append(
+                        Proc(
+                            "worker",
+                            ["worker", "--module", HANDLERS_MODULE, *engine],
+                            workdir / "worker.log",
+                            root,
+                        )
                     )
-                )
+                else:
+                    _log(f"{tag}: starting `durable server --module` (control plane + worker)")
+                    engine = [*engine, "--module", HANDLERS_MODULE]
                 target = await start_server(engine, workdir, root, procs)
                 async with Client(target) as client:
                     await wait_registered(client, procs)
@@ -523,6 +529,7 @@ def summarize(s: Settings, per_run: list[dict[str, Any]]) -> dict[str, Any]:
     ]
     return {
         "sync": s.sync,
+        "topology": s.topology,
         "runs": s.runs,
         "statistic": "median across runs",
         "handler": HANDLER,
@@ -616,6 +623,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--floor-in-flight", type=_positive, default=256, help="pipelined publishes in flight"
     )
+    p.add_argument(
+        "--topology",
+        choices=("combined", "split"),
+        default="combined",
+        help="combined: one engine process (control plane + worker, as `make run`); "
+        "split: `durable server` and `durable worker` as two processes",
+    )
     p.add_argument("--out", type=Path, default=None, help="also write the JSON report here")
     return p
 
@@ -637,9 +651,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         floor_publishes=args.floor_publishes,
         floor_pipelined=args.floor_pipelined,
         floor_in_flight=args.floor_in_flight,
+        topology=args.topology,
     )
     try:
-        report = asyncio.run(run_bench(settings))
+        report = uvloop.run(run_bench(settings))
     except KeyboardInterrupt:
         _log("interrupted; processes stopped")
         return 130

@@ -1,8 +1,9 @@
 """The handler `make bench` measures: a service whose workflow is three trivial durable steps.
 
 Hosted by a ``durable worker --module durable_server.bench_handlers`` process started by
-:mod:`durable_server.bench`. Each step is a ``ctx.run`` of a sync function that adds one,
-so the figures measure the engine (journal writes, scheduling, gRPC), not the work.
+:mod:`durable_server.bench`. Each step is a ``ctx.run`` of a trivial async function that
+adds one, so the figures measure the engine (journal writes, scheduling, gRPC), not the work.
+(A sync function adds a hop to a worker thread and back, about 0.1 ms per step.)
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ HANDLER = "bench/three_steps"
 STEPS = 3
 
 
-def _add_one(x: int) -> int:
+async def _add_one(x: int) -> int:
     return x + 1
 
 

@@ -85,6 +85,12 @@ def add_engine_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 
     server = sub.add_parser("server", help="run the control plane (gRPC DurableControl)")
     server.add_argument("--listen", default="127.0.0.1:50051", help="gRPC address")
+    server.add_argument(
+        "--module",
+        action="append",
+        help="also host a worker for this handler module in the same process (repeatable)",
+    )
+    server.add_argument("--slots", type=int, default=64, help="concurrent invocations")
     _engine_flags(server)
     server.set_defaults(func=lambda a: _run(_server(a), a))
 
@@ -124,15 +130,21 @@ async def _until_signalled() -> None:
 
 
 async def _server(args: argparse.Namespace) -> None:
-    async with ControlServer(_config(args), args.listen) as server:
+    cfg = _config(args)
+    async with contextlib.AsyncExitStack() as stack:
+        server = await stack.enter_async_context(ControlServer(cfg, args.listen))
         print(f"durable control plane on {server.target}", flush=True)
+        if args.module:
+            worker = Worker(cfg, load_services(args.module), slots=args.slots)
+            await stack.enter_async_context(worker)
+            print(f"durable worker {worker.worker_id}: {_handler_names(worker)}", flush=True)
         await _until_signalled()
 
 
 async def _worker(args: argparse.Namespace) -> None:
     services = load_services(args.module)
     async with Worker(_config(args), services, slots=args.slots, worker_id=args.worker_id) as w:
-        print(f"durable worker {w.worker_id}: {', '.join(h.full_name for h in w.registry)}")
+        print(f"durable worker {w.worker_id}: {_handler_names(w)}", flush=True)
         await _until_signalled()
 
 
@@ -151,6 +163,10 @@ async def _dev(args: argparse.Namespace) -> None:
             await _until_signalled()
     finally:
         await natsd.astop()
+
+
+def _handler_names(worker: Worker) -> str:
+    return ", ".join(h.full_name for h in worker.registry)
 
 
 def _prepare_data_dir(path: str) -> Path:

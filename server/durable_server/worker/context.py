@@ -188,12 +188,6 @@ class InvocationContext(Context):
     async def _append(self, entry: storage_pb2.JournalRecord) -> None:
         async with self._append_turn:
             await self._append_turn.wait_for(lambda: self._next_append == entry.index)
-            if self._precheck is not None:
-                # Fast path: nothing may be journaled before we know no record exists.
-                found = await self._precheck
-                if found is not None:
-                    raise RecordExists(found)
-                self._precheck = None
             entry.recorded_at.CopyFrom(now_ts())
             try:
                 self._last_seq = await self._journal.append(self._record.id, entry, self._last_seq)
@@ -201,6 +195,14 @@ class InvocationContext(Context):
                 raise Fenced(str(err)) from err
             self._next_append += 1
             self._append_turn.notify_all()
+            if self._precheck is not None:
+                # Fast path: the record read ran alongside this first append. If a record
+                # exists (an operator acted as the invocation started), the handler must not
+                # go on from here: the caller claims it properly and replays this entry.
+                found = await self._precheck
+                self._precheck = None
+                if found is not None:
+                    raise RecordExists(found)
 
     def _entry(self, index: int, kind: int, name: str) -> storage_pb2.JournalRecord:
         return storage_pb2.JournalRecord(

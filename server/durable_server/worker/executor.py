@@ -99,9 +99,10 @@ class Executor:
             if not await self._serves(msg, item.initial.handler, invocation_id):
                 return
             # Fast path: if nobody wrote the record, nobody claimed it. A first delivery of a
-            # young item rarely has one (only a Pause or Cancel in its first moments makes
-            # it), so that read runs alongside the handler's first step and only has to be
-            # back before the step's result is journaled.
+            # young item rarely has one (only a Pause or Cancel racing its start makes it,
+            # and that retires the item), so that read runs alongside the handler's first
+            # step and its journal append, and only has to be back before the handler sees
+            # the step's result.
             young = floor == 0 and _age(msg) < self._young_item
             precheck = asyncio.ensure_future(self._find(invocation_id))
             if not young:
