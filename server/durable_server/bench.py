@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
 import contextlib
 import json
 import math
@@ -27,7 +26,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,36 +35,29 @@ import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import grpc
-import grpc.aio
 import uvloop
-from grpc_health.v1 import health_pb2
 
 from durable import Client
 from durable_server.bench_handlers import HANDLER, STEPS
+from durable_server.bench_procs import (
+    BenchError,
+    Proc,
+    log_progress,
+    repo_root,
+    start_server,
+    wait_registered,
+)
 from durable_server.natsd import EmbeddedNats, find_nats_server
 
 __all__ = ["main"]
 
 HANDLERS_MODULE = "durable_server.bench_handlers"
-CONTROL_SERVICE = "durable.v1.DurableControl"
-_HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 _FLOOR_STREAM = "BENCHFLOOR"
 _FLOOR_SUBJECT = "benchfloor.msgs"
 _FLOOR_PAYLOAD = b"x" * 64
-_START_TIMEOUT = 60.0  # seconds for a process to come up / the handler to register
 _CALL_TIMEOUT = 60.0  # seconds for one workflow to finish
-_STOP_TIMEOUT = 10.0  # seconds for a process to exit on SIGTERM before SIGKILL
-
-
-class BenchError(RuntimeError):
-    """The benchmark could not run (a process died, a workflow failed or timed out)."""
-
-
-def _log(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------------------- statistics
@@ -177,173 +168,6 @@ async def _pipelined(nc: Any, n: int, window: int) -> float:
     return elapsed
 
 
-# ---------------------------------------------------------------------------- processes
-
-
-def repo_root() -> Path:
-    """The checkout this module lives in (``<root>/server/durable_server/bench.py``)."""
-    root = Path(__file__).resolve().parents[2]
-    return root if (root / "pyproject.toml").is_file() else Path.cwd()
-
-
-def _child_env(root: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    paths = [str(root), str(root / "server"), str(root / "sdk")]
-    paths += [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p not in paths]
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class Proc:
-    """One engine process (``durable server`` / ``durable worker``) with its log file."""
-
-    _live: set[Proc] = set()
-
-    def __init__(self, name: str, args: list[str], log_path: Path, root: Path) -> None:
-        self.name = name
-        self.log_path = log_path
-        self._log: IO[bytes] = log_path.open("wb")
-        cmd = [sys.executable, "-m", "durable_server.cli", *args]
-        try:
-            self.popen = subprocess.Popen(
-                cmd,
-                cwd=root,
-                env=_child_env(root),
-                stdin=subprocess.DEVNULL,
-                stdout=self._log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # we stop it ourselves, in order, on Ctrl-C too
-            )
-        except BaseException:
-            self._log.close()
-            raise
-        Proc._live.add(self)
-
-    @property
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def check_alive(self) -> None:
-        if not self.alive:
-            raise BenchError(
-                f"{self.name} exited with code {self.popen.returncode}\n"
-                f"--- {self.name} log tail ---\n{self.log_tail()}"
-            )
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def stop(self, timeout: float = _STOP_TIMEOUT) -> None:
-        """SIGTERM (the engine shuts down gracefully), SIGKILL if it does not exit in time."""
-        try:
-            if self.popen.poll() is None:
-                self.popen.send_signal(signal.SIGTERM)
-                try:
-                    self.popen.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    self.popen.kill()
-                    self.popen.wait()
-        finally:
-            self._log.close()
-            Proc._live.discard(self)
-
-    @classmethod
-    def kill_all(cls) -> None:
-        """Last resort at interpreter exit: never leave an engine process behind."""
-        for proc in list(cls._live):
-            with contextlib.suppress(Exception):
-                if proc.popen.poll() is None:
-                    proc.popen.kill()
-                    proc.popen.wait(5)
-            cls._live.discard(proc)
-
-
-atexit.register(Proc.kill_all)
-
-
-async def wait_healthy(target: str, server: Proc, limit_s: float = _START_TIMEOUT) -> None:
-    """Poll the standard gRPC health check until DurableControl reports SERVING."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit_s
-    async with grpc.aio.insecure_channel(target) as channel:
-        check = channel.unary_unary(
-            _HEALTH_CHECK,
-            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
-            response_deserializer=health_pb2.HealthCheckResponse.FromString,
-        )
-        request = health_pb2.HealthCheckRequest(service=CONTROL_SERVICE)
-        while True:
-            server.check_alive()
-            with contextlib.suppress(grpc.aio.AioRpcError):
-                response = await check(request, timeout=1.0)
-                if response.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            if loop.time() > deadline:
-                raise BenchError(
-                    f"control plane at {target} not healthy within {limit_s:.0f}s\n"
-                    f"--- server log tail ---\n{server.log_tail()}"
-                )
-            await asyncio.sleep(0.1)
-
-
-async def wait_registered(
-    client: Client, procs: Sequence[Proc], limit_s: float = _START_TIMEOUT
-) -> None:
-    """Poll ListHandlers until the worker has registered the benchmark handler."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit_s
-    while True:
-        for proc in procs:
-            proc.check_alive()
-        with contextlib.suppress(Exception):
-            if any(h.name == HANDLER for h in await client.handlers()):
-                return
-        if loop.time() > deadline:
-            tails = "\n".join(f"--- {p.name} log tail ---\n{p.log_tail()}" for p in procs)
-            raise BenchError(f"{HANDLER} not registered within {limit_s:.0f}s\n{tails}")
-        await asyncio.sleep(0.1)
-
-
-async def start_server(engine: list[str], workdir: Path, root: Path, procs: list[Proc]) -> str:
-    """Start ``durable server`` on a free port and wait until it is healthy; its target.
-
-    The port is picked by binding port 0 and closing it, so another process may take it
-    first: when the server dies during startup, try again on a new port (three attempts).
-    """
-    attempts = 3
-    for attempt in range(1, attempts + 1):
-        target = f"127.0.0.1:{free_port()}"
-        server = Proc(
-            "server",
-            ["server", "--listen", target, *engine],
-            workdir / f"server-{attempt}.log",
-            root,
-        )
-        procs.append(server)
-        try:
-            await wait_healthy(target, server)
-            return target
-        except BenchError:
-            if server.alive or attempt == attempts:
-                raise
-            _log(f"server on {target} exited during startup; retrying on another port")
-            server.stop()
-            procs.remove(server)
-    raise AssertionError("unreachable")
-
-
 # ------------------------------------------------------------------------------ workload
 
 
@@ -412,10 +236,10 @@ async def one_run(k: int, s: Settings) -> dict[str, Any]:
         natsd = EmbeddedNats(
             workdir / "store", sync_interval=s.sync, server_name=f"durable-bench{k}"
         )
-        _log(f"{tag}: starting nats-server (sync_interval={s.sync})")
+        log_progress(f"{tag}: starting nats-server (sync_interval={s.sync})")
         await natsd.astart()
         try:
-            _log(
+            log_progress(
                 f"{tag}: JetStream floor ({s.floor_publishes} sequential publishes, "
                 f"{s.floor_pipelined} pipelined with {s.floor_in_flight} in flight)"
             )
@@ -430,7 +254,7 @@ async def one_run(k: int, s: Settings) -> dict[str, Any]:
             procs: list[Proc] = []
             with _stopping(procs):
                 if s.topology == "split":
-                    _log(f"{tag}: starting `durable worker` and `durable server`")
+                    log_progress(f"{tag}: starting `durable worker` and `durable server`")
                     procs.append(
                         Proc(
                             "worker",
@@ -440,17 +264,21 @@ async def one_run(k: int, s: Settings) -> dict[str, Any]:
                         )
                     )
                 else:
-                    _log(f"{tag}: starting `durable server --module` (control plane + worker)")
+                    log_progress(
+                        f"{tag}: starting `durable server --module` (control plane + worker)"
+                    )
                     engine = [*engine, "--module", HANDLERS_MODULE]
                 target = await start_server(engine, workdir, root, procs)
                 async with Client(target) as client:
                     await wait_registered(client, procs)
-                    _log(f"{tag}: warm-up ({s.warmup} workflows)")
+                    log_progress(f"{tag}: warm-up ({s.warmup} workflows)")
                     await measure_sequential(client, s.warmup)
                     await measure_throughput(client, s.warmup, max(1, min(s.in_flight, 10)))
-                    _log(f"{tag}: sequential latency ({s.sequential} workflows)")
+                    log_progress(f"{tag}: sequential latency ({s.sequential} workflows)")
                     seq = await measure_sequential(client, s.sequential)
-                    _log(f"{tag}: throughput ({s.throughput} workflows, {s.in_flight} in flight)")
+                    log_progress(
+                        f"{tag}: throughput ({s.throughput} workflows, {s.in_flight} in flight)"
+                    )
                     elapsed, loaded = await measure_throughput(client, s.throughput, s.in_flight)
                 for proc in procs:
                     proc.check_alive()
@@ -470,7 +298,7 @@ async def one_run(k: int, s: Settings) -> dict[str, Any]:
     }
     result = {"run": k, "workflow": workflow, "floor": floor}
     result["wall_s"] = time.perf_counter() - started
-    _log(
+    log_progress(
         f"{tag}: done in {result['wall_s']:.1f}s: p50 {lat['p50_ms']:.2f} ms, "
         f"{wps:.0f} workflows/s (floor: publish p50 {floor['publish_p50_ms']:.3f} ms, "
         f"{floor['pipelined_msgs_per_s']:.0f} msgs/s pipelined)"
@@ -656,16 +484,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         report = uvloop.run(run_bench(settings))
     except KeyboardInterrupt:
-        _log("interrupted; processes stopped")
+        log_progress("interrupted; processes stopped")
         return 130
     except asyncio.CancelledError:
-        _log("terminated; processes stopped")
+        log_progress("terminated; processes stopped")
         return 143
     except BenchError as exc:
-        _log(f"failed: {exc}")
+        log_progress(f"failed: {exc}")
         return 1
     except Exception:
-        _log(f"failed:\n{traceback.format_exc()}")
+        log_progress(f"failed:\n{traceback.format_exc()}")
         return 1
     finally:
         Proc.kill_all()
