@@ -14,7 +14,9 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from durable._handlers import Service
 from durable_server.config import EngineConfig
@@ -102,7 +104,7 @@ def add_engine_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     worker.set_defaults(func=lambda a: _run(_worker(a), a))
 
 
-def _run(main: object, args: argparse.Namespace) -> int:
+def _run(main: Coroutine[Any, Any, None], args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -114,9 +116,9 @@ def _run(main: object, args: argparse.Namespace) -> int:
             # opts out.
             import uvloop
 
-            uvloop.run(main)  # type: ignore[arg-type]
+            uvloop.run(main)
         else:
-            asyncio.run(main)  # type: ignore[arg-type]
+            asyncio.run(main)
     return 0
 
 

@@ -12,10 +12,11 @@ import contextlib
 import json
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import grpc
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
@@ -28,6 +29,7 @@ from durable_server.control.validation import (
     payload_to_stored,
     validate_input,
 )
+from durable_server.control.views import Progress
 from durable_server.ids import idempotent_invocation_id, new_invocation_id
 from durable_server.journal import Journal, LoadedJournal
 from durable_server.records import (
@@ -48,16 +50,6 @@ S = types_pb2
 
 _MAX_IDEMPOTENCY_KEY = 256
 _MAX_KEY = 256
-
-
-@dataclass
-class Progress:
-    """The step a worker announced it started (not persisted)."""
-
-    index: int
-    kind: int
-    name: str
-    at: float
 
 
 def refused(message: str, record: Record) -> MutationRefused:
@@ -282,10 +274,10 @@ class ControlPlane:
 
     # -- steering -------------------------------------------------------------------------
 
-    async def _mutate(self, invocation_id: str, change: object) -> Record:
+    async def _mutate(self, invocation_id: str, change: Callable[[Record], None]) -> Record:
         current = await self.get_record(invocation_id)
         try:
-            written = await self.records.mutate(invocation_id, change, current=current)  # type: ignore[arg-type]
+            written = await self.records.mutate(invocation_id, change, current=current)
         except MutationRefused as err:
             raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, str(err)) from None
         return written.record
@@ -365,10 +357,10 @@ class ControlPlane:
 
     # -- background -----------------------------------------------------------------------
 
-    async def _on_progress(self, msg: object) -> None:
-        subject: str = msg.subject  # type: ignore[attr-defined]
+    async def _on_progress(self, msg: Msg) -> None:
+        subject = msg.subject
         try:
-            body = json.loads(msg.data)  # type: ignore[attr-defined]
+            body = json.loads(msg.data)
             self.progress[subject.rsplit(".", 1)[-1]] = Progress(
                 int(body["i"]), int(body["k"]), str(body["n"]), float(body["t"])
             )

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
 from durable_server.control.validation import stored_to_payload
 from durable_server.journal import LoadedJournal
 
 S = types_pb2
+
+
+@dataclass
+class Progress:
+    """The step a worker announced it started (not persisted)."""
+
+    index: int
+    kind: int
+    name: str
+    at: float
+
+
 _SUMMARY_LIMIT = 120
 
 
@@ -46,7 +60,7 @@ def journal_entry(entry: storage_pb2.JournalRecord) -> types_pb2.JournalEntry:
 def invocation_view(
     r: storage_pb2.InvocationRecord,
     journal: LoadedJournal | None,
-    progress: object | None,
+    progress: Progress | None,
 ) -> tuple[types_pb2.Invocation, list[types_pb2.JournalEntry]]:
     """The Invocation message and its journal entries."""
     inv = types_pb2.Invocation(
@@ -72,7 +86,7 @@ def invocation_view(
     length = len(journal.entries) if journal else r.journal_length
     inv.journal_length = length
     inv.current_step.index = length
-    if progress is not None and getattr(progress, "index", -1) == length:
-        inv.current_step.kind = progress.kind  # type: ignore[attr-defined]
-        inv.current_step.name = progress.name  # type: ignore[attr-defined]
+    if progress is not None and progress.index == length:
+        inv.current_step.kind = progress.kind  # type: ignore[assignment]
+        inv.current_step.name = progress.name
     return inv, entries
