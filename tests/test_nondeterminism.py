@@ -193,3 +193,25 @@ async def test_cancel_ends_an_invocation_stopped_by_non_determinism(
     assert final.invocation.status == S.INVOCATION_STATUS_CANCELLED
     assert final.journal[0] == view.journal[0]
     assert RUNS[f"{tag}:ship"] == 0
+
+
+async def test_cancel_ends_an_invocation_whose_code_returns_before_its_journal_ends(
+    engine_factory: EngineFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other non-determinism stop (the handler returns with journaled steps left over)
+    is cancellable too, while the new code is still deployed."""
+    engine = await start_ready(engine_factory, [nd])
+    tag = _tag()
+    monkeypatch.setattr(THIS, "STEPS", 3)
+    invocation_id = await _start_then_fail_once(engine, "nd/shrinking", tag)
+    monkeypatch.setattr(THIS, "STEPS", 2)
+    view = await wait_status(engine, invocation_id, S.INVOCATION_STATUS_PAUSED)
+
+    await engine.client.cancel(invocation_id, reason="abandon the old version")
+    with pytest.raises(InvocationCancelledError):
+        await engine.client.result(invocation_id, timeout=5)
+    final = await engine.client.get(invocation_id)
+    assert final.invocation.status == S.INVOCATION_STATUS_CANCELLED
+    assert not final.invocation.cancel_requested
+    assert list(final.journal) == list(view.journal)
+    assert [RUNS[f"{tag}:step-{i}"] for i in range(3)] == [1, 1, 1]

@@ -109,7 +109,7 @@ def _run(main: Coroutine[Any, Any, None], args: argparse.Namespace) -> int:
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    with contextlib.suppress(KeyboardInterrupt):
+    try:
         if os.environ.get("DURABLE_EVENT_LOOP", "uvloop") == "uvloop":
             # libuv's loop costs noticeably less CPU per message than asyncio's own; the
             # engine is I/O-bound Python, so that is throughput. DURABLE_EVENT_LOOP=asyncio
@@ -119,6 +119,11 @@ def _run(main: Coroutine[Any, Any, None], args: argparse.Namespace) -> int:
             uvloop.run(main)
         else:
             asyncio.run(main)
+    except KeyboardInterrupt:
+        pass
+    except ConnectionError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -283,6 +283,13 @@ class Executor:
         except Exception as err:
             return self._retry_or_fail(hdef, rec, err)
         if ctx.unconsumed_entries():
+            if ctx.cancel_requested:
+                failure = types_pb2.Failure(
+                    message="cancelled without compensation: the handler's code no longer "
+                    "matches its journal",
+                    error_type="CancelledError",
+                )
+                return Outcome(S.INVOCATION_STATUS_CANCELLED, failure=failure)
             reason = (
                 f"non-deterministic replay: the handler returned after {ctx.steps_taken} steps "
                 f"but the journal holds {ctx.steps_taken + ctx.unconsumed_entries()}; the "

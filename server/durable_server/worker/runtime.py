@@ -46,12 +46,12 @@ async def connect_nats(cfg: EngineConfig, name: str, *, wait: float = 30.0) -> N
     """Connect with reconnects that never give up (the default stops after ~2 minutes).
 
     The first connection is retried for up to ``wait`` seconds too, so the engine can start
-    alongside its NATS servers (compose, systemd) instead of failing on the first refusal.
+    alongside its NATS servers (compose, systemd) instead of failing on the first refusal;
+    then it fails with a ConnectionError naming the URL.
     """
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            return await nats.connect(
+    try:
+        return await asyncio.wait_for(
+            nats.connect(
                 servers=cfg.servers,
                 name=name,
                 max_reconnect_attempts=-1,
@@ -59,14 +59,11 @@ async def connect_nats(cfg: EngineConfig, name: str, *, wait: float = 30.0) -> N
                 allow_reconnect=True,
                 connect_timeout=2,
                 error_cb=_log_nats_error,
-            )
-        except (OSError, nats.errors.NoServersError, TimeoutError) as err:
-            if time.monotonic() >= deadline:
-                raise ConnectionError(
-                    f"cannot reach NATS at {cfg.nats_url} after {wait:.0f}s: {err}"
-                ) from err
-            log.info("NATS at %s not reachable yet (%s); retrying", cfg.nats_url, err)
-            await asyncio.sleep(0.25)
+            ),
+            timeout=wait,
+        )
+    except (OSError, nats.errors.NoServersError, TimeoutError) as err:
+        raise ConnectionError(f"cannot reach NATS at {cfg.nats_url} within {wait:.0f}s") from err
 
 
 class Worker:
