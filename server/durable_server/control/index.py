@@ -104,15 +104,30 @@ class InvocationIndex:
         new = Summary.of(record)
         old = self._by_id.get(new.id)
         if old is not None:
+            if is_terminal(old.status) and not is_terminal(new.status):
+                return  # an older revision, arriving after the outcome was announced
             self._count(old, -1)
         else:
             bisect.insort(self._order, (new.created_ns, new.id))
         self._by_id[new.id] = new
         self._count(new, +1)
         if is_terminal(record.status):
-            for fut in self._waiters.pop(record.id, []):
-                if not fut.done():
-                    fut.set_result(record)
+            self.resolve_waiters(record)
+
+    def mark_ended(self, invocation_id: str, status: int, ended_ns: int) -> None:
+        """Apply an outcome a worker announced before its record is written."""
+        old = self._by_id.get(invocation_id)
+        if old is None or is_terminal(old.status):
+            return
+        self._count(old, -1)
+        old.status, old.ended_ns, old.updated_ns = status, ended_ns, ended_ns
+        self._count(old, +1)
+
+    def resolve_waiters(self, record: Record) -> None:
+        """Hand an ended invocation's record to whoever awaits its result."""
+        for fut in self._waiters.pop(record.id, []):
+            if not fut.done():
+                fut.set_result(record)
 
     def apply_if_absent(self, record: Record) -> None:
         """Show a just-accepted invocation before its record is written (see plane.invoke)."""

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 
 import grpc
+from google.protobuf.message import DecodeError
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
@@ -90,6 +91,7 @@ class ControlPlane:
         self.journal = Journal(js, self.cfg)
         self.work = WorkQueue(js, self.cfg)
         await self.nc.subscribe(f"{self.cfg.prefix}.progress.>", cb=self._on_progress)
+        await self.nc.subscribe(f"{self.cfg.prefix}.done.>", cb=self._on_done)
         await workers_kv(js, self.cfg)
         await self.catalog.start(js, self.cfg.workers_bucket)
         await self.index.start(js, self.cfg.invocations_bucket)
@@ -356,6 +358,22 @@ class ControlPlane:
         await self.nc.publish(self.cfg.signal_subject(invocation_id), json.dumps(body).encode())
 
     # -- background -----------------------------------------------------------------------
+
+    async def _on_done(self, msg: Msg) -> None:
+        """A worker journaled an invocation's outcome: answer whoever waits for it now,
+        before the record (and so the index) catches up."""
+        final = storage_pb2.FinalOutcome()
+        try:
+            final.ParseFromString(msg.data)
+        except DecodeError:
+            return
+        ended = Record(id=msg.subject.rsplit(".", 1)[-1], status=final.status, ended_at=now_ts())
+        if final.HasField("output"):
+            ended.output.CopyFrom(final.output)
+        if final.HasField("failure"):
+            ended.failure.CopyFrom(final.failure)
+        self.index.mark_ended(ended.id, ended.status, ended.ended_at.ToNanoseconds())
+        self.index.resolve_waiters(ended)
 
     async def _on_progress(self, msg: Msg) -> None:
         subject = msg.subject

@@ -57,12 +57,37 @@ def journal_entry(entry: storage_pb2.JournalRecord) -> types_pb2.JournalEntry:
     return out
 
 
+def _with_final(
+    r: storage_pb2.InvocationRecord, last: storage_pb2.JournalRecord
+) -> storage_pb2.InvocationRecord:
+    """The record as it is about to be written: the journal already holds the outcome."""
+    if r.status in (
+        S.INVOCATION_STATUS_COMPLETED,
+        S.INVOCATION_STATUS_FAILED,
+        S.INVOCATION_STATUS_CANCELLED,
+    ):
+        return r
+    ended = storage_pb2.InvocationRecord()
+    ended.CopyFrom(r)
+    ended.status = last.final.status
+    ended.ended_at.CopyFrom(last.recorded_at)
+    ended.pause_requested = False
+    ended.cancel_requested = False
+    if last.final.HasField("output"):
+        ended.output.CopyFrom(last.final.output)
+    if last.final.HasField("failure"):
+        ended.failure.CopyFrom(last.final.failure)
+    return ended
+
+
 def invocation_view(
     r: storage_pb2.InvocationRecord,
     journal: LoadedJournal | None,
     progress: Progress | None,
 ) -> tuple[types_pb2.Invocation, list[types_pb2.JournalEntry]]:
     """The Invocation message and its journal entries."""
+    if journal and journal.entries and journal.entries[-1].HasField("final"):
+        r = _with_final(r, journal.entries[-1])
     inv = types_pb2.Invocation(
         invocation_id=r.id,
         handler=r.handler,
@@ -82,8 +107,10 @@ def invocation_view(
         inv.last_failure.CopyFrom(r.last_failure)
     if r.HasField("failure") or r.HasField("output"):
         inv.result.CopyFrom(result_of(r))
-    entries = [journal_entry(e) for e in journal.entries] if journal else []
-    length = len(journal.entries) if journal else r.journal_length
+    # A final-only entry (kind unspecified) carries the outcome, not a step.
+    steps = [e for e in journal.entries if e.kind != S.STEP_KIND_UNSPECIFIED] if journal else []
+    entries = [journal_entry(e) for e in steps]
+    length = len(steps) if journal else r.journal_length
     inv.journal_length = length
     inv.current_step.index = length
     if progress is not None and progress.index == length:

@@ -104,8 +104,13 @@ class Claim:
             with contextlib.suppress(MutationRefused):
                 self._written = await self._records.mutate(self.record.id, change)
 
-    async def finish(self, change: Callable[[Record], None]) -> bool:
-        """Apply the attempt's outcome; False when the invocation is no longer ours."""
+    async def finish(self, change: Callable[[Record], None], *, journaled: bool = False) -> bool:
+        """Apply the attempt's outcome; False when the invocation is no longer ours.
+
+        ``journaled``: the outcome is the final entry of the journal. The journal's fence
+        admits one final entry only, so whoever holds it may end the record, whoever
+        claimed it last (that claimer is fenced at its next append).
+        """
         async with self._lock:
             if self._written is None:
                 final = Record()
@@ -116,7 +121,9 @@ class Claim:
                     return True
 
             def guarded(r: Record) -> None:
-                if not self._ours(r):
+                if journaled and is_terminal(r.status):
+                    raise MutationRefused("already ended", r)
+                if not journaled and not self._ours(r):
                     raise MutationRefused(
                         f"attempt {self.attempt} lost the invocation to "
                         f"{r.worker_id or 'the control plane'} (attempt {r.attempt})",
@@ -127,5 +134,5 @@ class Claim:
             try:
                 await self._records.mutate(self.record.id, guarded, current=self._written)
             except MutationRefused:
-                return False
+                return journaled  # a journaled outcome already written counts as done
             return True

@@ -116,7 +116,13 @@ class InvocationContext(Context):
         self._precheck = precheck
         self._next_index = 0
         self._next_append = len(entries)
-        self._append_turn = asyncio.Condition()
+        # Finished steps not journaled yet, by index, and the highest index whose result
+        # the handler has been handed: see _flush.
+        self._ready: dict[int, storage_pb2.JournalRecord] = {}
+        self._ready_changed = asyncio.Condition()
+        self._flush_lock = asyncio.Lock()
+        self._handed = len(entries) - 1
+        self._final_only = False
         self._rng = _random.Random(record.id)
         self.cancel_delivered = any(
             e.HasField("failure") and e.failure.error_type == CANCELLED_ERROR_TYPE for e in entries
@@ -150,7 +156,8 @@ class InvocationContext(Context):
 
     @property
     def journal_length(self) -> int:
-        return self._next_append
+        """Steps journaled (a final-only entry is not a step)."""
+        return self._next_append - (1 if self._final_only else 0)
 
     def unconsumed_entries(self) -> int:
         """Journaled steps the code has not asked for (non-determinism once it returned)."""
@@ -185,24 +192,58 @@ class InvocationContext(Context):
             raise SuspendInvocation("paused")
         return False
 
-    async def _append(self, entry: storage_pb2.JournalRecord) -> None:
-        async with self._append_turn:
-            await self._append_turn.wait_for(lambda: self._next_append == entry.index)
-            entry.recorded_at.CopyFrom(now_ts())
-            try:
-                self._last_seq = await self._journal.append(self._record.id, entry, self._last_seq)
-            except JournalFenced as err:
-                raise Fenced(str(err)) from err
-            self._next_append += 1
-            self._append_turn.notify_all()
-            if self._precheck is not None:
-                # Fast path: the record read ran alongside this first append. If a record
-                # exists (an operator acted as the invocation started), the handler must not
-                # go on from here: the caller claims it properly and replays this entry.
-                found = await self._precheck
-                self._precheck = None
-                if found is not None:
-                    raise RecordExists(found)
+    # -- journaling ----------------------------------------------------------------------
+    #
+    # A step's entry is journaled lazily: not when the step finishes, but before the next
+    # step's side effect runs, or with the handler's outcome when it ends. The handler's code
+    # between steps is deterministic and has no side effects, so nothing durable can depend
+    # on a result before it is journaled; in exchange the last step's entry and the outcome
+    # travel in one fenced write. Entries are appended strictly in step order.
+
+    async def _complete(self, entry: storage_pb2.JournalRecord) -> None:
+        """Record a finished step whose result is handed to the handler."""
+        async with self._ready_changed:
+            self._ready[entry.index] = entry
+            self._ready_changed.notify_all()
+        self._handed = max(self._handed, entry.index)
+
+    async def _flush(self, upto: int, final: storage_pb2.FinalOutcome | None = None) -> None:
+        """Journal every entry up to index ``upto``, in order (waiting for steps still
+        running below it); attach ``final`` to the last one, or journal it alone."""
+        async with self._flush_lock:
+            while self._next_append <= upto:
+                async with self._ready_changed:
+                    await self._ready_changed.wait_for(lambda: self._next_append in self._ready)
+                    entry = self._ready.pop(self._next_append)
+                if final is not None and entry.index == upto:
+                    entry.final.CopyFrom(final)
+                    final = None
+                await self._publish(entry)
+            if final is not None:
+                entry = self._entry(self._next_append, types_pb2.STEP_KIND_UNSPECIFIED, "")
+                entry.final.CopyFrom(final)
+                await self._publish(entry)
+                self._final_only = True
+
+    async def flush_all(self, final: storage_pb2.FinalOutcome | None = None) -> None:
+        """Journal what the handler was handed (and its outcome, when it ended for good)."""
+        await self._flush(max([self._handed, *self._ready]), final)
+
+    async def _publish(self, entry: storage_pb2.JournalRecord) -> None:
+        entry.recorded_at.CopyFrom(now_ts())
+        try:
+            self._last_seq = await self._journal.append(self._record.id, entry, self._last_seq)
+        except JournalFenced as err:
+            raise Fenced(str(err)) from err
+        self._next_append += 1
+        if self._precheck is not None:
+            # Fast path: the record read ran alongside this first append. If a record
+            # exists (an operator acted as the invocation started), the handler must not go
+            # on from here: the caller claims it properly and replays this entry.
+            found = await self._precheck
+            self._precheck = None
+            if found is not None:
+                raise RecordExists(found)
 
     def _entry(self, index: int, kind: int, name: str) -> storage_pb2.JournalRecord:
         return storage_pb2.JournalRecord(
@@ -218,7 +259,7 @@ class InvocationContext(Context):
         reason = self._flags.cancel_reason or "invocation cancelled"
         entry = self._entry(index, kind, name)
         entry.failure.CopyFrom(types_pb2.Failure(message=reason, error_type=CANCELLED_ERROR_TYPE))
-        await self._append(entry)
+        await self._complete(entry)
         self.cancel_delivered = True
         raise CancelledError(reason)
 
@@ -242,6 +283,9 @@ class InvocationContext(Context):
         index, entry = self._take(types_pb2.STEP_KIND_RUN, name)
         if entry is not None:
             return self._replay(entry, result_type)
+        # Every result handed to the handler so far is journaled before a new side effect;
+        # Pause and Cancel are looked at after that, right before the side effect.
+        await self._flush(self._handed)
         if self._before_new_step(index, types_pb2.STEP_KIND_RUN, name):
             await self._deliver_cancel(index, types_pb2.STEP_KIND_RUN, name)
         entry = self._entry(index, types_pb2.STEP_KIND_RUN, name)
@@ -262,7 +306,7 @@ class InvocationContext(Context):
             announce.cancel()
         if failed is not None:
             entry.failure.CopyFrom(failure_of(failed))
-        await self._append(entry)
+        await self._complete(entry)
         if failed is not None:
             raise failed
         # Hand back what a replay would, so the first run and the replays agree.
@@ -306,7 +350,7 @@ class InvocationContext(Context):
         entry = self._entry(index, types_pb2.STEP_KIND_NOW, "now")
         data, ct = _serde.encode(value.isoformat())
         entry.value.CopyFrom(storage_pb2.StoredPayload(data=data, content_type=ct))
-        await self._append(entry)
+        await self._complete(entry)
         return value
 
     def random(self) -> float:

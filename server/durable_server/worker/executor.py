@@ -12,7 +12,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +45,15 @@ S = types_pb2
 _PAUSED = "paused"
 
 
+def _final_of(outcome: Outcome) -> storage_pb2.FinalOutcome:
+    final = storage_pb2.FinalOutcome(status=outcome.status)  # type: ignore[arg-type]
+    if outcome.output is not None:
+        final.output.CopyFrom(outcome.output)
+    if outcome.failure is not None:
+        final.failure.CopyFrom(outcome.failure)
+    return final
+
+
 def _age(msg: Msg) -> float:
     """Seconds since the work item was published."""
     published = msg.metadata.timestamp
@@ -74,6 +83,7 @@ class Executor:
         worker_id: str,
         announce: Callable[[str, int, int, str], None],
         max_payload: int,
+        notify: Callable[[str, storage_pb2.FinalOutcome], Awaitable[None]],
         running_record_after: float = 0.2,
         young_item: float = 1.0,
     ) -> None:
@@ -85,6 +95,7 @@ class Executor:
         self._running_record_after = running_record_after
         self._young_item = young_item
         self._max_payload = max_payload
+        self._notify = notify
         self._background: set[asyncio.Future[None]] = set()
 
     async def drive(self, msg: Msg, invocation_id: str, flags: ControlFlags) -> None:
@@ -185,6 +196,9 @@ class Executor:
         # someone did journal, the first append is fenced and the caller claims it again.
         shortcut = not load_journal
         loaded = LoadedJournal([], 0) if shortcut else await self._journal.load(rec.id)
+        if loaded.entries and loaded.entries[-1].HasField("final"):
+            # It ended in an earlier attempt, which died before writing the record.
+            return await self._record_final(msg, claim, loaded.entries)
         ctx = InvocationContext(
             record=rec,
             entries=loaded.entries,
@@ -201,8 +215,12 @@ class Executor:
             timer = asyncio.get_running_loop().call_later(
                 self._running_record_after, lambda: self._spawn(claim.mark_running(flags))
             )
+        final: storage_pb2.FinalOutcome | None = None
         try:
             outcome = await self._run_handler(hdef, rec, ctx)
+            if is_terminal(outcome.status):
+                final = _final_of(outcome)
+            await ctx.flush_all(final)
             if precheck is not None and (found := await precheck) is not None:
                 return found  # it ended before journaling anything; do it over, claimed
         except RecordExists as exists:
@@ -216,14 +234,39 @@ class Executor:
         finally:
             if timer is not None:
                 timer.cancel()
-        if not await claim.finish(lambda r: self._finish(r, claim, ctx, outcome)):
-            log.info("invocation %s: attempt %d lost it; leaving it", rec.id, claim.attempt)
+        if final is not None:
+            # Journaled, so it is complete: tell the control plane now; the record follows.
+            await self._notify(rec.id, final)
+        return await self._settle(msg, claim, outcome, ctx.journal_length, final is not None)
+
+    async def _settle(
+        self, msg: Msg, claim: Claim, outcome: Outcome, steps: int, journaled: bool
+    ) -> bool:
+        """Write the attempt's outcome to the record, then ack (or nak to retry later)."""
+        finish = claim.finish(lambda r: self._finish(r, claim, steps, outcome), journaled=journaled)
+        if not await finish:
+            log.info(
+                "invocation %s: attempt %d lost it; leaving it", claim.record.id, claim.attempt
+            )
             return True
         if outcome.retry_in is not None:
             await msg.nak(delay=outcome.retry_in)
         else:
             await msg.ack()
         return True
+
+    async def _record_final(
+        self, msg: Msg, claim: Claim, entries: list[storage_pb2.JournalRecord]
+    ) -> bool:
+        final = entries[-1].final
+        outcome = Outcome(
+            final.status,
+            output=final.output if final.HasField("output") else None,
+            failure=final.failure if final.HasField("failure") else None,
+        )
+        steps = sum(1 for e in entries if e.kind != S.STEP_KIND_UNSPECIFIED)
+        await self._notify(claim.record.id, final)
+        return await self._settle(msg, claim, outcome, steps, journaled=True)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -322,12 +365,12 @@ class Executor:
         )
 
     @staticmethod
-    def _finish(r: Record, claim: Claim, ctx: InvocationContext, out: Outcome) -> None:
+    def _finish(r: Record, claim: Claim, steps: int, out: Outcome) -> None:
         r.status = out.status  # type: ignore[assignment]
-        r.attempt = claim.attempt
+        r.attempt = max(r.attempt, claim.attempt)
         if not r.HasField("started_at"):
             r.started_at.CopyFrom(claim.record.started_at)
-        r.journal_length = ctx.journal_length
+        r.journal_length = steps
         r.worker_id = ""
         if out.status == S.INVOCATION_STATUS_PAUSED:
             # An operator's pause keeps the reason they gave; a non-determinism stop says why.

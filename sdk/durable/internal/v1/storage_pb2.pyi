@@ -190,6 +190,7 @@ class JournalRecord(_message.Message):
     RECORDED_AT_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
     WORKER_ID_FIELD_NUMBER: _builtins.int
+    FINAL_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """Zero-based position."""
     kind: _types_pb2.StepKind.ValueType
@@ -212,6 +213,13 @@ class JournalRecord(_message.Message):
     def recorded_at(self) -> _timestamp_pb2.Timestamp:
         """Journaled at."""
 
+    @_builtins.property
+    def final(self) -> Global___FinalOutcome:
+        """Set on the last entry an attempt journals when its handler ended for good: how it
+        ended. The invocation is complete from the moment this entry is stored; the record
+        follows. An entry of kind STEP_KIND_UNSPECIFIED carries only this (no step was left).
+        """
+
     def __init__(
         self,
         *,
@@ -223,16 +231,51 @@ class JournalRecord(_message.Message):
         recorded_at: _timestamp_pb2.Timestamp | None = ...,
         attempt: _builtins.int = ...,
         worker_id: _builtins.str = ...,
+        final: Global___FinalOutcome | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "outcome", b"outcome", "recorded_at", b"recorded_at", "value", b"value"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "final", b"final", "outcome", b"outcome", "recorded_at", b"recorded_at", "value", b"value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "failure", b"failure", "index", b"index", "kind", b"kind", "name", b"name", "outcome", b"outcome", "recorded_at", b"recorded_at", "value", b"value", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "failure", b"failure", "final", b"final", "index", b"index", "kind", b"kind", "name", b"name", "outcome", b"outcome", "recorded_at", b"recorded_at", "value", b"value", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["value", "failure"]  # noqa: Y015
     _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
 
 Global___JournalRecord: _TypeAlias = JournalRecord  # noqa: Y015
+
+@_typing.final
+class FinalOutcome(_message.Message):
+    """FinalOutcome is how an invocation ended, as journaled with its last entry."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    FAILURE_FIELD_NUMBER: _builtins.int
+    status: _types_pb2.InvocationStatus.ValueType
+    """COMPLETED, FAILED or CANCELLED."""
+    @_builtins.property
+    def output(self) -> Global___StoredPayload:
+        """The handler's return value, when COMPLETED."""
+
+    @_builtins.property
+    def failure(self) -> _types_pb2.Failure:
+        """The terminal failure, when FAILED or CANCELLED."""
+
+    def __init__(
+        self,
+        *,
+        status: _types_pb2.InvocationStatus.ValueType = ...,
+        output: Global___StoredPayload | None = ...,
+        failure: _types_pb2.Failure | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "output", b"output"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "output", b"output", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FinalOutcome: _TypeAlias = FinalOutcome  # noqa: Y015
 
 @_typing.final
 class WorkItem(_message.Message):
