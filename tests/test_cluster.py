@@ -5,7 +5,7 @@
   control plane and the worker get the comma-separated list of client URLs and ``replicas=3``.
   Multi-step workflows complete, the engine's streams, buckets and work consumer really are
   replicated on three nodes, and start_engine is ready to invoke as soon as it yields.
-  A work item is readable (``WorkQueue.pending_item``) as soon as its enqueue returned,
+  A work item is readable (``WorkQueue.latest_item``) as soon as its enqueue returned,
   which GetWorkflow/AwaitResult rely on for an invocation no worker has written yet.
 * A node is SIGKILLed while invocations are being submitted; it leads nothing (the engine's
   stream and consumer leaders are stepped down off it first, and it is not the meta leader).
@@ -360,7 +360,7 @@ WQ_ITEMS = 500
 async def test_queued_work_item_is_readable_right_after_enqueue_on_cluster(
     nats_cluster: Cluster,
 ) -> None:
-    """``WorkQueue.pending_item`` must see an item as soon as ``enqueue`` returned.
+    """``WorkQueue.latest_item`` must see an item as soon as ``enqueue`` returned.
 
     The control plane relies on it: an invocation accepted by Invoke exists only as its work
     item until a worker writes the record (at the end, on the fast path), so GetWorkflow,
@@ -398,7 +398,7 @@ async def test_queued_work_item_is_readable_right_after_enqueue_on_cluster(
             await asyncio.sleep(i * 0.004)
             invocation_id = f"checked{i}"
             await queue.enqueue(invocation_id, 1, "invoke")
-            if await queue.pending_item(invocation_id) is None:
+            if await queue.latest_item(invocation_id) is None:
                 missing.append(invocation_id)
 
         await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(WQ_ITEMS))), 30)
@@ -409,7 +409,7 @@ async def test_queued_work_item_is_readable_right_after_enqueue_on_cluster(
         for conn in (control, busy):
             await conn.close()
     assert not missing, (
-        f"pending_item found no work item for {len(missing)} of {WQ_ITEMS} items enqueued "
+        f"latest_item found no work item for {len(missing)} of {WQ_ITEMS} items enqueued "
         f"(and acknowledged by the stream) just before, none of them acked: {missing[:10]}"
     )
 

@@ -2,9 +2,10 @@
 
 - ``<P>_JOURNAL``: one append-only subject per invocation (``<p>.journal.<id>``); every entry is
   appended with the expected last subject sequence of the entry before it, which is the fence.
-- ``<P>_WORK``: work queue of "drive invocation X" items, consumed by the shared durable pull
-  consumer ``workers``; unacked items are redelivered after ack_wait, so a dead worker's
-  invocation moves on. Message ids dedupe repeated enqueues.
+- ``<P>_WORK``: "drive invocation X" items, one subject per invocation keeping its newest
+  item, consumed by the shared durable pull consumer ``workers``; unacked items are
+  redelivered after ack_wait, so a dead worker's invocation moves on. Message ids dedupe
+  repeated enqueues.
 - KV ``<p>_invocations``: the mutable record of each invocation, changed only by CAS.
 - KV ``<p>_workers``: live workers and the handlers they serve, refreshed by heartbeats.
 """
@@ -46,7 +47,11 @@ def _stream_configs(cfg: EngineConfig) -> list[StreamConfig]:
         StreamConfig(
             name=cfg.work_stream,
             subjects=[f"{cfg.prefix}.work.>"],
-            retention=RetentionPolicy.WORK_QUEUE,
+            # Limits, not WorkQueue: an ack then only moves the consumer's state instead of
+            # deleting (and fsyncing) the item, one write less per invocation. The newest
+            # item per invocation is kept, and replaces any older one.
+            retention=RetentionPolicy.LIMITS,
+            max_msgs_per_subject=1,
             storage=StorageType.FILE,
             num_replicas=cfg.replicas,
             allow_direct=True,

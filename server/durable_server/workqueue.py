@@ -1,13 +1,16 @@
-"""Enqueues "drive invocation X" work items on the work stream.
+"""Enqueues "drive invocation X" work items on the work stream, and looks them up.
 
-The message id is ``<id>:<generation>``: enqueueing the same generation twice within the
-duplicate window stores one item. A stale or duplicate item is harmless anyway, because the
-worker acts on the record, not on the item.
+Each invocation has its own subject, which keeps only its newest item: enqueueing again
+(a Resume, a Cancel, a reconcile) replaces the older item. The message id is
+``<id>:<generation>``: enqueueing the same generation twice within the duplicate window
+stores one item. A stale or duplicate item is harmless anyway, because the worker acts on
+the record, not on the item. Acked items stay in the stream (an ack is then a cheap consumer
+update, not a deletion); the item's ``generation`` tells the reconciler whether the newest
+item is the one the record asks for.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
 
 from nats.js import JetStreamContext
@@ -31,7 +34,9 @@ class WorkQueue:
         reason: str,
         initial: storage_pb2.InvocationRecord | None = None,
     ) -> None:
-        item = storage_pb2.WorkItem(invocation_id=invocation_id, reason=reason, initial=initial)
+        item = storage_pb2.WorkItem(
+            invocation_id=invocation_id, reason=reason, initial=initial, generation=generation
+        )
         await self._js.publish(
             self._cfg.work_subject(invocation_id),
             item.SerializeToString(),
@@ -39,8 +44,10 @@ class WorkQueue:
         )
 
     async def queued_items(self) -> AsyncIterator[storage_pb2.WorkItem]:
-        """Every work item still in the queue, oldest first (read once at start-up)."""
-        seq = 0
+        """Work items not yet acked in order (read once at start-up): those after the
+        consumer's ack floor, some of which may have been acked out of order."""
+        info = await self._js.consumer_info(self._cfg.work_stream, self._cfg.work_consumer)
+        seq = int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
         while True:
             try:
                 msg = await self._js.get_msg(
@@ -57,12 +64,8 @@ class WorkQueue:
             yield item
             seq = int(msg.seq or seq + 1)
 
-    async def pending_item(self, invocation_id: str) -> storage_pb2.WorkItem | None:
-        """The newest unacked work item for the invocation, if one is queued."""
-        found = await self._pending(invocation_id)
-        return found[0] if found else None
-
-    async def _pending(self, invocation_id: str) -> tuple[storage_pb2.WorkItem, int] | None:
+    async def latest_item(self, invocation_id: str) -> storage_pb2.WorkItem | None:
+        """The invocation's newest work item (queued, in flight or already acked)."""
         try:
             msg = await self._js.get_msg(
                 self._cfg.work_stream,
@@ -73,30 +76,25 @@ class WorkQueue:
             return None
         item = storage_pb2.WorkItem()
         item.ParseFromString(msg.data or b"")
-        return item, int(msg.seq or 0)
+        return item
 
-    async def queued_fresh_item(
-        self, invocation_id: str
-    ) -> tuple[storage_pb2.InvocationRecord, int] | None:
-        """The record a queued fresh item carries (at generation 2) and the item's sequence,
-        or None when no fresh item is queued. See :meth:`retire_fresh_item`."""
-        found = await self._pending(invocation_id)
-        if found is None or not found[0].HasField("initial"):
+    async def fresh_record(self, invocation_id: str) -> storage_pb2.InvocationRecord | None:
+        """The record a fresh item carries, at generation 2, when the newest item is one;
+        see :meth:`retire_fresh_item`."""
+        item = await self.latest_item(invocation_id)
+        if item is None or not item.HasField("initial"):
             return None
-        item, seq = found
         record = storage_pb2.InvocationRecord()
         record.CopyFrom(item.initial)
         record.generation = 2
-        return record, seq
+        return record
 
-    async def retire_fresh_item(self, invocation_id: str, seq: int) -> None:
+    async def retire_fresh_item(self, invocation_id: str) -> None:
         """Replace a fresh item by a plain one once the control plane wrote its record.
 
         A worker that takes a fresh item may start the handler before it has read the
         record, so such an item must not outlive the record's creation: later workers must
         take the plain item, which makes them read the record (and see a Pause or Cancel)
-        first.
+        first. The subject keeps one item, so publishing the plain one removes the fresh one.
         """
         await self.enqueue(invocation_id, 2, "operator")
-        with contextlib.suppress(Exception):  # already delivered and acked: nothing to do
-            await self._js.delete_msg(self._cfg.work_stream, seq)

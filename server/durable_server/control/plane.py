@@ -229,7 +229,7 @@ class ControlPlane:
             return (await self.records.get(invocation_id)).record
         except RecordNotFound:
             pass
-        item = await self.work.pending_item(invocation_id)
+        item = await self.work.latest_item(invocation_id)
         if item is not None and item.HasField("initial"):
             return item.initial
         try:  # a worker may have written it since our first look
@@ -247,12 +247,11 @@ class ControlPlane:
                 return await self.records.get(invocation_id)
             except RecordNotFound:
                 pass
-            fresh = await self.work.queued_fresh_item(invocation_id)
-            if fresh is None:
+            record = await self.work.fresh_record(invocation_id)
+            if record is None:
                 break
-            record, seq = fresh
             if (rev := await self.records.create(record)) is not None:
-                await self.work.retire_fresh_item(invocation_id, seq)
+                await self.work.retire_fresh_item(invocation_id)
                 return Versioned(record, rev)
         raise RequestError(
             grpc.StatusCode.NOT_FOUND,
@@ -402,9 +401,12 @@ class ControlPlane:
             cutoff = time.time_ns() - int(self.cfg.reconcile_after * 1e9)
             for invocation_id in self.index.stale_pending(cutoff):
                 try:
-                    if await self.work.pending_item(invocation_id) is not None:
-                        continue
                     current = await self.records.get(invocation_id)
+                    item = await self.work.latest_item(invocation_id)
+                    # The newest item is the record's generation (queued or in flight: a
+                    # worker acks it only once the record moved on), or it never made it.
+                    if item is not None and item.generation >= current.record.generation:
+                        continue
                     if current.record.status == S.INVOCATION_STATUS_PENDING:
                         log.info("re-enqueueing %s (work item missing)", invocation_id)
                         await self.work.enqueue(

@@ -288,10 +288,15 @@ class WorkItem(_message.Message):
     INVOCATION_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     INITIAL_FIELD_NUMBER: _builtins.int
+    GENERATION_FIELD_NUMBER: _builtins.int
     invocation_id: _builtins.str
     """Invocation id."""
     reason: _builtins.str
     """Why it was enqueued: "invoke", "resume", "cancel", "reconcile"."""
+    generation: _builtins.int
+    """The record generation it was enqueued for: the reconciler compares it with the
+    record's to find a work item that was never enqueued.
+    """
     @_builtins.property
     def initial(self) -> Global___InvocationRecord:
         """For a fresh Invoke, the record as accepted: the work item is then the only write Invoke
@@ -304,10 +309,11 @@ class WorkItem(_message.Message):
         invocation_id: _builtins.str = ...,
         reason: _builtins.str = ...,
         initial: Global___InvocationRecord | None = ...,
+        generation: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["initial", b"initial"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["initial", b"initial", "invocation_id", b"invocation_id", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation", "initial", b"initial", "invocation_id", b"invocation_id", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
