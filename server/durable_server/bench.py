@@ -213,7 +213,7 @@ class Settings:
     floor_publishes: int
     floor_pipelined: int
     floor_in_flight: int
-    topology: str = "combined"
+    topology: str = "split"
 
 
 @contextlib.contextmanager
@@ -454,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--topology",
         choices=("combined", "split"),
-        default="combined",
+        default="split",
         help="combined: one engine process (control plane + worker, as `make run`); "
         "split: `durable server` and `durable worker` as two processes",
     )
