@@ -123,6 +123,7 @@ class InvocationContext(Context):
         self._flush_lock = asyncio.Lock()
         self._handed = len(entries) - 1
         self._final_only = False
+        self._aborted: RetryAttempt | None = None
         self._rng = _random.Random(record.id)
         self.cancel_delivered = any(
             e.HasField("failure") and e.failure.error_type == CANCELLED_ERROR_TYPE for e in entries
@@ -213,7 +214,12 @@ class InvocationContext(Context):
         async with self._flush_lock:
             while self._next_append <= upto:
                 async with self._ready_changed:
-                    await self._ready_changed.wait_for(lambda: self._next_append in self._ready)
+                    await self._ready_changed.wait_for(
+                        lambda: self._next_append in self._ready or self._aborted is not None
+                    )
+                    if self._next_append not in self._ready:
+                        assert self._aborted is not None
+                        raise RetryAttempt(self._aborted.cause)
                     entry = self._ready.pop(self._next_append)
                 if final is not None and entry.index == upto:
                     entry.final.CopyFrom(final)
@@ -226,8 +232,15 @@ class InvocationContext(Context):
                 self._final_only = True
 
     async def flush_all(self, final: storage_pb2.FinalOutcome | None = None) -> None:
-        """Journal what the handler was handed (and its outcome, when it ended for good)."""
-        await self._flush(max([self._handed, *self._ready]), final)
+        """Journal the finished steps (and the outcome, when the handler ended for good).
+
+        The handler has ended, so nothing waits here for a step that never finished (one
+        that failed, or was left running): journaling stops at the first such gap.
+        """
+        upto = self._next_append - 1
+        while upto + 1 in self._ready:
+            upto += 1
+        await self._flush(upto, final)
 
     async def _publish(self, entry: storage_pb2.JournalRecord) -> None:
         entry.recorded_at.CopyFrom(now_ts())
@@ -302,6 +315,12 @@ class InvocationContext(Context):
             )
         except TerminalError as err:
             failed = err
+        except RetryAttempt as abort:
+            # This step will never be journaled: nothing may wait for it any longer.
+            async with self._ready_changed:
+                self._aborted = abort
+                self._ready_changed.notify_all()
+            raise
         finally:
             announce.cancel()
         if failed is not None:
