@@ -96,6 +96,20 @@ class Journal:
             seq = last_seq = int(msg.seq or 0)
         return LoadedJournal(entries, last_seq)
 
+    async def last_entry(self, invocation_id: str) -> Entry | None:
+        """The newest entry of one invocation's journal, if any."""
+        try:
+            msg = await self._js.get_msg(
+                self._cfg.journal_stream,
+                subject=self._cfg.journal_subject(invocation_id),
+                direct=self._cfg.direct_reads,
+            )
+        except NotFoundError:
+            return None
+        entry = Entry()
+        entry.ParseFromString(msg.data or b"")
+        return entry
+
     async def purge(self, invocation_id: str) -> None:
         await self._js.purge_stream(
             self._cfg.journal_stream, subject=self._cfg.journal_subject(invocation_id)

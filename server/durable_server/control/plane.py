@@ -277,6 +277,15 @@ class ControlPlane:
 
     async def _mutate(self, invocation_id: str, change: Callable[[Record], None]) -> Record:
         current = await self.get_record(invocation_id)
+        if not is_terminal(current.record.status):
+            # Its outcome may be journaled already, with the record about to follow.
+            last = await self.journal.last_entry(invocation_id)
+            if last is not None and last.HasField("final"):
+                raise RequestError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"invocation {invocation_id} already ended "
+                    f"({status_name(last.final.status)}); nothing is left to change",
+                )
         try:
             written = await self.records.mutate(invocation_id, change, current=current)
         except MutationRefused as err:

@@ -112,8 +112,7 @@ class Executor:
             # Fast path: if nobody wrote the record, nobody claimed it. A first delivery of a
             # young item rarely has one (only a Pause or Cancel racing its start makes it,
             # and that retires the item), so that read runs alongside the handler's first
-            # step and its journal append, and only has to be back before the handler sees
-            # the step's result.
+            # step and is awaited right after the first journal append.
             young = floor == 0 and _age(msg) < self._young_item
             precheck = asyncio.ensure_future(self._find(invocation_id))
             if not young:
@@ -386,6 +385,7 @@ class Executor:
         else:
             r.ended_at.CopyFrom(now_ts())
             r.pause_requested = False
+            r.status_reason = ""  # a pause or cancel that came too late explains nothing
             if out.output is not None:
                 r.output.CopyFrom(out.output)
             if out.failure is not None:
