@@ -49,16 +49,20 @@ lint: setup ## ruff, ruff format --check, mypy, buf lint, stale stubs, buf break
 	@$(MAKE) --no-print-directory check-proto
 	@$(MAKE) --no-print-directory breaking
 
-# Compares proto/ with the last commit on branch main (local, else origin/main). Skipped when
-# there is no such commit with .proto files (fresh repo, shallow CI clone of another branch).
-breaking: setup ## buf breaking against git branch main (skipped without history to compare)
-	@ref=""; \
-	for r in main origin/main; do \
-		if git rev-parse -q --verify "$$r^{commit}" >/dev/null 2>&1 && \
-		   git ls-tree -r --name-only "$$r" -- proto | grep -q '\.proto$$'; then ref=$$r; break; fi; \
-	done; \
+# Compares proto/ with what it was before its latest change: the working tree against HEAD
+# when proto/ has uncommitted edits, else the newest commit that touched proto/ against its
+# parent (so CI, on a clean clone of main, checks the change it is given). BREAKING_AGAINST
+# overrides the baseline (any git ref). Skipped when there is no earlier proto/ to compare.
+breaking: setup ## buf breaking: proto/ against its state before its latest change
+	@ref="$(BREAKING_AGAINST)"; \
 	if [ -z "$$ref" ]; then \
-		echo "buf breaking: skipped (no commit on main with proto/ to compare against)"; \
+		if [ -n "$$(git status --porcelain -- proto 2>/dev/null)" ]; then ref=HEAD; \
+		else last=$$(git log -n1 --format=%H -- proto 2>/dev/null); \
+			[ -n "$$last" ] && git rev-parse -q --verify "$$last^" >/dev/null 2>&1 && ref="$$last^"; \
+		fi; \
+	fi; \
+	if [ -z "$$ref" ] || ! git ls-tree -r --name-only "$$ref" -- proto 2>/dev/null | grep -q '\.proto$$'; then \
+		echo "buf breaking: skipped (no earlier proto/ to compare against)"; \
 	elif git cat-file -e "$$ref:buf.yaml" 2>/dev/null; then \
 		echo "buf breaking against $$ref"; \
 		$(BIN)/buf breaking --against ".git#ref=$$ref"; \
