@@ -109,8 +109,3 @@ class Journal:
         entry = Entry()
         entry.ParseFromString(msg.data or b"")
         return entry
-
-    async def purge(self, invocation_id: str) -> None:
-        await self._js.purge_stream(
-            self._cfg.journal_stream, subject=self._cfg.journal_subject(invocation_id)
-        )

@@ -8,7 +8,6 @@ undoes a Cancel: each sees the other's write and decides again.
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,19 +17,14 @@ from nats.aio.client import Client as NATS
 from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
+# One definition of these for the client and the engine; re-exported for the engine.
+from durable._client import is_terminal as is_terminal
+from durable._client import status_name as status_name
 from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
 
 Record = storage_pb2.InvocationRecord
 Status = types_pb2.InvocationStatus
-
-TERMINAL_STATUSES = frozenset(
-    {
-        types_pb2.INVOCATION_STATUS_COMPLETED,
-        types_pb2.INVOCATION_STATUS_FAILED,
-        types_pb2.INVOCATION_STATUS_CANCELLED,
-    }
-)
 
 
 class RecordNotFound(Exception):
@@ -57,18 +51,6 @@ def now_ts() -> Timestamp:
     ts = Timestamp()
     ts.FromNanoseconds(time.time_ns())
     return ts
-
-
-def ts_to_datetime(ts: Timestamp) -> dt.datetime:
-    return ts.ToDatetime(tzinfo=dt.UTC)
-
-
-def is_terminal(status: int) -> bool:
-    return status in TERMINAL_STATUSES
-
-
-def status_name(status: int) -> str:
-    return types_pb2.InvocationStatus.Name(status).removeprefix("INVOCATION_STATUS_")  # type: ignore[arg-type]
 
 
 class RecordStore:
@@ -155,6 +137,3 @@ class RecordStore:
                 return written
             current = None
         raise RuntimeError(f"record {invocation_id}: too much write contention")
-
-    async def delete(self, invocation_id: str) -> None:
-        await self._kv.delete(invocation_id)

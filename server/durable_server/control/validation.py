@@ -13,6 +13,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, json_format, messag
 from google.protobuf.message import Message
 
 from durable import _serde
+from durable._payloads import value_to_json_bytes
 from durable._serde import json_type as _json_type
 from durable.v1 import types_pb2
 from durable_server.control.index import Cursor
@@ -51,10 +52,12 @@ def payload_to_stored(payload: types_pb2.Payload, limit: int, what: str) -> tupl
     """An API Payload as (data, content_type), enforcing the size limit."""
     kind = payload.WhichOneof("value")
     if kind == "json":
-        value = _integral_floats_to_int(json_format.MessageToDict(payload.json))
-        # Sorted keys: the same JSON object always stores as the same bytes (the protobuf
-        # map behind google.protobuf.Struct has no order), which idempotent retries compare.
-        data = json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
+        # Sorted keys and whole numbers as integers (google.protobuf.Value keeps every number
+        # as a double): the same JSON value always stores as the same bytes.
+        try:
+            data = value_to_json_bytes(payload.json)
+        except ValueError as err:  # NaN or Infinity: not JSON
+            raise invalid(f"{what} is not valid JSON: {err}") from err
         content_type = _serde.JSON
     elif kind == "data":
         data = payload.data
@@ -75,17 +78,6 @@ def payload_to_stored(payload: types_pb2.Payload, limit: int, what: str) -> tupl
             "(server flag --max-payload-bytes). Store large data elsewhere and pass a reference.",
         )
     return data, content_type
-
-
-def _integral_floats_to_int(value: Any) -> Any:
-    """google.protobuf.Value keeps every number as a double; JSON clients mean 3, not 3.0."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _integral_floats_to_int(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_integral_floats_to_int(v) for v in value]
-    return value
 
 
 def stored_to_payload(data: bytes, content_type: str) -> types_pb2.Payload:

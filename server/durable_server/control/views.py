@@ -8,6 +8,7 @@ from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
 from durable_server.control.validation import stored_to_payload
 from durable_server.journal import LoadedJournal
+from durable_server.records import is_terminal
 
 S = types_pb2
 
@@ -61,11 +62,7 @@ def _with_final(
     r: storage_pb2.InvocationRecord, last: storage_pb2.JournalRecord
 ) -> storage_pb2.InvocationRecord:
     """The record as it is about to be written: the journal already holds the outcome."""
-    if r.status in (
-        S.INVOCATION_STATUS_COMPLETED,
-        S.INVOCATION_STATUS_FAILED,
-        S.INVOCATION_STATUS_CANCELLED,
-    ):
+    if is_terminal(r.status):
         return r
     ended = storage_pb2.InvocationRecord()
     ended.CopyFrom(r)
