@@ -17,9 +17,11 @@ from typing import Any
 
 from google.protobuf.message import DecodeError, Message
 
+from durable._payloads import OCTET_STREAM as OCTET_STREAM
+from durable._payloads import PROTOBUF_CONTENT_TYPE
+
 JSON = "application/json"
-OCTET_STREAM = "application/octet-stream"
-PROTOBUF_PREFIX = "application/x-protobuf; messageType="
+PROTOBUF_PREFIX = f"{PROTOBUF_CONTENT_TYPE}; messageType="
 
 
 class DecodeFailure(ValueError):
