@@ -29,6 +29,7 @@ from durable import (
     Service,
     TerminalError,
 )
+from durable._client import is_terminal
 from durable.testing import LocalEngine
 from durable.v1 import control_pb2, control_pb2_grpc, types_pb2
 from tests.engine_support import EngineFactory, start_ready, wait_status
@@ -113,11 +114,25 @@ def _stable(view: control_pb2.GetWorkflowResponse) -> control_pb2.GetWorkflowRes
     return out
 
 
+async def settled(engine: LocalEngine, invocation_id: str) -> control_pb2.GetWorkflowResponse:
+    """The view once an ended invocation's record is written: a view taken between its
+    journaled outcome and that write shows the outcome with the older ``updated_at``."""
+    for _ in range(200):
+        view = await engine.client.get(invocation_id)
+        inv = view.invocation
+        if not is_terminal(inv.status) or inv.updated_at.ToNanoseconds() >= (
+            inv.ended_at.ToNanoseconds()
+        ):
+            return view
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the record of {invocation_id} was not written: {view}")
+
+
 async def refused_unchanged(
     engine: LocalEngine, invocation_id: str, call: Callable[[], Awaitable[Any]]
 ) -> str:
     """Assert ``call`` fails FAILED_PRECONDITION and the invocation is exactly as before."""
-    before = _stable(await engine.client.get(invocation_id))
+    before = _stable(await settled(engine, invocation_id))
     with pytest.raises(FailedPreconditionError) as info:
         await call()
     assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION

@@ -76,9 +76,10 @@ class EngineConfig:
         """Core NATS subject on which the control plane tells workers about pause/cancel."""
         return f"{self.prefix}.signal.{invocation_id}"
 
-    def done_subject(self, invocation_id: str) -> str:
-        """Core NATS subject on which a worker says an invocation's outcome is journaled."""
-        return f"{self.prefix}.done.{invocation_id}"
+    def journaled_subject(self, invocation_id: str) -> str:
+        """Core NATS subject on which the journal stream republishes each entry it stored
+        (and, with ``sync_interval: always``, fsynced) for one invocation."""
+        return f"{self.prefix}.journaled.{invocation_id}"
 
     def progress_subject(self, invocation_id: str) -> str:
         """Core NATS subject on which workers announce the step they start (not persisted)."""

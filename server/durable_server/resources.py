@@ -2,6 +2,8 @@
 
 - ``<P>_JOURNAL``: one append-only subject per invocation (``<p>.journal.<id>``); every entry is
   appended with the expected last subject sequence of the entry before it, which is the fence.
+  Once stored, each entry is republished on core NATS as ``<p>.journaled.<id>``, so whoever
+  waits for an invocation hears of its journaled outcome from the server itself.
 - ``<P>_WORK``: "drive invocation X" items, one subject per invocation keeping its newest
   item, consumed by the shared durable pull consumer ``workers``; unacked items are
   redelivered after ack_wait, so a dead worker's invocation moves on. Message ids dedupe
@@ -18,6 +20,7 @@ from nats.js.api import (
     ConsumerConfig,
     DeliverPolicy,
     KeyValueConfig,
+    RePublish,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -43,6 +46,7 @@ def _stream_configs(cfg: EngineConfig) -> list[StreamConfig]:
             allow_direct=True,
             max_msg_size=value_limit,
             duplicate_window=cfg.duplicate_window,
+            republish=_journal_republish(cfg),
         ),
         StreamConfig(
             name=cfg.work_stream,
@@ -60,18 +64,32 @@ def _stream_configs(cfg: EngineConfig) -> list[StreamConfig]:
     ]
 
 
+def _journal_republish(cfg: EngineConfig) -> RePublish:
+    # The server republishes an entry only after storing it (after the fsync with
+    # sync_interval "always", after the quorum's commit when replicated), and never one
+    # refused by the fence: hearing of it is as good as reading it back.
+    return RePublish(src=f"{cfg.prefix}.journal.>", dest=f"{cfg.prefix}.journaled.>")
+
+
 async def ensure_resources(js: JetStreamContext, cfg: EngineConfig) -> None:
-    """Create what is missing; leave what exists (and its data) untouched."""
+    """Create what is missing; leave what exists (and its data) untouched, except for
+    adding the journal's republish to a store made before the engine used it."""
     for sc in _stream_configs(cfg):
         assert sc.name is not None
         try:
-            await js.stream_info(sc.name)
+            info = await js.stream_info(sc.name)
         except NotFoundError:
             try:
                 await js.add_stream(sc)
             except BadRequestError:
                 # Another process created it between our check and our create.
                 await js.stream_info(sc.name)
+            continue
+        have = info.config.republish
+        want = sc.republish
+        if want is not None and (have is None or (have.src, have.dest) != (want.src, want.dest)):
+            info.config.republish = want
+            await js.update_stream(info.config)
     await _ensure_work_consumer(js, cfg)
     await invocations_kv(js, cfg)
     await workers_kv(js, cfg)

@@ -12,7 +12,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -61,6 +61,16 @@ def _ended(r: Record) -> str:
     return f"invocation {r.id} already ended ({status_name(r.status)}); nothing is left to change"
 
 
+def _ended_record(invocation_id: str, final: storage_pb2.FinalOutcome) -> Record:
+    """What a waiter needs of an ended invocation, from its journaled outcome."""
+    ended = Record(id=invocation_id, status=final.status, ended_at=now_ts())
+    if final.HasField("output"):
+        ended.output.CopyFrom(final.output)
+    if final.HasField("failure"):
+        ended.failure.CopyFrom(final.failure)
+    return ended
+
+
 def _same_payload(a: storage_pb2.StoredPayload, b: storage_pb2.StoredPayload) -> bool:
     if a.content_type != b.content_type:
         return False
@@ -91,7 +101,6 @@ class ControlPlane:
         self.journal = Journal(js, self.cfg)
         self.work = WorkQueue(js, self.cfg)
         await self.nc.subscribe(f"{self.cfg.prefix}.progress.>", cb=self._on_progress)
-        await self.nc.subscribe(f"{self.cfg.prefix}.done.>", cb=self._on_done)
         await workers_kv(js, self.cfg)
         await self.catalog.start(js, self.cfg.workers_bucket)
         await self.index.start(js, self.cfg.invocations_bucket)
@@ -154,39 +163,39 @@ class ControlPlane:
             updated_at=now,
             generation=1,
         )
+        if not wait:
+            existing = await self._accept(record)
+            return (record, False, False) if existing is None else (existing, True, False)
         # Listen for the end before anything is written, so no change can slip past.
-        fut = self.index.waiter(record.id) if wait else None
-        try:
-            if idempotency_key:
-                # Create first: only the Invoke that created the record may enqueue it.
-                if await self.records.create(record) is None:
-                    await self._check_same_input(record)
-                    if wait:
-                        existing, ended = await self.await_result(record.id, timeout)
-                    else:
-                        existing, ended = await self.view_record(record.id), False
-                    return existing, True, ended
-                await self.work.enqueue(record.id, 1, "invoke")
-            else:
-                # A fresh id cannot exist yet, so the work item alone accepts the invocation:
-                # one write. The worker creates the record as it claims it; if no worker
-                # does so soon, we create it PENDING so that every control plane lists it.
-                await self.work.enqueue(record.id, 1, "invoke", initial=record)
-                self.index.apply_if_absent(record)
-                asyncio.get_running_loop().call_later(
-                    self.cfg.pending_record_after, self._spawn_create_pending, record
-                )
-            if fut is None:
-                return record, False, False
+        async with self._outcome(record.id) as fut:
+            if await self._accept(record) is not None:
+                existing, ended = await self.await_result(record.id, timeout)
+                return existing, True, ended
             try:
                 return await asyncio.wait_for(asyncio.shield(fut), timeout), False, True
             except TimeoutError:
                 return await self.view_record(record.id), False, False
-        finally:
-            if fut is not None:
-                self.index.drop_waiter(record.id, fut)
 
-    async def _check_same_input(self, record: Record) -> None:
+    async def _accept(self, record: Record) -> Record | None:
+        """Store and enqueue a new invocation; the existing one instead when its idempotency
+        key was used before (with the same input)."""
+        if record.idempotency_key:
+            # Create first: only the Invoke that created the record may enqueue it.
+            if await self.records.create(record) is None:
+                return await self._check_same_input(record)
+            await self.work.enqueue(record.id, 1, "invoke")
+            return None
+        # A fresh id cannot exist yet, so the work item alone accepts the invocation: one
+        # write. The worker creates the record as it claims it; if no worker does so soon,
+        # we create it PENDING so that every control plane lists it.
+        await self.work.enqueue(record.id, 1, "invoke", initial=record)
+        self.index.apply_if_absent(record)
+        asyncio.get_running_loop().call_later(
+            self.cfg.pending_record_after, self._spawn_create_pending, record
+        )
+        return None
+
+    async def _check_same_input(self, record: Record) -> Record:
         existing = await self.view_record(record.id)
         if not _same_payload(existing.input, record.input):
             raise RequestError(
@@ -195,6 +204,7 @@ class ControlPlane:
                 f"{record.id} of {record.handler} with a different input; send the same "
                 "input to get that invocation, or use a new key",
             )
+        return existing
 
     def _handler(self, name: str) -> types_pb2.HandlerInfo:
         if not name:
@@ -211,17 +221,34 @@ class ControlPlane:
 
     async def await_result(self, invocation_id: str, timeout: float | None) -> tuple[Record, bool]:
         """The record once ended (True), or as it is when the timeout passes (False)."""
-        fut = self.index.waiter(invocation_id)
-        try:
+        async with self._outcome(invocation_id) as fut:
             current = await self.view_record(invocation_id)
             if is_terminal(current.status):
                 return current, True
+            # Journaled before we listened, with the record not written yet.
+            last = await self.journal.last_entry(invocation_id)
+            if last is not None and last.HasField("final"):
+                return _ended_record(invocation_id, last.final), True
             try:
                 return await asyncio.wait_for(asyncio.shield(fut), timeout), True
             except TimeoutError:
                 return await self.view_record(invocation_id), False
+
+    @contextlib.asynccontextmanager
+    async def _outcome(self, invocation_id: str) -> AsyncIterator[asyncio.Future[Record]]:
+        """A future for the end of one invocation, resolved by whichever comes first: the
+        journal stream republishing its outcome (as soon as it is stored, before the worker
+        writes the record) or the terminal record arriving in the index."""
+        fut = self.index.waiter(invocation_id)
+        sub = await self.nc.subscribe(
+            self.cfg.journaled_subject(invocation_id), cb=self._on_journaled
+        )
+        try:
+            yield fut
         finally:
             self.index.drop_waiter(invocation_id, fut)
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def view_record(self, invocation_id: str) -> Record:
         """The record, or, before any worker wrote it, as its queued work item carries it."""
@@ -367,19 +394,16 @@ class ControlPlane:
 
     # -- background -----------------------------------------------------------------------
 
-    async def _on_done(self, msg: Msg) -> None:
-        """A worker journaled an invocation's outcome: answer whoever waits for it now,
-        before the record (and so the index) catches up."""
-        final = storage_pb2.FinalOutcome()
+    async def _on_journaled(self, msg: Msg) -> None:
+        """An entry of an awaited invocation was stored; the last one carries its outcome."""
+        entry = storage_pb2.JournalRecord()
         try:
-            final.ParseFromString(msg.data)
+            entry.ParseFromString(msg.data)
         except DecodeError:
             return
-        ended = Record(id=msg.subject.rsplit(".", 1)[-1], status=final.status, ended_at=now_ts())
-        if final.HasField("output"):
-            ended.output.CopyFrom(final.output)
-        if final.HasField("failure"):
-            ended.failure.CopyFrom(final.failure)
+        if not entry.HasField("final"):
+            return
+        ended = _ended_record(msg.subject.rsplit(".", 1)[-1], entry.final)
         self.index.mark_ended(ended.id, ended.status, ended.ended_at.ToNanoseconds())
         self.index.resolve_waiters(ended)
 

@@ -68,6 +68,8 @@ def _with_final(
     ended.CopyFrom(r)
     ended.status = last.final.status
     ended.ended_at.CopyFrom(last.recorded_at)
+    ended.attempt = max(ended.attempt, last.attempt)
+    ended.status_reason = ""
     ended.pause_requested = False
     ended.cancel_requested = False
     if last.final.HasField("output"):

@@ -18,6 +18,8 @@ import uuid as _uuid
 from collections.abc import Callable
 from typing import Any
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from durable import _serde
 from durable._context import Context
 from durable._retry import RetryPolicy
@@ -123,6 +125,7 @@ class InvocationContext(Context):
         self._flush_lock = asyncio.Lock()
         self._handed = len(entries) - 1
         self._final_only = False
+        self._last_recorded_at: Timestamp | None = None
         self._aborted: RetryAttempt | None = None
         self._rng = _random.Random(record.id)
         self.cancel_delivered = any(
@@ -159,6 +162,11 @@ class InvocationContext(Context):
     def journal_length(self) -> int:
         """Steps journaled (a final-only entry is not a step)."""
         return self._next_append - (1 if self._final_only else 0)
+
+    @property
+    def last_recorded_at(self) -> Timestamp | None:
+        """When the newest entry this attempt appended was recorded."""
+        return self._last_recorded_at
 
     def unconsumed_entries(self) -> int:
         """Journaled steps the code has not asked for (non-determinism once it returned)."""
@@ -249,6 +257,7 @@ class InvocationContext(Context):
         except JournalFenced as err:
             raise Fenced(str(err)) from err
         self._next_append += 1
+        self._last_recorded_at = entry.recorded_at
         if self._precheck is not None:
             # Fast path: the record read ran alongside this first append. If a record
             # exists (an operator acted as the invocation started), the handler must not go

@@ -12,7 +12,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +69,9 @@ class Outcome:
     failure: types_pb2.Failure | None = None
     reason: str = ""
     retry_in: float | None = None
+    # When the outcome was journaled: the moment it ended, which views show before the
+    # record catches up.
+    journaled_at: Timestamp | None = None
 
 
 class Executor:
@@ -83,7 +86,6 @@ class Executor:
         worker_id: str,
         announce: Callable[[str, int, int, str], None],
         max_payload: int,
-        notify: Callable[[str, storage_pb2.FinalOutcome], Awaitable[None]],
         running_record_after: float = 0.2,
         young_item: float = 1.0,
     ) -> None:
@@ -95,7 +97,6 @@ class Executor:
         self._running_record_after = running_record_after
         self._young_item = young_item
         self._max_payload = max_payload
-        self._notify = notify
         self._background: set[asyncio.Future[None]] = set()
 
     async def drive(self, msg: Msg, invocation_id: str, flags: ControlFlags) -> None:
@@ -220,6 +221,8 @@ class Executor:
             if is_terminal(outcome.status):
                 final = _final_of(outcome)
             await ctx.flush_all(final)
+            if final is not None:
+                outcome.journaled_at = ctx.last_recorded_at
             if precheck is not None and (found := await precheck) is not None:
                 return found  # it ended before journaling anything; do it over, claimed
         except RecordExists as exists:
@@ -233,9 +236,8 @@ class Executor:
         finally:
             if timer is not None:
                 timer.cancel()
-        if final is not None:
-            # Journaled, so it is complete: tell the control plane now; the record follows.
-            await self._notify(rec.id, final)
+        # Once journaled it is complete: the journal stream has told whoever waits for it,
+        # and the record follows.
         return await self._settle(msg, claim, outcome, ctx.journal_length, final is not None)
 
     async def _settle(
@@ -262,9 +264,9 @@ class Executor:
             final.status,
             output=final.output if final.HasField("output") else None,
             failure=final.failure if final.HasField("failure") else None,
+            journaled_at=entries[-1].recorded_at,
         )
         steps = sum(1 for e in entries if e.kind != S.STEP_KIND_UNSPECIFIED)
-        await self._notify(claim.record.id, final)
         return await self._settle(msg, claim, outcome, steps, journaled=True)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -383,7 +385,7 @@ class Executor:
             due.FromDatetime(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=out.retry_in))
             r.next_attempt_at.CopyFrom(due)
         else:
-            r.ended_at.CopyFrom(now_ts())
+            r.ended_at.CopyFrom(out.journaled_at or now_ts())
             r.pause_requested = False
             r.status_reason = ""  # a pause or cancel that came too late explains nothing
             if out.output is not None:

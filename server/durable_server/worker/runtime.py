@@ -122,7 +122,6 @@ class Worker:
             worker_id=self.worker_id,
             announce=self._announce,
             max_payload=self.cfg.max_payload_bytes,
-            notify=self._notify_done,
         )
         await self.nc.subscribe(f"{self.cfg.prefix}.signal.>", cb=self._on_signal)
         self._inbox = self.nc.new_inbox()
@@ -283,11 +282,6 @@ class Worker:
         if signal.get("cancel"):
             flags.cancel = True
             flags.cancel_reason = str(signal.get("reason") or "")
-
-    async def _notify_done(self, invocation_id: str, final: storage_pb2.FinalOutcome) -> None:
-        """Tell the control planes that an invocation's outcome is journaled (core NATS: a
-        lost notice only delays the answer until the record is written)."""
-        await self.nc.publish(self.cfg.done_subject(invocation_id), final.SerializeToString())
 
     def _announce(self, invocation_id: str, index: int, kind: int, name: str) -> None:
         body = json.dumps({"i": index, "k": kind, "n": name, "t": time.time()}).encode()
