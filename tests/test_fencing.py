@@ -46,7 +46,7 @@ async def raw_journal(
         js = nc.jetstream()
         info = await js.stream_info(cfg.journal_stream, subjects_filter=">")
         subjects = dict(info.state.subjects or {})
-        subject = cfg.journal_subject(invocation_id)
+        subject = cfg.journal_filter(invocation_id)
         out = []
         seq = 0
         for _ in range(1000):
@@ -160,7 +160,9 @@ async def test_two_workers_one_invocation(
         subjects, journal = await raw_journal(isolated_nats.url, cfg, inv)
         executions = read_ledger(ledger)
         problems: list[str] = []
-        if subjects != {cfg.journal_subject(inv): STEPS}:
+        # Steps on .s, the last one (carrying the outcome) on .f.
+        expected = {cfg.journal_subject(inv): STEPS - 1, cfg.journal_subject(inv, final=True): 1}
+        if subjects != expected:
             problems.append(f"journal stream holds {subjects}, expected one journal of {STEPS}")
         indexes = [e.index for _, e in journal]
         if indexes != list(range(STEPS)):

@@ -1,9 +1,9 @@
 """Waiting clients hear of an outcome from the journal stream itself.
 
-The journal stream republishes every entry it stored on ``<p>.journaled.<id>`` (core NATS),
-and the control plane listens there for each invocation someone awaits. So an answer needs
-neither the record write nor a message from the worker, and an entry the fence refused is
-never announced. A store made by an older engine gets the republish added at start-up.
+The journal stream republishes each final entry it stored on ``<p>.journaled.<id>`` (core
+NATS), and every control plane listens there. So an answer needs neither the record write nor
+a message from the worker, and an entry the fence refused is never announced. A store made by
+an older engine gets the republish added at start-up.
 """
 
 from __future__ import annotations
@@ -106,12 +106,18 @@ async def test_start_up_adds_the_republish_to_an_older_store(nats_server: Embedd
         info = await js.stream_info(cfg.journal_stream)
         assert info.config.republish is not None
         assert (info.config.republish.src, info.config.republish.dest) == (
-            f"{cfg.prefix}.journal.>",
-            f"{cfg.prefix}.journaled.>",
+            f"{cfg.prefix}.journal.*.f",
+            f"{cfg.prefix}.journaled.{{{{wildcard(1)}}}}",
         )
-        heard = await nc.subscribe(cfg.journaled_subject("inv_x"))
-        await Journal(js, cfg).append("inv_x", _final_entry(0, "w", "x"), 0)
+        heard = await nc.subscribe(cfg.journaled_subject("*"))
+        step = storage_pb2.JournalRecord(index=0, kind=S.STEP_KIND_RUN, name="a", worker_id="w")
+        journal = Journal(js, cfg)
+        seq = await journal.append("inv_x", step, 0)  # a step: not republished
+        await journal.append("inv_x", _final_entry(1, "w", "x"), seq)
         msg = await heard.next_msg(timeout=5)
+        assert msg.subject == cfg.journaled_subject("inv_x")
         assert storage_pb2.JournalRecord.FromString(msg.data).final.output.data == b'"x"'
+        with pytest.raises(nats.errors.TimeoutError):
+            await heard.next_msg(timeout=0.3)  # nothing else: the step was not republished
     finally:
         await nc.close()

@@ -50,8 +50,14 @@ class EngineConfig:
     def journal_stream(self) -> str:
         return f"{self.prefix.upper()}_JOURNAL"
 
-    def journal_subject(self, invocation_id: str) -> str:
-        return f"{self.prefix}.journal.{invocation_id}"
+    def journal_subject(self, invocation_id: str, *, final: bool = False) -> str:
+        """Where one journal's entries go: steps on ``.s``; the entry that carries the
+        outcome on ``.f``, so that the stream can republish outcomes alone."""
+        return f"{self.prefix}.journal.{invocation_id}.{'f' if final else 's'}"
+
+    def journal_filter(self, invocation_id: str) -> str:
+        """Every entry of one journal, in order; also the scope of its fence."""
+        return f"{self.prefix}.journal.{invocation_id}.*"
 
     @property
     def work_stream(self) -> str:
@@ -77,8 +83,8 @@ class EngineConfig:
         return f"{self.prefix}.signal.{invocation_id}"
 
     def journaled_subject(self, invocation_id: str) -> str:
-        """Core NATS subject on which the journal stream republishes each entry it stored
-        (and, with ``sync_interval: always``, fsynced) for one invocation."""
+        """Core NATS subject on which the journal stream republishes an invocation's final
+        entry once stored (with ``sync_interval: always``, once fsynced)."""
         return f"{self.prefix}.journaled.{invocation_id}"
 
     def progress_subject(self, invocation_id: str) -> str:

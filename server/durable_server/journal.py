@@ -1,10 +1,14 @@
-"""The journal: an append-only JetStream subject per invocation, fenced per entry.
+"""The journal: append-only JetStream subjects per invocation, fenced per entry.
 
-Each entry is published with ``Nats-Expected-Last-Subject-Sequence`` set to the stream sequence
-of the entry before it (0 for the first). A worker that is not the current driver, because
-another one took the invocation over, finds the subject has moved on, gets error 10071, and
-stops: no duplicate or interleaved entries can be written. Appending costs one small message
-per step, whatever the journal's length.
+Steps go to ``<p>.journal.<id>.s`` and the entry that carries the outcome to
+``<p>.journal.<id>.f``. Each entry is published with ``Nats-Expected-Last-Subject-Sequence``
+set to the stream sequence of the entry before it (0 for the first), checked over
+``<p>.journal.<id>.*`` (``Nats-Expected-Last-Subject-Sequence-Subject``): one fence for both
+subjects. A worker that is not the current driver, because another one took the invocation
+over, finds the journal has moved on, gets error 10071, and stops: no duplicate or
+interleaved entries can be written, and at most one final entry. Appending costs one small
+message per step, whatever the journal's length. The final entry has its own subject so
+that the stream can republish outcomes, and only outcomes, to the control planes.
 """
 
 from __future__ import annotations
@@ -46,17 +50,16 @@ class Journal:
 
         Returns the new entry's stream sequence; raises :class:`JournalFenced` otherwise.
         """
+        final = entry.HasField("final")
+        subject = self._cfg.journal_subject(invocation_id, final=final)
         headers = {
             "Nats-Expected-Last-Subject-Sequence": str(expected_last_seq),
+            "Nats-Expected-Last-Subject-Sequence-Subject": self._cfg.journal_filter(invocation_id),
             # Same entry republished after a lost ack is dropped instead of doubled.
             "Nats-Msg-Id": f"{invocation_id}:{entry.index}:{entry.worker_id}:{entry.attempt}",
         }
         try:
-            ack = await self._js.publish(
-                self._cfg.journal_subject(invocation_id),
-                entry.SerializeToString(),
-                headers=headers,
-            )
+            ack = await self._js.publish(subject, entry.SerializeToString(), headers=headers)
         except APIError as err:
             if err.err_code in _WRONG_LAST_SEQUENCE:
                 raise JournalFenced(
@@ -66,16 +69,14 @@ class Journal:
         if ack.duplicate:
             # Our own earlier publish of this very entry landed; find its sequence.
             msg = await self._js.get_msg(
-                self._cfg.journal_stream,
-                subject=self._cfg.journal_subject(invocation_id),
-                direct=self._cfg.direct_reads,
+                self._cfg.journal_stream, subject=subject, direct=self._cfg.direct_reads
             )
             return int(msg.seq or 0)
         return int(ack.seq)
 
     async def load(self, invocation_id: str) -> LoadedJournal:
         """Read every entry of one invocation, in order."""
-        subject = self._cfg.journal_subject(invocation_id)
+        subject = self._cfg.journal_filter(invocation_id)
         entries: list[Entry] = []
         seq = 0
         last_seq = 0
@@ -96,12 +97,13 @@ class Journal:
             seq = last_seq = int(msg.seq or 0)
         return LoadedJournal(entries, last_seq)
 
-    async def last_entry(self, invocation_id: str) -> Entry | None:
-        """The newest entry of one invocation's journal, if any."""
+    async def final_entry(self, invocation_id: str) -> Entry | None:
+        """The entry that carries the invocation's outcome, once journaled (the fence
+        admits one)."""
         try:
             msg = await self._js.get_msg(
                 self._cfg.journal_stream,
-                subject=self._cfg.journal_subject(invocation_id),
+                subject=self._cfg.journal_subject(invocation_id, final=True),
                 direct=self._cfg.direct_reads,
             )
         except NotFoundError:

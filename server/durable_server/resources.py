@@ -1,9 +1,10 @@
 """Creates (idempotently) the streams, consumer and buckets the engine uses.
 
-- ``<P>_JOURNAL``: one append-only subject per invocation (``<p>.journal.<id>``); every entry is
-  appended with the expected last subject sequence of the entry before it, which is the fence.
-  Once stored, each entry is republished on core NATS as ``<p>.journaled.<id>``, so whoever
-  waits for an invocation hears of its journaled outcome from the server itself.
+- ``<P>_JOURNAL``: one append-only journal per invocation, its steps on ``<p>.journal.<id>.s``
+  and the entry carrying its outcome on ``<p>.journal.<id>.f``; every entry is appended with
+  the expected last sequence on ``<p>.journal.<id>.*`` (the entry before it), which is the
+  fence. Once stored, a final entry is republished on core NATS as ``<p>.journaled.<id>``, so
+  control planes hear of every outcome from the server itself, one message per invocation.
 - ``<P>_WORK``: "drive invocation X" items, one subject per invocation keeping its newest
   item, consumed by the shared durable pull consumer ``workers``; unacked items are
   redelivered after ack_wait, so a dead worker's invocation moves on. Message ids dedupe
@@ -68,7 +69,9 @@ def _journal_republish(cfg: EngineConfig) -> RePublish:
     # The server republishes an entry only after storing it (after the fsync with
     # sync_interval "always", after the quorum's commit when replicated), and never one
     # refused by the fence: hearing of it is as good as reading it back.
-    return RePublish(src=f"{cfg.prefix}.journal.>", dest=f"{cfg.prefix}.journaled.>")
+    return RePublish(
+        src=f"{cfg.prefix}.journal.*.f", dest=f"{cfg.prefix}.journaled.{{{{wildcard(1)}}}}"
+    )
 
 
 async def ensure_resources(js: JetStreamContext, cfg: EngineConfig) -> None:

@@ -101,6 +101,7 @@ class ControlPlane:
         self.journal = Journal(js, self.cfg)
         self.work = WorkQueue(js, self.cfg)
         await self.nc.subscribe(f"{self.cfg.prefix}.progress.>", cb=self._on_progress)
+        await self.nc.subscribe(self.cfg.journaled_subject("*"), cb=self._on_journaled)
         await workers_kv(js, self.cfg)
         await self.catalog.start(js, self.cfg.workers_bucket)
         await self.index.start(js, self.cfg.invocations_bucket)
@@ -226,8 +227,8 @@ class ControlPlane:
             if is_terminal(current.status):
                 return current, True
             # Journaled before we listened, with the record not written yet.
-            last = await self.journal.last_entry(invocation_id)
-            if last is not None and last.HasField("final"):
+            last = await self.journal.final_entry(invocation_id)
+            if last is not None:
                 return _ended_record(invocation_id, last.final), True
             try:
                 return await asyncio.wait_for(asyncio.shield(fut), timeout), True
@@ -237,18 +238,14 @@ class ControlPlane:
     @contextlib.asynccontextmanager
     async def _outcome(self, invocation_id: str) -> AsyncIterator[asyncio.Future[Record]]:
         """A future for the end of one invocation, resolved by whichever comes first: the
-        journal stream republishing its outcome (as soon as it is stored, before the worker
-        writes the record) or the terminal record arriving in the index."""
+        journal stream republishing its final entry (as soon as it is stored, before the
+        worker writes the record; see ``_on_journaled``) or its terminal record arriving
+        in the index."""
         fut = self.index.waiter(invocation_id)
-        sub = await self.nc.subscribe(
-            self.cfg.journaled_subject(invocation_id), cb=self._on_journaled
-        )
         try:
             yield fut
         finally:
             self.index.drop_waiter(invocation_id, fut)
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
 
     async def view_record(self, invocation_id: str) -> Record:
         """The record, or, before any worker wrote it, as its queued work item carries it."""
@@ -306,8 +303,8 @@ class ControlPlane:
         current = await self.get_record(invocation_id)
         if not is_terminal(current.record.status):
             # Its outcome may be journaled already, with the record about to follow.
-            last = await self.journal.last_entry(invocation_id)
-            if last is not None and last.HasField("final"):
+            last = await self.journal.final_entry(invocation_id)
+            if last is not None:
                 raise RequestError(
                     grpc.StatusCode.FAILED_PRECONDITION,
                     f"invocation {invocation_id} already ended "
@@ -395,7 +392,8 @@ class ControlPlane:
     # -- background -----------------------------------------------------------------------
 
     async def _on_journaled(self, msg: Msg) -> None:
-        """An entry of an awaited invocation was stored; the last one carries its outcome."""
+        """An invocation's final entry was stored: answer whoever waits for it now, before
+        the record (and so the index) catches up."""
         entry = storage_pb2.JournalRecord()
         try:
             entry.ParseFromString(msg.data)

@@ -185,7 +185,11 @@ class Worker:
             while self._requests and self._requests[0][0] < now - 1.0:
                 self._requests.popleft()
             want = self.slots - len(self._tasks) - self._requested()
-            if want > 0 and self.nc.is_connected:
+            # Ask again once half the slots are free (or none is requested at all), not
+            # after every finished invocation: a pull request is a message for the server to
+            # handle, and one per invocation is measurable on a busy machine.
+            enough = want >= max(1, self.slots // 2) or (want > 0 and not self._requests)
+            if enough and self.nc.is_connected:
                 body = {"batch": want, "expires": int(_PULL_EXPIRES * 1e9)}
                 self._requests.append([now + _PULL_EXPIRES, want])
                 await self.nc.publish(api, json.dumps(body).encode(), reply=self._inbox)
