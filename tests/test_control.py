@@ -84,6 +84,14 @@ async def gated(ctx: Context, tag: str) -> list[str]:
 
 
 @ctl.handler()
+async def gated_first(ctx: Context, tag: str) -> list[str]:
+    """Two steps; the first blocks until the test releases it."""
+    one = await ctx.run("one", _wait_gate, tag, "one")
+    two = await ctx.run("two", _count, tag, "two")
+    return [one, two]
+
+
+@ctl.handler()
 async def saga(ctx: Context, tag: str) -> str:
     """Reserves, waits, charges; compensates when cancelled."""
     await ctx.run("reserve", _count, tag, "reserve")
@@ -273,6 +281,48 @@ async def test_pause_at_step_boundary_frees_the_slot_and_resume_continues(
     ]
     assert final.invocation.attempt == 2
     assert final.invocation.status_reason == ""
+
+
+@pytest.mark.parametrize("action", ["pause", "cancel"])
+async def test_operator_acting_before_the_first_entry_fences_the_fast_path(
+    engine_factory: EngineFactory, action: str
+) -> None:
+    """A worker starts a fresh invocation without reading its record; Pause or Cancel before
+    anything is journaled seals the journal, so the first append is fenced and the worker
+    claims the record, which says what the operator asked."""
+    engine = await start_ready(engine_factory, [ctl], slots=2, running_record_after=60.0)
+    tag = _tag()
+    entered, release = _gate(tag)
+    handle = await engine.client.start("ctl/gated_first", tag)
+    await asyncio.wait_for(entered.wait(), 5)  # inside step one: nothing journaled, no record
+    if action == "pause":
+        summary = await engine.client.pause(handle.id, reason="hold on")
+        assert summary.status == S.INVOCATION_STATUS_PAUSED
+    else:
+        summary = await engine.client.cancel(handle.id, reason="not wanted")
+        assert summary.status == S.INVOCATION_STATUS_PENDING  # cancelled through the handler
+    release.set()
+
+    if action == "pause":
+        view = await wait_status(engine, handle.id, S.INVOCATION_STATUS_PAUSED)
+        await asyncio.sleep(0.3)  # room for a wrong append
+        view = await engine.client.get(handle.id)
+        assert view.invocation.status == S.INVOCATION_STATUS_PAUSED
+        assert list(view.journal) == [], "the fenced worker journaled its step"
+        assert RUNS[f"{tag}:two"] == 0
+        await engine.client.resume(handle.id)
+        assert await handle.result(timeout=10) == ["one-done", "two-done"]
+        # Step one ran before the fence and again once resumed: at-least-once in flight.
+        assert (RUNS[f"{tag}:one"], RUNS[f"{tag}:two"]) == (2, 1)
+    else:
+        with pytest.raises(InvocationCancelledError) as info:
+            await handle.result(timeout=10)
+        assert info.value.failure_message == "not wanted"
+        assert (RUNS[f"{tag}:one"], RUNS[f"{tag}:two"]) == (1, 0)
+        view = await engine.client.get(handle.id)
+        assert [(e.name, e.result.failure.error_type) for e in view.journal] == [
+            ("one", "CancelledError")
+        ]
 
 
 async def test_pause_reason_is_shown_while_paused(engine_factory: EngineFactory) -> None:

@@ -37,6 +37,9 @@ class EngineConfig:
     invocation that no worker has claimed (and so created) yet."""
     reconcile_after: float = 10.0
     """A PENDING invocation with no work item for this long is enqueued again."""
+    running_record_after: float = 0.2
+    """Seconds a fresh invocation runs before its worker writes its RUNNING record; shorter
+    ones write their record once, finished."""
 
     def __post_init__(self) -> None:
         if not _PREFIX_RE.match(self.prefix):
@@ -54,6 +57,11 @@ class EngineConfig:
         """Where one journal's entries go: steps on ``.s``; the entry that carries the
         outcome on ``.f``, so that the stream can republish outcomes alone."""
         return f"{self.prefix}.journal.{invocation_id}.{'f' if final else 's'}"
+
+    def journal_seal_subject(self, invocation_id: str) -> str:
+        """The control plane's mark on a journal that no worker has written yet (``.c``):
+        not an entry, but it moves the fence; see ``Journal.seal``."""
+        return f"{self.prefix}.journal.{invocation_id}.c"
 
     def journal_filter(self, invocation_id: str) -> str:
         """Every entry of one journal, in order; also the scope of its fence."""

@@ -9,6 +9,8 @@ over, finds the journal has moved on, gets error 10071, and stops: no duplicate 
 interleaved entries can be written, and at most one final entry. Appending costs one small
 message per step, whatever the journal's length. The final entry has its own subject so
 that the stream can republish outcomes, and only outcomes, to the control planes.
+
+A third subject, ``<p>.journal.<id>.c``, holds at most one seal: see :meth:`Journal.seal`.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ class Journal:
     async def load(self, invocation_id: str) -> LoadedJournal:
         """Read every entry of one invocation, in order."""
         subject = self._cfg.journal_filter(invocation_id)
+        seal = self._cfg.journal_seal_subject(invocation_id)
         entries: list[Entry] = []
         seq = 0
         last_seq = 0
@@ -91,11 +94,41 @@ class Journal:
                 )
             except NotFoundError:
                 break
+            seq = last_seq = int(msg.seq or 0)
+            if msg.subject == seal:
+                continue  # not an entry, but the fence counts it
             entry = Entry()
             entry.ParseFromString(msg.data or b"")
             entries.append(entry)
-            seq = last_seq = int(msg.seq or 0)
         return LoadedJournal(entries, last_seq)
+
+    async def seal(self, invocation_id: str) -> bool:
+        """Mark a journal nobody has written yet; False when a worker already has.
+
+        A worker takes a fresh invocation (one whose work item carries its record) without
+        reading the record first, and appends its first entry expecting an empty journal.
+        The control plane seals the journal before it writes the record of such an
+        invocation (an operator's Pause or Cancel as it starts): that first append is then
+        fenced, and the worker claims the record the ordinary way, seeing what was asked.
+        When the seal comes too late, the worker is past its first append and hears of the
+        change from the signal, its RUNNING record write, or its final record write.
+        """
+        try:
+            await self._js.publish(
+                self._cfg.journal_seal_subject(invocation_id),
+                b"",
+                headers={
+                    "Nats-Expected-Last-Subject-Sequence": "0",
+                    "Nats-Expected-Last-Subject-Sequence-Subject": self._cfg.journal_filter(
+                        invocation_id
+                    ),
+                },
+            )
+        except APIError as err:
+            if err.err_code in _WRONG_LAST_SEQUENCE:
+                return False
+            raise
+        return True
 
     async def final_entry(self, invocation_id: str) -> Entry | None:
         """The entry that carries the invocation's outcome, once journaled (the fence

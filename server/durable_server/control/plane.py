@@ -274,6 +274,8 @@ class ControlPlane:
             record = await self.work.fresh_record(invocation_id)
             if record is None:
                 break
+            # A worker may be starting it without reading the record: fence it off first.
+            await self.journal.seal(invocation_id)
             if (rev := await self.records.create(record)) is not None:
                 await self.work.retire_fresh_item(invocation_id)
                 return Versioned(record, rev)

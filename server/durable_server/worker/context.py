@@ -28,7 +28,7 @@ from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
 from durable_server.journal import Journal, JournalFenced
 from durable_server.records import now_ts
-from durable_server.worker.signals import ControlFlags, Fenced, RecordExists, RetryAttempt
+from durable_server.worker.signals import ControlFlags, Fenced, RetryAttempt
 
 CANCELLED_ERROR_TYPE = "CancelledError"
 _ANNOUNCE_AFTER = 0.05
@@ -105,7 +105,6 @@ class InvocationContext(Context):
         flags: ControlFlags,
         announce: Callable[[int, int, str], None],
         max_payload: int,
-        precheck: asyncio.Future[Any] | None = None,
     ) -> None:
         self._record = record
         self._entries = entries
@@ -115,7 +114,6 @@ class InvocationContext(Context):
         self._flags = flags
         self._announce = announce
         self._max_payload = max_payload
-        self._precheck = precheck
         self._next_index = 0
         self._next_append = len(entries)
         # Finished steps not journaled yet, by index, and the highest index whose result
@@ -258,14 +256,6 @@ class InvocationContext(Context):
             raise Fenced(str(err)) from err
         self._next_append += 1
         self._last_recorded_at = entry.recorded_at
-        if self._precheck is not None:
-            # Fast path: the record read ran alongside this first append. If a record
-            # exists (an operator acted as the invocation started), the handler must not go
-            # on from here: the caller claims it properly and replays this entry.
-            found = await self._precheck
-            self._precheck = None
-            if found is not None:
-                raise RecordExists(found)
 
     def _entry(self, index: int, kind: int, name: str) -> storage_pb2.JournalRecord:
         return storage_pb2.JournalRecord(

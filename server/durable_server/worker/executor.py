@@ -37,7 +37,7 @@ from durable_server.records import (
 )
 from durable_server.worker.claim import Claim
 from durable_server.worker.context import InvocationContext, encode_bounded, failure_of
-from durable_server.worker.signals import ControlFlags, Fenced, RecordExists, RetryAttempt
+from durable_server.worker.signals import ControlFlags, Fenced, RetryAttempt
 
 log = logging.getLogger("durable.worker")
 
@@ -111,24 +111,17 @@ class Executor:
             if not await self._serves(msg, item.initial.handler, invocation_id):
                 return
             # Fast path: if nobody wrote the record, nobody claimed it. A first delivery of a
-            # young item rarely has one (only a Pause or Cancel racing its start makes it,
-            # and that retires the item), so that read runs alongside the handler's first
-            # step and is awaited right after the first journal append.
+            # young item has none unless an operator acted as it started, and then the
+            # control plane sealed its journal first (Journal.seal): the first append is
+            # fenced and we claim it the ordinary way. Older items read the record first.
             young = floor == 0 and _age(msg) < self._young_item
-            precheck = asyncio.ensure_future(self._find(invocation_id))
             if not young:
-                current = await precheck
+                current = await self._find(invocation_id)
             if current is None:
                 claim = Claim.fresh(self._records, item.initial, floor + 1, self._worker_id)
-                ran = await self._attempt(
-                    msg, claim, flags, load_journal=floor > 0, precheck=precheck
-                )
-                if ran is True:
+                if await self._attempt(msg, claim, flags, load_journal=floor > 0):
                     return
-                if ran is False:
-                    floor += 1  # fenced at once: another driver journaled first
-                else:
-                    current = ran  # the record existed: claim it the ordinary way
+                floor += 1  # fenced at once: another driver or a seal came first
         claimed = await self._claim_existing(msg, invocation_id, current, floor=floor)
         if claimed is not None:
             claim = Claim(self._records, claimed.record, self._worker_id, written=claimed)
@@ -180,11 +173,9 @@ class Executor:
         flags: ControlFlags,
         *,
         load_journal: bool,
-        precheck: asyncio.Future[Versioned | None] | None = None,
-    ) -> bool | Versioned:
+    ) -> bool:
         """Run one attempt. False when its very first append was fenced while it had
-        assumed an empty journal (the caller then retries with the journal loaded); the
-        record when ``precheck`` found that one existed before anything was journaled."""
+        assumed an empty journal (the caller then claims it with the journal loaded)."""
         rec = claim.record
         hdef = self._registry.get(rec.handler)
         assert hdef is not None, "checked before claiming"
@@ -208,7 +199,6 @@ class Executor:
             flags=flags,
             announce=lambda i, k, n: self._announce(rec.id, i, k, n),
             max_payload=self._max_payload,
-            precheck=precheck,
         )
         timer = None
         if not claim.written:
@@ -223,11 +213,6 @@ class Executor:
             await ctx.flush_all(final)
             if final is not None:
                 outcome.journaled_at = ctx.last_recorded_at
-            if precheck is not None and (found := await precheck) is not None:
-                return found  # it ended before journaling anything; do it over, claimed
-        except RecordExists as exists:
-            assert isinstance(exists.record, Versioned)
-            return exists.record
         except Fenced as err:
             if shortcut and ctx.journal_length == 0:
                 return False
@@ -316,7 +301,7 @@ class Executor:
                 )
                 return Outcome(S.INVOCATION_STATUS_CANCELLED, failure=failure)
             return Outcome(S.INVOCATION_STATUS_PAUSED, reason=err.message)
-        except (Fenced, RecordExists):
+        except Fenced:
             raise
         except TerminalError as err:
             if isinstance(err, CancelledError) or ctx.cancel_delivered:

@@ -122,6 +122,7 @@ class Worker:
             worker_id=self.worker_id,
             announce=self._announce,
             max_payload=self.cfg.max_payload_bytes,
+            running_record_after=self.cfg.running_record_after,
         )
         await self.nc.subscribe(f"{self.cfg.prefix}.signal.>", cb=self._on_signal)
         self._inbox = self.nc.new_inbox()

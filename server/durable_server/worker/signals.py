@@ -7,22 +7,12 @@ handler's ``except Exception`` cannot swallow them on their way back to the exec
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from durable.errors import _RuntimeSignal
 
 
 class Fenced(_RuntimeSignal):
     """Another worker drives this invocation now; stop without touching it further."""
-
-
-class RecordExists(_RuntimeSignal):
-    """The fast path learned, before journaling anything, that the record exists (an
-    operator acted on the invocation as it started): claim it the ordinary way."""
-
-    def __init__(self, record: Any) -> None:
-        super().__init__("record exists")
-        self.record = record
 
 
 class RetryAttempt(_RuntimeSignal):
