@@ -636,7 +636,13 @@ async def test_stats_counts_by_status_and_handler(engine_factory: EngineFactory)
 async def test_list_handlers(engine_factory: EngineFactory) -> None:
     engine = await start_ready(engine_factory, [ctl])
     handlers = await engine.client.handlers()
-    assert [h.name for h in handlers] == ["ctl/counted", "ctl/doomed", "ctl/gated", "ctl/saga"]
+    assert [h.name for h in handlers] == [
+        "ctl/counted",
+        "ctl/doomed",
+        "ctl/gated",
+        "ctl/gated_first",
+        "ctl/saga",
+    ]
     by_name = {h.name: h for h in handlers}
     for h in handlers:
         assert h.kind == S.HANDLER_KIND_SERVICE
