@@ -71,6 +71,33 @@ def _ended_record(invocation_id: str, final: storage_pb2.FinalOutcome) -> Record
     return ended
 
 
+async def _within(fut: asyncio.Future[Record], timeout: float | None) -> Record | None:
+    """The waiter's record, or None once ``timeout`` passed. The future is this caller's
+    own, so it is awaited directly: the answer then costs one wake-up of the task, not the
+    chain of callbacks of ``wait_for`` over ``shield``."""
+    if timeout is None:
+        return await fut
+    if timeout <= 0:
+        return fut.result() if fut.done() else None
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        if not fut.done():
+            expired = True
+            fut.cancel()
+
+    timer = asyncio.get_running_loop().call_later(timeout, expire)
+    try:
+        return await fut
+    except asyncio.CancelledError:
+        if expired:
+            return None
+        raise
+    finally:
+        timer.cancel()
+
+
 def _same_payload(a: storage_pb2.StoredPayload, b: storage_pb2.StoredPayload) -> bool:
     if a.content_type != b.content_type:
         return False
@@ -172,10 +199,10 @@ class ControlPlane:
             if await self._accept(record) is not None:
                 existing, ended = await self.await_result(record.id, timeout)
                 return existing, True, ended
-            try:
-                return await asyncio.wait_for(asyncio.shield(fut), timeout), False, True
-            except TimeoutError:
-                return await self.view_record(record.id), False, False
+            final = await _within(fut, timeout)
+            if final is not None:
+                return final, False, True
+            return await self.view_record(record.id), False, False
 
     async def _accept(self, record: Record) -> Record | None:
         """Store and enqueue a new invocation; the existing one instead when its idempotency
@@ -230,10 +257,10 @@ class ControlPlane:
             last = await self.journal.final_entry(invocation_id)
             if last is not None:
                 return _ended_record(invocation_id, last.final), True
-            try:
-                return await asyncio.wait_for(asyncio.shield(fut), timeout), True
-            except TimeoutError:
-                return await self.view_record(invocation_id), False
+            final = await _within(fut, timeout)
+            if final is not None:
+                return final, True
+            return await self.view_record(invocation_id), False
 
     @contextlib.asynccontextmanager
     async def _outcome(self, invocation_id: str) -> AsyncIterator[asyncio.Future[Record]]:

@@ -217,6 +217,8 @@ class InvocationContext(Context):
     async def _flush(self, upto: int, final: storage_pb2.FinalOutcome | None = None) -> None:
         """Journal every entry up to index ``upto``, in order (waiting for steps still
         running below it); attach ``final`` to the last one, or journal it alone."""
+        if self._next_append > upto and final is None:
+            return  # journaled already (the common case: one step at a time)
         async with self._flush_lock:
             while self._next_append <= upto:
                 async with self._ready_changed:
