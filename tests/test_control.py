@@ -91,6 +91,17 @@ async def gated_first(ctx: Context, tag: str) -> list[str]:
     return [one, two]
 
 
+async def _wait_then_fail(tag: str) -> str:
+    await _wait_gate(tag, "flaky")
+    raise ConnectionError("transient")
+
+
+@ctl.handler(retry=RetryPolicy(initial_interval=0.5, maximum_interval=0.5, jitter=0))
+async def flaky_first(ctx: Context, tag: str) -> str:
+    """Its first step blocks until released, then fails with a retryable error."""
+    return str(await ctx.run("flaky", _wait_then_fail, tag))
+
+
 @ctl.handler()
 async def saga(ctx: Context, tag: str) -> str:
     """Reserves, waits, charges; compensates when cancelled."""
@@ -323,6 +334,27 @@ async def test_operator_acting_before_the_first_entry_fences_the_fast_path(
         assert [(e.name, e.result.failure.error_type) for e in view.journal] == [
             ("one", "CancelledError")
         ]
+
+
+async def test_pause_before_the_first_entry_holds_when_the_attempt_journals_nothing(
+    engine_factory: EngineFactory,
+) -> None:
+    """The first step fails (retryably) after a Pause sealed the journal: the attempt has no
+    entry to append, so no append meets the seal; the worker must still see the Pause instead
+    of writing BACKING_OFF over it."""
+    engine = await start_ready(engine_factory, [ctl], slots=2, running_record_after=60.0)
+    tag = _tag()
+    entered, release = _gate(tag)
+    handle = await engine.client.start("ctl/flaky_first", tag)
+    await asyncio.wait_for(entered.wait(), 5)
+    summary = await engine.client.pause(handle.id, reason="hold on")
+    assert summary.status == S.INVOCATION_STATUS_PAUSED
+    release.set()
+    await asyncio.sleep(1.0)  # past the failure and its 0.5 s backoff
+    view = await engine.client.get(handle.id)
+    assert view.invocation.status == S.INVOCATION_STATUS_PAUSED, view.invocation
+    assert view.invocation.status_reason == "hold on"
+    assert RUNS[f"{tag}:flaky"] == 1
 
 
 async def test_pause_reason_is_shown_while_paused(engine_factory: EngineFactory) -> None:
@@ -639,6 +671,7 @@ async def test_list_handlers(engine_factory: EngineFactory) -> None:
     assert [h.name for h in handlers] == [
         "ctl/counted",
         "ctl/doomed",
+        "ctl/flaky_first",
         "ctl/gated",
         "ctl/gated_first",
         "ctl/saga",

@@ -102,6 +102,18 @@ class Journal:
             entries.append(entry)
         return LoadedJournal(entries, last_seq)
 
+    async def sealed(self, invocation_id: str) -> bool:
+        """Whether the control plane sealed this journal (see :meth:`seal`)."""
+        try:
+            await self._js.get_msg(
+                self._cfg.journal_stream,
+                subject=self._cfg.journal_seal_subject(invocation_id),
+                direct=self._cfg.direct_reads,
+            )
+        except NotFoundError:
+            return False
+        return True
+
     async def seal(self, invocation_id: str) -> bool:
         """Mark a journal nobody has written yet; False when a worker already has.
 

@@ -213,6 +213,10 @@ class Executor:
             await ctx.flush_all(final)
             if final is not None:
                 outcome.journaled_at = ctx.last_recorded_at
+            elif shortcut and ctx.journal_length == 0 and await self._journal.sealed(rec.id):
+                # Paused or failed before journaling anything, so no append met the seal:
+                # an operator acted as it started; claim it the ordinary way.
+                return False
         except Fenced as err:
             if shortcut and ctx.journal_length == 0:
                 return False
