@@ -24,6 +24,7 @@ from durable import (
     FailedPreconditionError,
     InvocationCancelledError,
     InvocationFailedError,
+    InvocationHandle,
     ResultTimeoutError,
     RetryPolicy,
     Service,
@@ -50,6 +51,17 @@ def _tag() -> str:
 
 def _gate(tag: str) -> tuple[asyncio.Event, asyncio.Event]:
     return ENTERED.setdefault(tag, asyncio.Event()), RELEASE.setdefault(tag, asyncio.Event())
+
+
+async def _start_at_gate(
+    engine: LocalEngine, handler: str
+) -> tuple[str, InvocationHandle, asyncio.Event]:
+    """Start ``handler`` with a fresh tag; return once its gated step is running."""
+    tag = _tag()
+    entered, release = _gate(tag)
+    handle = await engine.client.start(handler, tag)
+    await asyncio.wait_for(entered.wait(), 5)
+    return tag, handle, release
 
 
 def _count(tag: str, step: str) -> str:
@@ -246,10 +258,7 @@ async def test_pause_at_step_boundary_frees_the_slot_and_resume_continues(
     engine_factory: EngineFactory, when: str
 ) -> None:
     engine = await start_ready(engine_factory, [ctl], slots=1)
-    tag = _tag()
-    entered, release = _gate(tag)
-    handle = await engine.client.start("ctl/gated", tag)
-    await asyncio.wait_for(entered.wait(), 5)
+    tag, handle, release = await _start_at_gate(engine, "ctl/gated")
     if when == "once-running-is-shown":
         await wait_status(engine, handle.id, S.INVOCATION_STATUS_RUNNING)
 
@@ -302,10 +311,7 @@ async def test_operator_acting_before_the_first_entry_fences_the_fast_path(
     anything is journaled seals the journal, so the first append is fenced and the worker
     claims the record, which says what the operator asked."""
     engine = await start_ready(engine_factory, [ctl], slots=2, running_record_after=60.0)
-    tag = _tag()
-    entered, release = _gate(tag)
-    handle = await engine.client.start("ctl/gated_first", tag)
-    await asyncio.wait_for(entered.wait(), 5)  # inside step one: nothing journaled, no record
+    tag, handle, release = await _start_at_gate(engine, "ctl/gated_first")
     if action == "pause":
         summary = await engine.client.pause(handle.id, reason="hold on")
         assert summary.status == S.INVOCATION_STATUS_PAUSED
@@ -343,10 +349,7 @@ async def test_pause_before_the_first_entry_holds_when_the_attempt_journals_noth
     entry to append, so no append meets the seal; the worker must still see the Pause instead
     of writing BACKING_OFF over it."""
     engine = await start_ready(engine_factory, [ctl], slots=2, running_record_after=60.0)
-    tag = _tag()
-    entered, release = _gate(tag)
-    handle = await engine.client.start("ctl/flaky_first", tag)
-    await asyncio.wait_for(entered.wait(), 5)
+    tag, handle, release = await _start_at_gate(engine, "ctl/flaky_first")
     summary = await engine.client.pause(handle.id, reason="hold on")
     assert summary.status == S.INVOCATION_STATUS_PAUSED
     release.set()
@@ -360,10 +363,7 @@ async def test_pause_before_the_first_entry_holds_when_the_attempt_journals_noth
 async def test_pause_reason_is_shown_while_paused(engine_factory: EngineFactory) -> None:
     """PauseRequest.reason is documented as "shown in GetWorkflow"."""
     engine = await start_ready(engine_factory, [ctl], slots=1)
-    tag = _tag()
-    entered, release = _gate(tag)
-    handle = await engine.client.start("ctl/gated", tag)
-    await asyncio.wait_for(entered.wait(), 5)
+    _, handle, release = await _start_at_gate(engine, "ctl/gated")
     await wait_status(engine, handle.id, S.INVOCATION_STATUS_RUNNING)
     await engine.client.pause(handle.id, reason="maintenance window")
     release.set()
@@ -377,10 +377,7 @@ async def test_cancel_running_invocation_compensates(
     engine_factory: EngineFactory, when: str
 ) -> None:
     engine = await start_ready(engine_factory, [ctl])
-    tag = _tag()
-    entered, release = _gate(tag)
-    handle = await engine.client.start("ctl/saga", tag)
-    await asyncio.wait_for(entered.wait(), 5)
+    tag, handle, release = await _start_at_gate(engine, "ctl/saga")
     if when == "once-running-is-shown":
         await wait_status(engine, handle.id, S.INVOCATION_STATUS_RUNNING)
 
@@ -417,10 +414,7 @@ async def test_cancel_paused_invocation_wakes_it_to_compensate(
     engine_factory: EngineFactory,
 ) -> None:
     engine = await start_ready(engine_factory, [ctl])
-    tag = _tag()
-    entered, release = _gate(tag)
-    handle = await engine.client.start("ctl/saga", tag)
-    await asyncio.wait_for(entered.wait(), 5)
+    tag, handle, release = await _start_at_gate(engine, "ctl/saga")
     await wait_status(engine, handle.id, S.INVOCATION_STATUS_RUNNING)
     await engine.client.pause(handle.id)
     release.set()
@@ -535,10 +529,7 @@ async def test_failed_precondition_changes_nothing(engine_factory: EngineFactory
 
 async def test_await_result_with_timeout_while_running(engine_factory: EngineFactory) -> None:
     engine = await start_ready(engine_factory, [ctl])
-    tag = _tag()
-    entered, release = _gate(tag)
-    handle = await engine.client.start("ctl/gated", tag)
-    await asyncio.wait_for(entered.wait(), 5)
+    _, handle, release = await _start_at_gate(engine, "ctl/gated")
     await wait_status(engine, handle.id, S.INVOCATION_STATUS_RUNNING)
 
     async with grpc.aio.insecure_channel(engine.target) as channel:
