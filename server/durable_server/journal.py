@@ -55,8 +55,7 @@ class Journal:
         final = entry.HasField("final")
         subject = self._cfg.journal_subject(invocation_id, final=final)
         headers = {
-            "Nats-Expected-Last-Subject-Sequence": str(expected_last_seq),
-            "Nats-Expected-Last-Subject-Sequence-Subject": self._cfg.journal_filter(invocation_id),
+            **self._fence(invocation_id, expected_last_seq),
             # Same entry republished after a lost ack is dropped instead of doubled.
             "Nats-Msg-Id": f"{invocation_id}:{entry.index}:{entry.worker_id}:{entry.attempt}",
         }
@@ -102,17 +101,29 @@ class Journal:
             entries.append(entry)
         return LoadedJournal(entries, last_seq)
 
-    async def sealed(self, invocation_id: str) -> bool:
-        """Whether the control plane sealed this journal (see :meth:`seal`)."""
+    def _fence(self, invocation_id: str, expected_last_seq: int) -> dict[str, str]:
+        """Headers that make a publish land only if the journal's last message, on any of
+        its subjects, is still ``expected_last_seq`` (0: the journal is empty)."""
+        return {
+            "Nats-Expected-Last-Subject-Sequence": str(expected_last_seq),
+            "Nats-Expected-Last-Subject-Sequence-Subject": self._cfg.journal_filter(invocation_id),
+        }
+
+    async def _last_on(self, subject: str) -> Entry | None:
+        """The newest message on one subject of the journal stream, parsed, if any."""
         try:
-            await self._js.get_msg(
-                self._cfg.journal_stream,
-                subject=self._cfg.journal_seal_subject(invocation_id),
-                direct=self._cfg.direct_reads,
+            msg = await self._js.get_msg(
+                self._cfg.journal_stream, subject=subject, direct=self._cfg.direct_reads
             )
         except NotFoundError:
-            return False
-        return True
+            return None
+        entry = Entry()
+        entry.ParseFromString(msg.data or b"")
+        return entry
+
+    async def sealed(self, invocation_id: str) -> bool:
+        """Whether the control plane sealed this journal (see :meth:`seal`)."""
+        return await self._last_on(self._cfg.journal_seal_subject(invocation_id)) is not None
 
     async def seal(self, invocation_id: str) -> bool:
         """Mark a journal nobody has written yet; False when a worker already has.
@@ -129,12 +140,7 @@ class Journal:
             await self._js.publish(
                 self._cfg.journal_seal_subject(invocation_id),
                 b"",
-                headers={
-                    "Nats-Expected-Last-Subject-Sequence": "0",
-                    "Nats-Expected-Last-Subject-Sequence-Subject": self._cfg.journal_filter(
-                        invocation_id
-                    ),
-                },
+                headers=self._fence(invocation_id, 0),
             )
         except APIError as err:
             if err.err_code in _WRONG_LAST_SEQUENCE:
@@ -145,14 +151,4 @@ class Journal:
     async def final_entry(self, invocation_id: str) -> Entry | None:
         """The entry that carries the invocation's outcome, once journaled (the fence
         admits one)."""
-        try:
-            msg = await self._js.get_msg(
-                self._cfg.journal_stream,
-                subject=self._cfg.journal_subject(invocation_id, final=True),
-                direct=self._cfg.direct_reads,
-            )
-        except NotFoundError:
-            return None
-        entry = Entry()
-        entry.ParseFromString(msg.data or b"")
-        return entry
+        return await self._last_on(self._cfg.journal_subject(invocation_id, final=True))

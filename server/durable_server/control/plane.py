@@ -30,7 +30,7 @@ from durable_server.control.validation import (
     payload_to_stored,
     validate_input,
 )
-from durable_server.control.views import Progress
+from durable_server.control.views import Progress, with_final
 from durable_server.ids import idempotent_invocation_id, new_invocation_id
 from durable_server.journal import Journal, LoadedJournal
 from durable_server.records import (
@@ -59,16 +59,6 @@ def refused(message: str, record: Record) -> MutationRefused:
 
 def _ended(r: Record) -> str:
     return f"invocation {r.id} already ended ({status_name(r.status)}); nothing is left to change"
-
-
-def _ended_record(invocation_id: str, final: storage_pb2.FinalOutcome) -> Record:
-    """What a waiter needs of an ended invocation, from its journaled outcome."""
-    ended = Record(id=invocation_id, status=final.status, ended_at=now_ts())
-    if final.HasField("output"):
-        ended.output.CopyFrom(final.output)
-    if final.HasField("failure"):
-        ended.failure.CopyFrom(final.failure)
-    return ended
 
 
 async def _within(fut: asyncio.Future[Record], timeout: float | None) -> Record | None:
@@ -256,7 +246,7 @@ class ControlPlane:
             # Journaled before we listened, with the record not written yet.
             last = await self.journal.final_entry(invocation_id)
             if last is not None:
-                return _ended_record(invocation_id, last.final), True
+                return with_final(Record(id=invocation_id), last), True
             final = await _within(fut, timeout)
             if final is not None:
                 return final, True
@@ -430,7 +420,7 @@ class ControlPlane:
             return
         if not entry.HasField("final"):
             return
-        ended = _ended_record(msg.subject.rsplit(".", 1)[-1], entry.final)
+        ended = with_final(Record(id=msg.subject.rsplit(".", 1)[-1]), entry)
         self.index.mark_ended(ended.id, ended.status, ended.ended_at.ToNanoseconds())
         self.index.resolve_waiters(ended)
 

@@ -58,10 +58,11 @@ def journal_entry(entry: storage_pb2.JournalRecord) -> types_pb2.JournalEntry:
     return out
 
 
-def _with_final(
+def with_final(
     r: storage_pb2.InvocationRecord, last: storage_pb2.JournalRecord
 ) -> storage_pb2.InvocationRecord:
-    """The record as it is about to be written: the journal already holds the outcome."""
+    """The record as it is about to be written: the journal already holds the outcome in
+    ``last``, its final entry."""
     if is_terminal(r.status):
         return r
     ended = storage_pb2.InvocationRecord()
@@ -86,7 +87,7 @@ def invocation_view(
 ) -> tuple[types_pb2.Invocation, list[types_pb2.JournalEntry]]:
     """The Invocation message and its journal entries."""
     if journal and journal.entries and journal.entries[-1].HasField("final"):
-        r = _with_final(r, journal.entries[-1])
+        r = with_final(r, journal.entries[-1])
     inv = types_pb2.Invocation(
         invocation_id=r.id,
         handler=r.handler,
