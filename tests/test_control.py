@@ -628,7 +628,7 @@ async def test_stats_counts_by_status_and_handler(engine_factory: EngineFactory)
     engine = await start_ready(engine_factory, [ctl])
     empty = await engine.client.stats()
     assert empty.total == 0
-    assert [c.status for c in empty.by_status] == list(range(1, 9))
+    assert [c.status for c in empty.by_status] == list(range(1, 10))
     assert all(c.count == 0 for c in empty.by_status) and list(empty.by_handler) == []
 
     for i in range(3):
@@ -640,7 +640,7 @@ async def test_stats_counts_by_status_and_handler(engine_factory: EngineFactory)
     stats = await engine.client.stats()
     assert stats.total == 5
     counts = {c.status: c.count for c in stats.by_status}
-    assert len(counts) == 8 and S.INVOCATION_STATUS_UNSPECIFIED not in counts
+    assert len(counts) == 9 and S.INVOCATION_STATUS_UNSPECIFIED not in counts
     assert counts[S.INVOCATION_STATUS_COMPLETED] == 3
     assert counts[S.INVOCATION_STATUS_FAILED] == 2
     assert sum(counts.values()) == 5

@@ -24,6 +24,7 @@ EXPECTED_ALL = [
     "ClientError",
     "Context",
     "DurableError",
+    "DurableFuture",
     "FailedPreconditionError",
     "InvalidArgumentError",
     "InvocationCancelledError",

@@ -6,7 +6,7 @@ The public surface is exactly ``__all__``; everything else lives in ``_private``
 """
 
 from durable._client import Client, InvocationHandle
-from durable._context import Context
+from durable._context import Context, DurableFuture
 from durable._handlers import Service
 from durable._retry import RetryPolicy
 from durable.errors import (
@@ -32,6 +32,7 @@ __all__ = [
     "ClientError",
     "Context",
     "DurableError",
+    "DurableFuture",
     "FailedPreconditionError",
     "InvalidArgumentError",
     "InvocationCancelledError",

@@ -589,3 +589,35 @@ class Client:
         request = control_pb2.CancelRequest(invocation_id=invocation_id, reason=reason)
         response = await self._call(self._stub().Cancel, request, self._rpc_timeout)
         return response.invocation
+
+    # ----------------------------------------------------------------- waits from outside
+
+    async def resolve_awakeable(self, awakeable_id: str, value: Any = None) -> str:
+        """Complete an awakeable with ``value``; the handler waiting for it continues.
+        Returns the id of its invocation. ALREADY_EXISTS when it was completed before."""
+        request = control_pb2.ResolveAwakeableRequest(
+            awakeable_id=awakeable_id, value=to_payload(value)
+        )
+        response = await self._call(self._stub().ResolveAwakeable, request, self._rpc_timeout)
+        return response.invocation_id
+
+    async def reject_awakeable(self, awakeable_id: str, reason: str) -> str:
+        """Complete an awakeable with a failure: the handler sees a ``TerminalError`` with
+        ``reason``. Returns the id of its invocation."""
+        request = control_pb2.RejectAwakeableRequest(awakeable_id=awakeable_id, reason=reason)
+        response = await self._call(self._stub().RejectAwakeable, request, self._rpc_timeout)
+        return response.invocation_id
+
+    async def watch(self, invocation_id: str) -> AsyncIterator[control_pb2.WatchWorkflowResponse]:
+        """Follow one invocation: a snapshot, then each journaled step and status change as
+        they happen (pushed by the server), ending with its outcome."""
+        call = self._stub().WatchWorkflow(
+            control_pb2.WatchWorkflowRequest(invocation_id=invocation_id)
+        )
+        try:
+            async for event in call:
+                yield event
+        except grpc.aio.AioRpcError as exc:
+            raise RPCError.from_status(exc.code(), exc.details() or "") from exc
+        finally:
+            call.cancel()

@@ -10,12 +10,30 @@ from __future__ import annotations
 import abc
 import datetime as dt
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, overload
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any, Generic, TypeVar, overload
 
 from durable._retry import RetryPolicy
 
 T = TypeVar("T")
+
+Duration = float | dt.timedelta
+"""Seconds, or a ``timedelta``."""
+
+
+class DurableFuture(abc.ABC, Generic[T]):
+    """Something that completes outside the handler: a timer (``ctx.sleep``), an awakeable
+    (``ctx.awakeable``) or another invocation's result (``ctx.call``).
+
+    Await it to get its value. While it has not completed, the invocation suspends: it holds
+    no worker slot and no task, and it is replayed from its journal once the completion
+    arrives, however long that takes and whatever restarted meanwhile. Combine several with
+    ``ctx.select`` (the first to complete: timeouts and races) or ``ctx.gather`` (all).
+    Awaiting it again returns the same value.
+    """
+
+    @abc.abstractmethod
+    def __await__(self) -> Generator[Any, None, T]: ...
 
 
 class Context(abc.ABC):
@@ -97,3 +115,65 @@ class Context(abc.ABC):
     @abc.abstractmethod
     def uuid(self) -> uuid.UUID:
         """A UUID from the same deterministic generator as :meth:`random`."""
+
+    # -- waiting without holding anything --------------------------------------------------
+
+    @abc.abstractmethod
+    def sleep(self, duration: Duration) -> DurableFuture[None]:
+        """A durable timer: completes ``duration`` after this call, never earlier.
+
+        ``await ctx.sleep(timedelta(days=7))`` suspends the invocation; a restart of any
+        process in between neither resets nor loses the timer.
+        """
+
+    @abc.abstractmethod
+    def awakeable(self, result_type: Any = None) -> tuple[str, DurableFuture[Any]]:
+        """An id and a future that completes when someone resolves that id: a client with
+        ``DurableControl.ResolveAwakeable`` (or RejectAwakeable, which the handler sees as a
+        ``TerminalError``), or another handler with :meth:`resolve_awakeable`. Hand the id
+        out through a ``ctx.run`` step (an email, a webhook registration). A resolution that
+        arrives before the handler awaits the future is kept. The value is decoded as
+        ``result_type`` when given.
+        """
+
+    @abc.abstractmethod
+    def call(
+        self, handler: Any, input: Any = None, *, key: str = "", result_type: Any = None
+    ) -> DurableFuture[Any]:
+        """Invoke another handler and get a future of its result.
+
+        ``handler`` is ``"<service>/<handler>"`` or the registered function. The call is
+        journaled: a replay never starts it twice. A terminal failure of the callee
+        reaches the caller as a ``TerminalError``. The result is decoded as ``result_type``,
+        or as the function's return annotation when the function was passed.
+        """
+
+    @abc.abstractmethod
+    async def send(
+        self, handler: Any, input: Any = None, *, key: str = "", delay: Duration | None = None
+    ) -> str:
+        """Invoke another handler one-way and return its invocation id. With ``delay`` it is a
+        durable scheduled invocation: it starts that much later, across any restart.
+        Journaled: a replay never sends twice."""
+
+    @abc.abstractmethod
+    async def select(self, *futures: DurableFuture[Any]) -> tuple[int, Any]:
+        """Wait for the first of ``futures`` to complete; returns its position and value (or
+        raises its ``TerminalError``). The winner is journaled, so a replay picks the same
+        one. A timeout is a race against ``ctx.sleep``::
+
+            which, value = await ctx.select(payment, ctx.sleep(timedelta(minutes=5)))
+        """
+
+    @abc.abstractmethod
+    async def gather(self, *futures: DurableFuture[Any]) -> list[Any]:
+        """Wait for all ``futures``; their values in order. The first failure, in argument
+        order, is raised."""
+
+    @abc.abstractmethod
+    async def resolve_awakeable(self, awakeable_id: str, value: Any = None) -> None:
+        """Resolve another invocation's awakeable (journaled; the first resolution wins)."""
+
+    @abc.abstractmethod
+    async def reject_awakeable(self, awakeable_id: str, reason: str) -> None:
+        """Reject another invocation's awakeable: its handler sees a ``TerminalError``."""

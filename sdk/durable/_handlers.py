@@ -7,6 +7,7 @@ hints decide how the input is decoded and checked (see ``_serde``), and its full
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import re
@@ -163,10 +164,29 @@ class Service:
             description=doc.split("\n\n", 1)[0],
         )
         self._handlers[hname] = hdef
+        # ctx.call and ctx.send accept the function itself in place of its name.
+        with contextlib.suppress(AttributeError, TypeError):
+            fn.__durable_handler__ = hdef.full_name  # type: ignore[attr-defined]
         return hdef
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, handlers={list(self._handlers)})"
+
+
+def handler_name(target: Any) -> str:
+    """The full name of a handler given as ``"<service>/<handler>"`` or as the registered
+    function itself."""
+    if isinstance(target, str):
+        if "/" not in target:
+            raise ValueError(f"handler {target!r} must be '<service>/<handler>'")
+        return target
+    name = getattr(target, "__durable_handler__", None)
+    if not isinstance(name, str):
+        raise TypeError(
+            f"{target!r} is not a registered handler; pass '<service>/<handler>' or a "
+            "function decorated with @service.handler()"
+        )
+    return name
 
 
 class Registry:

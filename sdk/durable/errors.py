@@ -265,12 +265,14 @@ class SuspendInvocation(_RuntimeSignal):
     ``reason`` says what it waits for (shown in logs and GetWorkflow).
     """
 
-    def __init__(self, reason: str = "") -> None:
+    def __init__(self, reason: str = "", waits: tuple[Any, ...] = ()) -> None:
         super().__init__(reason)
         self.reason = reason
+        # What it waits for (durable.v1.WaitTarget messages); empty for a pause.
+        self.waits = tuple(waits)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.reason,))
+        return (type(self), (self.reason, self.waits))
 
 
 class NonDeterminismError(_RuntimeSignal):

@@ -67,12 +67,34 @@ class EngineConfig:
         """Every entry of one journal, in order; also the scope of its fence."""
         return f"{self.prefix}.journal.{invocation_id}.*"
 
+    def awakeable_subject(self, invocation_id: str, index: int) -> str:
+        """Where an awakeable's resolution is stored, at most once (``.a.<step>``): beside
+        the journal, outside its fence, so an early resolve cannot fence the worker."""
+        return f"{self.prefix}.journal.{invocation_id}.a.{index}"
+
     @property
     def work_stream(self) -> str:
         return f"{self.prefix.upper()}_WORK"
 
     def work_subject(self, invocation_id: str) -> str:
         return f"{self.prefix}.work.{invocation_id}"
+
+    def wake_subject(self, invocation_id: str) -> str:
+        """Where a fired timer lands: "look at invocation X", never "drive X" (``wake``)."""
+        return f"{self.prefix}.work.wake.{invocation_id}"
+
+    def timer_subject(self, invocation_id: str, index: int) -> str:
+        """The message schedule of one durable timer; fires onto :meth:`wake_subject`."""
+        return f"{self.prefix}.work.timer.{invocation_id}.{index}"
+
+    def delay_subject(self, invocation_id: str) -> str:
+        """The message schedule of a delayed send; fires onto :meth:`work_subject`."""
+        return f"{self.prefix}.work.delay.{invocation_id}"
+
+    @property
+    def work_filters(self) -> list[str]:
+        """What the workers consume: work items and wake-ups, never the schedules."""
+        return [f"{self.prefix}.work.*", f"{self.prefix}.work.wake.*"]
 
     @property
     def work_consumer(self) -> str:

@@ -35,3 +35,26 @@ def idempotent_invocation_id(handler: str, key: str, idempotency_key: str) -> st
 
 def is_valid_invocation_id(value: str) -> bool:
     return bool(_ID_RE.match(value))
+
+
+_AWAKEABLE_RE = re.compile(r"^awk_([a-z2-7]{26})_([0-9]{1,9})$")
+
+
+def awakeable_id(invocation_id: str, index: int) -> str:
+    """The id of the awakeable created at step ``index``: the same on every replay, and it
+    names its invocation, so resolving it needs no lookup."""
+    return f"awk_{invocation_id[4:]}_{index}"
+
+
+def parse_awakeable_id(value: str) -> tuple[str, int] | None:
+    """(invocation id, step index) of an awakeable id, or None when it is not one."""
+    m = _AWAKEABLE_RE.match(value)
+    if m is None:
+        return None
+    return "inv_" + m.group(1), int(m.group(2))
+
+
+def child_invocation_id(parent_id: str, index: int) -> str:
+    """The id of the invocation a handler starts at step ``index`` (ctx.call, ctx.send):
+    a replay derives the same id, so starting it again finds it instead of doubling it."""
+    return idempotent_invocation_id("\x01child", parent_id, str(index))

@@ -8,7 +8,10 @@
 - ``<P>_WORK``: "drive invocation X" items, one subject per invocation keeping its newest
   item, consumed by the shared durable pull consumer ``workers``; unacked items are
   redelivered after ack_wait, so a dead worker's invocation moves on. Message ids dedupe
-  repeated enqueues.
+  repeated enqueues. It also holds the message schedules of durable timers
+  (``<p>.work.timer.<id>.<step>``, firing a wake-up onto ``<p>.work.wake.<id>``) and of
+  delayed sends (``<p>.work.delay.<id>``, firing the work item itself); the consumer
+  filters the schedules out.
 - KV ``<p>_invocations``: the mutable record of each invocation, changed only by CAS.
 - KV ``<p>_workers``: live workers and the handlers they serve, refreshed by heartbeats.
 """
@@ -61,6 +64,8 @@ def _stream_configs(cfg: EngineConfig) -> list[StreamConfig]:
             num_replicas=cfg.replicas,
             allow_direct=True,
             duplicate_window=cfg.duplicate_window,
+            # Durable timers and delayed sends are message schedules on this stream.
+            allow_msg_schedules=True,
         ),
     ]
 
@@ -90,8 +95,14 @@ async def ensure_resources(js: JetStreamContext, cfg: EngineConfig) -> None:
             continue
         have = info.config.republish
         want = sc.republish
+        changed = False
         if want is not None and (have is None or (have.src, have.dest) != (want.src, want.dest)):
             info.config.republish = want
+            changed = True
+        if sc.allow_msg_schedules and not info.config.allow_msg_schedules:
+            info.config.allow_msg_schedules = True
+            changed = True
+        if changed:
             await js.update_stream(info.config)
     await _ensure_work_consumer(js, cfg)
     await invocations_kv(js, cfg)
@@ -100,7 +111,13 @@ async def ensure_resources(js: JetStreamContext, cfg: EngineConfig) -> None:
 
 async def _ensure_work_consumer(js: JetStreamContext, cfg: EngineConfig) -> None:
     try:
-        await js.consumer_info(cfg.work_stream, cfg.work_consumer)
+        info = await js.consumer_info(cfg.work_stream, cfg.work_consumer)
+        if sorted(info.config.filter_subjects or []) == sorted(cfg.work_filters):
+            return
+        # A store made before timers: the schedules must not reach the workers.
+        info.config.filter_subjects = cfg.work_filters
+        info.config.filter_subject = None
+        await js.add_consumer(cfg.work_stream, info.config)
         return
     except NotFoundError:
         pass
@@ -108,6 +125,7 @@ async def _ensure_work_consumer(js: JetStreamContext, cfg: EngineConfig) -> None
         cfg.work_stream,
         ConsumerConfig(
             durable_name=cfg.work_consumer,
+            filter_subjects=cfg.work_filters,
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
             ack_wait=cfg.ack_wait,

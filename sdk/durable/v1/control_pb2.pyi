@@ -9,6 +9,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -19,6 +20,38 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _WatchEventKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WatchEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WatchEventKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WATCH_EVENT_KIND_UNSPECIFIED: _WatchEventKind.ValueType  # 0
+    """Not set."""
+    WATCH_EVENT_KIND_SNAPSHOT: _WatchEventKind.ValueType  # 1
+    """The invocation as it was when the watch began, with its journal so far."""
+    WATCH_EVENT_KIND_STEP: _WatchEventKind.ValueType  # 2
+    """A step was journaled."""
+    WATCH_EVENT_KIND_STATUS: _WatchEventKind.ValueType  # 3
+    """The status changed (e.g. RUNNING to SUSPENDED)."""
+    WATCH_EVENT_KIND_ENDED: _WatchEventKind.ValueType  # 4
+    """The invocation ended; the last message of the stream."""
+
+class WatchEventKind(_WatchEventKind, metaclass=_WatchEventKindEnumTypeWrapper):
+    """WatchEventKind says what a WatchWorkflowResponse reports."""
+
+WATCH_EVENT_KIND_UNSPECIFIED: WatchEventKind.ValueType  # 0
+"""Not set."""
+WATCH_EVENT_KIND_SNAPSHOT: WatchEventKind.ValueType  # 1
+"""The invocation as it was when the watch began, with its journal so far."""
+WATCH_EVENT_KIND_STEP: WatchEventKind.ValueType  # 2
+"""A step was journaled."""
+WATCH_EVENT_KIND_STATUS: WatchEventKind.ValueType  # 3
+"""The status changed (e.g. RUNNING to SUSPENDED)."""
+WATCH_EVENT_KIND_ENDED: WatchEventKind.ValueType  # 4
+"""The invocation ended; the last message of the stream."""
+Global___WatchEventKind: _TypeAlias = WatchEventKind  # noqa: Y015
 
 @_typing.final
 class InvokeRequest(_message.Message):
@@ -591,3 +624,157 @@ class ListHandlersResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListHandlersResponse: _TypeAlias = ListHandlersResponse  # noqa: Y015
+
+@_typing.final
+class ResolveAwakeableRequest(_message.Message):
+    """ResolveAwakeableRequest completes an awakeable with a value."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AWAKEABLE_ID_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    awakeable_id: _builtins.str
+    """The awakeable's id, as the handler got it from ctx.awakeable() (e.g. "awk_...")."""
+    @_builtins.property
+    def value(self) -> _types_pb2.Payload:
+        """The value the handler receives. Unset means JSON null."""
+
+    def __init__(
+        self,
+        *,
+        awakeable_id: _builtins.str = ...,
+        value: _types_pb2.Payload | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["awakeable_id", b"awakeable_id", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveAwakeableRequest: _TypeAlias = ResolveAwakeableRequest  # noqa: Y015
+
+@_typing.final
+class ResolveAwakeableResponse(_message.Message):
+    """ResolveAwakeableResponse confirms the resolution."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVOCATION_ID_FIELD_NUMBER: _builtins.int
+    invocation_id: _builtins.str
+    """The invocation the awakeable belongs to."""
+    def __init__(
+        self,
+        *,
+        invocation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invocation_id", b"invocation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveAwakeableResponse: _TypeAlias = ResolveAwakeableResponse  # noqa: Y015
+
+@_typing.final
+class RejectAwakeableRequest(_message.Message):
+    """RejectAwakeableRequest completes an awakeable with a failure."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AWAKEABLE_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    awakeable_id: _builtins.str
+    """The awakeable's id."""
+    reason: _builtins.str
+    """Why; the handler receives it as the message of a TerminalError."""
+    def __init__(
+        self,
+        *,
+        awakeable_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["awakeable_id", b"awakeable_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RejectAwakeableRequest: _TypeAlias = RejectAwakeableRequest  # noqa: Y015
+
+@_typing.final
+class RejectAwakeableResponse(_message.Message):
+    """RejectAwakeableResponse confirms the rejection."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVOCATION_ID_FIELD_NUMBER: _builtins.int
+    invocation_id: _builtins.str
+    """The invocation the awakeable belongs to."""
+    def __init__(
+        self,
+        *,
+        invocation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invocation_id", b"invocation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RejectAwakeableResponse: _TypeAlias = RejectAwakeableResponse  # noqa: Y015
+
+@_typing.final
+class WatchWorkflowRequest(_message.Message):
+    """WatchWorkflowRequest names the invocation to watch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVOCATION_ID_FIELD_NUMBER: _builtins.int
+    invocation_id: _builtins.str
+    """Invocation id."""
+    def __init__(
+        self,
+        *,
+        invocation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invocation_id", b"invocation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchWorkflowRequest: _TypeAlias = WatchWorkflowRequest  # noqa: Y015
+
+@_typing.final
+class WatchWorkflowResponse(_message.Message):
+    """WatchWorkflowResponse is one event of a watched invocation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    INVOCATION_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    kind: Global___WatchEventKind.ValueType
+    """What happened."""
+    @_builtins.property
+    def invocation(self) -> _types_pb2.Invocation:
+        """The invocation (SNAPSHOT, STATUS and ENDED)."""
+
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.JournalEntry]:
+        """The journal so far (SNAPSHOT) or the step just journaled (STEP)."""
+
+    def __init__(
+        self,
+        *,
+        kind: Global___WatchEventKind.ValueType = ...,
+        invocation: _types_pb2.Invocation | None = ...,
+        steps: _abc.Iterable[_types_pb2.JournalEntry] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["invocation", b"invocation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invocation", b"invocation", "kind", b"kind", "steps", b"steps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchWorkflowResponse: _TypeAlias = WatchWorkflowResponse  # noqa: Y015

@@ -81,6 +81,21 @@ class DurableControlStub:
                 request_serializer=durable_dot_v1_dot_control__pb2.ListHandlersRequest.SerializeToString,
                 response_deserializer=durable_dot_v1_dot_control__pb2.ListHandlersResponse.FromString,
                 _registered_method=True)
+        self.ResolveAwakeable = channel.unary_unary(
+                '/durable.v1.DurableControl/ResolveAwakeable',
+                request_serializer=durable_dot_v1_dot_control__pb2.ResolveAwakeableRequest.SerializeToString,
+                response_deserializer=durable_dot_v1_dot_control__pb2.ResolveAwakeableResponse.FromString,
+                _registered_method=True)
+        self.RejectAwakeable = channel.unary_unary(
+                '/durable.v1.DurableControl/RejectAwakeable',
+                request_serializer=durable_dot_v1_dot_control__pb2.RejectAwakeableRequest.SerializeToString,
+                response_deserializer=durable_dot_v1_dot_control__pb2.RejectAwakeableResponse.FromString,
+                _registered_method=True)
+        self.WatchWorkflow = channel.unary_stream(
+                '/durable.v1.DurableControl/WatchWorkflow',
+                request_serializer=durable_dot_v1_dot_control__pb2.WatchWorkflowRequest.SerializeToString,
+                response_deserializer=durable_dot_v1_dot_control__pb2.WatchWorkflowResponse.FromString,
+                _registered_method=True)
 
 
 class DurableControlServicer:
@@ -155,6 +170,29 @@ class DurableControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResolveAwakeable(self, request, context):
+        """ResolveAwakeable completes an awakeable with a value; the handler waiting for it
+        continues. It may arrive before the handler awaits the awakeable.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RejectAwakeable(self, request, context):
+        """RejectAwakeable completes an awakeable with a failure; the handler sees a TerminalError.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchWorkflow(self, request, context):
+        """WatchWorkflow streams one invocation as it moves: a snapshot first, then each step as
+        it is journaled and each status change, until it ends. It is pushed; it does not poll.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DurableControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -202,6 +240,21 @@ def add_DurableControlServicer_to_server(servicer, server):
                     servicer.ListHandlers,
                     request_deserializer=durable_dot_v1_dot_control__pb2.ListHandlersRequest.FromString,
                     response_serializer=durable_dot_v1_dot_control__pb2.ListHandlersResponse.SerializeToString,
+            ),
+            'ResolveAwakeable': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveAwakeable,
+                    request_deserializer=durable_dot_v1_dot_control__pb2.ResolveAwakeableRequest.FromString,
+                    response_serializer=durable_dot_v1_dot_control__pb2.ResolveAwakeableResponse.SerializeToString,
+            ),
+            'RejectAwakeable': grpc.unary_unary_rpc_method_handler(
+                    servicer.RejectAwakeable,
+                    request_deserializer=durable_dot_v1_dot_control__pb2.RejectAwakeableRequest.FromString,
+                    response_serializer=durable_dot_v1_dot_control__pb2.RejectAwakeableResponse.SerializeToString,
+            ),
+            'WatchWorkflow': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchWorkflow,
+                    request_deserializer=durable_dot_v1_dot_control__pb2.WatchWorkflowRequest.FromString,
+                    response_serializer=durable_dot_v1_dot_control__pb2.WatchWorkflowResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -449,6 +502,87 @@ class DurableControl:
             '/durable.v1.DurableControl/ListHandlers',
             durable_dot_v1_dot_control__pb2.ListHandlersRequest.SerializeToString,
             durable_dot_v1_dot_control__pb2.ListHandlersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveAwakeable(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/durable.v1.DurableControl/ResolveAwakeable',
+            durable_dot_v1_dot_control__pb2.ResolveAwakeableRequest.SerializeToString,
+            durable_dot_v1_dot_control__pb2.ResolveAwakeableResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RejectAwakeable(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/durable.v1.DurableControl/RejectAwakeable',
+            durable_dot_v1_dot_control__pb2.RejectAwakeableRequest.SerializeToString,
+            durable_dot_v1_dot_control__pb2.RejectAwakeableResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/durable.v1.DurableControl/WatchWorkflow',
+            durable_dot_v1_dot_control__pb2.WatchWorkflowRequest.SerializeToString,
+            durable_dot_v1_dot_control__pb2.WatchWorkflowResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -60,6 +60,16 @@ class DurableControlStub:
     """
     ListHandlers: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListHandlersRequest, _control_pb2.ListHandlersResponse]
     """ListHandlers lists the handlers the workers registered."""
+    ResolveAwakeable: _grpc.UnaryUnaryMultiCallable[_control_pb2.ResolveAwakeableRequest, _control_pb2.ResolveAwakeableResponse]
+    """ResolveAwakeable completes an awakeable with a value; the handler waiting for it
+    continues. It may arrive before the handler awaits the awakeable.
+    """
+    RejectAwakeable: _grpc.UnaryUnaryMultiCallable[_control_pb2.RejectAwakeableRequest, _control_pb2.RejectAwakeableResponse]
+    """RejectAwakeable completes an awakeable with a failure; the handler sees a TerminalError."""
+    WatchWorkflow: _grpc.UnaryStreamMultiCallable[_control_pb2.WatchWorkflowRequest, _control_pb2.WatchWorkflowResponse]
+    """WatchWorkflow streams one invocation as it moves: a snapshot first, then each step as
+    it is journaled and each status change, until it ends. It is pushed; it does not poll.
+    """
 
 @_typing.type_check_only
 class DurableControlAsyncStub(DurableControlStub):
@@ -93,6 +103,16 @@ class DurableControlAsyncStub(DurableControlStub):
     """
     ListHandlers: _aio.UnaryUnaryMultiCallable[_control_pb2.ListHandlersRequest, _control_pb2.ListHandlersResponse]  # type: ignore[assignment]
     """ListHandlers lists the handlers the workers registered."""
+    ResolveAwakeable: _aio.UnaryUnaryMultiCallable[_control_pb2.ResolveAwakeableRequest, _control_pb2.ResolveAwakeableResponse]  # type: ignore[assignment]
+    """ResolveAwakeable completes an awakeable with a value; the handler waiting for it
+    continues. It may arrive before the handler awaits the awakeable.
+    """
+    RejectAwakeable: _aio.UnaryUnaryMultiCallable[_control_pb2.RejectAwakeableRequest, _control_pb2.RejectAwakeableResponse]  # type: ignore[assignment]
+    """RejectAwakeable completes an awakeable with a failure; the handler sees a TerminalError."""
+    WatchWorkflow: _aio.UnaryStreamMultiCallable[_control_pb2.WatchWorkflowRequest, _control_pb2.WatchWorkflowResponse]  # type: ignore[assignment]
+    """WatchWorkflow streams one invocation as it moves: a snapshot first, then each step as
+    it is journaled and each status change, until it ends. It is pushed; it does not poll.
+    """
 
 class DurableControlServicer(metaclass=_abc_1.ABCMeta):
     """DurableControl is the engine's control plane: start invocations, await and inspect them,
@@ -177,5 +197,33 @@ class DurableControlServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.ListHandlersResponse, _abc.Awaitable[_control_pb2.ListHandlersResponse]]:
         """ListHandlers lists the handlers the workers registered."""
+
+    @_abc_1.abstractmethod
+    def ResolveAwakeable(
+        self,
+        request: _control_pb2.ResolveAwakeableRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ResolveAwakeableResponse, _abc.Awaitable[_control_pb2.ResolveAwakeableResponse]]:
+        """ResolveAwakeable completes an awakeable with a value; the handler waiting for it
+        continues. It may arrive before the handler awaits the awakeable.
+        """
+
+    @_abc_1.abstractmethod
+    def RejectAwakeable(
+        self,
+        request: _control_pb2.RejectAwakeableRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.RejectAwakeableResponse, _abc.Awaitable[_control_pb2.RejectAwakeableResponse]]:
+        """RejectAwakeable completes an awakeable with a failure; the handler sees a TerminalError."""
+
+    @_abc_1.abstractmethod
+    def WatchWorkflow(
+        self,
+        request: _control_pb2.WatchWorkflowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_control_pb2.WatchWorkflowResponse], _abc.AsyncIterator[_control_pb2.WatchWorkflowResponse]]:
+        """WatchWorkflow streams one invocation as it moves: a snapshot first, then each step as
+        it is journaled and each status change, until it ends. It is pushed; it does not poll.
+        """
 
 def add_DurableControlServicer_to_server(servicer: DurableControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

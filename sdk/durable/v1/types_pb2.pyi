@@ -3,10 +3,12 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
@@ -43,6 +45,8 @@ class _InvocationStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Invo
     """Ended with a terminal failure."""
     INVOCATION_STATUS_CANCELLED: _InvocationStatus.ValueType  # 8
     """Ended because it was cancelled; its handler saw the cancellation and could compensate."""
+    INVOCATION_STATUS_SCHEDULED: _InvocationStatus.ValueType  # 9
+    """Started by a delayed send; waits for its time (scheduled_at) to come."""
 
 class InvocationStatus(_InvocationStatus, metaclass=_InvocationStatusEnumTypeWrapper):
     """InvocationStatus is where an invocation is in its lifecycle."""
@@ -65,6 +69,8 @@ INVOCATION_STATUS_FAILED: InvocationStatus.ValueType  # 7
 """Ended with a terminal failure."""
 INVOCATION_STATUS_CANCELLED: InvocationStatus.ValueType  # 8
 """Ended because it was cancelled; its handler saw the cancellation and could compensate."""
+INVOCATION_STATUS_SCHEDULED: InvocationStatus.ValueType  # 9
+"""Started by a delayed send; waits for its time (scheduled_at) to come."""
 Global___InvocationStatus: _TypeAlias = InvocationStatus  # noqa: Y015
 
 class _StepKind:
@@ -91,6 +97,14 @@ class _StepKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StepKind.Val
     """A state read or write."""
     STEP_KIND_PROMISE: _StepKind.ValueType  # 8
     """A workflow promise."""
+    STEP_KIND_AWAIT: _StepKind.ValueType  # 9
+    """The outcome of a timer, awakeable or call, as the handler first awaited it; its name
+    is the index of the step it completes ("#3").
+    """
+    STEP_KIND_SELECT: _StepKind.ValueType  # 10
+    """Which of several timers, awakeables or calls completed first (ctx.select)."""
+    STEP_KIND_RESOLVE_AWAKEABLE: _StepKind.ValueType  # 11
+    """Resolving or rejecting an awakeable, from a handler."""
 
 class StepKind(_StepKind, metaclass=_StepKindEnumTypeWrapper):
     """StepKind is the kind of a journaled step."""
@@ -113,7 +127,43 @@ STEP_KIND_STATE: StepKind.ValueType  # 7
 """A state read or write."""
 STEP_KIND_PROMISE: StepKind.ValueType  # 8
 """A workflow promise."""
+STEP_KIND_AWAIT: StepKind.ValueType  # 9
+"""The outcome of a timer, awakeable or call, as the handler first awaited it; its name
+is the index of the step it completes ("#3").
+"""
+STEP_KIND_SELECT: StepKind.ValueType  # 10
+"""Which of several timers, awakeables or calls completed first (ctx.select)."""
+STEP_KIND_RESOLVE_AWAKEABLE: StepKind.ValueType  # 11
+"""Resolving or rejecting an awakeable, from a handler."""
 Global___StepKind: _TypeAlias = StepKind  # noqa: Y015
+
+class _WaitKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WaitKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WaitKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WAIT_KIND_UNSPECIFIED: _WaitKind.ValueType  # 0
+    """Not set."""
+    WAIT_KIND_TIMER: _WaitKind.ValueType  # 1
+    """A durable timer (ctx.sleep) until due_at."""
+    WAIT_KIND_AWAKEABLE: _WaitKind.ValueType  # 2
+    """An awakeable, resolved through ResolveAwakeable or RejectAwakeable."""
+    WAIT_KIND_CALL: _WaitKind.ValueType  # 3
+    """The result of another invocation it called."""
+
+class WaitKind(_WaitKind, metaclass=_WaitKindEnumTypeWrapper):
+    """WaitKind is what a suspended invocation waits for."""
+
+WAIT_KIND_UNSPECIFIED: WaitKind.ValueType  # 0
+"""Not set."""
+WAIT_KIND_TIMER: WaitKind.ValueType  # 1
+"""A durable timer (ctx.sleep) until due_at."""
+WAIT_KIND_AWAKEABLE: WaitKind.ValueType  # 2
+"""An awakeable, resolved through ResolveAwakeable or RejectAwakeable."""
+WAIT_KIND_CALL: WaitKind.ValueType  # 3
+"""The result of another invocation it called."""
+Global___WaitKind: _TypeAlias = WaitKind  # noqa: Y015
 
 class _HandlerKind:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -150,6 +200,46 @@ HANDLER_KIND_WORKFLOW_RUN: HandlerKind.ValueType  # 4
 HANDLER_KIND_WORKFLOW_SHARED: HandlerKind.ValueType  # 5
 """A shared handler of a workflow (reads state, resolves promises)."""
 Global___HandlerKind: _TypeAlias = HandlerKind  # noqa: Y015
+
+@_typing.final
+class WaitTarget(_message.Message):
+    """WaitTarget is one thing a suspended invocation waits for."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    STEP_INDEX_FIELD_NUMBER: _builtins.int
+    DUE_AT_FIELD_NUMBER: _builtins.int
+    AWAKEABLE_ID_FIELD_NUMBER: _builtins.int
+    INVOCATION_ID_FIELD_NUMBER: _builtins.int
+    kind: Global___WaitKind.ValueType
+    """What it waits for."""
+    step_index: _builtins.int
+    """The journal step that created the timer, awakeable or call."""
+    awakeable_id: _builtins.str
+    """The awakeable's id, to pass to ResolveAwakeable (WAIT_KIND_AWAKEABLE)."""
+    invocation_id: _builtins.str
+    """The invocation called (WAIT_KIND_CALL)."""
+    @_builtins.property
+    def due_at(self) -> _timestamp_pb2.Timestamp:
+        """When the timer is due (WAIT_KIND_TIMER)."""
+
+    def __init__(
+        self,
+        *,
+        kind: Global___WaitKind.ValueType = ...,
+        step_index: _builtins.int = ...,
+        due_at: _timestamp_pb2.Timestamp | None = ...,
+        awakeable_id: _builtins.str = ...,
+        invocation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["due_at", b"due_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["awakeable_id", b"awakeable_id", "due_at", b"due_at", "invocation_id", b"invocation_id", "kind", b"kind", "step_index", b"step_index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WaitTarget: _TypeAlias = WaitTarget  # noqa: Y015
 
 @_typing.final
 class Payload(_message.Message):
@@ -410,6 +500,9 @@ class Invocation(_message.Message):
     STARTED_AT_FIELD_NUMBER: _builtins.int
     ENDED_AT_FIELD_NUMBER: _builtins.int
     NEXT_ATTEMPT_AT_FIELD_NUMBER: _builtins.int
+    WAITING_FOR_FIELD_NUMBER: _builtins.int
+    SCHEDULED_AT_FIELD_NUMBER: _builtins.int
+    CALLER_ID_FIELD_NUMBER: _builtins.int
     invocation_id: _builtins.str
     """Invocation id."""
     handler: _builtins.str
@@ -430,6 +523,8 @@ class Invocation(_message.Message):
     """True when Pause was requested and the invocation has not yet reached a step boundary."""
     cancel_requested: _builtins.bool
     """True when Cancel was requested and the handler has not yet seen it."""
+    caller_id: _builtins.str
+    """The invocation that called it and waits for its result, if any."""
     @_builtins.property
     def input(self) -> Global___Payload:
         """The input it was invoked with."""
@@ -466,6 +561,14 @@ class Invocation(_message.Message):
     def next_attempt_at(self) -> _timestamp_pb2.Timestamp:
         """When the next attempt is due (status BACKING_OFF)."""
 
+    @_builtins.property
+    def waiting_for(self) -> _containers.RepeatedCompositeFieldContainer[Global___WaitTarget]:
+        """What it waits for while SUSPENDED; any one of them wakes it."""
+
+    @_builtins.property
+    def scheduled_at(self) -> _timestamp_pb2.Timestamp:
+        """When a delayed send starts it (status SCHEDULED)."""
+
     def __init__(
         self,
         *,
@@ -488,10 +591,13 @@ class Invocation(_message.Message):
         started_at: _timestamp_pb2.Timestamp | None = ...,
         ended_at: _timestamp_pb2.Timestamp | None = ...,
         next_attempt_at: _timestamp_pb2.Timestamp | None = ...,
+        waiting_for: _abc.Iterable[Global___WaitTarget] | None = ...,
+        scheduled_at: _timestamp_pb2.Timestamp | None = ...,
+        caller_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "current_step", b"current_step", "ended_at", b"ended_at", "input", b"input", "last_failure", b"last_failure", "next_attempt_at", b"next_attempt_at", "result", b"result", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "current_step", b"current_step", "ended_at", b"ended_at", "input", b"input", "last_failure", b"last_failure", "next_attempt_at", b"next_attempt_at", "result", b"result", "scheduled_at", b"scheduled_at", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "cancel_requested", b"cancel_requested", "created_at", b"created_at", "current_step", b"current_step", "ended_at", b"ended_at", "handler", b"handler", "idempotency_key", b"idempotency_key", "input", b"input", "invocation_id", b"invocation_id", "journal_length", b"journal_length", "key", b"key", "last_failure", b"last_failure", "next_attempt_at", b"next_attempt_at", "pause_requested", b"pause_requested", "result", b"result", "started_at", b"started_at", "status", b"status", "status_reason", b"status_reason", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "caller_id", b"caller_id", "cancel_requested", b"cancel_requested", "created_at", b"created_at", "current_step", b"current_step", "ended_at", b"ended_at", "handler", b"handler", "idempotency_key", b"idempotency_key", "input", b"input", "invocation_id", b"invocation_id", "journal_length", b"journal_length", "key", b"key", "last_failure", b"last_failure", "next_attempt_at", b"next_attempt_at", "pause_requested", b"pause_requested", "result", b"result", "scheduled_at", b"scheduled_at", "started_at", b"started_at", "status", b"status", "status_reason", b"status_reason", "updated_at", b"updated_at", "waiting_for", b"waiting_for"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -87,6 +87,7 @@ class InvocationIndex:
             collections.Counter
         )
         self._waiters: dict[str, builtins.list[asyncio.Future[Record]]] = {}
+        self._listeners: dict[str, builtins.list[Callable[[Record], None]]] = {}
         self._follower = BucketFollower(
             "invocation-index", Record, on_put=lambda _, r: self.apply(r), on_delete=self.remove
         )
@@ -111,6 +112,8 @@ class InvocationIndex:
             bisect.insort(self._order, (new.created_ns, new.id))
         self._by_id[new.id] = new
         self._count(new, +1)
+        for listener in self._listeners.get(new.id, ()):
+            listener(record)
         if is_terminal(record.status):
             self.resolve_waiters(record)
 
@@ -161,6 +164,17 @@ class InvocationIndex:
         fut: asyncio.Future[Record] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(invocation_id, []).append(fut)
         return fut
+
+    def listen(self, invocation_id: str, listener: Callable[[Record], None]) -> None:
+        """Call ``listener`` with each new record of one invocation (WatchWorkflow)."""
+        self._listeners.setdefault(invocation_id, []).append(listener)
+
+    def unlisten(self, invocation_id: str, listener: Callable[[Record], None]) -> None:
+        listeners = self._listeners.get(invocation_id)
+        if listeners and listener in listeners:
+            listeners.remove(listener)
+            if not listeners:
+                del self._listeners[invocation_id]
 
     def drop_waiter(self, invocation_id: str, fut: asyncio.Future[Record]) -> None:
         waiters = self._waiters.get(invocation_id)

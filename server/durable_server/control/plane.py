@@ -31,7 +31,7 @@ from durable_server.control.validation import (
     validate_input,
 )
 from durable_server.control.views import Progress, with_final
-from durable_server.ids import idempotent_invocation_id, new_invocation_id
+from durable_server.ids import idempotent_invocation_id, new_invocation_id, parse_awakeable_id
 from durable_server.journal import Journal, LoadedJournal
 from durable_server.records import (
     MutationRefused,
@@ -44,6 +44,7 @@ from durable_server.records import (
     status_name,
 )
 from durable_server.resources import ensure_resources, invocations_kv, workers_kv
+from durable_server.waking import AlreadyCompleted, Waker
 from durable_server.workqueue import WorkQueue
 
 log = logging.getLogger("durable.control")
@@ -51,6 +52,13 @@ S = types_pb2
 
 _MAX_IDEMPOTENCY_KEY = 256
 _MAX_KEY = 256
+# Statuses in which no work item drives the invocation now: a Cancel must enqueue one.
+_NOT_DRIVEN = (
+    S.INVOCATION_STATUS_PAUSED,
+    S.INVOCATION_STATUS_BACKING_OFF,
+    S.INVOCATION_STATUS_SUSPENDED,
+    S.INVOCATION_STATUS_SCHEDULED,
+)
 
 
 def refused(message: str, record: Record) -> MutationRefused:
@@ -117,6 +125,7 @@ class ControlPlane:
         )
         self.journal = Journal(js, self.cfg)
         self.work = WorkQueue(js, self.cfg)
+        self.waker = Waker(js, self.cfg, self.records, self.work)
         await self.nc.subscribe(f"{self.cfg.prefix}.progress.>", cb=self._on_progress)
         await self.nc.subscribe(self.cfg.journaled_subject("*"), cb=self._on_journaled)
         await workers_kv(js, self.cfg)
@@ -357,9 +366,12 @@ class ControlPlane:
     async def resume(self, invocation_id: str) -> Record:
         def change(r: Record) -> None:
             if r.status == S.INVOCATION_STATUS_PAUSED:
+                # Replayed from its journal: what it waited for, it waits for again, unless
+                # it completed meanwhile (a timer that fired while paused).
                 r.status = S.INVOCATION_STATUS_PENDING
                 r.generation += 1
                 r.status_reason = ""
+                del r.waiting_for[:]
             elif r.status == S.INVOCATION_STATUS_RUNNING and r.pause_requested:
                 r.pause_requested = False
                 r.status_reason = ""
@@ -392,11 +404,12 @@ class ControlPlane:
             r.cancel_requested = True
             r.cancel_reason = reason
             r.pause_requested = False
-            if r.status in (S.INVOCATION_STATUS_PAUSED, S.INVOCATION_STATUS_BACKING_OFF):
+            if r.status in _NOT_DRIVEN:
                 # Its work item is gone or delayed: wake it so that it can compensate.
                 r.status = S.INVOCATION_STATUS_PENDING
                 r.generation += 1
                 r.status_reason = ""
+                del r.waiting_for[:]
 
         before = (await self.get_record(invocation_id)).record.status
         record = await self._mutate(invocation_id, change)
@@ -404,6 +417,46 @@ class ControlPlane:
         if before != record.status and record.status == S.INVOCATION_STATUS_PENDING:
             await self.work.enqueue(record.id, record.generation, "cancel")
         return record
+
+    async def complete_awakeable(
+        self, awakeable_id: str, outcome: storage_pb2.JournalRecord
+    ) -> str:
+        """Resolve or reject an awakeable; the id names its invocation, so nothing is
+        scanned. Returns the invocation id."""
+        parsed = parse_awakeable_id(awakeable_id)
+        if parsed is None:
+            raise invalid(
+                f"awakeable_id {awakeable_id!r} is not an awakeable id; they look like "
+                "awk_<26 characters>_<step>, as ctx.awakeable() returned it"
+            )
+        invocation_id, index = parsed
+        try:
+            record = await self.view_record(invocation_id)
+        except RequestError:
+            raise RequestError(
+                grpc.StatusCode.NOT_FOUND,
+                f"no awakeable {awakeable_id}: its invocation {invocation_id} does not exist "
+                "(never created, or purged)",
+            ) from None
+        status = record.status
+        if not is_terminal(status):
+            last = await self.journal.final_entry(invocation_id)
+            status = last.final.status if last is not None else status
+        if is_terminal(status):
+            raise RequestError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"awakeable {awakeable_id} belongs to invocation {invocation_id}, which "
+                f"already ended ({status_name(status)}); nothing waits for it any more",
+            )
+        try:
+            await self.waker.complete_awakeable(invocation_id, index, outcome)
+        except AlreadyCompleted:
+            raise RequestError(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"awakeable {awakeable_id} was already resolved or rejected; the first "
+                "completion stands",
+            ) from None
+        return invocation_id
 
     async def _signal(self, invocation_id: str, body: dict[str, object]) -> None:
         await self.nc.publish(self.cfg.signal_subject(invocation_id), json.dumps(body).encode())

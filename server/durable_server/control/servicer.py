@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
 import nats.errors
 import nats.js.errors
 
+from durable.internal.v1 import storage_pb2
 from durable.v1 import control_pb2, control_pb2_grpc, types_pb2
 from durable_server.control.index import Summary
 from durable_server.control.plane import ControlPlane
@@ -24,8 +25,10 @@ from durable_server.control.validation import (
     encode_page_token,
     filter_digest,
     invalid,
+    payload_to_stored,
 )
 from durable_server.control.views import invocation_view, result_of
+from durable_server.control.watch import watch
 from durable_server.records import Record
 
 ServicerContext = grpc.aio.ServicerContext[Any, Any]
@@ -199,6 +202,44 @@ class DurableControlServicer(control_pb2_grpc.DurableControlServicer):
             check_invocation_id(request.invocation_id), request.reason
         )
         return C.CancelResponse(invocation=_summary(record))
+
+    @_rpc
+    async def ResolveAwakeable(
+        self, request: C.ResolveAwakeableRequest, context: ServicerContext
+    ) -> C.ResolveAwakeableResponse:
+        data, content_type = payload_to_stored(
+            request.value, self._plane.cfg.max_payload_bytes, "value"
+        )
+        outcome = storage_pb2.JournalRecord()
+        outcome.value.CopyFrom(storage_pb2.StoredPayload(data=data, content_type=content_type))
+        invocation_id = await self._plane.complete_awakeable(request.awakeable_id, outcome)
+        return C.ResolveAwakeableResponse(invocation_id=invocation_id)
+
+    @_rpc
+    async def RejectAwakeable(
+        self, request: C.RejectAwakeableRequest, context: ServicerContext
+    ) -> C.RejectAwakeableResponse:
+        if not request.reason:
+            raise invalid("reason is required: the handler receives it as its error message")
+        outcome = storage_pb2.JournalRecord()
+        outcome.failure.CopyFrom(S.Failure(message=request.reason, error_type="TerminalError"))
+        invocation_id = await self._plane.complete_awakeable(request.awakeable_id, outcome)
+        return C.RejectAwakeableResponse(invocation_id=invocation_id)
+
+    async def WatchWorkflow(
+        self, request: C.WatchWorkflowRequest, context: ServicerContext
+    ) -> AsyncIterator[C.WatchWorkflowResponse]:
+        try:
+            invocation_id = check_invocation_id(request.invocation_id)
+            async for event in watch(self._plane, invocation_id):
+                yield event
+        except RequestError as err:
+            await context.abort(err.code, err.message)
+        except _UNAVAILABLE as err:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"JetStream did not answer ({type(err).__name__}); watch again",
+            )
 
     @_rpc
     async def ListHandlers(

@@ -100,9 +100,19 @@ def invocation_view(
         pause_requested=r.pause_requested,
         cancel_requested=r.cancel_requested,
     )
-    for name in ("created_at", "updated_at", "started_at", "ended_at", "next_attempt_at"):
+    for name in (
+        "created_at",
+        "updated_at",
+        "started_at",
+        "ended_at",
+        "next_attempt_at",
+        "scheduled_at",
+    ):
         if r.HasField(name):
             getattr(inv, name).CopyFrom(getattr(r, name))
+    inv.caller_id = r.caller_id
+    if r.status in (S.INVOCATION_STATUS_SUSPENDED, S.INVOCATION_STATUS_PAUSED):
+        inv.waiting_for.extend(r.waiting_for)
     if r.HasField("last_failure") and r.status == S.INVOCATION_STATUS_BACKING_OFF:
         inv.last_failure.CopyFrom(r.last_failure)
     if r.HasField("failure") or r.HasField("output"):

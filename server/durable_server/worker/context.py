@@ -9,6 +9,7 @@ journal) and Cancel (journal the cancellation as this step's outcome and raise i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import functools
 import inspect
@@ -21,20 +22,31 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from durable import _serde
-from durable._context import Context
+from durable._context import Context, DurableFuture, Duration
+from durable._handlers import handler_name
 from durable._retry import RetryPolicy
 from durable.errors import CancelledError, NonDeterminismError, SuspendInvocation, TerminalError
 from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
+from durable_server.ids import awakeable_id, child_invocation_id, parse_awakeable_id
 from durable_server.journal import Journal, JournalFenced
 from durable_server.records import now_ts
+from durable_server.waking import AlreadyCompleted, Waker
 from durable_server.worker.signals import ControlFlags, Fenced, RetryAttempt
+from durable_server.worker.waits import IN_PROCESS_WAIT, StepFuture, probe, seconds, timestamp_in
 
 CANCELLED_ERROR_TYPE = "CancelledError"
 _ANNOUNCE_AFTER = 0.05
 _KIND_NAMES: dict[int, str] = {
     types_pb2.STEP_KIND_RUN: "run",
     types_pb2.STEP_KIND_NOW: "now",
+    types_pb2.STEP_KIND_SLEEP: "sleep",
+    types_pb2.STEP_KIND_CALL: "call",
+    types_pb2.STEP_KIND_SEND: "send",
+    types_pb2.STEP_KIND_AWAKEABLE: "awakeable",
+    types_pb2.STEP_KIND_AWAIT: "await",
+    types_pb2.STEP_KIND_SELECT: "select",
+    types_pb2.STEP_KIND_RESOLVE_AWAKEABLE: "resolve awakeable",
 }
 
 
@@ -105,8 +117,10 @@ class InvocationContext(Context):
         flags: ControlFlags,
         announce: Callable[[int, int, str], None],
         max_payload: int,
+        waker: Waker,
     ) -> None:
         self._record = record
+        self._waker = waker
         self._entries = entries
         self._last_seq = last_seq
         self._journal = journal
@@ -119,7 +133,7 @@ class InvocationContext(Context):
         # Finished steps not journaled yet, by index, and the highest index whose result
         # the handler has been handed: see _flush.
         self._ready: dict[int, storage_pb2.JournalRecord] = {}
-        self._ready_changed = asyncio.Condition()
+        self._ready_changed = asyncio.Event()
         self._flush_lock = asyncio.Lock()
         self._handed = len(entries) - 1
         self._final_only = False
@@ -207,12 +221,16 @@ class InvocationContext(Context):
     # on a result before it is journaled; in exchange the last step's entry and the outcome
     # travel in one fenced write. Entries are appended strictly in step order.
 
-    async def _complete(self, entry: storage_pb2.JournalRecord) -> None:
+    def _complete(self, entry: storage_pb2.JournalRecord) -> None:
         """Record a finished step whose result is handed to the handler."""
-        async with self._ready_changed:
-            self._ready[entry.index] = entry
-            self._ready_changed.notify_all()
+        self._ready[entry.index] = entry
         self._handed = max(self._handed, entry.index)
+        self._ready_changed.set()
+
+    def _abort(self, abort: RetryAttempt) -> None:
+        """A step will never be journaled: nothing may wait for it any longer."""
+        self._aborted = abort
+        self._ready_changed.set()
 
     async def _flush(self, upto: int, final: storage_pb2.FinalOutcome | None = None) -> None:
         """Journal every entry up to index ``upto``, in order (waiting for steps still
@@ -221,14 +239,13 @@ class InvocationContext(Context):
             return  # journaled already (the common case: one step at a time)
         async with self._flush_lock:
             while self._next_append <= upto:
-                async with self._ready_changed:
-                    await self._ready_changed.wait_for(
-                        lambda: self._next_append in self._ready or self._aborted is not None
-                    )
-                    if self._next_append not in self._ready:
-                        assert self._aborted is not None
-                        raise RetryAttempt(self._aborted.cause)
-                    entry = self._ready.pop(self._next_append)
+                while self._next_append not in self._ready and self._aborted is None:
+                    self._ready_changed.clear()
+                    await self._ready_changed.wait()
+                if self._next_append not in self._ready:
+                    assert self._aborted is not None
+                    raise RetryAttempt(self._aborted.cause)
+                entry = self._ready.pop(self._next_append)
                 if final is not None and entry.index == upto:
                     entry.final.CopyFrom(final)
                     final = None
@@ -273,7 +290,7 @@ class InvocationContext(Context):
         reason = self._flags.cancel_reason or "invocation cancelled"
         entry = self._entry(index, kind, name)
         entry.failure.CopyFrom(types_pb2.Failure(message=reason, error_type=CANCELLED_ERROR_TYPE))
-        await self._complete(entry)
+        self._complete(entry)
         self.cancel_delivered = True
         raise CancelledError(reason)
 
@@ -317,16 +334,13 @@ class InvocationContext(Context):
         except TerminalError as err:
             failed = err
         except RetryAttempt as abort:
-            # This step will never be journaled: nothing may wait for it any longer.
-            async with self._ready_changed:
-                self._aborted = abort
-                self._ready_changed.notify_all()
+            self._abort(abort)
             raise
         finally:
             announce.cancel()
         if failed is not None:
             entry.failure.CopyFrom(failure_of(failed))
-        await self._complete(entry)
+        self._complete(entry)
         if failed is not None:
             raise failed
         # Hand back what a replay would, so the first run and the replays agree.
@@ -370,7 +384,7 @@ class InvocationContext(Context):
         entry = self._entry(index, types_pb2.STEP_KIND_NOW, "now")
         data, ct = _serde.encode(value.isoformat())
         entry.value.CopyFrom(storage_pb2.StoredPayload(data=data, content_type=ct))
-        await self._complete(entry)
+        self._complete(entry)
         return value
 
     def random(self) -> float:
@@ -378,3 +392,237 @@ class InvocationContext(Context):
 
     def uuid(self) -> _uuid.UUID:
         return _uuid.UUID(int=self._rng.getrandbits(128), version=4)
+
+    # -- waiting without holding anything ------------------------------------------------
+
+    def _check_new_step(self, index: int, kind: int, name: str) -> TerminalError | None:
+        """Pause (raises) and Cancel (the error to deliver, journaled as this step's
+        outcome) for a step that is neither ``run`` nor awaited."""
+        if not self._before_new_step(index, kind, name):
+            return None
+        reason = self._flags.cancel_reason or "invocation cancelled"
+        entry = self._entry(index, kind, name)
+        entry.failure.CopyFrom(types_pb2.Failure(message=reason, error_type=CANCELLED_ERROR_TYPE))
+        self._complete(entry)
+        self.cancel_delivered = True
+        return CancelledError(reason)
+
+    def _value_entry(self, index: int, kind: int, name: str, value: Any) -> None:
+        entry = self._entry(index, kind, name)
+        data, ct = _serde.encode(value)
+        entry.value.CopyFrom(storage_pb2.StoredPayload(data=data, content_type=ct))
+        self._complete(entry)
+
+    def sleep(self, duration: Duration) -> DurableFuture[None]:
+        index, entry = self._take(types_pb2.STEP_KIND_SLEEP, "sleep")
+        target = types_pb2.WaitTarget(kind=types_pb2.WAIT_KIND_TIMER, step_index=index)
+        if entry is not None:
+            target.due_at.FromJsonString(self._replay(entry, str))
+        else:
+            target.due_at.CopyFrom(timestamp_in(seconds(duration)))
+            self._value_entry(
+                index, types_pb2.STEP_KIND_SLEEP, "sleep", target.due_at.ToJsonString()
+            )
+        return StepFuture(self._await, target, type(None))
+
+    def awakeable(self, result_type: Any = None) -> tuple[str, DurableFuture[Any]]:
+        index, entry = self._take(types_pb2.STEP_KIND_AWAKEABLE, "awakeable")
+        awk = awakeable_id(self._record.id, index)
+        if entry is None:
+            self._value_entry(index, types_pb2.STEP_KIND_AWAKEABLE, "awakeable", awk)
+        target = types_pb2.WaitTarget(
+            kind=types_pb2.WAIT_KIND_AWAKEABLE, step_index=index, awakeable_id=awk
+        )
+        return awk, StepFuture(self._await, target, Any if result_type is None else result_type)
+
+    def call(
+        self, handler: Any, input: Any = None, *, key: str = "", result_type: Any = None
+    ) -> DurableFuture[Any]:
+        name = handler_name(handler)
+        if result_type is None:
+            result_type = Any if isinstance(handler, str) else _declared_return_type(handler)
+        index, entry = self._take(types_pb2.STEP_KIND_CALL, name)
+        target = types_pb2.WaitTarget(kind=types_pb2.WAIT_KIND_CALL, step_index=index)
+        fut = StepFuture(self._await, target, result_type)
+        if entry is not None:
+            if entry.HasField("failure"):
+                fut.outcome, fut.settled = entry, True  # cancelled before it started
+            else:
+                target.invocation_id = self._replay(entry, str)
+            return fut
+        target.invocation_id = child_invocation_id(self._record.id, index)
+        cancelled = self._check_new_step(index, types_pb2.STEP_KIND_CALL, name)
+        if cancelled is not None:
+            fut.outcome, fut.settled = self._ready[index], True
+            return fut
+        fut.started = asyncio.ensure_future(
+            self._start_child(index, types_pb2.STEP_KIND_CALL, name, key, input, None, True)
+        )
+        return fut
+
+    async def send(
+        self, handler: Any, input: Any = None, *, key: str = "", delay: Duration | None = None
+    ) -> str:
+        name = handler_name(handler)
+        index, entry = self._take(types_pb2.STEP_KIND_SEND, name)
+        if entry is not None:
+            return str(self._replay(entry, str))
+        cancelled = self._check_new_step(index, types_pb2.STEP_KIND_SEND, name)
+        if cancelled is not None:
+            raise cancelled
+        at = timestamp_in(seconds(delay)) if delay is not None else None
+        return await self._start_child(index, types_pb2.STEP_KIND_SEND, name, key, input, at, False)
+
+    async def _start_child(
+        self,
+        index: int,
+        kind: int,
+        name: str,
+        key: str,
+        input: Any,
+        at: Timestamp | None,
+        is_call: bool,
+    ) -> str:
+        """Start the invocation of a call or send (idempotently: its id is derived from
+        ours and the step), then journal the step with its id."""
+        child = child_invocation_id(self._record.id, index)
+        try:
+            # Our results so far, before the side effect (not this step's own entry).
+            await self._flush(min(self._handed, index - 1))
+            payload = encode_bounded(input, self._max_payload, f"the input of {name}")
+            now = now_ts()
+            record = storage_pb2.InvocationRecord(
+                id=child,
+                handler=name,
+                key=key,
+                input=payload,
+                status=(
+                    types_pb2.INVOCATION_STATUS_SCHEDULED
+                    if at is not None
+                    else types_pb2.INVOCATION_STATUS_PENDING
+                ),
+                created_at=now,
+                updated_at=now,
+                generation=1,
+                caller_id=self._record.id if is_call else "",
+                scheduled_at=at,
+            )
+            await self._waker.start(record, at=at)
+        except TerminalError:
+            raise
+        except Exception as err:
+            self._abort(RetryAttempt(err))
+            raise RetryAttempt(err) from err
+        self._value_entry(index, kind, name, child)
+        return child
+
+    async def _await(self, fut: StepFuture) -> Any:
+        """The outcome of a timer, awakeable or call; suspends while it has none."""
+        if fut.started is not None:
+            await fut.started
+        if not fut.settled:
+            await self._settle(fut)
+        assert fut.outcome is not None
+        return self._replay(fut.outcome, fut.result_type)
+
+    async def _settle(self, fut: StepFuture) -> None:
+        name = f"#{fut.index}"
+        index, entry = self._take(types_pb2.STEP_KIND_AWAIT, name)
+        if entry is None:
+            cancelled = self._check_new_step(index, types_pb2.STEP_KIND_AWAIT, name)
+            if cancelled is not None:
+                raise cancelled
+            outcome = fut.outcome or await self._probe(fut, wait=True)
+            if outcome is None:
+                raise SuspendInvocation(f"waiting for {fut.describe()}", (fut.target,))
+            entry = self._entry(index, types_pb2.STEP_KIND_AWAIT, name)
+            if outcome.HasField("failure"):
+                entry.failure.CopyFrom(outcome.failure)
+            else:
+                entry.value.CopyFrom(outcome.value)
+            self._complete(entry)
+        fut.outcome, fut.settled = entry, True
+
+    async def _probe(self, fut: StepFuture, *, wait: bool) -> storage_pb2.JournalRecord | None:
+        remaining = fut.remaining()
+        if wait and 0 < remaining <= IN_PROCESS_WAIT:
+            await asyncio.sleep(remaining)
+        out = await probe(fut.target, self._record.id, self._journal, self._waker)
+        if out is not None and fut.target.kind == types_pb2.WAIT_KIND_TIMER:
+            out.value.CopyFrom(storage_pb2.StoredPayload(data=b"null", content_type=_JSON))
+        return out
+
+    async def select(self, *futures: DurableFuture[Any]) -> tuple[int, Any]:
+        futs = _step_futures(futures)
+        index, entry = self._take(types_pb2.STEP_KIND_SELECT, "select")
+        if entry is None:
+            cancelled = self._check_new_step(index, types_pb2.STEP_KIND_SELECT, "select")
+            if cancelled is not None:
+                raise cancelled
+            winner = await self._first_completed(futs)
+            self._value_entry(index, types_pb2.STEP_KIND_SELECT, "select", winner)
+        else:
+            winner = int(self._replay(entry, int))
+        return winner, await futs[winner]
+
+    async def _first_completed(self, futs: list[StepFuture]) -> int:
+        for f in futs:
+            if f.started is not None:
+                await f.started
+        while True:
+            for i, f in enumerate(futs):
+                if f.settled or f.outcome is not None:
+                    return i
+                f.outcome = await self._probe(f, wait=False)
+                if f.outcome is not None:
+                    return i
+            soonest = min(f.remaining() for f in futs)
+            if soonest > IN_PROCESS_WAIT:
+                waits = tuple(f.target for f in futs)
+                raise SuspendInvocation(f"waiting for one of {len(futs)}", waits)
+            await asyncio.sleep(soonest)
+
+    async def gather(self, *futures: DurableFuture[Any]) -> list[Any]:
+        return [await f for f in _step_futures(futures)]
+
+    async def resolve_awakeable(self, awakeable_id: str, value: Any = None) -> None:
+        out = storage_pb2.JournalRecord()
+        out.value.CopyFrom(encode_bounded(value, self._max_payload, "the awakeable's value"))
+        await self._complete_awakeable(awakeable_id, out)
+
+    async def reject_awakeable(self, awakeable_id: str, reason: str) -> None:
+        out = storage_pb2.JournalRecord()
+        out.failure.CopyFrom(types_pb2.Failure(message=reason, error_type="TerminalError"))
+        await self._complete_awakeable(awakeable_id, out)
+
+    async def _complete_awakeable(self, awk: str, out: storage_pb2.JournalRecord) -> None:
+        kind = types_pb2.STEP_KIND_RESOLVE_AWAKEABLE
+        index, entry = self._take(kind, awk)
+        if entry is not None:
+            return
+        parsed = parse_awakeable_id(awk)
+        if parsed is None:
+            raise TerminalError(f"{awk!r} is not an awakeable id (awk_<26 characters>_<step>)")
+        await self._flush(min(self._handed, index - 1))
+        cancelled = self._check_new_step(index, kind, awk)
+        if cancelled is not None:
+            raise cancelled
+        # The first resolution wins; a second one changes nothing, as from the outside.
+        with contextlib.suppress(AlreadyCompleted):
+            await self._waker.complete_awakeable(*parsed, out)
+        self._value_entry(index, kind, awk, None)
+
+
+_JSON = "application/json"
+
+
+def _step_futures(futures: tuple[DurableFuture[Any], ...]) -> list[StepFuture]:
+    if not futures:
+        raise ValueError("select and gather need at least one future")
+    for f in futures:
+        if not isinstance(f, StepFuture):
+            raise TypeError(
+                f"{f!r} is not a durable future; pass what ctx.sleep, ctx.awakeable or "
+                "ctx.call returned"
+            )
+    return list(futures)  # type: ignore[arg-type]

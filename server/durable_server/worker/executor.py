@@ -35,9 +35,11 @@ from durable_server.records import (
     is_terminal,
     now_ts,
 )
+from durable_server.waking import Waker
 from durable_server.worker.claim import Claim
 from durable_server.worker.context import InvocationContext, encode_bounded, failure_of
 from durable_server.worker.signals import ControlFlags, Fenced, RetryAttempt
+from durable_server.worker.waits import any_completed
 
 log = logging.getLogger("durable.worker")
 
@@ -72,6 +74,8 @@ class Outcome:
     # When the outcome was journaled: the moment it ended, which views show before the
     # record catches up.
     journaled_at: Timestamp | None = None
+    # What a SUSPENDED attempt waits for.
+    waits: tuple[types_pb2.WaitTarget, ...] = ()
 
 
 class Executor:
@@ -83,6 +87,7 @@ class Executor:
         records: RecordStore,
         journal: Journal,
         registry: Registry,
+        waker: Waker,
         worker_id: str,
         announce: Callable[[str, int, int, str], None],
         max_payload: int,
@@ -92,6 +97,7 @@ class Executor:
         self._records = records
         self._journal = journal
         self._registry = registry
+        self._waker = waker
         self._worker_id = worker_id
         self._announce = announce
         self._running_record_after = running_record_after
@@ -148,7 +154,16 @@ class Executor:
                 await msg.ack()
                 return None
         rec = current.record
+        if rec.status == S.INVOCATION_STATUS_SUSPENDED:
+            # Its wake-up enqueues a new item. This one may be the redelivery of an attempt
+            # that died suspending: do the look it may not have done.
+            if await any_completed(rec.id, list(rec.waiting_for), self._journal, self._waker):
+                await self._waker.wake(rec.id, "completed while suspending")
+            await msg.ack()
+            return None
         if is_terminal(rec.status) or rec.status == S.INVOCATION_STATUS_PAUSED:
+            if is_terminal(rec.status) and rec.caller_id:
+                await self._waker.wake(rec.caller_id, f"call {rec.id} ended")
             await msg.ack()
             return None
         if not await self._serves(msg, rec.handler, invocation_id):
@@ -199,6 +214,7 @@ class Executor:
             flags=flags,
             announce=lambda i, k, n: self._announce(rec.id, i, k, n),
             max_payload=self._max_payload,
+            waker=self._waker,
         )
         timer = None
         if not claim.written:
@@ -211,6 +227,10 @@ class Executor:
             if is_terminal(outcome.status):
                 final = _final_of(outcome)
             await ctx.flush_all(final)
+            for target in outcome.waits:
+                if target.kind == S.WAIT_KIND_TIMER:
+                    # Before the record says SUSPENDED: a suspended timer always has one.
+                    await self._waker.schedule_timer(rec.id, target.step_index, target.due_at)
             if final is not None:
                 outcome.journaled_at = ctx.last_recorded_at
             elif shortcut and ctx.journal_length == 0 and await self._journal.sealed(rec.id):
@@ -233,12 +253,28 @@ class Executor:
         self, msg: Msg, claim: Claim, outcome: Outcome, steps: int, journaled: bool
     ) -> bool:
         """Write the attempt's outcome to the record, then ack (or nak to retry later)."""
-        finish = claim.finish(lambda r: self._finish(r, claim, steps, outcome), journaled=journaled)
-        if not await finish:
+        cancel_asked = False
+
+        def change(r: Record) -> None:
+            nonlocal cancel_asked
+            cancel_asked = r.cancel_requested
+            self._finish(r, claim, steps, outcome)
+
+        if not await claim.finish(change, journaled=journaled):
             log.info(
                 "invocation %s: attempt %d lost it; leaving it", claim.record.id, claim.attempt
             )
             return True
+        rec = claim.record
+        if outcome.status == S.INVOCATION_STATUS_SUSPENDED:
+            # A completion (or a Cancel) that came while we were suspending found the record
+            # still RUNNING and could not wake it: look once more, now that it says SUSPENDED.
+            if cancel_asked or await any_completed(
+                rec.id, list(outcome.waits), self._journal, self._waker
+            ):
+                await self._waker.wake(rec.id, "completed while suspending")
+        elif is_terminal(outcome.status) and rec.caller_id:
+            await self._waker.wake(rec.caller_id, f"call {rec.id} ended")
         if outcome.retry_in is not None:
             await msg.nak(delay=outcome.retry_in)
         else:
@@ -294,6 +330,8 @@ class Executor:
                     ) from err
             value = await hdef.fn(*args)
         except SuspendInvocation as sig:
+            if sig.waits:
+                return Outcome(S.INVOCATION_STATUS_SUSPENDED, reason=sig.reason, waits=sig.waits)
             return Outcome(S.INVOCATION_STATUS_PAUSED, reason=sig.reason or _PAUSED)
         except NonDeterminismError as err:
             log.error("invocation %s: %s", rec.id, err.message)
@@ -367,6 +405,10 @@ class Executor:
             if out.reason != _PAUSED or not r.status_reason:
                 r.status_reason = out.reason
             r.pause_requested = False
+        elif out.status == S.INVOCATION_STATUS_SUSPENDED:
+            r.status_reason = out.reason
+            del r.waiting_for[:]
+            r.waiting_for.extend(out.waits)
         elif out.status == S.INVOCATION_STATUS_BACKING_OFF:
             assert out.failure is not None and out.retry_in is not None
             r.last_failure.CopyFrom(out.failure)

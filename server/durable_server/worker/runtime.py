@@ -17,7 +17,8 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
+from typing import Any
 
 import nats
 import nats.errors
@@ -30,8 +31,10 @@ from durable_server.config import EngineConfig
 from durable_server.journal import Journal
 from durable_server.records import RecordStore, now_ts
 from durable_server.resources import ensure_resources, invocations_kv, workers_kv
+from durable_server.waking import Waker
 from durable_server.worker.executor import Executor
 from durable_server.worker.signals import ControlFlags
+from durable_server.workqueue import WorkQueue
 
 log = logging.getLogger("durable.worker")
 
@@ -115,10 +118,13 @@ class Worker:
             direct_reads=self.cfg.direct_reads,
         )
         self._workers_kv = await workers_kv(js, self.cfg)
+        self._waker = Waker(js, self.cfg, self._records, WorkQueue(js, self.cfg))
+        self._wake_prefix = self.cfg.wake_subject("")
         self._executor = Executor(
             records=self._records,
             journal=Journal(js, self.cfg),
             registry=self.registry,
+            waker=self._waker,
             worker_id=self.worker_id,
             announce=self._announce,
             max_payload=self.cfg.max_payload_bytes,
@@ -213,6 +219,9 @@ class Worker:
             if self._requests[0][1] <= 0:
                 self._requests.popleft()
         invocation_id = msg.subject.rsplit(".", 1)[-1]
+        if msg.subject.startswith(self._wake_prefix):
+            self._spawn(self._wake_up(msg, invocation_id))
+            return
         if invocation_id in self._inflight:
             # A second item for an invocation we already drive; look again later.
             await msg.nak(delay=1.0)
@@ -239,6 +248,22 @@ class Worker:
             task = asyncio.current_task()
             if task is not None:
                 self._tasks.discard(task)
+            self._wake.set()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _wake_up(self, msg: Msg, invocation_id: str) -> None:
+        """A timer fired: wake its invocation if it still sleeps (it may have been woken by
+        something else, paused or cancelled since; then there is nothing to do)."""
+        try:
+            await self._waker.wake(invocation_id, "timer")
+            await msg.ack()
+        except Exception:
+            log.exception("waking %s failed; the wake-up will be redelivered", invocation_id)
+        finally:
             self._wake.set()
 
     # -- liveness -------------------------------------------------------------------------

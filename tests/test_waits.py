@@ -1,0 +1,245 @@
+"""Waiting without holding anything: timers, awakeables, calls, sends and their combinators,
+with real nats-server, control plane and worker."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from datetime import timedelta
+
+import pytest
+
+from durable import Context, DurableFuture, Service, TerminalError
+from durable.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    InvocationFailedError,
+    NotFoundError,
+)
+from durable.v1 import control_pb2, types_pb2
+from tests.engine_support import EngineFactory, start_ready, wait_status
+
+S = types_pb2
+C = control_pb2
+waits = Service("waits")
+RUNS: collections.Counter[str] = collections.Counter()
+
+
+def _count(tag: str) -> str:
+    RUNS[tag] += 1
+    return tag
+
+
+@waits.handler()
+async def nap(ctx: Context, seconds: float) -> float:
+    started = await ctx.run("start", time.time)
+    await ctx.sleep(seconds)
+    woke = await ctx.run("woke", time.time)
+    return float(woke - started)
+
+
+@waits.handler()
+async def approval(ctx: Context, tag: str) -> str:
+    awk_id, decision = ctx.awakeable(str)
+    await ctx.run("ask", _count, f"{tag}:{awk_id}")
+    try:
+        answer = await decision
+    except TerminalError as err:
+        return f"rejected: {err.message}"
+    return f"approved: {answer}"
+
+
+@waits.handler()
+async def race(ctx: Context, timeout: float) -> str:
+    awk_id, paid = ctx.awakeable(str)
+    await ctx.run("publish", lambda: awk_id)
+    which, value = await ctx.select(paid, ctx.sleep(timeout))
+    return f"paid {value}" if which == 0 else "timed out"
+
+
+@waits.handler()
+async def leaf(ctx: Context, n: int) -> int:
+    if n < 0:
+        raise TerminalError(f"negative: {n}", code=7)
+    return int(await ctx.run("double", lambda: n * 2))
+
+
+@waits.handler()
+async def caller(ctx: Context, n: int) -> int:
+    first = await ctx.call(leaf, n)
+    a, b = await ctx.gather(ctx.call("waits/leaf", n + 1), ctx.call(leaf, n + 2))
+    return int(first + a + b)
+
+
+@waits.handler()
+async def failing_caller(ctx: Context, n: int) -> str:
+    try:
+        await ctx.call(leaf, -n)
+    except TerminalError as err:
+        return f"caught {err.message} ({err.code})"
+    return "no error"
+
+
+@waits.handler()
+async def resolver(ctx: Context, awk_id: str) -> str:
+    await ctx.resolve_awakeable(awk_id, "from another handler")
+    return "done"
+
+
+@waits.handler()
+async def sender(ctx: Context, delay: float) -> str:
+    return await ctx.send(leaf, 21, delay=delay)
+
+
+async def test_sleep_suspends_and_wakes_after_the_duration(engine_factory: EngineFactory) -> None:
+    engine = await start_ready(engine_factory, [waits])
+    handle = await engine.client.start("waits/nap", 1.5)
+    view = await wait_status(engine, handle.id, S.INVOCATION_STATUS_SUSPENDED)
+    (target,) = view.invocation.waiting_for
+    assert target.kind == S.WAIT_KIND_TIMER and target.due_at.seconds > 0
+    slept = await handle.result(timeout=15)
+    assert 1.5 <= slept < 5
+    kinds = [e.kind for e in (await engine.client.get(handle.id)).journal]
+    assert kinds == [S.STEP_KIND_RUN, S.STEP_KIND_SLEEP, S.STEP_KIND_AWAIT, S.STEP_KIND_RUN]
+
+
+async def test_awakeable_resolved_from_outside(engine_factory: EngineFactory) -> None:
+    engine = await start_ready(engine_factory, [waits])
+    handle = await engine.client.start("waits/approval", "t1")
+    view = await wait_status(engine, handle.id, S.INVOCATION_STATUS_SUSPENDED)
+    (target,) = view.invocation.waiting_for
+    assert target.kind == S.WAIT_KIND_AWAKEABLE and target.awakeable_id.startswith("awk_")
+    assert await engine.client.resolve_awakeable(target.awakeable_id, "yes") == handle.id
+    assert await handle.result(timeout=10) == "approved: yes"
+    # Twice: the first stands.
+    with pytest.raises((AlreadyExistsError, FailedPreconditionError)):
+        await engine.client.resolve_awakeable(target.awakeable_id, "again")
+
+
+async def test_awakeable_rejected_and_bad_ids(engine_factory: EngineFactory) -> None:
+    engine = await start_ready(engine_factory, [waits])
+    handle = await engine.client.start("waits/approval", "t2")
+    view = await wait_status(engine, handle.id, S.INVOCATION_STATUS_SUSPENDED)
+    awk = view.invocation.waiting_for[0].awakeable_id
+    await engine.client.reject_awakeable(awk, "over budget")
+    assert await handle.result(timeout=10) == "rejected: over budget"
+    with pytest.raises(InvalidArgumentError, match="not an awakeable id"):
+        await engine.client.resolve_awakeable("nope", 1)
+    with pytest.raises(NotFoundError, match="does not exist"):
+        await engine.client.resolve_awakeable("awk_" + "a" * 26 + "_1", 1)
+    with pytest.raises(InvalidArgumentError, match="reason is required"):
+        await engine.client.reject_awakeable(awk, "")
+
+
+async def test_early_resolve_is_kept(engine_factory: EngineFactory) -> None:
+    """Resolved before the handler reaches its await (the id is deterministic)."""
+    engine = await start_ready(engine_factory, [waits])
+    handle = await engine.client.start("waits/race", 30.0)
+    view = await wait_status(engine, handle.id, S.INVOCATION_STATUS_SUSPENDED)
+    awk = next(t.awakeable_id for t in view.invocation.waiting_for if t.awakeable_id)
+    await engine.client.resolve_awakeable(awk, "42 EUR")
+    assert await handle.result(timeout=10) == "paid 42 EUR"
+
+
+async def test_select_times_out(engine_factory: EngineFactory) -> None:
+    engine = await start_ready(engine_factory, [waits])
+    handle = await engine.client.start("waits/race", 1.2)
+    view = await wait_status(engine, handle.id, S.INVOCATION_STATUS_SUSPENDED)
+    assert {t.kind for t in view.invocation.waiting_for} == {
+        S.WAIT_KIND_AWAKEABLE,
+        S.WAIT_KIND_TIMER,
+    }
+    assert await handle.result(timeout=10) == "timed out"
+    awk = view.invocation.waiting_for[0].awakeable_id
+    with pytest.raises(FailedPreconditionError, match="already ended"):
+        await engine.client.resolve_awakeable(awk, "late")
+
+
+async def test_calls_and_gather(engine_factory: EngineFactory) -> None:
+    engine = await start_ready(engine_factory, [waits])
+    assert await engine.client.execute("waits/caller", 5, timeout=15) == 10 + 12 + 14
+    assert await engine.client.execute("waits/failing_caller", 3, timeout=15) == (
+        "caught negative: -3 (7)"
+    )
+
+
+async def test_a_handler_resolves_another_invocations_awakeable(
+    engine_factory: EngineFactory,
+) -> None:
+    engine = await start_ready(engine_factory, [waits])
+    waiting = await engine.client.start("waits/approval", "t3")
+    view = await wait_status(engine, waiting.id, S.INVOCATION_STATUS_SUSPENDED)
+    awk = view.invocation.waiting_for[0].awakeable_id
+    assert await engine.client.execute("waits/resolver", awk, timeout=10) == "done"
+    assert await waiting.result(timeout=10) == "approved: from another handler"
+
+
+async def test_delayed_send_is_scheduled(engine_factory: EngineFactory) -> None:
+    engine = await start_ready(engine_factory, [waits])
+    child = await engine.client.execute("waits/sender", 1.5, timeout=10)
+    view = await engine.client.get(child)
+    assert view.invocation.status == S.INVOCATION_STATUS_SCHEDULED
+    assert view.invocation.scheduled_at.seconds > 0
+    assert await engine.client.result(child, timeout=15) == 42
+
+
+async def test_cancel_wakes_a_suspended_invocation_into_its_compensation(
+    engine_factory: EngineFactory,
+) -> None:
+    engine = await start_ready(engine_factory, [waits])
+    handle = await engine.client.start("waits/approval", "t4")
+    await wait_status(engine, handle.id, S.INVOCATION_STATUS_SUSPENDED)
+    await engine.client.cancel(handle.id, "withdrawn")
+    # The awakeable's await raises the cancellation, which approval catches as a
+    # TerminalError and returns; the invocation still ends CANCELLED.
+    view = await wait_status(engine, handle.id, S.INVOCATION_STATUS_CANCELLED, timeout=10)
+    assert view.invocation.result.failure.error_type == "CancelledError"
+
+
+async def test_paused_timer_waits_for_resume(engine_factory: EngineFactory) -> None:
+    engine = await start_ready(engine_factory, [waits])
+    handle = await engine.client.start("waits/nap", 1.5)
+    await wait_status(engine, handle.id, S.INVOCATION_STATUS_SUSPENDED)
+    await engine.client.pause(handle.id)
+    await asyncio.sleep(2.5)  # the timer fires meanwhile
+    view = await engine.client.get(handle.id)
+    assert view.invocation.status == S.INVOCATION_STATUS_PAUSED
+    await engine.client.resume(handle.id)
+    assert await handle.result(timeout=10) >= 1.5
+
+
+async def test_watch_streams_steps_and_statuses(engine_factory: EngineFactory) -> None:
+    engine = await start_ready(engine_factory, [waits])
+    handle = await engine.client.start("waits/approval", "t5")
+    events: list[C.WatchWorkflowResponse] = []
+
+    async def follow() -> None:
+        async for event in engine.client.watch(handle.id):
+            events.append(event)
+
+    task = asyncio.create_task(follow())
+    view = await wait_status(engine, handle.id, S.INVOCATION_STATUS_SUSPENDED)
+    await engine.client.resolve_awakeable(view.invocation.waiting_for[0].awakeable_id, "ok")
+    await asyncio.wait_for(task, 10)
+    kinds = [e.kind for e in events]
+    assert kinds[0] == C.WATCH_EVENT_KIND_SNAPSHOT and kinds[-1] == C.WATCH_EVENT_KIND_ENDED
+    assert events[-1].invocation.status == S.INVOCATION_STATUS_COMPLETED
+    steps = [s.kind for e in events for s in e.steps]
+    assert S.STEP_KIND_AWAIT in steps
+    with pytest.raises(NotFoundError):
+        async for _ in engine.client.watch("inv_" + "b" * 26):
+            pass
+
+
+async def test_result_of_a_failed_callee_reaches_the_client(engine_factory: EngineFactory) -> None:
+    engine = await start_ready(engine_factory, [waits])
+    with pytest.raises(InvocationFailedError):
+        await engine.client.execute("waits/leaf", -1, timeout=10)
+
+
+def test_durable_future_is_abstract() -> None:
+    with pytest.raises(TypeError):
+        DurableFuture()  # type: ignore[abstract]
+    assert timedelta(seconds=1)
