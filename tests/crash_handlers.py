@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import signal
+import time
 
 from durable import Context, Service
 
@@ -77,3 +79,87 @@ async def fence_chain(ctx: Context, seed: int) -> dict[str, int]:
     durations = [(0.005, 0.010)] * STEPS
     durations[FENCE_STEP] = (FENCE_STEP_SECONDS, FENCE_STEP_SECONDS)
     return await _chain(ctx, seed, durations)
+
+
+# -- waits (test_crash_waits.py) ----------------------------------------------------------
+#
+# Steps record ``<invocation> <step> <attempt> <pid> 0 <time>``; ``_die_once(tag)`` kills the
+# worker process the first time the handler's code passes it (a marker file beside the
+# ledger remembers), outside any step: the crash lands between two steps.
+
+waits = Service("waitcrash", description="timers, awakeables, sends and calls under crashes")
+
+
+async def _mark(invocation_id: str, step: int, attempt: int) -> float:
+    now = time.time()
+    _record(invocation_id, step, attempt, 0, int(now * 1000))
+    return now
+
+
+def _die_once(tag: str) -> None:
+    path = os.environ.get(LEDGER_ENV)
+    if not path:
+        return
+    marker = f"{path}.died-{tag}"
+    if os.path.exists(marker):
+        return
+    with open(marker, "w") as f:
+        f.write(str(os.getpid()))
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@waits.handler()
+async def nap(ctx: Context, seconds: float) -> float:
+    """A step, a durable sleep, a step; returns the seconds between the two steps."""
+    before = await ctx.run("before", _mark, ctx.invocation_id, 0, ctx.attempt)
+    await ctx.sleep(seconds)
+    after = await ctx.run("after", _mark, ctx.invocation_id, 1, ctx.attempt)
+    return float(after - before)
+
+
+@waits.handler()
+async def approve(ctx: Context, amount: int) -> str:
+    """Waits for an awakeable; the id is published by a step."""
+    awk, decision = ctx.awakeable(str)
+    await ctx.run("ask", _mark, ctx.invocation_id, 0, ctx.attempt)
+    answer = await decision
+    await ctx.run("after", _mark, ctx.invocation_id, 1, ctx.attempt)
+    return f"{amount}: {answer} ({awk})"
+
+
+@waits.handler()
+async def target(ctx: Context, n: int) -> int:
+    await ctx.run("target", _mark, ctx.invocation_id, 0, ctx.attempt)
+    return n + 1
+
+
+@waits.handler()
+async def delayed_sender(ctx: Context, delay: float) -> str:
+    """Sends ``target`` with a delay and dies right after, before the send is journaled."""
+    child = await ctx.send(target, 41, delay=delay)
+    _die_once(f"send-{ctx.invocation_id}")
+    await ctx.run("after", _mark, ctx.invocation_id, 1, ctx.attempt)
+    return child
+
+
+@waits.handler()
+async def chain_c(ctx: Context, n: int) -> int:
+    await ctx.run("c1", _mark, ctx.invocation_id, 0, ctx.attempt)
+    return n * 10
+
+
+@waits.handler()
+async def chain_b(ctx: Context, n: int) -> int:
+    await ctx.run("b1", _mark, ctx.invocation_id, 0, ctx.attempt)
+    c = await ctx.call(chain_c, n + 1)
+    _die_once(f"b-{ctx.invocation_id}")  # B's worker dies with C's result in hand
+    await ctx.run("b2", _mark, ctx.invocation_id, 1, ctx.attempt)
+    return int(c) + 1
+
+
+@waits.handler()
+async def chain_a(ctx: Context, n: int) -> int:
+    await ctx.run("a1", _mark, ctx.invocation_id, 0, ctx.attempt)
+    b = await ctx.call(chain_b, n)
+    await ctx.run("a2", _mark, ctx.invocation_id, 1, ctx.attempt)
+    return int(b)

@@ -41,6 +41,16 @@ async def nap(ctx: Context, seconds: float) -> float:
 
 
 @waits.handler()
+async def counted_nap(ctx: Context, seconds: float) -> float:
+    started = await ctx.run(
+        "before", lambda: (_count(f"{ctx.invocation_id}:before"), time.time())[1]
+    )
+    await ctx.sleep(seconds)
+    woke = await ctx.run("after", lambda: (_count(f"{ctx.invocation_id}:after"), time.time())[1])
+    return float(woke - started)
+
+
+@waits.handler()
 async def approval(ctx: Context, tag: str) -> str:
     awk_id, decision = ctx.awakeable(str)
     await ctx.run("ask", _count, f"{tag}:{awk_id}")
@@ -243,3 +253,28 @@ def test_durable_future_is_abstract() -> None:
     with pytest.raises(TypeError):
         DurableFuture()  # type: ignore[abstract]
     assert timedelta(seconds=1)
+
+
+async def test_timer_longer_than_ack_wait_fires_once_on_time(
+    engine_factory: EngineFactory,
+) -> None:
+    """ack_wait 0.5 s; a 4 s timer: no redelivery drives it, the message schedule does."""
+    engine = await start_ready(engine_factory, [waits], ack_wait=0.5)
+    RUNS.clear()
+    handle = await engine.client.start("waits/counted_nap", 4.0)
+    slept = await handle.result(timeout=20)
+    assert 4.0 <= slept < 7.0
+    assert RUNS[f"{handle.id}:before"] == 1 and RUNS[f"{handle.id}:after"] == 1
+    view = await engine.client.get(handle.id)
+    assert [e.kind for e in view.journal].count(S.STEP_KIND_AWAIT) == 1
+
+
+async def test_resolve_after_cancel_is_refused(engine_factory: EngineFactory) -> None:
+    engine = await start_ready(engine_factory, [waits])
+    handle = await engine.client.start("waits/race", 60.0)
+    view = await wait_status(engine, handle.id, S.INVOCATION_STATUS_SUSPENDED)
+    awk = next(t.awakeable_id for t in view.invocation.waiting_for if t.awakeable_id)
+    await engine.client.cancel(handle.id)
+    await wait_status(engine, handle.id, S.INVOCATION_STATUS_CANCELLED, timeout=10)
+    with pytest.raises(FailedPreconditionError, match="already ended"):
+        await engine.client.resolve_awakeable(awk, "too late")
