@@ -62,6 +62,15 @@ async def approval(ctx: Context, tag: str) -> str:
 
 
 @waits.handler()
+async def two_awakeables(ctx: Context) -> list[str]:
+    _, first = ctx.awakeable(str)
+    _, second = ctx.awakeable(str)
+    b = await second
+    a = await first
+    return [a, b]
+
+
+@waits.handler()
 async def race(ctx: Context, timeout: float) -> str:
     awk_id, paid = ctx.awakeable(str)
     await ctx.run("publish", lambda: awk_id)
@@ -123,9 +132,21 @@ async def test_awakeable_resolved_from_outside(engine_factory: EngineFactory) ->
     assert target.kind == S.WAIT_KIND_AWAKEABLE and target.awakeable_id.startswith("awk_")
     assert await engine.client.resolve_awakeable(target.awakeable_id, "yes") == handle.id
     assert await handle.result(timeout=10) == "approved: yes"
-    # Twice: the first stands.
-    with pytest.raises((AlreadyExistsError, FailedPreconditionError)):
+    with pytest.raises(FailedPreconditionError, match="already ended"):
         await engine.client.resolve_awakeable(target.awakeable_id, "again")
+
+
+async def test_double_resolve_keeps_the_first(engine_factory: EngineFactory) -> None:
+    engine = await start_ready(engine_factory, [waits])
+    handle = await engine.client.start("waits/two_awakeables", None)
+    view = await wait_status(engine, handle.id, S.INVOCATION_STATUS_SUSPENDED)
+    second = view.invocation.waiting_for[0].awakeable_id
+    first = second[: second.rindex("_")] + "_0"
+    await engine.client.resolve_awakeable(first, "one")  # early: the handler awaits `second`
+    with pytest.raises(AlreadyExistsError, match="first completion stands"):
+        await engine.client.resolve_awakeable(first, "changed")
+    await engine.client.resolve_awakeable(second, "two")
+    assert await handle.result(timeout=10) == ["one", "two"]
 
 
 async def test_awakeable_rejected_and_bad_ids(engine_factory: EngineFactory) -> None:
@@ -278,3 +299,33 @@ async def test_resolve_after_cancel_is_refused(engine_factory: EngineFactory) ->
     await wait_status(engine, handle.id, S.INVOCATION_STATUS_CANCELLED, timeout=10)
     with pytest.raises(FailedPreconditionError, match="already ended"):
         await engine.client.resolve_awakeable(awk, "too late")
+
+
+async def test_cli_get_watch_resolve_reject(engine_factory: EngineFactory) -> None:
+    from tests.test_cli_format import durable
+
+    engine = await start_ready(engine_factory, [waits])
+    target = engine.target
+    handle = await engine.client.start("waits/approval", "cli")
+    view = await wait_status(engine, handle.id, S.INVOCATION_STATUS_SUSPENDED)
+    awk = view.invocation.waiting_for[0].awakeable_id
+    got = await durable(target, "get", handle.id)
+    assert got.code == 0 and f"awakeable {awk}" in got.out and "SUSPENDED" in got.out
+    watcher = asyncio.create_task(durable(target, "watch", handle.id))
+    await asyncio.sleep(0.5)
+    resolved = await durable(target, "resolve", awk, '"yes"')
+    assert resolved.code == 0 and handle.id in resolved.out
+    watched = await watcher
+    assert watched.code == 0, watched
+    assert "AWAIT" in watched.out and "COMPLETED" in watched.out and "approved: yes" in watched.out
+    again = await durable(target, "resolve", awk, '"no"')
+    assert again.code == 1 and "FAILED_PRECONDITION" in again.err and "already ended" in again.err
+
+    second = await engine.client.start("waits/approval", "cli2")
+    view = await wait_status(engine, second.id, S.INVOCATION_STATUS_SUSPENDED)
+    awk2 = view.invocation.waiting_for[0].awakeable_id
+    rejected = await durable(target, "reject", awk2, "no budget")
+    assert rejected.code == 0
+    assert await second.result(timeout=10) == "rejected: no budget"
+    bad = await durable(target, "resolve", awk2, "{not json")
+    assert bad.code == 2 and "not valid JSON" in bad.err

@@ -27,17 +27,22 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
 from typing import Any, TextIO
 
 from google.protobuf import json_format
-from google.protobuf.message import Message
 
 from durable._client import DEFAULT_TARGET, Client, is_terminal, parse_status, status_name
-from durable._payloads import preview, value_to_json_bytes
+from durable._payloads import preview
 from durable.errors import DurableError, InvocationFailedError, ResultTimeoutError, RPCError
 from durable.v1 import control_pb2, types_pb2
 from durable_server._tables import format_fields, format_table
+from durable_server.cli_render import add_wait_commands, waits_text
+from durable_server.cli_render import enum_name as _enum_name
+from durable_server.cli_render import failure_text as _failure_text
+from durable_server.cli_render import print_json as _print_json
+from durable_server.cli_render import result_text as _result_text
+from durable_server.cli_render import step_text as _step_text
+from durable_server.cli_render import ts as _ts
 
 __all__ = ["build_parser", "main"]
 
@@ -160,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("--reason", default="", help="passed to the handler")
 
     command("handlers", _cmd_handlers, "list the handlers registered by running workers")
+    add_wait_commands(command)
 
     _add_engine_commands(sub)
     return parser
@@ -312,6 +318,9 @@ async def _cmd_get(client: Client, args: argparse.Namespace) -> int:
         ("result", _result_text(inv.result) if inv.HasField("result") else ""),
         ("current step", "" if is_terminal(inv.status) else _step_text(inv.current_step)),
         ("journal", f"{inv.journal_length} step{'' if inv.journal_length == 1 else 's'}"),
+        ("waiting for", waits_text(inv.waiting_for)),
+        ("scheduled for", _ts(inv, "scheduled_at", ms=True)),
+        ("called by", inv.caller_id),
     ]
     print(format_fields(fields))
     if response.journal:
@@ -456,51 +465,6 @@ async def _cmd_handlers(client: Client, args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------- rendering
-
-
-def _print_json(message: Message) -> None:
-    print(json_format.MessageToJson(message, indent=2))
-
-
-def _ts(message: Message, field: str, *, ms: bool = False) -> str:
-    """Format a Timestamp field as UTC text, or ``""`` when it is unset."""
-    if not message.HasField(field):
-        return ""
-    stamp: datetime = getattr(message, field).ToDatetime()
-    text = stamp.strftime("%Y-%m-%d %H:%M:%S")
-    if ms:
-        text += f".{stamp.microsecond // 1000:03d}"
-    return text + "Z"
-
-
-def _enum_name(enum: Any, value: int, prefix: str) -> str:
-    try:
-        return str(enum.Name(value)).removeprefix(prefix)
-    except ValueError:
-        return f"UNKNOWN({value})"
-
-
-def _failure_text(failure: types_pb2.Failure) -> str:
-    text = f"{failure.error_type}: {failure.message}" if failure.error_type else failure.message
-    return f"{text} (code {failure.code})" if failure.code else text
-
-
-def _result_text(result: types_pb2.Result, *, full: bool = False) -> str:
-    kind = result.WhichOneof("outcome")
-    if kind == "failure":
-        return "failed: " + _failure_text(result.failure)
-    if kind is None:
-        return "null"
-    if full and result.value.WhichOneof("value") == "json":
-        return value_to_json_bytes(result.value.json).decode()
-    return preview(result.value, 200)
-
-
-def _step_text(step: types_pb2.StepRef) -> str:
-    if step.kind == types_pb2.STEP_KIND_UNSPECIFIED and not step.name:
-        return f"#{step.index}"
-    kind = _enum_name(types_pb2.StepKind, step.kind, "STEP_KIND_")
-    return f"#{step.index} {kind} {step.name}".rstrip()
 
 
 class _Progress:

@@ -1,0 +1,144 @@
+"""How the ``durable`` CLI renders messages, and its commands for waits from outside
+(``watch``, ``resolve``, ``reject``), kept apart from ``cli`` to keep each module short."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from durable._client import Client, status_name
+from durable._payloads import preview, value_to_json_bytes
+from durable.v1 import control_pb2, types_pb2
+from durable_server._tables import format_fields
+
+_Command = Callable[[Client, argparse.Namespace], Awaitable[int]]
+_AddCommand = Callable[[str, _Command, str], argparse.ArgumentParser]
+C = control_pb2
+
+
+def print_json(message: Message) -> None:
+    print(json_format.MessageToJson(message, indent=2))
+
+
+def ts(message: Message, field: str, *, ms: bool = False) -> str:
+    """Format a Timestamp field as UTC text, or ``""`` when it is unset."""
+    if not message.HasField(field):
+        return ""
+    stamp: datetime = getattr(message, field).ToDatetime()
+    text = stamp.strftime("%Y-%m-%d %H:%M:%S")
+    if ms:
+        text += f".{stamp.microsecond // 1000:03d}"
+    return text + "Z"
+
+
+def enum_name(enum: Any, value: int, prefix: str) -> str:
+    try:
+        return str(enum.Name(value)).removeprefix(prefix)
+    except ValueError:
+        return f"UNKNOWN({value})"
+
+
+def failure_text(failure: types_pb2.Failure) -> str:
+    text = f"{failure.error_type}: {failure.message}" if failure.error_type else failure.message
+    return f"{text} (code {failure.code})" if failure.code else text
+
+
+def result_text(result: types_pb2.Result, *, full: bool = False) -> str:
+    kind = result.WhichOneof("outcome")
+    if kind == "failure":
+        return "failed: " + failure_text(result.failure)
+    if kind is None:
+        return "null"
+    if full and result.value.WhichOneof("value") == "json":
+        return value_to_json_bytes(result.value.json).decode()
+    return preview(result.value, 200)
+
+
+def step_text(step: types_pb2.StepRef) -> str:
+    if step.kind == types_pb2.STEP_KIND_UNSPECIFIED and not step.name:
+        return f"#{step.index}"
+    kind = enum_name(types_pb2.StepKind, step.kind, "STEP_KIND_")
+    return f"#{step.index} {kind} {step.name}".rstrip()
+
+
+def waits_text(waits: Iterable[types_pb2.WaitTarget]) -> str:
+    """One line per thing a suspended invocation waits for."""
+    lines = []
+    for w in waits:
+        if w.kind == types_pb2.WAIT_KIND_TIMER:
+            lines.append(f"timer (step {w.step_index}) due {ts(w, 'due_at', ms=True)}")
+        elif w.kind == types_pb2.WAIT_KIND_AWAKEABLE:
+            lines.append(f"awakeable {w.awakeable_id} (durable resolve {w.awakeable_id} VALUE)")
+        else:
+            lines.append(f"call {w.invocation_id} (step {w.step_index})")
+    return "\n".join(lines)
+
+
+def add_wait_commands(command: _AddCommand) -> None:
+    """``watch``, ``resolve`` and ``reject``."""
+    watch = command("watch", _cmd_watch, "follow an invocation's steps and status until it ends")
+    watch.add_argument("invocation_id", metavar="ID")
+    resolve = command("resolve", _cmd_resolve, "resolve an awakeable with a JSON value")
+    resolve.add_argument("awakeable_id", metavar="AWAKEABLE_ID")
+    resolve.add_argument("value", metavar="VALUE_JSON", nargs="?", help="JSON (default null)")
+    reject = command("reject", _cmd_reject, "reject an awakeable: the handler sees the reason")
+    reject.add_argument("awakeable_id", metavar="AWAKEABLE_ID")
+    reject.add_argument("reason", metavar="REASON")
+
+
+async def _cmd_resolve(client: Client, args: argparse.Namespace) -> int:
+    try:
+        value = json.loads(args.value) if args.value is not None else None
+    except ValueError as exc:
+        args.parser.error(f"VALUE_JSON is not valid JSON: {exc}")
+    invocation_id = await client.resolve_awakeable(args.awakeable_id, value)
+    if args.json:
+        print_json(C.ResolveAwakeableResponse(invocation_id=invocation_id))
+    else:
+        print(f"resolved {args.awakeable_id}; invocation {invocation_id} continues")
+    return 0
+
+
+async def _cmd_reject(client: Client, args: argparse.Namespace) -> int:
+    invocation_id = await client.reject_awakeable(args.awakeable_id, args.reason)
+    if args.json:
+        print_json(C.RejectAwakeableResponse(invocation_id=invocation_id))
+    else:
+        print(f"rejected {args.awakeable_id}; invocation {invocation_id} sees the failure")
+    return 0
+
+
+async def _cmd_watch(client: Client, args: argparse.Namespace) -> int:
+    failed = False
+    async for event in client.watch(args.invocation_id):
+        if args.json:
+            print(json_format.MessageToJson(event, indent=None))
+            continue
+        inv = event.invocation
+        if event.kind == C.WATCH_EVENT_KIND_SNAPSHOT:
+            print(format_fields([("invocation", inv.invocation_id), ("handler", inv.handler)]))
+            print(f"{_now()}  {status_name(inv.status)}")
+        for step in event.steps:
+            kind = enum_name(types_pb2.StepKind, step.kind, "STEP_KIND_")
+            print(
+                f"{ts(step, 'recorded_at', ms=True) or _now()}  #{step.index} {kind} "
+                f"{step.name}  {step.summary}"
+            )
+        if event.kind == C.WATCH_EVENT_KIND_STATUS:
+            line = f"{_now()}  {status_name(inv.status)}"
+            waits = waits_text(inv.waiting_for)
+            print(line + (f": {waits.replace(chr(10), '; ')}" if waits else ""))
+        if event.kind == C.WATCH_EVENT_KIND_ENDED:
+            failed = inv.result.WhichOneof("outcome") == "failure"
+            print(f"{_now()}  {status_name(inv.status)}  {result_text(inv.result, full=True)}")
+    return 1 if failed else 0
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
