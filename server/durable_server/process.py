@@ -26,7 +26,12 @@ from durable_server.worker.runtime import Worker
 
 log = logging.getLogger("durable")
 
-DEFAULT_MODULES = ["examples.hello"]
+DEFAULT_MODULES = [
+    "examples.hello",
+    "examples.delayed_execution",
+    "examples.approval_workflow",
+    "examples.payment_webhook",
+]
 
 
 def load_services(modules: list[str]) -> list[Service]:
@@ -184,7 +189,8 @@ def _prepare_data_dir(path: str) -> Path:
 
 def _banner(target: str, nats_url: str, sync: str, data: Path, worker: Worker) -> str:
     handlers = [h.full_name for h in worker.registry]
-    first = handlers[0] if handlers else "greeter/greet"
+    # A handler that takes a string, to show with '"World"': the greeter when hosted.
+    first = "greeter/greet" if "greeter/greet" in handlers or not handlers else handlers[0]
     return f"""
 durable dev is running
   gRPC DurableControl  {target}   (reflection + health on)
@@ -204,6 +210,14 @@ Try it:
   .venv/bin/buf curl --protocol grpc --http2-prior-knowledge \\
       --data '{{"handler": "{first}", "input": {{"json": "World"}}, "wait": true}}' \\
       http://{target}/durable.v1.DurableControl/Invoke
+
+Waiting (examples/README.md):
+  .venv/bin/durable invoke expenses/submit --no-wait \
+      '{{"employee": "ada", "amount": 120, "reason": "train"}}'
+  .venv/bin/durable get <invocation id>          # SUSPENDED, waiting for awakeable awk_...
+  .venv/bin/durable resolve <awakeable id> true  # or: durable reject <awakeable id> "why"
+  .venv/bin/durable invoke scheduler/schedule '{{"name": "Ada", "delay_seconds": 30}}'
+  .venv/bin/durable watch <invocation id>
 
 Ctrl-C stops everything; data stays under {data}.
 """
