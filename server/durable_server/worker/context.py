@@ -11,10 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import functools
 import inspect
 import random as _random
-import typing
 import uuid as _uuid
 from collections.abc import Callable
 from typing import Any
@@ -32,10 +30,16 @@ from durable_server.ids import awakeable_id, child_invocation_id, parse_awakeabl
 from durable_server.journal import Journal, JournalFenced
 from durable_server.records import now_ts
 from durable_server.waking import AlreadyCompleted, Waker
+from durable_server.worker.encoding import (
+    CANCELLED_ERROR_TYPE,
+    declared_return_type,
+    encode_bounded,
+    error_from_failure,
+    failure_of,
+)
 from durable_server.worker.signals import ControlFlags, Fenced, RetryAttempt
 from durable_server.worker.waits import IN_PROCESS_WAIT, StepFuture, probe, seconds, timestamp_in
 
-CANCELLED_ERROR_TYPE = "CancelledError"
 _ANNOUNCE_AFTER = 0.05
 _KIND_NAMES: dict[int, str] = {
     types_pb2.STEP_KIND_RUN: "run",
@@ -53,54 +57,6 @@ _KIND_NAMES: dict[int, str] = {
 def describe_step(kind: int, name: str) -> str:
     label = _KIND_NAMES.get(kind) or types_pb2.StepKind.Name(kind)  # type: ignore[arg-type]
     return f"{label} {name!r}"
-
-
-def failure_of(err: BaseException) -> types_pb2.Failure:
-    code = err.code if isinstance(err, TerminalError) else 0
-    message = err.message if isinstance(err, TerminalError) else str(err)
-    return types_pb2.Failure(
-        message=message or type(err).__name__, error_type=type(err).__name__, code=code
-    )
-
-
-def encode_bounded(value: Any, limit: int, what: str) -> storage_pb2.StoredPayload:
-    """Encode a step result or handler output; a TerminalError when it cannot be stored."""
-    try:
-        data, content_type = _serde.encode(value)
-    except TypeError as err:  # retrying cannot make the value encodable
-        raise TerminalError(f"{what}: {err}") from err
-    if len(data) > limit:
-        raise TerminalError(
-            f"{what} is {len(data)} bytes encoded; the limit is {limit} bytes "
-            "(--max-payload-bytes). Store large data elsewhere and return a reference."
-        )
-    return storage_pb2.StoredPayload(data=data, content_type=content_type)
-
-
-def error_from_failure(failure: types_pb2.Failure) -> TerminalError:
-    if failure.error_type == CANCELLED_ERROR_TYPE:
-        return CancelledError(failure.message, failure.code)
-    return TerminalError(failure.message, failure.code)
-
-
-def _declared_return_type(fn: Callable[..., Any]) -> Any:
-    """``fn``'s return annotation, evaluated once per function (lambdas have none)."""
-    if not getattr(fn, "__annotations__", None):
-        return Any
-    try:
-        return _return_type_cached(fn)
-    except TypeError:  # unhashable callable
-        return _return_type(fn)
-
-
-def _return_type(fn: Callable[..., Any]) -> Any:
-    try:
-        return typing.get_type_hints(fn).get("return", Any)
-    except Exception:
-        return Any
-
-
-_return_type_cached = functools.lru_cache(maxsize=1024)(_return_type)
 
 
 class InvocationContext(Context):
@@ -310,7 +266,7 @@ class InvocationContext(Context):
         **kwargs: Any,
     ) -> Any:
         if result_type is None:
-            result_type = _declared_return_type(fn)
+            result_type = declared_return_type(fn)
         index, entry = self._take(types_pb2.STEP_KIND_RUN, name)
         if entry is not None:
             return self._replay(entry, result_type)
@@ -440,7 +396,7 @@ class InvocationContext(Context):
     ) -> DurableFuture[Any]:
         name = handler_name(handler)
         if result_type is None:
-            result_type = Any if isinstance(handler, str) else _declared_return_type(handler)
+            result_type = Any if isinstance(handler, str) else declared_return_type(handler)
         index, entry = self._take(types_pb2.STEP_KIND_CALL, name)
         target = types_pb2.WaitTarget(kind=types_pb2.WAIT_KIND_CALL, step_index=index)
         fut = StepFuture(self._await, target, result_type)

@@ -37,7 +37,8 @@ from durable_server.records import (
 )
 from durable_server.waking import Waker
 from durable_server.worker.claim import Claim
-from durable_server.worker.context import InvocationContext, encode_bounded, failure_of
+from durable_server.worker.context import InvocationContext
+from durable_server.worker.encoding import encode_bounded, failure_of
 from durable_server.worker.signals import ControlFlags, Fenced, RetryAttempt
 from durable_server.worker.waits import any_completed
 

@@ -1,0 +1,63 @@
+"""Turning handler values and errors into what the journal stores, and back."""
+
+from __future__ import annotations
+
+import functools
+import typing
+from collections.abc import Callable
+from typing import Any
+
+from durable import _serde
+from durable.errors import CancelledError, TerminalError
+from durable.internal.v1 import storage_pb2
+from durable.v1 import types_pb2
+
+CANCELLED_ERROR_TYPE = "CancelledError"
+
+
+def failure_of(err: BaseException) -> types_pb2.Failure:
+    code = err.code if isinstance(err, TerminalError) else 0
+    message = err.message if isinstance(err, TerminalError) else str(err)
+    return types_pb2.Failure(
+        message=message or type(err).__name__, error_type=type(err).__name__, code=code
+    )
+
+
+def encode_bounded(value: Any, limit: int, what: str) -> storage_pb2.StoredPayload:
+    """Encode a step result or handler output; a TerminalError when it cannot be stored."""
+    try:
+        data, content_type = _serde.encode(value)
+    except TypeError as err:  # retrying cannot make the value encodable
+        raise TerminalError(f"{what}: {err}") from err
+    if len(data) > limit:
+        raise TerminalError(
+            f"{what} is {len(data)} bytes encoded; the limit is {limit} bytes "
+            "(--max-payload-bytes). Store large data elsewhere and return a reference."
+        )
+    return storage_pb2.StoredPayload(data=data, content_type=content_type)
+
+
+def error_from_failure(failure: types_pb2.Failure) -> TerminalError:
+    if failure.error_type == CANCELLED_ERROR_TYPE:
+        return CancelledError(failure.message, failure.code)
+    return TerminalError(failure.message, failure.code)
+
+
+def declared_return_type(fn: Callable[..., Any]) -> Any:
+    """``fn``'s return annotation, evaluated once per function (lambdas have none)."""
+    if not getattr(fn, "__annotations__", None):
+        return Any
+    try:
+        return _return_type_cached(fn)
+    except TypeError:  # unhashable callable
+        return _return_type(fn)
+
+
+def _return_type(fn: Callable[..., Any]) -> Any:
+    try:
+        return typing.get_type_hints(fn).get("return", Any)
+    except Exception:
+        return Any
+
+
+_return_type_cached = functools.lru_cache(maxsize=1024)(_return_type)
