@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 
 from durable import Context, Service
-
 from examples.hello import greet
 
 scheduler = Service("scheduler", description="Sends greetings later")
