@@ -78,3 +78,20 @@ async def test_queued_item_of_the_records_generation_is_left_alone(
     await asyncio.sleep(1.0)  # several reconcile rounds
     item = await plane.work.latest_item(record.id)
     assert item is not None and item.generation == 1 and item.reason == "invoke"
+
+
+async def test_scheduled_start_whose_schedule_was_lost_is_enqueued(
+    engine_factory: EngineFactory,
+) -> None:
+    """A delayed send whose sender died between creating the record and publishing its
+    schedule: once its time has passed, the reconciler starts it."""
+    engine = await engine_factory([rec], reconcile_after=0.3)
+    plane = engine.control.plane
+    assert plane is not None
+    tag = uuid.uuid4().hex[:8]
+    record = _pending_record(tag, generation=1)
+    record.status = S.INVOCATION_STATUS_SCHEDULED
+    record.scheduled_at.FromNanoseconds(now_ts().ToNanoseconds() - 10**9)
+    assert await plane.records.create(record) is not None
+    assert await engine.client.result(record.id, timeout=10) == f"{tag}-done"
+    assert RUNS[tag] == 1

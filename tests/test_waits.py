@@ -329,3 +329,18 @@ async def test_cli_get_watch_resolve_reject(engine_factory: EngineFactory) -> No
     assert await second.result(timeout=10) == "rejected: no budget"
     bad = await durable(target, "resolve", awk2, "{not json")
     assert bad.code == 2 and "not valid JSON" in bad.err
+
+
+async def test_cancel_and_pause_of_a_scheduled_invocation(engine_factory: EngineFactory) -> None:
+    engine = await start_ready(engine_factory, [waits])
+    later = await engine.client.execute("waits/sender", 60.0, timeout=10)
+    await engine.client.cancel(later, "not needed")
+    view = await wait_status(engine, later, S.INVOCATION_STATUS_CANCELLED, timeout=10)
+    assert view.invocation.result.failure.message == "not needed"
+
+    soon = await engine.client.execute("waits/sender", 2.0, timeout=10)
+    started = time.monotonic()
+    await engine.client.pause(soon)
+    assert (await engine.client.resume(soon)).status == S.INVOCATION_STATUS_SCHEDULED
+    assert await engine.client.result(soon, timeout=15) == 42
+    assert time.monotonic() - started >= 1.5

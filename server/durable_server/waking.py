@@ -15,6 +15,7 @@ invocation's work item, which a running worker may be holding).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 
@@ -110,6 +111,13 @@ class Waker:
             },
         )
         return True
+
+    async def drop_schedule(self, invocation_id: str) -> None:
+        """Remove the delayed start of a SCHEDULED invocation (it is started now instead)."""
+        with contextlib.suppress(NotFoundError):
+            await self._js.purge_stream(
+                self._cfg.work_stream, subject=self._cfg.delay_subject(invocation_id)
+            )
 
     async def complete_awakeable(
         self, invocation_id: str, index: int, outcome: storage_pb2.JournalRecord

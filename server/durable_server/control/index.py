@@ -25,6 +25,7 @@ from durable_server.records import is_terminal
 log = logging.getLogger("durable.control")
 
 Record = storage_pb2.InvocationRecord
+_NEEDS_ITEM = (types_pb2.INVOCATION_STATUS_PENDING, types_pb2.INVOCATION_STATUS_SCHEDULED)
 
 
 @dataclass
@@ -231,10 +232,12 @@ class InvocationIndex:
         by_handler = {h: dict(c) for h, c in sorted(self._by_handler.items())}
         return dict(self._by_status), by_handler
 
-    def stale_pending(self, older_than_ns: int, limit: int = 1000) -> builtins.list[str]:
+    def stale(self, older_than_ns: int, limit: int = 1000) -> builtins.list[str]:
+        """PENDING and SCHEDULED invocations unchanged since ``older_than_ns``: the ones the
+        reconciler checks for a missing work item."""
         out: builtins.list[str] = []
         for s in self._by_id.values():
-            if s.status == types_pb2.INVOCATION_STATUS_PENDING and s.updated_ns < older_than_ns:
+            if s.status in _NEEDS_ITEM and s.updated_ns < older_than_ns:
                 out.append(s.id)
                 if len(out) >= limit:
                     break

@@ -52,6 +52,8 @@ S = types_pb2
 
 _MAX_IDEMPOTENCY_KEY = 256
 _MAX_KEY = 256
+# Statuses whose invocation needs a work item to move on (the reconciler checks it has one).
+_WAITING_FOR_ITEM = (S.INVOCATION_STATUS_PENDING, S.INVOCATION_STATUS_SCHEDULED)
 # Statuses in which no work item drives the invocation now: a Cancel must enqueue one.
 _NOT_DRIVEN = (
     S.INVOCATION_STATUS_PAUSED,
@@ -94,6 +96,15 @@ async def _within(fut: asyncio.Future[Record], timeout: float | None) -> Record 
         raise
     finally:
         timer.cancel()
+
+
+def _still_scheduled(r: Record) -> bool:
+    """A delayed start not yet due (its schedule fires then), and never started."""
+    return (
+        r.HasField("scheduled_at")
+        and not r.HasField("started_at")
+        and r.scheduled_at.ToNanoseconds() > time.time_ns()
+    )
 
 
 def _same_payload(a: storage_pb2.StoredPayload, b: storage_pb2.StoredPayload) -> bool:
@@ -365,7 +376,11 @@ class ControlPlane:
 
     async def resume(self, invocation_id: str) -> Record:
         def change(r: Record) -> None:
-            if r.status == S.INVOCATION_STATUS_PAUSED:
+            if r.status == S.INVOCATION_STATUS_PAUSED and _still_scheduled(r):
+                # Paused before its delayed start: its schedule still starts it.
+                r.status = S.INVOCATION_STATUS_SCHEDULED
+                r.status_reason = ""
+            elif r.status == S.INVOCATION_STATUS_PAUSED:
                 # Replayed from its journal: what it waited for, it waits for again, unless
                 # it completed meanwhile (a timer that fired while paused).
                 r.status = S.INVOCATION_STATUS_PENDING
@@ -412,6 +427,9 @@ class ControlPlane:
                 del r.waiting_for[:]
 
         before = (await self.get_record(invocation_id)).record.status
+        if before == S.INVOCATION_STATUS_SCHEDULED:
+            # It runs now, to see the cancellation: its delayed start must not come later.
+            await self.waker.drop_schedule(invocation_id)
         record = await self._mutate(invocation_id, change)
         await self._signal(invocation_id, {"cancel": True, "reason": reason})
         if before != record.status and record.status == S.INVOCATION_STATUS_PENDING:
@@ -502,7 +520,7 @@ class ControlPlane:
         while True:
             await asyncio.sleep(self.cfg.reconcile_after)
             cutoff = time.time_ns() - int(self.cfg.reconcile_after * 1e9)
-            for invocation_id in self.index.stale_pending(cutoff):
+            for invocation_id in self.index.stale(cutoff):
                 try:
                     current = await self.records.get(invocation_id)
                     item = await self.work.latest_item(invocation_id)
@@ -510,7 +528,11 @@ class ControlPlane:
                     # worker acks it only once the record moved on), or it never made it.
                     if item is not None and item.generation >= current.record.generation:
                         continue
-                    if current.record.status == S.INVOCATION_STATUS_PENDING:
+                    if current.record.status == S.INVOCATION_STATUS_SCHEDULED and (
+                        current.record.scheduled_at.ToNanoseconds() > cutoff
+                    ):
+                        continue  # its schedule is not due yet (or only just fired)
+                    if current.record.status in _WAITING_FOR_ITEM:
                         log.info("re-enqueueing %s (work item missing)", invocation_id)
                         await self.work.enqueue(
                             invocation_id, current.record.generation, "reconcile"
