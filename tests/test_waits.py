@@ -79,6 +79,14 @@ async def race(ctx: Context, timeout: float) -> str:
 
 
 @waits.handler()
+async def race_replayed(ctx: Context) -> int:
+    _, late = ctx.awakeable(str)
+    which, _ = await ctx.select(late, ctx.sleep(0.8))  # waited out in the process
+    await ctx.sleep(2.0)  # suspends: the select above is replayed from the journal
+    return which
+
+
+@waits.handler()
 async def leaf(ctx: Context, n: int) -> int:
     if n < 0:
         raise TerminalError(f"negative: {n}", code=7)
@@ -344,3 +352,17 @@ async def test_cancel_and_pause_of_a_scheduled_invocation(engine_factory: Engine
     assert (await engine.client.resume(soon)).status == S.INVOCATION_STATUS_SCHEDULED
     assert await engine.client.result(soon, timeout=15) == 42
     assert time.monotonic() - started >= 1.5
+
+
+async def test_select_replays_its_journaled_winner(engine_factory: EngineFactory) -> None:
+    """The timer won; the awakeable is resolved afterwards, before the replay: the replay
+    still takes the timer's branch (probing live would now pick the awakeable)."""
+    engine = await start_ready(engine_factory, [waits])
+    handle = await engine.client.start("waits/race_replayed", None)
+    view = await wait_status(engine, handle.id, S.INVOCATION_STATUS_SUSPENDED, timeout=10)
+    assert [w.kind for w in view.invocation.waiting_for] == [S.WAIT_KIND_TIMER]
+    awk = (await engine.client.get(handle.id)).journal[0].result.value.json.string_value
+    await engine.client.resolve_awakeable(awk, "late")
+    assert await handle.result(timeout=15) == 1
+    kinds = [e.kind for e in (await engine.client.get(handle.id)).journal]
+    assert kinds.count(S.STEP_KIND_SELECT) == 1
