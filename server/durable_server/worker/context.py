@@ -242,13 +242,14 @@ class InvocationContext(Context):
             worker_id=self._worker_id,
         )
 
-    async def _deliver_cancel(self, index: int, kind: int, name: str) -> None:
+    def _cancellation(self, index: int, kind: int, name: str) -> CancelledError:
+        """Journal the cancellation as this step's outcome; the error to raise in it."""
         reason = self._flags.cancel_reason or "invocation cancelled"
         entry = self._entry(index, kind, name)
         entry.failure.CopyFrom(types_pb2.Failure(message=reason, error_type=CANCELLED_ERROR_TYPE))
         self._complete(entry)
         self.cancel_delivered = True
-        raise CancelledError(reason)
+        return CancelledError(reason)
 
     @staticmethod
     def _replay(entry: storage_pb2.JournalRecord, result_type: Any) -> Any:
@@ -274,7 +275,7 @@ class InvocationContext(Context):
         # Pause and Cancel are looked at after that, right before the side effect.
         await self._flush(self._handed)
         if self._before_new_step(index, types_pb2.STEP_KIND_RUN, name):
-            await self._deliver_cancel(index, types_pb2.STEP_KIND_RUN, name)
+            raise self._cancellation(index, types_pb2.STEP_KIND_RUN, name)
         entry = self._entry(index, types_pb2.STEP_KIND_RUN, name)
         failed: TerminalError | None = None
         # Tell the control plane which step is running only when it takes a while: quick
@@ -335,7 +336,7 @@ class InvocationContext(Context):
         if entry is not None:
             return dt.datetime.fromisoformat(self._replay(entry, str))
         if self._before_new_step(index, types_pb2.STEP_KIND_NOW, "now"):
-            await self._deliver_cancel(index, types_pb2.STEP_KIND_NOW, "now")
+            raise self._cancellation(index, types_pb2.STEP_KIND_NOW, "now")
         value = dt.datetime.now(dt.UTC)
         entry = self._entry(index, types_pb2.STEP_KIND_NOW, "now")
         data, ct = _serde.encode(value.isoformat())
@@ -356,12 +357,7 @@ class InvocationContext(Context):
         outcome) for a step that is neither ``run`` nor awaited."""
         if not self._before_new_step(index, kind, name):
             return None
-        reason = self._flags.cancel_reason or "invocation cancelled"
-        entry = self._entry(index, kind, name)
-        entry.failure.CopyFrom(types_pb2.Failure(message=reason, error_type=CANCELLED_ERROR_TYPE))
-        self._complete(entry)
-        self.cancel_delivered = True
-        return CancelledError(reason)
+        return self._cancellation(index, kind, name)
 
     def _value_entry(self, index: int, kind: int, name: str, value: Any) -> None:
         entry = self._entry(index, kind, name)
