@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import pytest
 
-from durable import Context, DurableFuture, Service, TerminalError
+from durable import Context, DurableFuture, RetryPolicy, Service, TerminalError
 from durable.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -84,6 +84,23 @@ async def race_replayed(ctx: Context) -> int:
     which, _ = await ctx.select(late, ctx.sleep(0.8))  # waited out in the process
     await ctx.sleep(2.0)  # suspends: the select above is replayed from the journal
     return which
+
+
+FLAKY: collections.Counter[str] = collections.Counter()
+
+
+@waits.handler(retry=RetryPolicy(maximum_attempts=2, initial_interval=0.05))
+async def sleeps_then_flakes(ctx: Context, tag: str) -> int:
+    for _ in range(3):
+        await ctx.sleep(1.1)  # each one suspends and is woken: three more attempts
+
+    def flaky() -> int:
+        FLAKY[tag] += 1
+        if FLAKY[tag] == 1:
+            raise RuntimeError("transient")
+        return FLAKY[tag]
+
+    return int(await ctx.run("flaky", flaky))
 
 
 @waits.handler()
@@ -366,3 +383,11 @@ async def test_select_replays_its_journaled_winner(engine_factory: EngineFactory
     assert await handle.result(timeout=15) == 1
     kinds = [e.kind for e in (await engine.client.get(handle.id)).journal]
     assert kinds.count(S.STEP_KIND_SELECT) == 1
+
+
+async def test_wake_ups_do_not_count_against_the_retry_policy(
+    engine_factory: EngineFactory,
+) -> None:
+    """maximum_attempts=2: three wake-ups, then one transient failure, then success."""
+    engine = await start_ready(engine_factory, [waits])
+    assert await engine.client.execute("waits/sleeps_then_flakes", "t", timeout=20) == 2

@@ -66,6 +66,7 @@ class Waker:
                 raise MutationRefused("not suspended", r)
             r.status = S.INVOCATION_STATUS_PENDING
             r.generation += 1
+            r.continuations += 1
             r.status_reason = ""
             del r.waiting_for[:]
 

@@ -385,6 +385,7 @@ class ControlPlane:
                 # it completed meanwhile (a timer that fired while paused).
                 r.status = S.INVOCATION_STATUS_PENDING
                 r.generation += 1
+                r.continuations += 1
                 r.status_reason = ""
                 del r.waiting_for[:]
             elif r.status == S.INVOCATION_STATUS_RUNNING and r.pause_requested:

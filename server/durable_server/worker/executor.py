@@ -385,12 +385,14 @@ class Executor:
         """``rec`` is the attempt's view of the record: its ``attempt`` is ours."""
         policy = hdef.retry or DEFAULT_HANDLER_RETRY
         failure = failure_of(err)
-        if policy.gives_up_after(rec.attempt):
-            failure.message = f"gave up after {rec.attempt} attempts: {failure.message}"
+        # Attempts that only continued after a wait or a pause are no failures.
+        tries = max(1, rec.attempt - rec.continuations)
+        if policy.gives_up_after(tries):
+            failure.message = f"gave up after {tries} attempts: {failure.message}"
             return Outcome(S.INVOCATION_STATUS_FAILED, failure=failure)
         log.warning("invocation %s attempt %d failed: %r", rec.id, rec.attempt, err)
         return Outcome(
-            S.INVOCATION_STATUS_BACKING_OFF, failure=failure, retry_in=policy.delay(rec.attempt)
+            S.INVOCATION_STATUS_BACKING_OFF, failure=failure, retry_in=policy.delay(tries)
         )
 
     @staticmethod

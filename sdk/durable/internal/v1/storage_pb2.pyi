@@ -81,6 +81,7 @@ class InvocationRecord(_message.Message):
     WAITING_FOR_FIELD_NUMBER: _builtins.int
     CALLER_ID_FIELD_NUMBER: _builtins.int
     SCHEDULED_AT_FIELD_NUMBER: _builtins.int
+    CONTINUATIONS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Invocation id."""
     handler: _builtins.str
@@ -109,6 +110,10 @@ class InvocationRecord(_message.Message):
     """Incremented each time the invocation is (re)enqueued; part of the work message id."""
     caller_id: _builtins.str
     """The invocation waiting for this one's result (ctx.call), woken when it ends."""
+    continuations: _builtins.int
+    """Attempts that began because it was woken from SUSPENDED (or resumed from PAUSED): they
+    continue after a wait and are no failure, so the retry policy does not count them.
+    """
     @_builtins.property
     def input(self) -> Global___StoredPayload:
         """Input."""
@@ -181,10 +186,11 @@ class InvocationRecord(_message.Message):
         waiting_for: _abc.Iterable[_types_pb2.WaitTarget] | None = ...,
         caller_id: _builtins.str = ...,
         scheduled_at: _timestamp_pb2.Timestamp | None = ...,
+        continuations: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "ended_at", b"ended_at", "failure", b"failure", "input", b"input", "last_failure", b"last_failure", "next_attempt_at", b"next_attempt_at", "output", b"output", "scheduled_at", b"scheduled_at", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "caller_id", b"caller_id", "cancel_reason", b"cancel_reason", "cancel_requested", b"cancel_requested", "created_at", b"created_at", "ended_at", b"ended_at", "failure", b"failure", "generation", b"generation", "handler", b"handler", "id", b"id", "idempotency_key", b"idempotency_key", "input", b"input", "journal_length", b"journal_length", "key", b"key", "last_failure", b"last_failure", "next_attempt_at", b"next_attempt_at", "output", b"output", "pause_requested", b"pause_requested", "scheduled_at", b"scheduled_at", "started_at", b"started_at", "status", b"status", "status_reason", b"status_reason", "updated_at", b"updated_at", "waiting_for", b"waiting_for", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "caller_id", b"caller_id", "cancel_reason", b"cancel_reason", "cancel_requested", b"cancel_requested", "continuations", b"continuations", "created_at", b"created_at", "ended_at", b"ended_at", "failure", b"failure", "generation", b"generation", "handler", b"handler", "id", b"id", "idempotency_key", b"idempotency_key", "input", b"input", "journal_length", b"journal_length", "key", b"key", "last_failure", b"last_failure", "next_attempt_at", b"next_attempt_at", "output", b"output", "pause_requested", b"pause_requested", "scheduled_at", b"scheduled_at", "started_at", b"started_at", "status", b"status", "status_reason", b"status_reason", "updated_at", b"updated_at", "waiting_for", b"waiting_for", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
