@@ -25,6 +25,7 @@ EXPECTED_ALL = [
     "Context",
     "DurableError",
     "DurableFuture",
+    "DurablePromise",
     "FailedPreconditionError",
     "InvalidArgumentError",
     "InvocationCancelledError",
@@ -37,6 +38,8 @@ EXPECTED_ALL = [
     "RetryPolicy",
     "Service",
     "TerminalError",
+    "VirtualObject",
+    "Workflow",
 ]
 
 EXPECTED_ERRORS_ALL = [

@@ -6,8 +6,8 @@ The public surface is exactly ``__all__``; everything else lives in ``_private``
 """
 
 from durable._client import Client, InvocationHandle
-from durable._context import Context, DurableFuture
-from durable._handlers import Service
+from durable._context import Context, DurableFuture, DurablePromise
+from durable._handlers import Service, VirtualObject, Workflow
 from durable._retry import RetryPolicy
 from durable.errors import (
     AlreadyExistsError,
@@ -33,6 +33,7 @@ __all__ = [
     "Context",
     "DurableError",
     "DurableFuture",
+    "DurablePromise",
     "FailedPreconditionError",
     "InvalidArgumentError",
     "InvocationCancelledError",
@@ -45,4 +46,6 @@ __all__ = [
     "RetryPolicy",
     "Service",
     "TerminalError",
+    "VirtualObject",
+    "Workflow",
 ]

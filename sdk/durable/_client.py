@@ -33,7 +33,7 @@ from durable._handle import (
     parse_status,
     status_name,
 )
-from durable._payloads import to_payload
+from durable._payloads import from_payload, to_payload
 from durable.errors import ResultTimeoutError, RPCError
 from durable.v1 import control_pb2, control_pb2_grpc, types_pb2
 
@@ -174,6 +174,7 @@ class Client:
         idempotency_key: str = "",
         wait: bool = False,
         wait_timeout: Timeout = None,
+        fail_if_exists: bool = False,
     ) -> InvocationHandle:
         """Start an invocation of ``handler`` (``"<service>/<handler>"``) and return its handle.
 
@@ -181,7 +182,9 @@ class Client:
         an object key or workflow id. With ``idempotency_key`` the same handler, key and
         idempotency key always return the same invocation (``handle.already_existed``).
         With ``wait`` the server also waits up to ``wait_timeout`` for the invocation to
-        end, so ``handle.done`` may already be true and ``handle.result()`` free.
+        end, so ``handle.done`` may already be true and ``handle.result()`` free. A
+        workflow's run runs once per id (``key``): invoking it again returns the existing
+        invocation, or with ``fail_if_exists`` raises ``AlreadyExistsError``.
         """
         request = control_pb2.InvokeRequest(
             handler=handler,
@@ -189,6 +192,11 @@ class Client:
             input=to_payload(input),
             idempotency_key=idempotency_key,
             wait=wait,
+            id_conflict_policy=(
+                control_pb2.ID_CONFLICT_POLICY_FAIL
+                if fail_if_exists
+                else control_pb2.ID_CONFLICT_POLICY_USE_EXISTING
+            ),
         )
         deadline = self._rpc_timeout
         if wait:
@@ -448,3 +456,61 @@ class Client:
             raise RPCError.from_status(exc.code(), exc.details() or "") from exc
         finally:
             call.cancel()
+
+    # ------------------------------------------------------------ objects and workflows
+
+    async def resolve_promise(self, handler: str, key: str, promise: str, value: Any = None) -> str:
+        """Resolve promise ``promise`` of the workflow ``key`` whose run is ``handler``;
+        returns the run's invocation id."""
+        request = control_pb2.ResolvePromiseRequest(
+            handler=handler, key=key, promise=promise, value=to_payload(value)
+        )
+        response = await self._call(self._stub().ResolvePromise, request, self._rpc_timeout)
+        return response.invocation_id
+
+    async def reject_promise(self, handler: str, key: str, promise: str, reason: str) -> str:
+        """Reject a workflow promise: its awaiter sees a ``TerminalError`` with ``reason``."""
+        request = control_pb2.RejectPromiseRequest(
+            handler=handler, key=key, promise=promise, reason=reason
+        )
+        response = await self._call(self._stub().RejectPromise, request, self._rpc_timeout)
+        return response.invocation_id
+
+    async def get_state(self, obj: str, key: str) -> dict[str, Any]:
+        """The state of one virtual object key or workflow id, decoded."""
+        request = control_pb2.GetObjectStateRequest(object=obj, key=key)
+        response = await self._call(self._stub().GetObjectState, request, self._rpc_timeout)
+        return {e.name: from_payload(e.value) for e in response.entries}
+
+    async def set_state(
+        self,
+        obj: str,
+        key: str,
+        values: dict[str, Any] | None = None,
+        *,
+        clear: Iterable[str] = (),
+        clear_all: bool = False,
+    ) -> dict[str, Any]:
+        """Edit one key's state at once (an operator fixing a stuck key); returns it."""
+        request = control_pb2.SetObjectStateRequest(
+            object=obj,
+            key=key,
+            set=[
+                types_pb2.StateEntry(name=n, value=to_payload(v)) for n, v in (values or {}).items()
+            ],
+            clear=list(clear),
+            clear_all=clear_all,
+        )
+        response = await self._call(self._stub().SetObjectState, request, self._rpc_timeout)
+        return {e.name: from_payload(e.value) for e in response.entries}
+
+    async def kill(self, invocation_id: str, reason: str = "") -> types_pb2.InvocationSummary:
+        """End an invocation CANCELLED at once, without running its compensations."""
+        request = control_pb2.KillRequest(invocation_id=invocation_id, reason=reason)
+        response = await self._call(self._stub().Kill, request, self._rpc_timeout)
+        return response.invocation
+
+    async def purge(self, invocation_id: str) -> None:
+        """Delete an ended invocation (and a workflow run's state, freeing its id)."""
+        request = control_pb2.PurgeRequest(invocation_id=invocation_id)
+        await self._call(self._stub().Purge, request, self._rpc_timeout)

@@ -36,6 +36,28 @@ class DurableFuture(abc.ABC, Generic[T]):
     def __await__(self) -> Generator[Any, None, T]: ...
 
 
+class DurablePromise(abc.ABC, Generic[T]):
+    """A workflow's durable promise (``ctx.promise(name)``): resolved once, by a shared
+    handler of the workflow or by ``DurableControl.ResolvePromise``, before or after the run
+    handler awaits it. Awaiting it in ``run`` suspends the workflow until it is resolved; a
+    rejection is raised as a ``TerminalError``."""
+
+    @abc.abstractmethod
+    def __await__(self) -> Generator[Any, None, T]: ...
+
+    @abc.abstractmethod
+    async def peek(self) -> T | None:
+        """Its value if it was resolved, else None (a rejection is raised). Journaled."""
+
+    @abc.abstractmethod
+    async def resolve(self, value: Any = None) -> None:
+        """Resolve it; a second, different completion raises ``TerminalError``."""
+
+    @abc.abstractmethod
+    async def reject(self, reason: str) -> None:
+        """Reject it: whoever awaits it sees a ``TerminalError`` with ``reason``."""
+
+
 class Context(abc.ABC):
     """Durable context of one invocation."""
 
@@ -177,3 +199,32 @@ class Context(abc.ABC):
     @abc.abstractmethod
     async def reject_awakeable(self, awakeable_id: str, reason: str) -> None:
         """Reject another invocation's awakeable: its handler sees a ``TerminalError``."""
+
+    # -- state: virtual objects and workflows ----------------------------------------------
+
+    @abc.abstractmethod
+    async def get(self, name: str, result_type: Any = None) -> Any:
+        """The value of state entry ``name`` of this object key or workflow id, or None.
+        Decoded as ``result_type`` when given. Journaled: a replay reads the same value."""
+
+    @abc.abstractmethod
+    def set(self, name: str, value: Any) -> None:
+        """Set state entry ``name`` (JSON-able values, dataclasses, protobuf messages,
+        bytes). Exclusive handlers and a workflow's run only. The change is journaled and
+        becomes visible to others with the invocation's journal, all changes at once."""
+
+    @abc.abstractmethod
+    def clear(self, name: str) -> None:
+        """Remove state entry ``name``."""
+
+    @abc.abstractmethod
+    def clear_all(self) -> None:
+        """Remove every state entry of this key."""
+
+    @abc.abstractmethod
+    async def state_keys(self) -> list[str]:
+        """The names of the state entries, sorted. Journaled."""
+
+    @abc.abstractmethod
+    def promise(self, name: str, result_type: Any = None) -> DurablePromise[Any]:
+        """The workflow's durable promise ``name`` (workflow handlers only)."""

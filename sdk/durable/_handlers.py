@@ -189,6 +189,114 @@ def handler_name(target: Any) -> str:
     return name
 
 
+class VirtualObject(Service):
+    """Keyed entities with durable state: a cart per user, an account per id.
+
+    Handlers are addressed by (object, key). Exclusive handlers (the default) of one key run
+    one at a time, in arrival order, and may read and write the key's state with
+    ``ctx.get``/``ctx.set``/``ctx.clear``/``ctx.clear_all``/``ctx.state_keys``. Different
+    keys run in parallel. ``shared=True`` handlers run concurrently with everything and may
+    only read state. An exclusive handler keeps its key while it waits (sleep, awakeable,
+    call), as in Restate: invocations behind it wait too, so keep waits in exclusive
+    handlers short, or move them to a shared handler or another service.
+
+    Example::
+
+        counter = VirtualObject("counter")
+
+        @counter.handler()
+        async def add(ctx: Context, n: int) -> int:
+            total = (await ctx.get("total", int) or 0) + n
+            ctx.set("total", total)
+            return total
+    """
+
+    kind_label = "virtual object"
+
+    def handler(
+        self,
+        name: str | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        shared: bool = False,
+    ) -> Callable[[F], F]:
+        """Register an exclusive handler, or with ``shared=True`` a read-only concurrent one."""
+
+        def register(fn: F) -> F:
+            self._register(fn, name, retry, shared=shared)
+            return fn
+
+        return register
+
+    def _handler_kind(self, shared: bool) -> int:
+        return (
+            types_pb2.HANDLER_KIND_OBJECT_SHARED
+            if shared
+            else types_pb2.HANDLER_KIND_OBJECT_EXCLUSIVE
+        )
+
+
+class Workflow(Service):
+    """A ``run`` handler that executes exactly once per workflow id, plus shared handlers
+    that read its state and resolve its durable promises while it runs.
+
+    Invoking ``run`` again with the same id (the key) returns the existing invocation.
+    ``ctx.promise(name)`` is a durable promise of the workflow id: ``run`` awaits it, a
+    shared handler (or ``DurableControl.ResolvePromise``) resolves it, in either order.
+
+    Example::
+
+        signup = Workflow("signup")
+
+        @signup.main()
+        async def run(ctx: Context, email: str) -> bool:
+            ctx.set("email", email)
+            await ctx.run("send link", send_link, email, ctx.key)
+            return await ctx.promise("clicked", bool)
+
+        @signup.handler()
+        async def click(ctx: Context, ok: bool) -> None:
+            await ctx.promise("clicked").resolve(ok)
+    """
+
+    kind_label = "workflow"
+
+    def main(
+        self, name: str | None = None, *, retry: RetryPolicy | None = None
+    ) -> Callable[[F], F]:
+        """Register the workflow's run handler (one per workflow)."""
+
+        def register(fn: F) -> F:
+            if any(h.kind == types_pb2.HANDLER_KIND_WORKFLOW_RUN for h in self.handlers):
+                raise ValueError(f"workflow {self.name} already has a main handler")
+            self._register(fn, name, retry, shared=False)
+            return fn
+
+        return register
+
+    def handler(
+        self,
+        name: str | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> Callable[[F], F]:
+        """Register a shared handler: runs concurrently with ``run``, reads its state and
+        resolves its promises."""
+
+        def register(fn: F) -> F:
+            self._register(fn, name, retry, shared=True)
+            return fn
+
+        return register
+
+    def _handler_kind(self, shared: bool) -> int:
+        return (
+            types_pb2.HANDLER_KIND_WORKFLOW_SHARED
+            if shared
+            else types_pb2.HANDLER_KIND_WORKFLOW_RUN
+        )
+
+
 class Registry:
     """The handlers a worker serves, by full name."""
 

@@ -40,6 +40,10 @@ class EngineConfig:
     running_record_after: float = 0.2
     """Seconds a fresh invocation runs before its worker writes its RUNNING record; shorter
     ones write their record once, finished."""
+    max_state_bytes: int = 4 * MiB
+    """Largest state of one virtual object key or workflow id, all entries together."""
+    retention: float = 7 * 24 * 3600.0
+    """Seconds an ended invocation is kept before it is purged; 0 keeps them forever."""
 
     def __post_init__(self) -> None:
         if not _PREFIX_RE.match(self.prefix):
@@ -71,6 +75,27 @@ class EngineConfig:
         """Where an awakeable's resolution is stored, at most once (``.a.<step>``): beside
         the journal, outside its fence, so an early resolve cannot fence the worker."""
         return f"{self.prefix}.journal.{invocation_id}.a.{index}"
+
+    def promise_subject(self, run_id: str, name_token: str) -> str:
+        """Where a workflow promise's resolution is stored, at most once, beside the
+        journal of the workflow's run invocation."""
+        return f"{self.prefix}.journal.{run_id}.p.{name_token}"
+
+    @property
+    def inbox_stream(self) -> str:
+        return f"{self.prefix.upper()}_INBOX"
+
+    def inbox_subject(self, obj: str, key_token: str) -> str:
+        """Exclusive invocations of one object key, in arrival order."""
+        return f"{self.prefix}.inbox.{obj}.{key_token}"
+
+    @property
+    def state_bucket(self) -> str:
+        return f"{self.prefix}_state"
+
+    @property
+    def locks_bucket(self) -> str:
+        return f"{self.prefix}_keys"
 
     @property
     def work_stream(self) -> str:

@@ -58,3 +58,15 @@ def child_invocation_id(parent_id: str, index: int) -> str:
     """The id of the invocation a handler starts at step ``index`` (ctx.call, ctx.send):
     a replay derives the same id, so starting it again finds it instead of doubling it."""
     return idempotent_invocation_id("\x01child", parent_id, str(index))
+
+
+def token(value: str) -> str:
+    """A NATS subject token and KV key for any string (object keys, promise names): the
+    same string always gives the same token."""
+    return _b32(hashlib.sha256(value.encode()).digest()[:17])
+
+
+def workflow_run_id(handler: str, workflow_id: str) -> str:
+    """The id of a workflow's run invocation: one per (workflow run handler, id), so a second
+    Invoke finds the first instead of starting another run."""
+    return idempotent_invocation_id(handler, workflow_id, "\x01run")

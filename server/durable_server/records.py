@@ -113,6 +113,10 @@ class RecordStore:
             return None
         return Versioned(record, rev)
 
+    async def purge(self, invocation_id: str) -> None:
+        """Delete the record and its history (Purge)."""
+        await self._kv.purge(invocation_id)
+
     async def mutate(
         self,
         invocation_id: str,

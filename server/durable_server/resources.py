@@ -14,6 +14,9 @@
   filters the schedules out.
 - KV ``<p>_invocations``: the mutable record of each invocation, changed only by CAS.
 - KV ``<p>_workers``: live workers and the handlers they serve, refreshed by heartbeats.
+- ``<P>_INBOX``: exclusive invocations of each virtual object key, in arrival order
+  (``<p>.inbox.<object>.<key token>``); KV ``<p>_keys`` says which one holds each key.
+- KV ``<p>_state``: the state of each object key or workflow id, one value per key.
 """
 
 from __future__ import annotations
@@ -67,6 +70,15 @@ def _stream_configs(cfg: EngineConfig) -> list[StreamConfig]:
             # Durable timers and delayed sends are message schedules on this stream.
             allow_msg_schedules=True,
         ),
+        StreamConfig(
+            name=cfg.inbox_stream,
+            subjects=[f"{cfg.prefix}.inbox.>"],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=cfg.replicas,
+            allow_direct=True,
+            duplicate_window=cfg.duplicate_window,
+        ),
     ]
 
 
@@ -107,6 +119,8 @@ async def ensure_resources(js: JetStreamContext, cfg: EngineConfig) -> None:
     await _ensure_work_consumer(js, cfg)
     await invocations_kv(js, cfg)
     await workers_kv(js, cfg)
+    await state_kv(js, cfg)
+    await locks_kv(js, cfg)
 
 
 async def _ensure_work_consumer(js: JetStreamContext, cfg: EngineConfig) -> None:
@@ -160,6 +174,33 @@ async def workers_kv(js: JetStreamContext, cfg: EngineConfig) -> KeyValue:
             bucket=cfg.workers_bucket,
             history=1,
             ttl=24 * 3600.0,
+            storage=StorageType.FILE,
+            replicas=cfg.replicas,
+            direct=True,
+        ),
+    )
+
+
+async def state_kv(js: JetStreamContext, cfg: EngineConfig) -> KeyValue:
+    return await _kv(
+        js,
+        KeyValueConfig(
+            bucket=cfg.state_bucket,
+            history=1,
+            storage=StorageType.FILE,
+            replicas=cfg.replicas,
+            max_value_size=cfg.max_state_bytes + _RECORD_OVERHEAD,
+            direct=True,
+        ),
+    )
+
+
+async def locks_kv(js: JetStreamContext, cfg: EngineConfig) -> KeyValue:
+    return await _kv(
+        js,
+        KeyValueConfig(
+            bucket=cfg.locks_bucket,
+            history=1,
             storage=StorageType.FILE,
             replicas=cfg.replicas,
             direct=True,

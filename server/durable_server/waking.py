@@ -74,8 +74,27 @@ class Waker:
             written = await self._records.mutate(invocation_id, change)
         except (MutationRefused, RecordNotFound):
             return False
-        await self._work.enqueue(invocation_id, written.record.generation, reason)
+        await self._work.enqueue(
+            invocation_id,
+            written.record.generation,
+            reason,
+            incarnation=written.record.created_at.ToNanoseconds(),
+        )
         return True
+
+    async def enqueue_current(self, invocation_id: str, reason: str) -> None:
+        """Enqueue an invocation at its record's generation (one that just got its key)."""
+        try:
+            current = await self._records.get(invocation_id)
+        except RecordNotFound:
+            return
+        await self._work.enqueue(
+            invocation_id,
+            current.record.generation,
+            reason,
+            dedupe=":key",
+            incarnation=current.record.created_at.ToNanoseconds(),
+        )
 
     async def schedule_timer(self, invocation_id: str, index: int, due: Timestamp) -> None:
         """Have the server wake the invocation at ``due``. Publishing again replaces the
@@ -97,7 +116,12 @@ class Waker:
         if await self._records.create(record) is None:
             return False
         if at is None:
-            await self._work.enqueue(record.id, record.generation, "call")
+            await self._work.enqueue(
+                record.id,
+                record.generation,
+                "call",
+                incarnation=record.created_at.ToNanoseconds(),
+            )
             return True
         item = storage_pb2.WorkItem(
             invocation_id=record.id, reason="delayed send", generation=record.generation
@@ -125,27 +149,43 @@ class Waker:
     ) -> None:
         """Store an awakeable's resolution (once: a second one raises AlreadyCompleted),
         then wake its invocation."""
-        try:
-            await self._js.publish(
-                self._cfg.awakeable_subject(invocation_id, index),
-                outcome.SerializeToString(),
-                headers={"Nats-Expected-Last-Subject-Sequence": "0"},
-            )
-        except APIError as err:
-            if err.err_code in _WRONG_LAST_SEQUENCE:
-                raise AlreadyCompleted(invocation_id) from err
-            raise
+        await self._store_once(self._cfg.awakeable_subject(invocation_id, index), outcome)
         await self.wake(invocation_id, "awakeable")
 
     async def awakeable_outcome(
         self, invocation_id: str, index: int
     ) -> storage_pb2.JournalRecord | None:
         """The stored resolution of an awakeable, if any."""
+        return await self._stored(self._cfg.awakeable_subject(invocation_id, index))
+
+    async def complete_promise(
+        self, run_id: str, name_token: str, outcome: storage_pb2.JournalRecord
+    ) -> None:
+        """Store a workflow promise's resolution (once), then wake the workflow's run."""
+        await self._store_once(self._cfg.promise_subject(run_id, name_token), outcome)
+        await self.wake(run_id, "promise")
+
+    async def promise_outcome(
+        self, run_id: str, name_token: str
+    ) -> storage_pb2.JournalRecord | None:
+        return await self._stored(self._cfg.promise_subject(run_id, name_token))
+
+    async def _store_once(self, subject: str, outcome: storage_pb2.JournalRecord) -> None:
+        try:
+            await self._js.publish(
+                subject,
+                outcome.SerializeToString(),
+                headers={"Nats-Expected-Last-Subject-Sequence": "0"},
+            )
+        except APIError as err:
+            if err.err_code in _WRONG_LAST_SEQUENCE:
+                raise AlreadyCompleted(subject) from err
+            raise
+
+    async def _stored(self, subject: str) -> storage_pb2.JournalRecord | None:
         try:
             msg = await self._js.get_msg(
-                self._cfg.journal_stream,
-                subject=self._cfg.awakeable_subject(invocation_id, index),
-                direct=self._cfg.direct_reads,
+                self._cfg.journal_stream, subject=subject, direct=self._cfg.direct_reads
             )
         except NotFoundError:
             return None

@@ -33,14 +33,23 @@ class WorkQueue:
         generation: int,
         reason: str,
         initial: storage_pb2.InvocationRecord | None = None,
+        *,
+        dedupe: str = "",
+        incarnation: int = 0,
     ) -> None:
+        """``dedupe`` distinguishes an item that must not be taken for an earlier one of the
+        same generation (an exclusive invocation getting its key); ``incarnation`` (the
+        record's creation time) one of an id used again after a Purge (a workflow id, an
+        idempotency key) from the purged invocation's items still in the duplicate window."""
+        if incarnation:
+            dedupe += f"@{incarnation}"
         item = storage_pb2.WorkItem(
             invocation_id=invocation_id, reason=reason, initial=initial, generation=generation
         )
         await self._js.publish(
             self._cfg.work_subject(invocation_id),
             item.SerializeToString(),
-            headers={"Nats-Msg-Id": f"{invocation_id}:{generation}"},
+            headers={"Nats-Msg-Id": f"{invocation_id}:{generation}{dedupe}"},
         )
 
     async def queued_items(self) -> AsyncIterator[storage_pb2.WorkItem]:

@@ -21,6 +21,30 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _IdConflictPolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _IdConflictPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_IdConflictPolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ID_CONFLICT_POLICY_UNSPECIFIED: _IdConflictPolicy.ValueType  # 0
+    """The default: return the existing invocation (already_existed is true)."""
+    ID_CONFLICT_POLICY_USE_EXISTING: _IdConflictPolicy.ValueType  # 1
+    """Return the existing invocation (already_existed is true)."""
+    ID_CONFLICT_POLICY_FAIL: _IdConflictPolicy.ValueType  # 2
+    """Fail with ALREADY_EXISTS."""
+
+class IdConflictPolicy(_IdConflictPolicy, metaclass=_IdConflictPolicyEnumTypeWrapper):
+    """IdConflictPolicy says what Invoke of a workflow's run does when its id exists."""
+
+ID_CONFLICT_POLICY_UNSPECIFIED: IdConflictPolicy.ValueType  # 0
+"""The default: return the existing invocation (already_existed is true)."""
+ID_CONFLICT_POLICY_USE_EXISTING: IdConflictPolicy.ValueType  # 1
+"""Return the existing invocation (already_existed is true)."""
+ID_CONFLICT_POLICY_FAIL: IdConflictPolicy.ValueType  # 2
+"""Fail with ALREADY_EXISTS."""
+Global___IdConflictPolicy: _TypeAlias = IdConflictPolicy  # noqa: Y015
+
 class _WatchEventKind:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -65,6 +89,7 @@ class InvokeRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     WAIT_FIELD_NUMBER: _builtins.int
     WAIT_TIMEOUT_FIELD_NUMBER: _builtins.int
+    ID_CONFLICT_POLICY_FIELD_NUMBER: _builtins.int
     handler: _builtins.str
     """Handler to run, "<service>/<handler>" (see ListHandlers)."""
     key: _builtins.str
@@ -75,6 +100,8 @@ class InvokeRequest(_message.Message):
     """
     wait: _builtins.bool
     """When true, wait for the invocation to end (or for wait_timeout) before answering."""
+    id_conflict_policy: Global___IdConflictPolicy.ValueType
+    """For a workflow's run handler: what to do when the workflow id was used before."""
     @_builtins.property
     def input(self) -> _types_pb2.Payload:
         """Input passed to the handler. Unset means JSON null."""
@@ -92,10 +119,11 @@ class InvokeRequest(_message.Message):
         idempotency_key: _builtins.str = ...,
         wait: _builtins.bool = ...,
         wait_timeout: _duration_pb2.Duration | None = ...,
+        id_conflict_policy: Global___IdConflictPolicy.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "wait_timeout", b"wait_timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["handler", b"handler", "idempotency_key", b"idempotency_key", "input", b"input", "key", b"key", "wait", b"wait", "wait_timeout", b"wait_timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["handler", b"handler", "id_conflict_policy", b"id_conflict_policy", "idempotency_key", b"idempotency_key", "input", b"input", "key", b"key", "wait", b"wait", "wait_timeout", b"wait_timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -778,3 +806,327 @@ class WatchWorkflowResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchWorkflowResponse: _TypeAlias = WatchWorkflowResponse  # noqa: Y015
+
+@_typing.final
+class ResolvePromiseRequest(_message.Message):
+    """ResolvePromiseRequest resolves a workflow's promise."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HANDLER_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    PROMISE_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    handler: _builtins.str
+    """The workflow's run handler, "<workflow>/<handler>"."""
+    key: _builtins.str
+    """The workflow id."""
+    promise: _builtins.str
+    """The promise's name, as the handler passed it to ctx.promise."""
+    @_builtins.property
+    def value(self) -> _types_pb2.Payload:
+        """The value. Unset means JSON null."""
+
+    def __init__(
+        self,
+        *,
+        handler: _builtins.str = ...,
+        key: _builtins.str = ...,
+        promise: _builtins.str = ...,
+        value: _types_pb2.Payload | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["handler", b"handler", "key", b"key", "promise", b"promise", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolvePromiseRequest: _TypeAlias = ResolvePromiseRequest  # noqa: Y015
+
+@_typing.final
+class ResolvePromiseResponse(_message.Message):
+    """ResolvePromiseResponse confirms the resolution."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVOCATION_ID_FIELD_NUMBER: _builtins.int
+    invocation_id: _builtins.str
+    """The workflow's run invocation."""
+    def __init__(
+        self,
+        *,
+        invocation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invocation_id", b"invocation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolvePromiseResponse: _TypeAlias = ResolvePromiseResponse  # noqa: Y015
+
+@_typing.final
+class RejectPromiseRequest(_message.Message):
+    """RejectPromiseRequest rejects a workflow's promise."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HANDLER_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    PROMISE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    handler: _builtins.str
+    """The workflow's run handler, "<workflow>/<handler>"."""
+    key: _builtins.str
+    """The workflow id."""
+    promise: _builtins.str
+    """The promise's name."""
+    reason: _builtins.str
+    """Why; the handler receives it as the message of a TerminalError."""
+    def __init__(
+        self,
+        *,
+        handler: _builtins.str = ...,
+        key: _builtins.str = ...,
+        promise: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["handler", b"handler", "key", b"key", "promise", b"promise", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RejectPromiseRequest: _TypeAlias = RejectPromiseRequest  # noqa: Y015
+
+@_typing.final
+class RejectPromiseResponse(_message.Message):
+    """RejectPromiseResponse confirms the rejection."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVOCATION_ID_FIELD_NUMBER: _builtins.int
+    invocation_id: _builtins.str
+    """The workflow's run invocation."""
+    def __init__(
+        self,
+        *,
+        invocation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invocation_id", b"invocation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RejectPromiseResponse: _TypeAlias = RejectPromiseResponse  # noqa: Y015
+
+@_typing.final
+class GetObjectStateRequest(_message.Message):
+    """GetObjectStateRequest names one key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OBJECT_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    object: _builtins.str
+    """The virtual object or workflow name (the part of a handler name before "/")."""
+    key: _builtins.str
+    """The object key or workflow id."""
+    def __init__(
+        self,
+        *,
+        object: _builtins.str = ...,
+        key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "object", b"object"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetObjectStateRequest: _TypeAlias = GetObjectStateRequest  # noqa: Y015
+
+@_typing.final
+class GetObjectStateResponse(_message.Message):
+    """GetObjectStateResponse is the key's state."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.StateEntry]:
+        """Entries, sorted by name."""
+
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[_types_pb2.StateEntry] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetObjectStateResponse: _TypeAlias = GetObjectStateResponse  # noqa: Y015
+
+@_typing.final
+class SetObjectStateRequest(_message.Message):
+    """SetObjectStateRequest edits one key's state; changes apply at once, all together."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OBJECT_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    SET_FIELD_NUMBER: _builtins.int
+    CLEAR_FIELD_NUMBER: _builtins.int
+    CLEAR_ALL_FIELD_NUMBER: _builtins.int
+    object: _builtins.str
+    """The virtual object or workflow name."""
+    key: _builtins.str
+    """The object key or workflow id."""
+    clear_all: _builtins.bool
+    """Remove every entry first."""
+    @_builtins.property
+    def set(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.StateEntry]:
+        """Entries to set (replacing those names)."""
+
+    @_builtins.property
+    def clear(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Names to remove."""
+
+    def __init__(
+        self,
+        *,
+        object: _builtins.str = ...,
+        key: _builtins.str = ...,
+        set: _abc.Iterable[_types_pb2.StateEntry] | None = ...,
+        clear: _abc.Iterable[_builtins.str] | None = ...,
+        clear_all: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clear", b"clear", "clear_all", b"clear_all", "key", b"key", "object", b"object", "set", b"set"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetObjectStateRequest: _TypeAlias = SetObjectStateRequest  # noqa: Y015
+
+@_typing.final
+class SetObjectStateResponse(_message.Message):
+    """SetObjectStateResponse is the key's state after the edit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.StateEntry]:
+        """Entries, sorted by name."""
+
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[_types_pb2.StateEntry] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetObjectStateResponse: _TypeAlias = SetObjectStateResponse  # noqa: Y015
+
+@_typing.final
+class KillRequest(_message.Message):
+    """KillRequest names the invocation to kill."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVOCATION_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    invocation_id: _builtins.str
+    """Invocation id."""
+    reason: _builtins.str
+    """Optional reason, stored as its failure message."""
+    def __init__(
+        self,
+        *,
+        invocation_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invocation_id", b"invocation_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KillRequest: _TypeAlias = KillRequest  # noqa: Y015
+
+@_typing.final
+class KillResponse(_message.Message):
+    """KillResponse is the invocation after the kill."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVOCATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def invocation(self) -> _types_pb2.InvocationSummary:
+        """The invocation, CANCELLED."""
+
+    def __init__(
+        self,
+        *,
+        invocation: _types_pb2.InvocationSummary | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["invocation", b"invocation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invocation", b"invocation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KillResponse: _TypeAlias = KillResponse  # noqa: Y015
+
+@_typing.final
+class PurgeRequest(_message.Message):
+    """PurgeRequest names the ended invocation to delete."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVOCATION_ID_FIELD_NUMBER: _builtins.int
+    invocation_id: _builtins.str
+    """Invocation id."""
+    def __init__(
+        self,
+        *,
+        invocation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invocation_id", b"invocation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurgeRequest: _TypeAlias = PurgeRequest  # noqa: Y015
+
+@_typing.final
+class PurgeResponse(_message.Message):
+    """PurgeResponse confirms the purge."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVOCATION_ID_FIELD_NUMBER: _builtins.int
+    invocation_id: _builtins.str
+    """The id of the purged invocation."""
+    def __init__(
+        self,
+        *,
+        invocation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invocation_id", b"invocation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurgeResponse: _TypeAlias = PurgeResponse  # noqa: Y015

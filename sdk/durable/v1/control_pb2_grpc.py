@@ -96,6 +96,36 @@ class DurableControlStub:
                 request_serializer=durable_dot_v1_dot_control__pb2.WatchWorkflowRequest.SerializeToString,
                 response_deserializer=durable_dot_v1_dot_control__pb2.WatchWorkflowResponse.FromString,
                 _registered_method=True)
+        self.ResolvePromise = channel.unary_unary(
+                '/durable.v1.DurableControl/ResolvePromise',
+                request_serializer=durable_dot_v1_dot_control__pb2.ResolvePromiseRequest.SerializeToString,
+                response_deserializer=durable_dot_v1_dot_control__pb2.ResolvePromiseResponse.FromString,
+                _registered_method=True)
+        self.RejectPromise = channel.unary_unary(
+                '/durable.v1.DurableControl/RejectPromise',
+                request_serializer=durable_dot_v1_dot_control__pb2.RejectPromiseRequest.SerializeToString,
+                response_deserializer=durable_dot_v1_dot_control__pb2.RejectPromiseResponse.FromString,
+                _registered_method=True)
+        self.GetObjectState = channel.unary_unary(
+                '/durable.v1.DurableControl/GetObjectState',
+                request_serializer=durable_dot_v1_dot_control__pb2.GetObjectStateRequest.SerializeToString,
+                response_deserializer=durable_dot_v1_dot_control__pb2.GetObjectStateResponse.FromString,
+                _registered_method=True)
+        self.SetObjectState = channel.unary_unary(
+                '/durable.v1.DurableControl/SetObjectState',
+                request_serializer=durable_dot_v1_dot_control__pb2.SetObjectStateRequest.SerializeToString,
+                response_deserializer=durable_dot_v1_dot_control__pb2.SetObjectStateResponse.FromString,
+                _registered_method=True)
+        self.Kill = channel.unary_unary(
+                '/durable.v1.DurableControl/Kill',
+                request_serializer=durable_dot_v1_dot_control__pb2.KillRequest.SerializeToString,
+                response_deserializer=durable_dot_v1_dot_control__pb2.KillResponse.FromString,
+                _registered_method=True)
+        self.Purge = channel.unary_unary(
+                '/durable.v1.DurableControl/Purge',
+                request_serializer=durable_dot_v1_dot_control__pb2.PurgeRequest.SerializeToString,
+                response_deserializer=durable_dot_v1_dot_control__pb2.PurgeResponse.FromString,
+                _registered_method=True)
 
 
 class DurableControlServicer:
@@ -193,6 +223,49 @@ class DurableControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResolvePromise(self, request, context):
+        """ResolvePromise resolves a workflow's durable promise; its run handler continues.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RejectPromise(self, request, context):
+        """RejectPromise rejects a workflow's durable promise with a failure.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetObjectState(self, request, context):
+        """GetObjectState reads the state of one virtual object key or workflow id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetObjectState(self, request, context):
+        """SetObjectState edits the state of one key (an operator fixing a stuck key).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Kill(self, request, context):
+        """Kill ends an invocation at once, CANCELLED, without running its compensations.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Purge(self, request, context):
+        """Purge deletes an ended invocation: its journal and its record (and, for a workflow's
+        run, the workflow's state and promises, so the workflow id can be used again).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DurableControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -255,6 +328,36 @@ def add_DurableControlServicer_to_server(servicer, server):
                     servicer.WatchWorkflow,
                     request_deserializer=durable_dot_v1_dot_control__pb2.WatchWorkflowRequest.FromString,
                     response_serializer=durable_dot_v1_dot_control__pb2.WatchWorkflowResponse.SerializeToString,
+            ),
+            'ResolvePromise': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolvePromise,
+                    request_deserializer=durable_dot_v1_dot_control__pb2.ResolvePromiseRequest.FromString,
+                    response_serializer=durable_dot_v1_dot_control__pb2.ResolvePromiseResponse.SerializeToString,
+            ),
+            'RejectPromise': grpc.unary_unary_rpc_method_handler(
+                    servicer.RejectPromise,
+                    request_deserializer=durable_dot_v1_dot_control__pb2.RejectPromiseRequest.FromString,
+                    response_serializer=durable_dot_v1_dot_control__pb2.RejectPromiseResponse.SerializeToString,
+            ),
+            'GetObjectState': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetObjectState,
+                    request_deserializer=durable_dot_v1_dot_control__pb2.GetObjectStateRequest.FromString,
+                    response_serializer=durable_dot_v1_dot_control__pb2.GetObjectStateResponse.SerializeToString,
+            ),
+            'SetObjectState': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetObjectState,
+                    request_deserializer=durable_dot_v1_dot_control__pb2.SetObjectStateRequest.FromString,
+                    response_serializer=durable_dot_v1_dot_control__pb2.SetObjectStateResponse.SerializeToString,
+            ),
+            'Kill': grpc.unary_unary_rpc_method_handler(
+                    servicer.Kill,
+                    request_deserializer=durable_dot_v1_dot_control__pb2.KillRequest.FromString,
+                    response_serializer=durable_dot_v1_dot_control__pb2.KillResponse.SerializeToString,
+            ),
+            'Purge': grpc.unary_unary_rpc_method_handler(
+                    servicer.Purge,
+                    request_deserializer=durable_dot_v1_dot_control__pb2.PurgeRequest.FromString,
+                    response_serializer=durable_dot_v1_dot_control__pb2.PurgeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -583,6 +686,168 @@ class DurableControl:
             '/durable.v1.DurableControl/WatchWorkflow',
             durable_dot_v1_dot_control__pb2.WatchWorkflowRequest.SerializeToString,
             durable_dot_v1_dot_control__pb2.WatchWorkflowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolvePromise(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/durable.v1.DurableControl/ResolvePromise',
+            durable_dot_v1_dot_control__pb2.ResolvePromiseRequest.SerializeToString,
+            durable_dot_v1_dot_control__pb2.ResolvePromiseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RejectPromise(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/durable.v1.DurableControl/RejectPromise',
+            durable_dot_v1_dot_control__pb2.RejectPromiseRequest.SerializeToString,
+            durable_dot_v1_dot_control__pb2.RejectPromiseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetObjectState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/durable.v1.DurableControl/GetObjectState',
+            durable_dot_v1_dot_control__pb2.GetObjectStateRequest.SerializeToString,
+            durable_dot_v1_dot_control__pb2.GetObjectStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetObjectState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/durable.v1.DurableControl/SetObjectState',
+            durable_dot_v1_dot_control__pb2.SetObjectStateRequest.SerializeToString,
+            durable_dot_v1_dot_control__pb2.SetObjectStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Kill(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/durable.v1.DurableControl/Kill',
+            durable_dot_v1_dot_control__pb2.KillRequest.SerializeToString,
+            durable_dot_v1_dot_control__pb2.KillResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Purge(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/durable.v1.DurableControl/Purge',
+            durable_dot_v1_dot_control__pb2.PurgeRequest.SerializeToString,
+            durable_dot_v1_dot_control__pb2.PurgeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -70,6 +70,20 @@ class DurableControlStub:
     """WatchWorkflow streams one invocation as it moves: a snapshot first, then each step as
     it is journaled and each status change, until it ends. It is pushed; it does not poll.
     """
+    ResolvePromise: _grpc.UnaryUnaryMultiCallable[_control_pb2.ResolvePromiseRequest, _control_pb2.ResolvePromiseResponse]
+    """ResolvePromise resolves a workflow's durable promise; its run handler continues."""
+    RejectPromise: _grpc.UnaryUnaryMultiCallable[_control_pb2.RejectPromiseRequest, _control_pb2.RejectPromiseResponse]
+    """RejectPromise rejects a workflow's durable promise with a failure."""
+    GetObjectState: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetObjectStateRequest, _control_pb2.GetObjectStateResponse]
+    """GetObjectState reads the state of one virtual object key or workflow id."""
+    SetObjectState: _grpc.UnaryUnaryMultiCallable[_control_pb2.SetObjectStateRequest, _control_pb2.SetObjectStateResponse]
+    """SetObjectState edits the state of one key (an operator fixing a stuck key)."""
+    Kill: _grpc.UnaryUnaryMultiCallable[_control_pb2.KillRequest, _control_pb2.KillResponse]
+    """Kill ends an invocation at once, CANCELLED, without running its compensations."""
+    Purge: _grpc.UnaryUnaryMultiCallable[_control_pb2.PurgeRequest, _control_pb2.PurgeResponse]
+    """Purge deletes an ended invocation: its journal and its record (and, for a workflow's
+    run, the workflow's state and promises, so the workflow id can be used again).
+    """
 
 @_typing.type_check_only
 class DurableControlAsyncStub(DurableControlStub):
@@ -112,6 +126,20 @@ class DurableControlAsyncStub(DurableControlStub):
     WatchWorkflow: _aio.UnaryStreamMultiCallable[_control_pb2.WatchWorkflowRequest, _control_pb2.WatchWorkflowResponse]  # type: ignore[assignment]
     """WatchWorkflow streams one invocation as it moves: a snapshot first, then each step as
     it is journaled and each status change, until it ends. It is pushed; it does not poll.
+    """
+    ResolvePromise: _aio.UnaryUnaryMultiCallable[_control_pb2.ResolvePromiseRequest, _control_pb2.ResolvePromiseResponse]  # type: ignore[assignment]
+    """ResolvePromise resolves a workflow's durable promise; its run handler continues."""
+    RejectPromise: _aio.UnaryUnaryMultiCallable[_control_pb2.RejectPromiseRequest, _control_pb2.RejectPromiseResponse]  # type: ignore[assignment]
+    """RejectPromise rejects a workflow's durable promise with a failure."""
+    GetObjectState: _aio.UnaryUnaryMultiCallable[_control_pb2.GetObjectStateRequest, _control_pb2.GetObjectStateResponse]  # type: ignore[assignment]
+    """GetObjectState reads the state of one virtual object key or workflow id."""
+    SetObjectState: _aio.UnaryUnaryMultiCallable[_control_pb2.SetObjectStateRequest, _control_pb2.SetObjectStateResponse]  # type: ignore[assignment]
+    """SetObjectState edits the state of one key (an operator fixing a stuck key)."""
+    Kill: _aio.UnaryUnaryMultiCallable[_control_pb2.KillRequest, _control_pb2.KillResponse]  # type: ignore[assignment]
+    """Kill ends an invocation at once, CANCELLED, without running its compensations."""
+    Purge: _aio.UnaryUnaryMultiCallable[_control_pb2.PurgeRequest, _control_pb2.PurgeResponse]  # type: ignore[assignment]
+    """Purge deletes an ended invocation: its journal and its record (and, for a workflow's
+    run, the workflow's state and promises, so the workflow id can be used again).
     """
 
 class DurableControlServicer(metaclass=_abc_1.ABCMeta):
@@ -224,6 +252,56 @@ class DurableControlServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_control_pb2.WatchWorkflowResponse], _abc.AsyncIterator[_control_pb2.WatchWorkflowResponse]]:
         """WatchWorkflow streams one invocation as it moves: a snapshot first, then each step as
         it is journaled and each status change, until it ends. It is pushed; it does not poll.
+        """
+
+    @_abc_1.abstractmethod
+    def ResolvePromise(
+        self,
+        request: _control_pb2.ResolvePromiseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ResolvePromiseResponse, _abc.Awaitable[_control_pb2.ResolvePromiseResponse]]:
+        """ResolvePromise resolves a workflow's durable promise; its run handler continues."""
+
+    @_abc_1.abstractmethod
+    def RejectPromise(
+        self,
+        request: _control_pb2.RejectPromiseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.RejectPromiseResponse, _abc.Awaitable[_control_pb2.RejectPromiseResponse]]:
+        """RejectPromise rejects a workflow's durable promise with a failure."""
+
+    @_abc_1.abstractmethod
+    def GetObjectState(
+        self,
+        request: _control_pb2.GetObjectStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.GetObjectStateResponse, _abc.Awaitable[_control_pb2.GetObjectStateResponse]]:
+        """GetObjectState reads the state of one virtual object key or workflow id."""
+
+    @_abc_1.abstractmethod
+    def SetObjectState(
+        self,
+        request: _control_pb2.SetObjectStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.SetObjectStateResponse, _abc.Awaitable[_control_pb2.SetObjectStateResponse]]:
+        """SetObjectState edits the state of one key (an operator fixing a stuck key)."""
+
+    @_abc_1.abstractmethod
+    def Kill(
+        self,
+        request: _control_pb2.KillRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.KillResponse, _abc.Awaitable[_control_pb2.KillResponse]]:
+        """Kill ends an invocation at once, CANCELLED, without running its compensations."""
+
+    @_abc_1.abstractmethod
+    def Purge(
+        self,
+        request: _control_pb2.PurgeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.PurgeResponse, _abc.Awaitable[_control_pb2.PurgeResponse]]:
+        """Purge deletes an ended invocation: its journal and its record (and, for a workflow's
+        run, the workflow's state and promises, so the workflow id can be used again).
         """
 
 def add_DurableControlServicer_to_server(servicer: DurableControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

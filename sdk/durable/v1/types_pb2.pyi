@@ -151,6 +151,8 @@ class _WaitKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WaitKind.Val
     """An awakeable, resolved through ResolveAwakeable or RejectAwakeable."""
     WAIT_KIND_CALL: _WaitKind.ValueType  # 3
     """The result of another invocation it called."""
+    WAIT_KIND_PROMISE: _WaitKind.ValueType  # 4
+    """A workflow's durable promise, resolved through ResolvePromise or a shared handler."""
 
 class WaitKind(_WaitKind, metaclass=_WaitKindEnumTypeWrapper):
     """WaitKind is what a suspended invocation waits for."""
@@ -163,6 +165,8 @@ WAIT_KIND_AWAKEABLE: WaitKind.ValueType  # 2
 """An awakeable, resolved through ResolveAwakeable or RejectAwakeable."""
 WAIT_KIND_CALL: WaitKind.ValueType  # 3
 """The result of another invocation it called."""
+WAIT_KIND_PROMISE: WaitKind.ValueType  # 4
+"""A workflow's durable promise, resolved through ResolvePromise or a shared handler."""
 Global___WaitKind: _TypeAlias = WaitKind  # noqa: Y015
 
 class _HandlerKind:
@@ -212,6 +216,7 @@ class WaitTarget(_message.Message):
     DUE_AT_FIELD_NUMBER: _builtins.int
     AWAKEABLE_ID_FIELD_NUMBER: _builtins.int
     INVOCATION_ID_FIELD_NUMBER: _builtins.int
+    PROMISE_FIELD_NUMBER: _builtins.int
     kind: Global___WaitKind.ValueType
     """What it waits for."""
     step_index: _builtins.int
@@ -220,6 +225,8 @@ class WaitTarget(_message.Message):
     """The awakeable's id, to pass to ResolveAwakeable (WAIT_KIND_AWAKEABLE)."""
     invocation_id: _builtins.str
     """The invocation called (WAIT_KIND_CALL)."""
+    promise: _builtins.str
+    """The promise's name (WAIT_KIND_PROMISE)."""
     @_builtins.property
     def due_at(self) -> _timestamp_pb2.Timestamp:
         """When the timer is due (WAIT_KIND_TIMER)."""
@@ -232,14 +239,43 @@ class WaitTarget(_message.Message):
         due_at: _timestamp_pb2.Timestamp | None = ...,
         awakeable_id: _builtins.str = ...,
         invocation_id: _builtins.str = ...,
+        promise: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["due_at", b"due_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["awakeable_id", b"awakeable_id", "due_at", b"due_at", "invocation_id", b"invocation_id", "kind", b"kind", "step_index", b"step_index"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["awakeable_id", b"awakeable_id", "due_at", b"due_at", "invocation_id", b"invocation_id", "kind", b"kind", "promise", b"promise", "step_index", b"step_index"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WaitTarget: _TypeAlias = WaitTarget  # noqa: Y015
+
+@_typing.final
+class StateEntry(_message.Message):
+    """StateEntry is one key of a virtual object's or workflow's state."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The state key, as the handler named it in ctx.set."""
+    @_builtins.property
+    def value(self) -> Global___Payload:
+        """Its value."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        value: Global___Payload | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StateEntry: _TypeAlias = StateEntry  # noqa: Y015
 
 @_typing.final
 class Payload(_message.Message):

@@ -243,5 +243,15 @@ class InvocationIndex:
                     break
         return out
 
+    def ended_before(self, cutoff_ns: int, limit: int = 1000) -> builtins.list[str]:
+        """Ended invocations whose end is older than ``cutoff_ns`` (retention)."""
+        out: builtins.list[str] = []
+        for s in self._by_id.values():
+            if is_terminal(s.status) and s.ended_ns and s.ended_ns < cutoff_ns:
+                out.append(s.id)
+                if len(out) >= limit:
+                    break
+        return out
+
     def __len__(self) -> int:
         return len(self._by_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -24,6 +25,7 @@ from durable.v1 import types_pb2
 from durable_server.config import EngineConfig
 from durable_server.control.catalog import HandlerCatalog
 from durable_server.control.index import InvocationIndex
+from durable_server.control.keyed import KeyedControl
 from durable_server.control.validation import (
     RequestError,
     invalid,
@@ -31,8 +33,14 @@ from durable_server.control.validation import (
     validate_input,
 )
 from durable_server.control.views import Progress, with_final
-from durable_server.ids import idempotent_invocation_id, new_invocation_id, parse_awakeable_id
+from durable_server.ids import (
+    idempotent_invocation_id,
+    new_invocation_id,
+    parse_awakeable_id,
+    workflow_run_id,
+)
 from durable_server.journal import Journal, LoadedJournal
+from durable_server.objects import KeyQueue, StateStore
 from durable_server.records import (
     MutationRefused,
     Record,
@@ -43,7 +51,13 @@ from durable_server.records import (
     now_ts,
     status_name,
 )
-from durable_server.resources import ensure_resources, invocations_kv, workers_kv
+from durable_server.resources import (
+    ensure_resources,
+    invocations_kv,
+    locks_kv,
+    state_kv,
+    workers_kv,
+)
 from durable_server.waking import AlreadyCompleted, Waker
 from durable_server.workqueue import WorkQueue
 
@@ -52,6 +66,7 @@ S = types_pb2
 
 _MAX_IDEMPOTENCY_KEY = 256
 _MAX_KEY = 256
+_WORKFLOW_KINDS = (S.HANDLER_KIND_WORKFLOW_RUN, S.HANDLER_KIND_WORKFLOW_SHARED)
 # Statuses whose invocation needs a work item to move on (the reconciler checks it has one).
 _WAITING_FOR_ITEM = (S.INVOCATION_STATUS_PENDING, S.INVOCATION_STATUS_SCHEDULED)
 # Statuses in which no work item drives the invocation now: a Cancel must enqueue one.
@@ -137,6 +152,9 @@ class ControlPlane:
         self.journal = Journal(js, self.cfg)
         self.work = WorkQueue(js, self.cfg)
         self.waker = Waker(js, self.cfg, self.records, self.work)
+        self.keys = KeyQueue(js, self.cfg, await locks_kv(js, self.cfg))
+        self.state = StateStore(await state_kv(js, self.cfg), self.cfg.max_state_bytes)
+        self.keyed = KeyedControl(self)
         await self.nc.subscribe(f"{self.cfg.prefix}.progress.>", cb=self._on_progress)
         await self.nc.subscribe(self.cfg.journaled_subject("*"), cb=self._on_journaled)
         await workers_kv(js, self.cfg)
@@ -147,6 +165,7 @@ class ControlPlane:
             if item.HasField("initial"):
                 self.index.apply_if_absent(item.initial)
         self._tasks.append(asyncio.create_task(self._reconcile_loop(), name="reconciler"))
+        self._tasks.append(asyncio.create_task(self.keyed.retention_loop(), name="retention"))
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -167,6 +186,7 @@ class ControlPlane:
         *,
         wait: bool = False,
         timeout: float | None = None,
+        id_conflict: int = 0,
     ) -> tuple[Record, bool, bool]:
         """Store and enqueue a new invocation; returns (record, already_existed, ended).
 
@@ -176,6 +196,9 @@ class ControlPlane:
         info = self._handler(handler)
         if info.kind == S.HANDLER_KIND_SERVICE and key:
             raise invalid(f"{handler} is a service handler; it takes no key (got {key!r})")
+        if info.kind != S.HANDLER_KIND_SERVICE and not key:
+            what = "workflow id" if info.kind in _WORKFLOW_KINDS else "object key"
+            raise invalid(f"{handler} needs a key: the {what} it runs for (key=...)")
         if len(key) > _MAX_KEY:
             raise invalid(f"key is {len(key)} characters; at most {_MAX_KEY} are allowed")
         if len(idempotency_key) > _MAX_IDEMPOTENCY_KEY:
@@ -201,18 +224,28 @@ class ControlPlane:
             updated_at=now,
             generation=1,
         )
+        if info.kind == S.HANDLER_KIND_WORKFLOW_RUN:
+            record.id = workflow_run_id(info.service, key)
+        accept = functools.partial(self._accept_kind, info.kind, id_conflict)
         if not wait:
-            existing = await self._accept(record)
+            existing = await accept(record)
             return (record, False, False) if existing is None else (existing, True, False)
         # Listen for the end before anything is written, so no change can slip past.
         async with self._outcome(record.id) as fut:
-            if await self._accept(record) is not None:
+            if await accept(record) is not None:
                 existing, ended = await self.await_result(record.id, timeout)
                 return existing, True, ended
             final = await _within(fut, timeout)
             if final is not None:
                 return final, False, True
             return await self.view_record(record.id), False, False
+
+    async def _accept_kind(self, kind: int, id_conflict: int, record: Record) -> Record | None:
+        if kind == S.HANDLER_KIND_OBJECT_EXCLUSIVE:
+            return await self.keyed.accept_exclusive(record)
+        if kind == S.HANDLER_KIND_WORKFLOW_RUN:
+            return await self.keyed.accept_run(record, id_conflict)
+        return await self._accept(record)
 
     async def _accept(self, record: Record) -> Record | None:
         """Store and enqueue a new invocation; the existing one instead when its idempotency
@@ -221,7 +254,9 @@ class ControlPlane:
             # Create first: only the Invoke that created the record may enqueue it.
             if await self.records.create(record) is None:
                 return await self._check_same_input(record)
-            await self.work.enqueue(record.id, 1, "invoke")
+            await self.work.enqueue(
+                record.id, 1, "invoke", incarnation=record.created_at.ToNanoseconds()
+            )
             return None
         # A fresh id cannot exist yet, so the work item alone accepts the invocation: one
         # write. The worker creates the record as it claims it; if no worker does so soon,
@@ -403,7 +438,12 @@ class ControlPlane:
         record = await self._mutate(invocation_id, change)
         await self._signal(invocation_id, {"resume": True})
         if record.status == S.INVOCATION_STATUS_PENDING:
-            await self.work.enqueue(record.id, record.generation, "resume")
+            await self.work.enqueue(
+                record.id,
+                record.generation,
+                "resume",
+                incarnation=record.created_at.ToNanoseconds(),
+            )
         return record
 
     async def cancel(self, invocation_id: str, reason: str) -> Record:
@@ -434,7 +474,12 @@ class ControlPlane:
         record = await self._mutate(invocation_id, change)
         await self._signal(invocation_id, {"cancel": True, "reason": reason})
         if before != record.status and record.status == S.INVOCATION_STATUS_PENDING:
-            await self.work.enqueue(record.id, record.generation, "cancel")
+            await self.work.enqueue(
+                record.id,
+                record.generation,
+                "cancel",
+                incarnation=record.created_at.ToNanoseconds(),
+            )
         return record
 
     async def complete_awakeable(
@@ -533,10 +578,15 @@ class ControlPlane:
                         current.record.scheduled_at.ToNanoseconds() > cutoff
                     ):
                         continue  # its schedule is not due yet (or only just fired)
+                    if not await self.keyed.may_run(current.record):
+                        continue  # queued behind its key's holder, which passes it on
                     if current.record.status in _WAITING_FOR_ITEM:
                         log.info("re-enqueueing %s (work item missing)", invocation_id)
                         await self.work.enqueue(
-                            invocation_id, current.record.generation, "reconcile"
+                            invocation_id,
+                            current.record.generation,
+                            "reconcile",
+                            incarnation=current.record.created_at.ToNanoseconds(),
                         )
                 except RecordNotFound:
                     continue

@@ -111,6 +111,7 @@ class DurableControlServicer(control_pb2_grpc.DurableControlServicer):
             request.idempotency_key,
             wait=request.wait,
             timeout=timeout,
+            id_conflict=request.id_conflict_policy,
         )
         response = C.InvokeResponse(
             invocation_id=record.id, already_existed=existed, status=record.status
@@ -240,6 +241,59 @@ class DurableControlServicer(control_pb2_grpc.DurableControlServicer):
                 grpc.StatusCode.UNAVAILABLE,
                 f"JetStream did not answer ({type(err).__name__}); watch again",
             )
+
+    @_rpc
+    async def ResolvePromise(
+        self, request: C.ResolvePromiseRequest, context: ServicerContext
+    ) -> C.ResolvePromiseResponse:
+        data, content_type = payload_to_stored(
+            request.value, self._plane.cfg.max_payload_bytes, "value"
+        )
+        outcome = storage_pb2.JournalRecord()
+        outcome.value.CopyFrom(storage_pb2.StoredPayload(data=data, content_type=content_type))
+        run_id = await self._plane.keyed.complete_promise(
+            request.handler, request.key, request.promise, outcome
+        )
+        return C.ResolvePromiseResponse(invocation_id=run_id)
+
+    @_rpc
+    async def RejectPromise(
+        self, request: C.RejectPromiseRequest, context: ServicerContext
+    ) -> C.RejectPromiseResponse:
+        if not request.reason:
+            raise invalid("reason is required: the handler receives it as its error message")
+        outcome = storage_pb2.JournalRecord()
+        outcome.failure.CopyFrom(S.Failure(message=request.reason, error_type="TerminalError"))
+        run_id = await self._plane.keyed.complete_promise(
+            request.handler, request.key, request.promise, outcome
+        )
+        return C.RejectPromiseResponse(invocation_id=run_id)
+
+    @_rpc
+    async def GetObjectState(
+        self, request: C.GetObjectStateRequest, context: ServicerContext
+    ) -> C.GetObjectStateResponse:
+        entries = await self._plane.keyed.get_state(request.object, request.key)
+        return C.GetObjectStateResponse(entries=entries)
+
+    @_rpc
+    async def SetObjectState(
+        self, request: C.SetObjectStateRequest, context: ServicerContext
+    ) -> C.SetObjectStateResponse:
+        return C.SetObjectStateResponse(entries=await self._plane.keyed.set_state(request))
+
+    @_rpc
+    async def Kill(self, request: C.KillRequest, context: ServicerContext) -> C.KillResponse:
+        record = await self._plane.keyed.kill(
+            check_invocation_id(request.invocation_id), request.reason
+        )
+        return C.KillResponse(invocation=_summary(record))
+
+    @_rpc
+    async def Purge(self, request: C.PurgeRequest, context: ServicerContext) -> C.PurgeResponse:
+        invocation_id = check_invocation_id(request.invocation_id)
+        await self._plane.keyed.purge(invocation_id)
+        return C.PurgeResponse(invocation_id=invocation_id)
 
     @_rpc
     async def ListHandlers(

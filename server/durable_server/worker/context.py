@@ -20,7 +20,7 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from durable import _serde
-from durable._context import Context, DurableFuture, Duration
+from durable._context import Context, DurableFuture, DurablePromise, Duration
 from durable._handlers import handler_name
 from durable._retry import RetryPolicy
 from durable.errors import CancelledError, NonDeterminismError, SuspendInvocation, TerminalError
@@ -28,35 +28,29 @@ from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
 from durable_server.ids import awakeable_id, child_invocation_id, parse_awakeable_id
 from durable_server.journal import Journal, JournalFenced
+from durable_server.objects import StateStore
 from durable_server.records import now_ts
 from durable_server.waking import AlreadyCompleted, Waker
 from durable_server.worker.encoding import (
     CANCELLED_ERROR_TYPE,
     declared_return_type,
+    describe_step,
     encode_bounded,
     error_from_failure,
     failure_of,
 )
+from durable_server.worker.keyed import KeyedSteps
 from durable_server.worker.signals import ControlFlags, Fenced, RetryAttempt
-from durable_server.worker.waits import IN_PROCESS_WAIT, StepFuture, probe, seconds, timestamp_in
+from durable_server.worker.waits import (
+    IN_PROCESS_WAIT,
+    StepFuture,
+    probe,
+    seconds,
+    step_futures,
+    timestamp_in,
+)
 
 _ANNOUNCE_AFTER = 0.05
-_KIND_NAMES: dict[int, str] = {
-    types_pb2.STEP_KIND_RUN: "run",
-    types_pb2.STEP_KIND_NOW: "now",
-    types_pb2.STEP_KIND_SLEEP: "sleep",
-    types_pb2.STEP_KIND_CALL: "call",
-    types_pb2.STEP_KIND_SEND: "send",
-    types_pb2.STEP_KIND_AWAKEABLE: "awakeable",
-    types_pb2.STEP_KIND_AWAIT: "await",
-    types_pb2.STEP_KIND_SELECT: "select",
-    types_pb2.STEP_KIND_RESOLVE_AWAKEABLE: "resolve awakeable",
-}
-
-
-def describe_step(kind: int, name: str) -> str:
-    label = _KIND_NAMES.get(kind) or types_pb2.StepKind.Name(kind)  # type: ignore[arg-type]
-    return f"{label} {name!r}"
 
 
 class InvocationContext(Context):
@@ -74,6 +68,8 @@ class InvocationContext(Context):
         announce: Callable[[int, int, str], None],
         max_payload: int,
         waker: Waker,
+        kind: int = types_pb2.HANDLER_KIND_SERVICE,
+        state: StateStore | None = None,
     ) -> None:
         self._record = record
         self._waker = waker
@@ -96,6 +92,16 @@ class InvocationContext(Context):
         self._last_recorded_at: Timestamp | None = None
         self._aborted: RetryAttempt | None = None
         self._rng = _random.Random(record.id)
+        self.keyed = KeyedSteps(
+            self,
+            kind=kind,
+            handler=record.handler,
+            key=record.key,
+            invocation_id=record.id,
+            store=state,  # type: ignore[arg-type]
+            waker=waker,
+            max_payload=max_payload,
+        )
         self.cancel_delivered = any(
             e.HasField("failure") and e.failure.error_type == CANCELLED_ERROR_TYPE for e in entries
         )
@@ -505,7 +511,7 @@ class InvocationContext(Context):
         return out
 
     async def select(self, *futures: DurableFuture[Any]) -> tuple[int, Any]:
-        futs = _step_futures(futures)
+        futs = step_futures(futures)
         index, entry = self._take(types_pb2.STEP_KIND_SELECT, "select")
         if entry is None:
             cancelled = self._check_new_step(index, types_pb2.STEP_KIND_SELECT, "select")
@@ -535,7 +541,7 @@ class InvocationContext(Context):
             await asyncio.sleep(soonest)
 
     async def gather(self, *futures: DurableFuture[Any]) -> list[Any]:
-        return [await f for f in _step_futures(futures)]
+        return [await f for f in step_futures(futures)]
 
     async def resolve_awakeable(self, awakeable_id: str, value: Any = None) -> None:
         out = storage_pb2.JournalRecord()
@@ -564,17 +570,29 @@ class InvocationContext(Context):
             await self._waker.complete_awakeable(*parsed, out)
         self._value_entry(index, kind, awk, None)
 
+    # -- state and promises (virtual objects, workflows; see keyed.py) --------------------
+
+    @property
+    def _handed_index(self) -> int:
+        return self._handed
+
+    async def get(self, name: str, result_type: Any = None) -> Any:
+        return await self.keyed.get(name, result_type)
+
+    def set(self, name: str, value: Any) -> None:
+        self.keyed.set(name, value)
+
+    def clear(self, name: str) -> None:
+        self.keyed.clear(name)
+
+    def clear_all(self) -> None:
+        self.keyed.clear_all()
+
+    async def state_keys(self) -> list[str]:
+        return await self.keyed.keys()
+
+    def promise(self, name: str, result_type: Any = None) -> DurablePromise[Any]:
+        return self.keyed.promise(name, result_type)
+
 
 _JSON = "application/json"
-
-
-def _step_futures(futures: tuple[DurableFuture[Any], ...]) -> list[StepFuture]:
-    if not futures:
-        raise ValueError("select and gather need at least one future")
-    for f in futures:
-        if not isinstance(f, StepFuture):
-            raise TypeError(
-                f"{f!r} is not a durable future; pass what ctx.sleep, ctx.awakeable or "
-                "ctx.call returned"
-            )
-    return list(futures)  # type: ignore[arg-type]

@@ -61,3 +61,21 @@ def _return_type(fn: Callable[..., Any]) -> Any:
 
 
 _return_type_cached = functools.lru_cache(maxsize=1024)(_return_type)
+
+
+_KIND_NAMES: dict[int, str] = {
+    types_pb2.STEP_KIND_RUN: "run",
+    types_pb2.STEP_KIND_NOW: "now",
+    types_pb2.STEP_KIND_SLEEP: "sleep",
+    types_pb2.STEP_KIND_CALL: "call",
+    types_pb2.STEP_KIND_SEND: "send",
+    types_pb2.STEP_KIND_AWAKEABLE: "awakeable",
+    types_pb2.STEP_KIND_AWAIT: "await",
+    types_pb2.STEP_KIND_SELECT: "select",
+    types_pb2.STEP_KIND_RESOLVE_AWAKEABLE: "resolve awakeable",
+}
+
+
+def describe_step(kind: int, name: str) -> str:
+    label = _KIND_NAMES.get(kind) or types_pb2.StepKind.Name(kind)  # type: ignore[arg-type]
+    return f"{label} {name!r}"

@@ -26,6 +26,7 @@ from durable.errors import CancelledError, NonDeterminismError, SuspendInvocatio
 from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
 from durable_server.journal import Journal, LoadedJournal
+from durable_server.objects import KeyQueue, StateStore, StateTooLarge
 from durable_server.records import (
     MutationRefused,
     Record,
@@ -39,6 +40,7 @@ from durable_server.waking import Waker
 from durable_server.worker.claim import Claim
 from durable_server.worker.context import InvocationContext
 from durable_server.worker.encoding import encode_bounded, failure_of
+from durable_server.worker.keyed import StateView, changes_in
 from durable_server.worker.signals import ControlFlags, Fenced, RetryAttempt
 from durable_server.worker.waits import any_completed
 
@@ -94,8 +96,12 @@ class Executor:
         max_payload: int,
         running_record_after: float = 0.2,
         young_item: float = 1.0,
+        keys: KeyQueue | None = None,
+        state: StateStore | None = None,
     ) -> None:
         self._records = records
+        self._keys = keys
+        self._state = state
         self._journal = journal
         self._registry = registry
         self._waker = waker
@@ -163,11 +169,14 @@ class Executor:
             await msg.ack()
             return None
         if is_terminal(rec.status) or rec.status == S.INVOCATION_STATUS_PAUSED:
-            if is_terminal(rec.status) and rec.caller_id:
-                await self._waker.wake(rec.caller_id, f"call {rec.id} ended")
+            if is_terminal(rec.status):
+                await self._ended(rec)  # again: the attempt that ended it may have died
             await msg.ack()
             return None
         if not await self._serves(msg, rec.handler, invocation_id):
+            return None
+        if not await self._holds_key(rec):
+            await msg.ack()  # queued behind the key's holder: it is enqueued when its turn comes
             return None
         if rec.status == S.INVOCATION_STATUS_BACKING_OFF and rec.HasField("next_attempt_at"):
             wait = rec.next_attempt_at.ToNanoseconds() / 1e9 - time.time()
@@ -216,6 +225,8 @@ class Executor:
             announce=lambda i, k, n: self._announce(rec.id, i, k, n),
             max_payload=self._max_payload,
             waker=self._waker,
+            kind=hdef.kind,
+            state=self._state,
         )
         timer = None
         if not claim.written:
@@ -225,9 +236,27 @@ class Executor:
         final: storage_pb2.FinalOutcome | None = None
         try:
             outcome = await self._run_handler(hdef, rec, ctx)
+            view = ctx.keyed.view
+            if view.touched and not await self._state_fits(rec, view):
+                outcome = Outcome(
+                    S.INVOCATION_STATUS_FAILED,
+                    failure=types_pb2.Failure(
+                        message=f"the state of {rec.handler.split('/')[0]}/{rec.key} would "
+                        "exceed --max-state-bytes; its changes were not applied",
+                        error_type="TerminalError",
+                    ),
+                )
+                view.changes.clear()
+                view.cleared_all = False
             if is_terminal(outcome.status):
                 final = _final_of(outcome)
             await ctx.flush_all(final)
+            if view.touched:
+                assert self._state is not None
+                # With the journal, before the record: readers see all changes or none.
+                await self._state.apply(
+                    rec.handler.split("/")[0], rec.key, view.changes, view.cleared_all
+                )
             for target in outcome.waits:
                 if target.kind == S.WAIT_KIND_TIMER:
                     # Before the record says SUSPENDED: a suspended timer always has one.
@@ -274,8 +303,8 @@ class Executor:
                 rec.id, list(outcome.waits), self._journal, self._waker
             ):
                 await self._waker.wake(rec.id, "completed while suspending")
-        elif is_terminal(outcome.status) and rec.caller_id:
-            await self._waker.wake(rec.caller_id, f"call {rec.id} ended")
+        elif is_terminal(outcome.status):
+            await self._ended(rec)
         if outcome.retry_in is not None:
             await msg.nak(delay=outcome.retry_in)
         else:
@@ -293,7 +322,42 @@ class Executor:
             journaled_at=entries[-1].recorded_at,
         )
         steps = sum(1 for e in entries if e.kind != S.STEP_KIND_UNSPECIFIED)
+        view = changes_in(entries)
+        if view.touched and self._state is not None:
+            rec = claim.record
+            await self._state.apply(
+                rec.handler.split("/")[0], rec.key, view.changes, view.cleared_all
+            )
         return await self._settle(msg, claim, outcome, steps, journaled=True)
+
+    def _kind(self, rec: Record) -> int:
+        hdef = self._registry.get(rec.handler)
+        return hdef.kind if hdef is not None else S.HANDLER_KIND_SERVICE
+
+    async def _holds_key(self, rec: Record) -> bool:
+        """Whether an exclusive invocation holds its object key (others need none)."""
+        if self._kind(rec) != S.HANDLER_KIND_OBJECT_EXCLUSIVE or self._keys is None:
+            return True
+        return await self._keys.holder(rec.handler.split("/")[0], rec.key) == rec.id
+
+    async def _ended(self, rec: Record) -> None:
+        """After an invocation ended: pass its key on, wake its caller. Idempotent."""
+        if self._kind(rec) == S.HANDLER_KIND_OBJECT_EXCLUSIVE and self._keys is not None:
+            nxt = await self._keys.release(rec.handler.split("/")[0], rec.key, rec.id)
+            if nxt is not None:
+                await self._waker.enqueue_current(nxt, "key free")
+        if rec.caller_id:
+            await self._waker.wake(rec.caller_id, f"call {rec.id} ended")
+
+    async def _state_fits(self, rec: Record, view: StateView) -> bool:
+        assert self._state is not None
+        try:
+            await self._state.check(
+                rec.handler.split("/")[0], rec.key, view.changes, view.cleared_all
+            )
+        except StateTooLarge:
+            return False
+        return True
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)

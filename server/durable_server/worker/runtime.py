@@ -29,8 +29,15 @@ from durable._handlers import Registry, Service
 from durable.internal.v1 import storage_pb2
 from durable_server.config import EngineConfig
 from durable_server.journal import Journal
+from durable_server.objects import KeyQueue, StateStore
 from durable_server.records import RecordStore, now_ts
-from durable_server.resources import ensure_resources, invocations_kv, workers_kv
+from durable_server.resources import (
+    ensure_resources,
+    invocations_kv,
+    locks_kv,
+    state_kv,
+    workers_kv,
+)
 from durable_server.waking import Waker
 from durable_server.worker.executor import Executor
 from durable_server.worker.signals import ControlFlags
@@ -119,6 +126,8 @@ class Worker:
         )
         self._workers_kv = await workers_kv(js, self.cfg)
         self._waker = Waker(js, self.cfg, self._records, WorkQueue(js, self.cfg))
+        keys = KeyQueue(js, self.cfg, await locks_kv(js, self.cfg))
+        state = StateStore(await state_kv(js, self.cfg), self.cfg.max_state_bytes)
         self._wake_prefix = self.cfg.wake_subject("")
         self._executor = Executor(
             records=self._records,
@@ -129,6 +138,8 @@ class Worker:
             announce=self._announce,
             max_payload=self.cfg.max_payload_bytes,
             running_record_after=self.cfg.running_record_after,
+            keys=keys,
+            state=state,
         )
         await self.nc.subscribe(f"{self.cfg.prefix}.signal.>", cb=self._on_signal)
         self._inbox = self.nc.new_inbox()

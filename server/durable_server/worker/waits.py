@@ -22,6 +22,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from durable._context import DurableFuture, Duration
 from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
+from durable_server.ids import token
 from durable_server.journal import Journal
 from durable_server.waking import Waker
 
@@ -82,6 +83,8 @@ class StepFuture(DurableFuture[Any]):
             return f"timer of step {t.step_index} due {t.due_at.ToJsonString()}"
         if t.kind == types_pb2.WAIT_KIND_AWAKEABLE:
             return f"awakeable {t.awakeable_id}"
+        if t.kind == types_pb2.WAIT_KIND_PROMISE:
+            return f"promise {t.promise!r}"
         return f"call {t.invocation_id} (step {t.step_index})"
 
 
@@ -95,6 +98,9 @@ async def probe(
         return None
     if target.kind == types_pb2.WAIT_KIND_AWAKEABLE:
         return await waker.awakeable_outcome(invocation_id, target.step_index)
+    if target.kind == types_pb2.WAIT_KIND_PROMISE:
+        # Only a workflow's run awaits promises, so they are stored beside its journal.
+        return await waker.promise_outcome(invocation_id, token(target.promise))
     final = await journal.final_entry(target.invocation_id)
     if final is None:
         return None
@@ -117,3 +123,15 @@ async def any_completed(
         if await probe(target, invocation_id, journal, waker) is not None:
             return True
     return False
+
+
+def step_futures(futures: tuple[DurableFuture[Any], ...]) -> list[StepFuture]:
+    if not futures:
+        raise ValueError("select and gather need at least one future")
+    for f in futures:
+        if not isinstance(f, StepFuture):
+            raise TypeError(
+                f"{f!r} is not a durable future; pass what ctx.sleep, ctx.awakeable or "
+                "ctx.call returned"
+            )
+    return list(futures)  # type: ignore[arg-type]
