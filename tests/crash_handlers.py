@@ -19,7 +19,7 @@ import random
 import signal
 import time
 
-from durable import Context, Service
+from durable import Context, Service, VirtualObject
 
 LEDGER_ENV = "DURABLE_TEST_LEDGER"
 STEPS = 5
@@ -163,3 +163,35 @@ async def chain_a(ctx: Context, n: int) -> int:
     b = await ctx.call(chain_b, n)
     await ctx.run("a2", _mark, ctx.invocation_id, 1, ctx.attempt)
     return int(b)
+
+
+# -- virtual objects (test_crash_objects.py) -----------------------------------------------
+
+objects = VirtualObject("objcrash", description="counters for exclusivity and crash tests")
+
+
+async def _span(invocation_id: str, attempt: int, seconds: float) -> int:
+    """Records (enter, exit) in microseconds as the ledger's (prev, value)."""
+    enter = int(time.time() * 1e6)
+    await asyncio.sleep(seconds)
+    exit_ = int(time.time() * 1e6)
+    _record(invocation_id, 0, attempt, enter, exit_)
+    return exit_
+
+
+@objects.handler()
+async def increment(ctx: Context, n: int) -> int:
+    total = int(await ctx.get("total", int) or 0) + n
+    await ctx.run("work", _span, ctx.invocation_id, ctx.attempt, 0.02)
+    ctx.set("total", total)
+    return total
+
+
+@objects.handler()
+async def set_three(ctx: Context, n: int) -> int:
+    """Sets three entries around a slow step: a kill lands between them."""
+    ctx.set("a", n)
+    ctx.set("b", n)
+    await ctx.run("slow", _span, ctx.invocation_id, ctx.attempt, 1.5)
+    ctx.set("c", n)
+    return n
