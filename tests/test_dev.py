@@ -28,11 +28,26 @@ STOP_TIMEOUT = 10.0  # SIGTERM to exit; a clean stop takes well under this
 BANNER_END = "Ctrl-C stops everything"
 
 EXAMPLE_HANDLERS = [
+    "cart/add_ticket",
+    "cart/checkout",
+    "cart/contents",
+    "cart/expire_ticket",
     "expenses/submit",
     "greeter/greet",
+    "notifications/mark_read",
+    "notifications/notify",
+    "notifications/unread",
     "orders/checkout",
     "payments/charge",
     "scheduler/schedule",
+    "signup/run",
+    "signup/status",
+    "signup/verify",
+    "ticket/mark_sold",
+    "ticket/release",
+    "ticket/reserve",
+    "ticket/status",
+    "travel/book",
 ]
 
 

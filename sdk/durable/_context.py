@@ -36,14 +36,12 @@ class DurableFuture(abc.ABC, Generic[T]):
     def __await__(self) -> Generator[Any, None, T]: ...
 
 
-class DurablePromise(abc.ABC, Generic[T]):
+class DurablePromise(DurableFuture[T]):
     """A workflow's durable promise (``ctx.promise(name)``): resolved once, by a shared
     handler of the workflow or by ``DurableControl.ResolvePromise``, before or after the run
     handler awaits it. Awaiting it in ``run`` suspends the workflow until it is resolved; a
-    rejection is raised as a ``TerminalError``."""
-
-    @abc.abstractmethod
-    def __await__(self) -> Generator[Any, None, T]: ...
+    rejection is raised as a ``TerminalError``. It is a :class:`DurableFuture`, so
+    ``ctx.select`` can race it against a timer."""
 
     @abc.abstractmethod
     async def peek(self) -> T | None:

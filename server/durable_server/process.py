@@ -31,6 +31,10 @@ DEFAULT_MODULES = [
     "examples.delayed_execution",
     "examples.approval_workflow",
     "examples.payment_webhook",
+    "examples.ticket_cart",
+    "examples.signup",
+    "examples.user_notifications",
+    "examples.travel_booking",
 ]
 
 

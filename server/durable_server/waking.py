@@ -21,12 +21,22 @@ import logging
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from nats.js import JetStreamContext
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import APIError, KeyNotFoundError, NoKeysError, NotFoundError
+from nats.js.kv import KeyValue
 
+from durable.errors import TerminalError
 from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
 from durable_server.config import EngineConfig
-from durable_server.records import MutationRefused, Record, RecordNotFound, RecordStore
+from durable_server.ids import workflow_run_id
+from durable_server.objects import KeyQueue
+from durable_server.records import (
+    MutationRefused,
+    Record,
+    RecordNotFound,
+    RecordStore,
+    is_terminal,
+)
 from durable_server.workqueue import WorkQueue
 
 log = logging.getLogger("durable.waking")
@@ -45,16 +55,45 @@ def _at(ts: Timestamp) -> str:
     return "@at " + when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+class HandlerKinds:
+    """The kind of every registered handler: this process's own, then the workers bucket."""
+
+    def __init__(self, local: dict[str, int], workers: KeyValue | None = None) -> None:
+        self._kinds = dict(local)
+        self._workers = workers
+
+    async def kind_of(self, handler: str) -> int:
+        if handler not in self._kinds and self._workers is not None:
+            with contextlib.suppress(NoKeysError):
+                for name in await self._workers.keys():
+                    with contextlib.suppress(KeyNotFoundError):
+                        entry = await self._workers.get(name)
+                        reg = storage_pb2.WorkerRegistration()
+                        reg.ParseFromString(entry.value or b"")
+                        for h in reg.handlers:
+                            self._kinds[h.name] = h.kind
+        return self._kinds.get(handler, S.HANDLER_KIND_SERVICE)
+
+
 class Waker:
     """The writes that start, suspend-and-wake and complete invocations."""
 
     def __init__(
-        self, js: JetStreamContext, cfg: EngineConfig, records: RecordStore, work: WorkQueue
+        self,
+        js: JetStreamContext,
+        cfg: EngineConfig,
+        records: RecordStore,
+        work: WorkQueue,
+        *,
+        keys: KeyQueue | None = None,
+        kinds: HandlerKinds | None = None,
     ) -> None:
         self._js = js
         self._cfg = cfg
         self._records = records
         self._work = work
+        self.keys = keys
+        self.kinds = kinds or HandlerKinds({})
 
     async def wake(self, invocation_id: str, reason: str) -> bool:
         """Move a SUSPENDED invocation to PENDING and enqueue it; False when it is not
@@ -109,20 +148,50 @@ class Waker:
             },
         )
 
-    async def start(self, record: Record, *, at: Timestamp | None = None) -> bool:
-        """Start an invocation from a handler (ctx.call, ctx.send): create its record, then
-        enqueue its work item (or schedule it for ``at``). False when it existed already,
-        which is how a replay finds the one it started before instead of a second one."""
+    async def start(self, record: Record, *, at: Timestamp | None = None) -> str:
+        """Start an invocation from a handler (ctx.call, ctx.send); returns its id.
+
+        Creates its record, then queues it as its handler's kind asks: on its object key
+        (exclusive handlers), once per workflow id (a workflow's run, whose id is derived
+        from it), or straight to the work queue; with ``at``, a message schedule starts it
+        then. A record that exists already means a replay started it before (or, for a
+        workflow, someone did): nothing is started twice.
+        """
+        kind = await self.kinds.kind_of(record.handler)
+        obj = record.handler.split("/", 1)[0]
+        if kind != S.HANDLER_KIND_SERVICE and not record.key:
+            raise TerminalError(f"{record.handler} needs a key (ctx.call/ctx.send key=...)")
+        if kind == S.HANDLER_KIND_SERVICE and record.key:
+            raise TerminalError(f"{record.handler} is a service handler; it takes no key")
+        if kind == S.HANDLER_KIND_WORKFLOW_RUN:
+            record.id = workflow_run_id(obj, record.key)
         if await self._records.create(record) is None:
-            return False
-        if at is None:
+            if record.caller_id:
+                await self._add_caller(record.id, record.caller_id)
+            return record.id
+        if at is not None:
+            await self._schedule_start(record, at)
+        elif kind != S.HANDLER_KIND_OBJECT_EXCLUSIVE or (
+            self.keys is not None and await self.keys.enqueue(obj, record.key, record.id)
+        ):
             await self._work.enqueue(
                 record.id,
                 record.generation,
                 "call",
                 incarnation=record.created_at.ToNanoseconds(),
             )
-            return True
+        return record.id
+
+    async def _add_caller(self, invocation_id: str, caller: str) -> None:
+        def change(r: Record) -> None:
+            if r.caller_id == caller or caller in r.more_callers or is_terminal(r.status):
+                raise MutationRefused("nothing to add", r)
+            r.more_callers.append(caller)
+
+        with contextlib.suppress(MutationRefused, RecordNotFound):
+            await self._records.mutate(invocation_id, change)
+
+    async def _schedule_start(self, record: Record, at: Timestamp) -> None:
         item = storage_pb2.WorkItem(
             invocation_id=record.id, reason="delayed send", generation=record.generation
         )
@@ -135,7 +204,12 @@ class Waker:
                 "Nats-Msg-Id": f"{record.id}:scheduled",
             },
         )
-        return True
+
+    async def wake_callers(self, record: Record) -> None:
+        """After ``record`` ended: wake every invocation waiting for its result."""
+        for caller in [record.caller_id, *record.more_callers]:
+            if caller:
+                await self.wake(caller, f"call {record.id} ended")
 
     async def drop_schedule(self, invocation_id: str) -> None:
         """Remove the delayed start of a SCHEDULED invocation (it is started now instead)."""

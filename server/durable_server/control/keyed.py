@@ -223,8 +223,7 @@ class KeyedControl:
             nxt = await p.keys.release(record.handler.split("/")[0], record.key, record.id)
             if nxt is not None:
                 await p.waker.enqueue_current(nxt, "key free")
-        if record.caller_id:
-            await p.waker.wake(record.caller_id, f"call {record.id} killed")
+        await p.waker.wake_callers(record)
         await p._signal(invocation_id, {"cancel": True, "reason": failure.message})
         return record
 

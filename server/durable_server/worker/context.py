@@ -414,7 +414,7 @@ class InvocationContext(Context):
             fut.outcome, fut.settled = self._ready[index], True
             return fut
         fut.started = asyncio.ensure_future(
-            self._start_child(index, types_pb2.STEP_KIND_CALL, name, key, input, None, True)
+            self._start_child(index, types_pb2.STEP_KIND_CALL, name, key, input, None, target)
         )
         return fut
 
@@ -429,7 +429,7 @@ class InvocationContext(Context):
         if cancelled is not None:
             raise cancelled
         at = timestamp_in(seconds(delay)) if delay is not None else None
-        return await self._start_child(index, types_pb2.STEP_KIND_SEND, name, key, input, at, False)
+        return await self._start_child(index, types_pb2.STEP_KIND_SEND, name, key, input, at, None)
 
     async def _start_child(
         self,
@@ -439,10 +439,10 @@ class InvocationContext(Context):
         key: str,
         input: Any,
         at: Timestamp | None,
-        is_call: bool,
+        call: types_pb2.WaitTarget | None,
     ) -> str:
         """Start the invocation of a call or send (idempotently: its id is derived from
-        ours and the step), then journal the step with its id."""
+        ours and the step, or from the workflow id), then journal the step with its id."""
         child = child_invocation_id(self._record.id, index)
         try:
             # Our results so far, before the side effect (not this step's own entry).
@@ -462,15 +462,21 @@ class InvocationContext(Context):
                 created_at=now,
                 updated_at=now,
                 generation=1,
-                caller_id=self._record.id if is_call else "",
+                caller_id=self._record.id if call is not None else "",
                 scheduled_at=at,
             )
-            await self._waker.start(record, at=at)
-        except TerminalError:
+            child = await self._waker.start(record, at=at)
+        except TerminalError as err:
+            # Journaled as the step's outcome, so a replay fails the same way.
+            entry = self._entry(index, kind, name)
+            entry.failure.CopyFrom(failure_of(err))
+            self._complete(entry)
             raise
         except Exception as err:
             self._abort(RetryAttempt(err))
             raise RetryAttempt(err) from err
+        if call is not None:
+            call.invocation_id = child
         self._value_entry(index, kind, name, child)
         return child
 
@@ -510,8 +516,11 @@ class InvocationContext(Context):
             out.value.CopyFrom(storage_pb2.StoredPayload(data=b"null", content_type=_JSON))
         return out
 
+    def _futures(self, futures: tuple[DurableFuture[Any], ...]) -> list[StepFuture]:
+        return step_futures(tuple(self.keyed.as_future(f) for f in futures))
+
     async def select(self, *futures: DurableFuture[Any]) -> tuple[int, Any]:
-        futs = step_futures(futures)
+        futs = self._futures(futures)
         index, entry = self._take(types_pb2.STEP_KIND_SELECT, "select")
         if entry is None:
             cancelled = self._check_new_step(index, types_pb2.STEP_KIND_SELECT, "select")
@@ -541,7 +550,7 @@ class InvocationContext(Context):
             await asyncio.sleep(soonest)
 
     async def gather(self, *futures: DurableFuture[Any]) -> list[Any]:
-        return [await f for f in step_futures(futures)]
+        return [await f for f in self._futures(futures)]
 
     async def resolve_awakeable(self, awakeable_id: str, value: Any = None) -> None:
         out = storage_pb2.JournalRecord()

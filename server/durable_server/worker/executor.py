@@ -9,6 +9,7 @@ current one, so a worker that lost the invocation to another can change nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -335,10 +336,29 @@ class Executor:
         return hdef.kind if hdef is not None else S.HANDLER_KIND_SERVICE
 
     async def _holds_key(self, rec: Record) -> bool:
-        """Whether an exclusive invocation holds its object key (others need none)."""
+        """Whether an exclusive invocation holds its object key (others need none).
+
+        A delayed send to an exclusive handler joins its key's queue when it is due, not
+        when it was sent: its arrival is the schedule firing. Once queued it is PENDING.
+        """
         if self._kind(rec) != S.HANDLER_KIND_OBJECT_EXCLUSIVE or self._keys is None:
             return True
-        return await self._keys.holder(rec.handler.split("/")[0], rec.key) == rec.id
+        obj = rec.handler.split("/")[0]
+        if await self._keys.holder(obj, rec.key) == rec.id:
+            return True
+        if rec.status != S.INVOCATION_STATUS_SCHEDULED:
+            return False
+        if await self._keys.enqueue(obj, rec.key, rec.id):
+            return True
+
+        def queued(r: Record) -> None:
+            if r.status != S.INVOCATION_STATUS_SCHEDULED:
+                raise MutationRefused("moved on", r)
+            r.status = S.INVOCATION_STATUS_PENDING
+
+        with contextlib.suppress(MutationRefused):
+            await self._records.mutate(rec.id, queued)
+        return False
 
     async def _ended(self, rec: Record) -> None:
         """After an invocation ended: pass its key on, wake its caller. Idempotent."""
@@ -346,8 +366,7 @@ class Executor:
             nxt = await self._keys.release(rec.handler.split("/")[0], rec.key, rec.id)
             if nxt is not None:
                 await self._waker.enqueue_current(nxt, "key free")
-        if rec.caller_id:
-            await self._waker.wake(rec.caller_id, f"call {rec.id} ended")
+        await self._waker.wake_callers(rec)
 
     async def _state_fits(self, rec: Record, view: StateView) -> bool:
         assert self._state is not None

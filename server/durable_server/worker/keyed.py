@@ -199,6 +199,10 @@ class KeyedSteps:
         return workflow_run_id(self._object, self._key)
 
     async def await_promise(self, promise: _Promise) -> Any:
+        return await self.future_of(promise)
+
+    def future_of(self, promise: _Promise) -> StepFuture:
+        """The promise as a future of the run handler (for await, ctx.select, ctx.gather)."""
         if self._kind != S.HANDLER_KIND_WORKFLOW_RUN:
             raise TerminalError(
                 f"only the workflow's run handler may await promise {promise.name!r}; shared "
@@ -211,7 +215,10 @@ class KeyedSteps:
                 self._steps._complete(self._steps._entry(index, S.STEP_KIND_PROMISE, label))
             target = S.WaitTarget(kind=S.WAIT_KIND_PROMISE, step_index=index, promise=promise.name)
             promise.future = StepFuture(self._steps._await, target, promise.result_type)
-        return await promise.future
+        return promise.future
+
+    def as_future(self, f: DurableFuture[Any]) -> DurableFuture[Any]:
+        return self.future_of(f) if isinstance(f, _Promise) else f
 
     async def peek(self, promise: _Promise) -> Any:
         label = f"peek {promise.name}"
@@ -259,11 +266,13 @@ def _outcome_only(entry: Entry) -> Entry:
 
 
 class _Promise(DurablePromise[Any]):
+    """ctx.promise(name)."""
+
     def __init__(self, keyed: KeyedSteps, name: str, result_type: Any) -> None:
         self._keyed = keyed
         self.name = name
         self.result_type = Any if result_type is None else result_type
-        self.future: DurableFuture[Any] | None = None
+        self.future: StepFuture | None = None
 
     def __await__(self) -> Generator[Any, None, Any]:
         return self._keyed.await_promise(self).__await__()

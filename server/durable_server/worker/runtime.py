@@ -38,7 +38,7 @@ from durable_server.resources import (
     state_kv,
     workers_kv,
 )
-from durable_server.waking import Waker
+from durable_server.waking import HandlerKinds, Waker
 from durable_server.worker.executor import Executor
 from durable_server.worker.signals import ControlFlags
 from durable_server.workqueue import WorkQueue
@@ -125,8 +125,11 @@ class Worker:
             direct_reads=self.cfg.direct_reads,
         )
         self._workers_kv = await workers_kv(js, self.cfg)
-        self._waker = Waker(js, self.cfg, self._records, WorkQueue(js, self.cfg))
         keys = KeyQueue(js, self.cfg, await locks_kv(js, self.cfg))
+        kinds = HandlerKinds({h.full_name: h.kind for h in self.registry}, self._workers_kv)
+        self._waker = Waker(
+            js, self.cfg, self._records, WorkQueue(js, self.cfg), keys=keys, kinds=kinds
+        )
         state = StateStore(await state_kv(js, self.cfg), self.cfg.max_state_bytes)
         self._wake_prefix = self.cfg.wake_subject("")
         self._executor = Executor(

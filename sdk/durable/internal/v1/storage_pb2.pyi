@@ -82,6 +82,7 @@ class InvocationRecord(_message.Message):
     CALLER_ID_FIELD_NUMBER: _builtins.int
     SCHEDULED_AT_FIELD_NUMBER: _builtins.int
     CONTINUATIONS_FIELD_NUMBER: _builtins.int
+    MORE_CALLERS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Invocation id."""
     handler: _builtins.str
@@ -158,6 +159,12 @@ class InvocationRecord(_message.Message):
     def scheduled_at(self) -> _timestamp_pb2.Timestamp:
         """When a delayed send starts it (SCHEDULED)."""
 
+    @_builtins.property
+    def more_callers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """More invocations waiting for this one's result: callers of a workflow's run that
+        another invocation had started already.
+        """
+
     def __init__(
         self,
         *,
@@ -187,10 +194,11 @@ class InvocationRecord(_message.Message):
         caller_id: _builtins.str = ...,
         scheduled_at: _timestamp_pb2.Timestamp | None = ...,
         continuations: _builtins.int = ...,
+        more_callers: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "ended_at", b"ended_at", "failure", b"failure", "input", b"input", "last_failure", b"last_failure", "next_attempt_at", b"next_attempt_at", "output", b"output", "scheduled_at", b"scheduled_at", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "caller_id", b"caller_id", "cancel_reason", b"cancel_reason", "cancel_requested", b"cancel_requested", "continuations", b"continuations", "created_at", b"created_at", "ended_at", b"ended_at", "failure", b"failure", "generation", b"generation", "handler", b"handler", "id", b"id", "idempotency_key", b"idempotency_key", "input", b"input", "journal_length", b"journal_length", "key", b"key", "last_failure", b"last_failure", "next_attempt_at", b"next_attempt_at", "output", b"output", "pause_requested", b"pause_requested", "scheduled_at", b"scheduled_at", "started_at", b"started_at", "status", b"status", "status_reason", b"status_reason", "updated_at", b"updated_at", "waiting_for", b"waiting_for", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "caller_id", b"caller_id", "cancel_reason", b"cancel_reason", "cancel_requested", b"cancel_requested", "continuations", b"continuations", "created_at", b"created_at", "ended_at", b"ended_at", "failure", b"failure", "generation", b"generation", "handler", b"handler", "id", b"id", "idempotency_key", b"idempotency_key", "input", b"input", "journal_length", b"journal_length", "key", b"key", "last_failure", b"last_failure", "more_callers", b"more_callers", "next_attempt_at", b"next_attempt_at", "output", b"output", "pause_requested", b"pause_requested", "scheduled_at", b"scheduled_at", "started_at", b"started_at", "status", b"status", "status_reason", b"status_reason", "updated_at", b"updated_at", "waiting_for", b"waiting_for", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
