@@ -270,3 +270,48 @@ def test_handler_kinds() -> None:
     with pytest.raises(ValueError, match="already has a main"):
         signup.main("other")(run)
     assert TerminalError
+
+
+@counter.handler()
+async def stamp(ctx: Context, seconds: int) -> int:
+    """Keeps a protobuf message in state."""
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    previous = await ctx.get("stamp", Timestamp)
+    ctx.set("stamp", Timestamp(seconds=seconds))
+    return int(previous.seconds) if previous is not None else -1
+
+
+async def test_protobuf_state(engine_factory: EngineFactory) -> None:
+    engine = await start_ready(engine_factory, SERVICES)
+    assert await engine.client.execute("counter/stamp", 5, key="p", timeout=10) == -1
+    assert await engine.client.execute("counter/stamp", 9, key="p", timeout=10) == 5
+
+
+async def test_cli_state_kill_purge_and_promises(engine_factory: EngineFactory) -> None:
+    from tests.test_cli_format import durable
+
+    engine = await start_ready(engine_factory, SERVICES)
+    target = engine.target
+    await engine.client.execute("counter/add", 3, key="cli", timeout=10)
+    shown = await durable(target, "state", "counter", "cli")
+    assert shown.code == 0 and "total" in shown.out and "3" in shown.out
+    edited = await durable(target, "--json", "set-state", "counter", "cli", "total=10", 'note="x"')
+    assert edited.code == 0 and edited.json() == {"note": "x", "total": 10}
+    bad = await durable(target, "set-state", "counter", "cli", "oops")
+    assert bad.code == 2 and "NAME=JSON" in bad.err
+
+    user = {"email": "cli@example.com", "name": "Cli"}
+    run_handle = await engine.client.start("signup/run", user, key="cli-wf")
+    await wait_status(engine, run_handle.id, S.INVOCATION_STATUS_SUSPENDED)
+    resolved = await durable(target, "resolve-promise", "signup/run", "cli-wf", "clicked", '"ok"')
+    assert resolved.code == 0 and run_handle.id in resolved.out
+    assert await run_handle.result(timeout=10) == "Cli verified with ok"
+    purged = await durable(target, "purge", run_handle.id)
+    assert purged.code == 0
+    holder = await engine.client.start("counter/hold", 60.0, key="cli-kill")
+    await wait_status(engine, holder.id, S.INVOCATION_STATUS_SUSPENDED)
+    killed = await durable(target, "kill", holder.id, "--reason", "stuck")
+    assert killed.code == 0 and "CANCELLED" in killed.out
+    again = await durable(target, "kill", holder.id)
+    assert again.code == 1 and "FAILED_PRECONDITION" in again.err

@@ -36,6 +36,7 @@ from durable._payloads import preview
 from durable.errors import DurableError, InvocationFailedError, ResultTimeoutError, RPCError
 from durable.v1 import control_pb2, types_pb2
 from durable_server._tables import format_fields, format_table
+from durable_server.cli_objects import add_object_commands
 from durable_server.cli_render import add_wait_commands, waits_text
 from durable_server.cli_render import enum_name as _enum_name
 from durable_server.cli_render import failure_text as _failure_text
@@ -166,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("handlers", _cmd_handlers, "list the handlers registered by running workers")
     add_wait_commands(command)
+    add_object_commands(command)
 
     _add_engine_commands(sub)
     return parser

@@ -11,10 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import inspect
 import random as _random
 import uuid as _uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -37,6 +36,7 @@ from durable_server.worker.encoding import (
     describe_step,
     encode_bounded,
     error_from_failure,
+    execute,
     failure_of,
 )
 from durable_server.worker.keyed import KeyedSteps
@@ -290,7 +290,7 @@ class InvocationContext(Context):
             _ANNOUNCE_AFTER, self._announce, index, types_pb2.STEP_KIND_RUN, name
         )
         try:
-            value = await self._execute(fn, args, kwargs, retry)
+            value = await execute(fn, args, kwargs, retry)
             entry.value.CopyFrom(
                 encode_bounded(value, self._max_payload, f"the result of step {name!r}")
             )
@@ -308,34 +308,6 @@ class InvocationContext(Context):
             raise failed
         # Hand back what a replay would, so the first run and the replays agree.
         return _serde.decode(entry.value.data, entry.value.content_type, result_type)
-
-    async def _execute(
-        self,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        retry: RetryPolicy | None,
-    ) -> Any:
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                if inspect.iscoroutinefunction(fn):
-                    return await fn(*args, **kwargs)
-                result = await asyncio.to_thread(fn, *args, **kwargs)
-                if inspect.isawaitable(result):
-                    return await result
-                return result
-            except TerminalError:
-                raise
-            except Exception as err:
-                if retry is None:
-                    raise RetryAttempt(err) from err
-                if retry.gives_up_after(attempt):
-                    raise TerminalError(
-                        f"gave up after {attempt} attempts: {type(err).__name__}: {err}"
-                    ) from err
-                await asyncio.sleep(retry.delay(attempt))
 
     async def now(self) -> dt.datetime:
         index, entry = self._take(types_pb2.STEP_KIND_NOW, "now")
@@ -563,27 +535,30 @@ class InvocationContext(Context):
         await self._complete_awakeable(awakeable_id, out)
 
     async def _complete_awakeable(self, awk: str, out: storage_pb2.JournalRecord) -> None:
-        kind = types_pb2.STEP_KIND_RESOLVE_AWAKEABLE
-        index, entry = self._take(kind, awk)
-        if entry is not None:
-            return
         parsed = parse_awakeable_id(awk)
         if parsed is None:
             raise TerminalError(f"{awk!r} is not an awakeable id (awk_<26 characters>_<step>)")
+
+        async def effect() -> None:
+            # The first resolution wins; a second one changes nothing, as from the outside.
+            with contextlib.suppress(AlreadyCompleted):
+                await self._waker.complete_awakeable(*parsed, out)
+
+        await self._once(types_pb2.STEP_KIND_RESOLVE_AWAKEABLE, awk, effect)
+
+    async def _once(self, kind: int, label: str, effect: Callable[[], Awaitable[None]]) -> None:
+        """A step that is only a side effect: run once, then journaled (empty)."""
+        index, entry = self._take(kind, label)
+        if entry is not None:
+            return
         await self._flush(min(self._handed, index - 1))
-        cancelled = self._check_new_step(index, kind, awk)
+        cancelled = self._check_new_step(index, kind, label)
         if cancelled is not None:
             raise cancelled
-        # The first resolution wins; a second one changes nothing, as from the outside.
-        with contextlib.suppress(AlreadyCompleted):
-            await self._waker.complete_awakeable(*parsed, out)
-        self._value_entry(index, kind, awk, None)
+        await effect()
+        self._value_entry(index, kind, label, None)
 
     # -- state and promises (virtual objects, workflows; see keyed.py) --------------------
-
-    @property
-    def _handed_index(self) -> int:
-        return self._handed
 
     async def get(self, name: str, result_type: Any = None) -> Any:
         return await self.keyed.get(name, result_type)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import inspect
 import typing
 from collections.abc import Callable
 from typing import Any
 
 from durable import _serde
+from durable._retry import RetryPolicy
 from durable.errors import CancelledError, TerminalError
 from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
+from durable_server.worker.signals import RetryAttempt
 
 CANCELLED_ERROR_TYPE = "CancelledError"
 
@@ -79,3 +83,34 @@ _KIND_NAMES: dict[int, str] = {
 def describe_step(kind: int, name: str) -> str:
     label = _KIND_NAMES.get(kind) or types_pb2.StepKind.Name(kind)  # type: ignore[arg-type]
     return f"{label} {name!r}"
+
+
+async def execute(
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    retry: RetryPolicy | None,
+) -> Any:
+    """Run a ``ctx.run`` body: sync ones in a thread. Exceptions other than TerminalError
+    are retried in place under ``retry`` (then a TerminalError once it gives up), or end
+    the attempt (RetryAttempt) for the handler's policy to retry the invocation."""
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            if inspect.iscoroutinefunction(fn):
+                return await fn(*args, **kwargs)
+            result = await asyncio.to_thread(fn, *args, **kwargs)
+            if inspect.isawaitable(result):
+                return await result
+            return result
+        except TerminalError:
+            raise
+        except Exception as err:
+            if retry is None:
+                raise RetryAttempt(err) from err
+            if retry.gives_up_after(attempt):
+                raise TerminalError(
+                    f"gave up after {attempt} attempts: {type(err).__name__}: {err}"
+                ) from err
+            await asyncio.sleep(retry.delay(attempt))

@@ -36,10 +36,7 @@ class Steps(Protocol):
     def _take(self, kind: int, name: str) -> tuple[int, Entry | None]: ...
     def _entry(self, index: int, kind: int, name: str) -> Entry: ...
     def _complete(self, entry: Entry) -> None: ...
-    def _check_new_step(self, index: int, kind: int, name: str) -> TerminalError | None: ...
-    async def _flush(self, upto: int, final: storage_pb2.FinalOutcome | None = None) -> None: ...
-    @property
-    def _handed_index(self) -> int: ...
+    async def _once(self, kind: int, label: str, effect: Callable[[], Awaitable[None]]) -> None: ...
     async def _await(self, fut: StepFuture) -> Any: ...
 
 
@@ -236,24 +233,21 @@ class KeyedSteps:
         return _serde.decode(entry.value.data, entry.value.content_type, promise.result_type)
 
     async def complete(self, promise: _Promise, outcome: Entry, verb: str) -> None:
-        label = f"{verb} {promise.name}"
-        index, entry = self._steps._take(S.STEP_KIND_PROMISE, label)
-        if entry is not None:
-            return
-        await self._steps._flush(min(self._steps._handed_index, index - 1))
-        cancelled = self._steps._check_new_step(index, S.STEP_KIND_PROMISE, label)
-        if cancelled is not None:
-            raise cancelled
-        try:
-            await self._waker.complete_promise(self.run_id, token(promise.name), outcome)
-        except AlreadyCompleted:
-            stored = await self._waker.promise_outcome(self.run_id, token(promise.name))
-            if stored is None or _outcome_only(stored) != _outcome_only(outcome):
-                raise TerminalError(
-                    f"promise {promise.name!r} of workflow {self._object}/{self._key} was "
-                    "already completed"
-                ) from None
-        self._steps._complete(self._steps._entry(index, S.STEP_KIND_PROMISE, label))
+        name = token(promise.name)
+
+        async def effect() -> None:
+            try:
+                await self._waker.complete_promise(self.run_id, name, outcome)
+            except AlreadyCompleted:
+                # A replay finds its own earlier completion: the same one is no conflict.
+                stored = await self._waker.promise_outcome(self.run_id, name)
+                if stored is None or _outcome_only(stored) != _outcome_only(outcome):
+                    raise TerminalError(
+                        f"promise {promise.name!r} of workflow {self._object}/{self._key} was "
+                        "already completed"
+                    ) from None
+
+        await self._steps._once(S.STEP_KIND_PROMISE, f"{verb} {promise.name}", effect)
 
 
 def _outcome_only(entry: Entry) -> Entry:
