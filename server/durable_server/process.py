@@ -59,6 +59,8 @@ def _config(args: argparse.Namespace, nats_url: str | None = None) -> EngineConf
         replicas=args.replicas,
         ack_wait=args.ack_wait,
         max_payload_bytes=args.max_payload_bytes,
+        max_state_bytes=args.max_state_bytes,
+        retention=args.retention,
     )
 
 
@@ -76,6 +78,18 @@ def _engine_flags(p: argparse.ArgumentParser, *, with_nats: bool = True) -> None
     )
     p.add_argument(
         "--max-payload-bytes", type=int, default=1024 * 1024, help="largest input/output"
+    )
+    p.add_argument(
+        "--max-state-bytes",
+        type=int,
+        default=4 * 1024 * 1024,
+        help="largest state of one object key or workflow id",
+    )
+    p.add_argument(
+        "--retention",
+        type=float,
+        default=7 * 24 * 3600.0,
+        help="seconds an ended invocation is kept before it is purged (0: forever)",
     )
     p.add_argument("--log-level", default="INFO")
 
