@@ -9,7 +9,7 @@ SYNC        ?= always
 DATA        ?= ./data
 LISTEN      ?= 127.0.0.1:50051
 PYTEST_ARGS ?=
-STUB_DIRS   := sdk/durable/v1 sdk/durable/internal
+STUB_DIRS   := sdk/durable/v1 sdk/durable/internal examples/v1
 
 # grpc_tools.protoc finds its protoc-gen-mypy plugins on PATH; put the venv first.
 export PATH := $(abspath $(BIN)):$(PATH)
@@ -78,9 +78,9 @@ proto: setup ## Regenerate the Python stubs in sdk/durable from proto/
 # leftover stubs. Once the repo tracks files, generated stubs must be tracked too.
 check-proto: setup ## Fail if the committed stubs differ from what proto/ generates
 	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
-	mkdir -p "$$tmp/scripts" "$$tmp/sdk/durable"; \
+	mkdir -p "$$tmp/scripts" "$$tmp/sdk/durable" "$$tmp/examples"; \
 	cp -R proto "$$tmp/proto"; cp scripts/gen_proto.sh "$$tmp/scripts/"; \
-	for d in $(STUB_DIRS); do if [ -d "$$d" ]; then cp -R "$$d" "$$tmp/sdk/durable/"; fi; done; \
+	for d in $(STUB_DIRS); do if [ -d "$$d" ]; then cp -R "$$d" "$$tmp/$$d"; fi; done; \
 	PY="$(abspath $(BIN))/python" bash "$$tmp/scripts/gen_proto.sh" >"$$tmp/gen.log" 2>&1 || \
 		{ cat "$$tmp/gen.log" >&2; exit 1; }; \
 	status=0; \

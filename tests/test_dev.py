@@ -32,6 +32,7 @@ EXAMPLE_HANDLERS = [
     "cart/checkout",
     "cart/contents",
     "cart/expire_ticket",
+    "concierge/welcome",
     "expenses/submit",
     "greeter/greet",
     "notifications/mark_read",

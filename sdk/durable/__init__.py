@@ -9,6 +9,7 @@ from durable._client import Client, InvocationHandle
 from durable._context import Context, DurableFuture, DurablePromise
 from durable._handlers import Service, VirtualObject, Workflow
 from durable._retry import RetryPolicy
+from durable._rpc import NatsChannel, NatsServer
 from durable.errors import (
     AlreadyExistsError,
     CancelledError,
@@ -22,6 +23,7 @@ from durable.errors import (
     ResourceExhaustedError,
     ResultTimeoutError,
     RPCError,
+    RpcStatusError,
     TerminalError,
 )
 
@@ -39,11 +41,14 @@ __all__ = [
     "InvocationCancelledError",
     "InvocationFailedError",
     "InvocationHandle",
+    "NatsChannel",
+    "NatsServer",
     "NotFoundError",
     "RPCError",
     "ResourceExhaustedError",
     "ResultTimeoutError",
     "RetryPolicy",
+    "RpcStatusError",
     "Service",
     "TerminalError",
     "VirtualObject",

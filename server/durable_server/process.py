@@ -22,7 +22,8 @@ from durable._handlers import Service
 from durable_server.config import EngineConfig
 from durable_server.control.server import ControlServer
 from durable_server.natsd import EmbeddedNats
-from durable_server.worker.runtime import Worker
+from durable_server.worker.rpc import parse_endpoints
+from durable_server.worker.runtime import Servicer, Worker
 
 log = logging.getLogger("durable")
 
@@ -35,21 +36,33 @@ DEFAULT_MODULES = [
     "examples.signup",
     "examples.user_notifications",
     "examples.travel_booking",
+    "examples.grpc_services",
+    "examples.multi_service",
 ]
 
 
 def load_services(modules: list[str]) -> list[Service]:
     """Import each module and collect the Service objects defined at its top level."""
+    return load_modules(modules)[0]
+
+
+def load_modules(modules: list[str]) -> tuple[list[Service], list[Servicer]]:
+    """Import each module; collect the Services (and VirtualObjects, Workflows) defined at
+    its top level, and the gRPC servicers it lists in ``GRPC_SERVICERS`` as
+    ``(add_<Service>Servicer_to_server, servicer)`` pairs, which the worker serves on NATS."""
     if str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))
     services: list[Service] = []
+    servicers: list[Servicer] = []
     for name in modules:
         module = importlib.import_module(name)
         found = [v for v in vars(module).values() if isinstance(v, Service)]
-        if not found:
-            raise SystemExit(f"error: module {name} defines no durable Service")
+        listed = list(getattr(module, "GRPC_SERVICERS", ()))
+        if not found and not listed:
+            raise SystemExit(f"error: module {name} defines no durable Service or GRPC_SERVICERS")
         services.extend(found)
-    return services
+        servicers.extend(listed)
+    return services, servicers
 
 
 def _config(args: argparse.Namespace, nats_url: str | None = None) -> EngineConfig:
@@ -90,6 +103,13 @@ def _engine_flags(p: argparse.ArgumentParser, *, with_nats: bool = True) -> None
         type=float,
         default=7 * 24 * 3600.0,
         help="seconds an ended invocation is kept before it is purged (0: forever)",
+    )
+    p.add_argument(
+        "--grpc-endpoint",
+        action="append",
+        metavar="SERVICE=ADDRESS",
+        help="call this gRPC service at a plain gRPC address instead of over NATS "
+        "(repeatable; e.g. examples.v1.HelloService=localhost:9000)",
     )
     p.add_argument("--log-level", default="INFO")
 
@@ -165,21 +185,35 @@ async def _server(args: argparse.Namespace) -> None:
         server = await stack.enter_async_context(ControlServer(cfg, args.listen))
         print(f"durable control plane on {server.target}", flush=True)
         if args.module:
-            worker = Worker(cfg, load_services(args.module), slots=args.slots)
+            services, servicers = load_modules(args.module)
+            worker = Worker(
+                cfg,
+                services,
+                slots=args.slots,
+                servicers=servicers,
+                grpc_endpoints=_endpoints(args),
+            )
             await stack.enter_async_context(worker)
             print(f"durable worker {worker.worker_id}: {_handler_names(worker)}", flush=True)
         await _until_signalled()
 
 
 async def _worker(args: argparse.Namespace) -> None:
-    services = load_services(args.module)
-    async with Worker(_config(args), services, slots=args.slots, worker_id=args.worker_id) as w:
+    services, servicers = load_modules(args.module)
+    async with Worker(
+        _config(args),
+        services,
+        slots=args.slots,
+        worker_id=args.worker_id,
+        servicers=servicers,
+        grpc_endpoints=_endpoints(args),
+    ) as w:
         print(f"durable worker {w.worker_id}: {_handler_names(w)}", flush=True)
         await _until_signalled()
 
 
 async def _dev(args: argparse.Namespace) -> None:
-    services = load_services(args.module or DEFAULT_MODULES)
+    services, servicers = load_modules(args.module or DEFAULT_MODULES)
     data = _prepare_data_dir(args.data)
     natsd = EmbeddedNats(data, port=args.nats_port, sync_interval=args.sync)
     await natsd.astart()
@@ -187,12 +221,25 @@ async def _dev(args: argparse.Namespace) -> None:
         cfg = _config(args, natsd.url)
         async with (
             ControlServer(cfg, args.listen) as server,
-            Worker(cfg, services, slots=args.slots) as worker,
+            Worker(
+                cfg,
+                services,
+                slots=args.slots,
+                servicers=servicers,
+                grpc_endpoints=_endpoints(args),
+            ) as worker,
         ):
             print(_banner(server.target, natsd.url, args.sync, data, worker), flush=True)
             await _until_signalled()
     finally:
         await natsd.astop()
+
+
+def _endpoints(args: argparse.Namespace) -> dict[str, str]:
+    try:
+        return parse_endpoints(args.grpc_endpoint or [])
+    except ValueError as err:
+        raise SystemExit(f"error: --grpc-endpoint {err}") from None
 
 
 def _handler_names(worker: Worker) -> str:

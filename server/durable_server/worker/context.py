@@ -19,7 +19,7 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from durable import _serde
-from durable._context import Context, DurableFuture, DurablePromise, Duration
+from durable._context import Context, DurableFuture, DurablePromise, Duration, StubT
 from durable._handlers import handler_name
 from durable._retry import RetryPolicy
 from durable.errors import CancelledError, NonDeterminismError, SuspendInvocation, TerminalError
@@ -40,6 +40,7 @@ from durable_server.worker.encoding import (
     failure_of,
 )
 from durable_server.worker.keyed import KeyedSteps
+from durable_server.worker.rpc import TERMINAL_CODES, DurableChannel, TransportRouter
 from durable_server.worker.signals import ControlFlags, Fenced, RetryAttempt
 from durable_server.worker.waits import (
     IN_PROCESS_WAIT,
@@ -70,7 +71,9 @@ class InvocationContext(Context):
         waker: Waker,
         kind: int = types_pb2.HANDLER_KIND_SERVICE,
         state: StateStore | None = None,
+        rpc: TransportRouter | None = None,
     ) -> None:
+        self._rpc = rpc
         self._record = record
         self._waker = waker
         self._entries = entries
@@ -577,6 +580,24 @@ class InvocationContext(Context):
 
     def promise(self, name: str, result_type: Any = None) -> DurablePromise[Any]:
         return self.keyed.promise(name, result_type)
+
+    def stub(
+        self,
+        stub_class: Callable[[Any], StubT],
+        *,
+        retry: RetryPolicy | None = None,
+        terminal_codes: Any = None,
+    ) -> StubT:
+        if self._rpc is None:
+            raise TerminalError("this worker has no gRPC transport configured")
+        channel = DurableChannel(
+            self.run,
+            lambda: f"{self._record.id}:{self._next_index}",
+            self._rpc,
+            retry=retry,
+            terminal_codes=frozenset(terminal_codes) if terminal_codes else TERMINAL_CODES,
+        )
+        return stub_class(channel)
 
 
 _JSON = "application/json"

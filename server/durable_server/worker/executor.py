@@ -42,6 +42,7 @@ from durable_server.worker.claim import Claim
 from durable_server.worker.context import InvocationContext
 from durable_server.worker.encoding import encode_bounded, failure_of
 from durable_server.worker.keyed import StateView, changes_in
+from durable_server.worker.rpc import TransportRouter
 from durable_server.worker.signals import ControlFlags, Fenced, RetryAttempt
 from durable_server.worker.waits import any_completed
 
@@ -99,7 +100,9 @@ class Executor:
         young_item: float = 1.0,
         keys: KeyQueue | None = None,
         state: StateStore | None = None,
+        rpc: TransportRouter | None = None,
     ) -> None:
+        self._rpc = rpc
         self._records = records
         self._keys = keys
         self._state = state
@@ -228,6 +231,7 @@ class Executor:
             waker=self._waker,
             kind=hdef.kind,
             state=self._state,
+            rpc=self._rpc,
         )
         timer = None
         if not claim.written:

@@ -17,7 +17,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
 import nats
@@ -26,6 +26,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from durable._handlers import Registry, Service
+from durable._rpc import NatsServer, NatsTransport
 from durable.internal.v1 import storage_pb2
 from durable_server.config import EngineConfig
 from durable_server.journal import Journal
@@ -40,10 +41,14 @@ from durable_server.resources import (
 )
 from durable_server.waking import HandlerKinds, Waker
 from durable_server.worker.executor import Executor
+from durable_server.worker.rpc import TransportRouter
 from durable_server.worker.signals import ControlFlags
 from durable_server.workqueue import WorkQueue
 
 log = logging.getLogger("durable.worker")
+
+#: A generated ``add_<Service>Servicer_to_server`` and the servicer to serve with it.
+Servicer = tuple[Callable[[Any, Any], None], Any]
 
 _PULL_EXPIRES = 5.0
 
@@ -91,6 +96,8 @@ class Worker:
         slots: int = 64,
         worker_id: str | None = None,
         nc: NATS | None = None,
+        servicers: Iterable[Servicer] = (),
+        grpc_endpoints: Mapping[str, str] | None = None,
     ) -> None:
         if slots < 1:
             raise ValueError("slots must be at least 1")
@@ -100,6 +107,9 @@ class Worker:
         self.worker_id = worker_id or f"w{uuid.uuid4().hex[:12]}"
         self._nc = nc
         self._own_nc = nc is None
+        self._servicers = list(servicers)
+        self._grpc_endpoints = dict(grpc_endpoints or {})
+        self._nats_server: NatsServer | None = None
         self._inflight: dict[str, tuple[Msg, ControlFlags]] = {}
         self._requests: collections.deque[list[float]] = collections.deque()
         self._wake = asyncio.Event()
@@ -143,7 +153,15 @@ class Worker:
             running_record_after=self.cfg.running_record_after,
             keys=keys,
             state=state,
+            rpc=TransportRouter(
+                NatsTransport(self.nc, prefix=self.cfg.prefix), self._grpc_endpoints
+            ),
         )
+        if self._servicers:
+            self._nats_server = NatsServer(self.nc, prefix=self.cfg.prefix)
+            for add_to_server, servicer in self._servicers:
+                self._nats_server.add(add_to_server, servicer)
+            await self._nats_server.start()
         await self.nc.subscribe(f"{self.cfg.prefix}.signal.>", cb=self._on_signal)
         self._inbox = self.nc.new_inbox()
         await self.nc.subscribe(self._inbox, cb=self._on_delivery)
@@ -159,6 +177,8 @@ class Worker:
     async def stop(self, *, graceful: bool = True) -> None:
         """Stop pulling; hand running invocations back (nak) so another worker continues."""
         self._stopping = True
+        if self._nats_server is not None:
+            await self._nats_server.stop()
         if self._main:
             self._main.cancel()
             with contextlib.suppress(asyncio.CancelledError):
