@@ -1,0 +1,64 @@
+"""A client in another language drives the engine: Node.js with @grpc/grpc-js and
+@grpc/proto-loader (from the npm registry), loading the repository's protos at run time,
+invokes a workflow and reads its result and journal through DurableControl."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from examples.hello import greeter
+from tests.engine_support import EngineFactory, start_ready
+
+NODE_DIR = Path(__file__).parent / "node"
+
+
+async def _run(*argv: str, cwd: Path, timeout: float) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+@pytest.fixture(scope="module")
+def node_modules() -> Path:
+    node, npm = shutil.which("node"), shutil.which("npm")
+    assert node and npm, "Node.js and npm are needed for this test (the machine image has them)"
+    if not (NODE_DIR / "node_modules" / "@grpc" / "grpc-js").is_dir():
+        code, out, err = asyncio.run(
+            _run(npm, "ci", "--no-audit", "--no-fund", cwd=NODE_DIR, timeout=300)
+        )
+        assert code == 0, f"npm ci failed:\n{out}\n{err}"
+    return NODE_DIR / "node_modules"
+
+
+async def test_node_client_invokes_and_reads_the_journal(
+    engine_factory: EngineFactory, node_modules: Path
+) -> None:
+    engine = await start_ready(engine_factory, [greeter])
+    code, out, err = await _run(
+        "node", "client.mjs", engine.target, "greeter/greet", "Node", cwd=NODE_DIR, timeout=60
+    )
+    assert code == 0, err
+    answer = json.loads(out)
+    assert answer["status"] == "INVOCATION_STATUS_COMPLETED"
+    assert answer["result"] == "Hello, Node!"
+    assert answer["journal"] == [
+        {"name": "compose", "kind": "STEP_KIND_RUN", "summary": '"Hello, Node!"'}
+    ]
+    assert json.loads(err.strip().splitlines()[-1]) == {
+        "code": 3,
+        "details": json.loads(err.strip().splitlines()[-1])["details"],
+    }
+    assert "malformed" in err
+    view = await engine.client.get(answer["invocation_id"])
+    assert view.invocation.handler == "greeter/greet"
