@@ -15,7 +15,7 @@ STUB_DIRS   := sdk/durable/v1 sdk/durable/internal examples/v1
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv setup run test lint breaking proto check-proto bench fmt clean distclean
+.PHONY: help venv setup run test lint breaking proto check-proto bench examples fmt clean distclean
 
 help: ## List the targets
 	@echo "Usage: make <target> [SYNC=always|2m] [PYTEST_ARGS=...]"
@@ -103,6 +103,23 @@ check-proto: setup ## Fail if the committed stubs differ from what proto/ genera
 
 bench: setup ## Run the benchmark; SYNC=always|2m is reported with every figure
 	$(BIN)/python -m durable_server.bench --sync $(SYNC)
+
+# The examples tour (examples/README.md): each runs against `make run` in another terminal.
+TOUR := simple async typed local multi-service concurrent-workflows retry-failures \
+	pause-cancel ticket-cart delayed-execution approval-workflow query-api \
+	grpcurl-invocation direct-grpc-call restate-style
+
+examples: ## List the example targets (make example-<name>, against `make run`)
+	@for t in $(TOUR); do echo "  make example-$$t"; done
+
+example-grpcurl-invocation: setup
+	bash examples/tour/grpcurl_invocation.sh
+
+example-async: setup
+	$(BIN)/python -m examples.tour.async_start
+
+example-%: setup
+	$(BIN)/python -m examples.tour.$(subst -,_,$*)
 
 fmt: setup ## Format and auto-fix: ruff format, ruff check --fix
 	$(BIN)/ruff format .

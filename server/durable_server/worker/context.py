@@ -132,6 +132,10 @@ class InvocationContext(Context):
         return self._flags.cancel
 
     @property
+    def cancel_reason(self) -> str:
+        return self._flags.cancel_reason
+
+    @property
     def steps_taken(self) -> int:
         return self._next_index
 

@@ -457,7 +457,8 @@ class Executor:
             return Outcome(S.INVOCATION_STATUS_PAUSED, reason=reason)
         if ctx.cancel_delivered:
             failure = types_pb2.Failure(
-                message="cancelled; the handler compensated and returned",
+                message=f"cancelled ({ctx.cancel_reason or 'no reason given'}); "
+                "the handler compensated and returned",
                 error_type="CancelledError",
             )
             return Outcome(S.INVOCATION_STATUS_CANCELLED, failure=failure)

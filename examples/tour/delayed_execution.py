@@ -1,0 +1,30 @@
+"""delayed-execution: schedule a greeting DELAY seconds from now (30 by default) and wait
+for it. The greeting is a durable scheduled invocation.
+
+    make example-delayed-execution DELAY=5
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from durable._client import status_name
+from examples.tour._common import client, main
+
+
+async def run() -> None:
+    delay = float(os.environ.get("DELAY", "30"))
+    async with client() as c:
+        started = time.monotonic()
+        greeting_id = await c.execute(
+            "scheduler/schedule", {"name": "Ada", "delay_seconds": delay}, timeout=30
+        )
+        view = await c.get(greeting_id, skip_journal=True)
+        print(f"greeting {greeting_id} is {status_name(view.invocation.status)}")
+        result = await c.result(greeting_id, timeout=delay + 60)
+        print(f"after {time.monotonic() - started:.1f}s: {result}")
+
+
+if __name__ == "__main__":
+    main(run)

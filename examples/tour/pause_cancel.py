@@ -1,0 +1,43 @@
+"""pause-cancel: steer a running invocation. An expense waits for approval; it is paused
+(it then holds nothing and ignores what happens until resumed), resumed, and cancelled, which
+the handler sees at its await and turns into a decision; the invocation ends CANCELLED.
+
+    make example-pause-cancel
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from durable._client import status_name
+from durable.errors import InvocationCancelledError
+from examples.tour._common import client, main
+
+
+async def wait_for(c: object, invocation_id: str, status: str) -> None:
+    for _ in range(200):
+        view = await c.get(invocation_id, skip_journal=True)  # type: ignore[attr-defined]
+        if status_name(view.invocation.status) == status:
+            return
+        await asyncio.sleep(0.05)
+    raise SystemExit(f"{invocation_id} never became {status}")
+
+
+async def run() -> None:
+    async with client() as c:
+        expense = {"employee": "ada", "amount": 99.0, "reason": "conference"}
+        handle = await c.start("expenses/submit", expense)
+        await wait_for(c, handle.id, "SUSPENDED")
+        print(f"{handle.id}: SUSPENDED, waiting for a manager")
+        print(f"pause  -> {status_name((await c.pause(handle.id, 'audit')).status)}")
+        print(f"resume -> {status_name((await c.resume(handle.id)).status)}")
+        await wait_for(c, handle.id, "SUSPENDED")
+        print(f"cancel -> {status_name((await c.cancel(handle.id, 'trip called off')).status)}")
+        try:
+            await handle.result(timeout=30)
+        except InvocationCancelledError as err:
+            print(f"ended CANCELLED: {err.failure_message}")
+
+
+if __name__ == "__main__":
+    main(run)
