@@ -152,57 +152,42 @@ async def _ensure_work_consumer(js: JetStreamContext, cfg: EngineConfig) -> None
 
 
 async def invocations_kv(js: JetStreamContext, cfg: EngineConfig) -> KeyValue:
-    return await _kv(
-        js,
-        KeyValueConfig(
-            bucket=cfg.invocations_bucket,
-            history=1,
-            storage=StorageType.FILE,
-            replicas=cfg.replicas,
-            max_value_size=2 * cfg.max_payload_bytes + _RECORD_OVERHEAD,
-            direct=True,
-        ),
-    )
+    return await _bucket(js, cfg, cfg.invocations_bucket, 2 * cfg.max_payload_bytes)
 
 
 async def workers_kv(js: JetStreamContext, cfg: EngineConfig) -> KeyValue:
     # A dead worker's entry ages out after a day, so a handler stays known (and Invoke keeps
     # accepting it) across restarts and deploys, but not forever.
-    return await _kv(
-        js,
-        KeyValueConfig(
-            bucket=cfg.workers_bucket,
-            history=1,
-            ttl=24 * 3600.0,
-            storage=StorageType.FILE,
-            replicas=cfg.replicas,
-            direct=True,
-        ),
-    )
+    return await _bucket(js, cfg, cfg.workers_bucket, ttl=24 * 3600.0)
 
 
 async def state_kv(js: JetStreamContext, cfg: EngineConfig) -> KeyValue:
-    return await _kv(
-        js,
-        KeyValueConfig(
-            bucket=cfg.state_bucket,
-            history=1,
-            storage=StorageType.FILE,
-            replicas=cfg.replicas,
-            max_value_size=cfg.max_state_bytes + _RECORD_OVERHEAD,
-            direct=True,
-        ),
-    )
+    return await _bucket(js, cfg, cfg.state_bucket, cfg.max_state_bytes)
 
 
 async def locks_kv(js: JetStreamContext, cfg: EngineConfig) -> KeyValue:
+    return await _bucket(js, cfg, cfg.locks_bucket)
+
+
+async def _bucket(
+    js: JetStreamContext,
+    cfg: EngineConfig,
+    name: str,
+    payload_bytes: int | None = None,
+    *,
+    ttl: float | None = None,
+) -> KeyValue:
+    """A file-backed KV bucket of one revision per key, direct gets on; values bounded by
+    ``payload_bytes`` plus room for the message around them."""
     return await _kv(
         js,
         KeyValueConfig(
-            bucket=cfg.locks_bucket,
+            bucket=name,
             history=1,
+            ttl=ttl,
             storage=StorageType.FILE,
             replicas=cfg.replicas,
+            max_value_size=(payload_bytes + _RECORD_OVERHEAD if payload_bytes is not None else -1),
             direct=True,
         ),
     )

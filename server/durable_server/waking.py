@@ -113,12 +113,7 @@ class Waker:
             written = await self._records.mutate(invocation_id, change)
         except (MutationRefused, RecordNotFound):
             return False
-        await self._work.enqueue(
-            invocation_id,
-            written.record.generation,
-            reason,
-            incarnation=written.record.created_at.ToNanoseconds(),
-        )
+        await self._work.enqueue_record(written.record, reason)
         return True
 
     async def enqueue_current(self, invocation_id: str, reason: str) -> None:
@@ -127,13 +122,7 @@ class Waker:
             current = await self._records.get(invocation_id)
         except RecordNotFound:
             return
-        await self._work.enqueue(
-            invocation_id,
-            current.record.generation,
-            reason,
-            dedupe=":key",
-            incarnation=current.record.created_at.ToNanoseconds(),
-        )
+        await self._work.enqueue_record(current.record, reason, dedupe=":key")
 
     async def schedule_timer(self, invocation_id: str, index: int, due: Timestamp) -> None:
         """Have the server wake the invocation at ``due``. Publishing again replaces the
@@ -174,12 +163,7 @@ class Waker:
         elif kind != S.HANDLER_KIND_OBJECT_EXCLUSIVE or (
             self.keys is not None and await self.keys.enqueue(obj, record.key, record.id)
         ):
-            await self._work.enqueue(
-                record.id,
-                record.generation,
-                "call",
-                incarnation=record.created_at.ToNanoseconds(),
-            )
+            await self._work.enqueue_record(record, "call")
         return record.id
 
     async def _add_caller(self, invocation_id: str, caller: str) -> None:

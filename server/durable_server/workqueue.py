@@ -52,6 +52,18 @@ class WorkQueue:
             headers={"Nats-Msg-Id": f"{invocation_id}:{generation}{dedupe}"},
         )
 
+    async def enqueue_record(
+        self, record: storage_pb2.InvocationRecord, reason: str, *, dedupe: str = ""
+    ) -> None:
+        """Enqueue an invocation whose record exists, at the record's generation."""
+        await self.enqueue(
+            record.id,
+            record.generation,
+            reason,
+            dedupe=dedupe,
+            incarnation=record.created_at.ToNanoseconds(),
+        )
+
     async def queued_items(self) -> AsyncIterator[storage_pb2.WorkItem]:
         """Work items not yet acked in order (read once at start-up): those after the
         consumer's ack floor, some of which may have been acked out of order."""

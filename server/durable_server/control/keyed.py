@@ -57,12 +57,7 @@ class KeyedControl:
             return await p._check_same_input(record)
         obj = record.handler.split("/", 1)[0]
         if await p.keys.enqueue(obj, record.key, record.id):
-            await p.work.enqueue(
-                record.id,
-                record.generation,
-                "invoke",
-                incarnation=record.created_at.ToNanoseconds(),
-            )
+            await p.work.enqueue_record(record, "invoke")
         return None
 
     async def accept_run(self, record: Record, id_conflict: int) -> Record | None:
@@ -77,9 +72,7 @@ class KeyedControl:
                     f"{existing.id} ({status_name(existing.status)}); purge it to reuse the id",
                 )
             return existing
-        await p.work.enqueue(
-            record.id, record.generation, "invoke", incarnation=record.created_at.ToNanoseconds()
-        )
+        await p.work.enqueue_record(record, "invoke")
         return None
 
     async def may_run(self, record: Record) -> bool:

@@ -254,9 +254,7 @@ class ControlPlane:
             # Create first: only the Invoke that created the record may enqueue it.
             if await self.records.create(record) is None:
                 return await self._check_same_input(record)
-            await self.work.enqueue(
-                record.id, 1, "invoke", incarnation=record.created_at.ToNanoseconds()
-            )
+            await self.work.enqueue_record(record, "invoke")
             return None
         # A fresh id cannot exist yet, so the work item alone accepts the invocation: one
         # write. The worker creates the record as it claims it; if no worker does so soon,
@@ -438,12 +436,7 @@ class ControlPlane:
         record = await self._mutate(invocation_id, change)
         await self._signal(invocation_id, {"resume": True})
         if record.status == S.INVOCATION_STATUS_PENDING:
-            await self.work.enqueue(
-                record.id,
-                record.generation,
-                "resume",
-                incarnation=record.created_at.ToNanoseconds(),
-            )
+            await self.work.enqueue_record(record, "resume")
         return record
 
     async def cancel(self, invocation_id: str, reason: str) -> Record:
@@ -474,12 +467,7 @@ class ControlPlane:
         record = await self._mutate(invocation_id, change)
         await self._signal(invocation_id, {"cancel": True, "reason": reason})
         if before != record.status and record.status == S.INVOCATION_STATUS_PENDING:
-            await self.work.enqueue(
-                record.id,
-                record.generation,
-                "cancel",
-                incarnation=record.created_at.ToNanoseconds(),
-            )
+            await self.work.enqueue_record(record, "cancel")
         return record
 
     async def complete_awakeable(
@@ -582,12 +570,7 @@ class ControlPlane:
                         continue  # queued behind its key's holder, which passes it on
                     if current.record.status in _WAITING_FOR_ITEM:
                         log.info("re-enqueueing %s (work item missing)", invocation_id)
-                        await self.work.enqueue(
-                            invocation_id,
-                            current.record.generation,
-                            "reconcile",
-                            incarnation=current.record.created_at.ToNanoseconds(),
-                        )
+                        await self.work.enqueue_record(current.record, "reconcile")
                 except RecordNotFound:
                     continue
                 except Exception:

@@ -89,6 +89,15 @@ def _timeout(has: bool, duration: Any, context: ServicerContext) -> float | None
     return max(0.0, min(candidates)) if candidates else None
 
 
+def _failure_outcome(reason: str) -> storage_pb2.JournalRecord:
+    """A rejection as the journal stores it; the handler sees a TerminalError(reason)."""
+    if not reason:
+        raise invalid("reason is required: the handler receives it as its error message")
+    outcome = storage_pb2.JournalRecord()
+    outcome.failure.CopyFrom(S.Failure(message=reason, error_type="TerminalError"))
+    return outcome
+
+
 def _summary(r: Record) -> types_pb2.InvocationSummary:
     return Summary.of(r).to_proto()
 
@@ -208,11 +217,7 @@ class DurableControlServicer(control_pb2_grpc.DurableControlServicer):
     async def ResolveAwakeable(
         self, request: C.ResolveAwakeableRequest, context: ServicerContext
     ) -> C.ResolveAwakeableResponse:
-        data, content_type = payload_to_stored(
-            request.value, self._plane.cfg.max_payload_bytes, "value"
-        )
-        outcome = storage_pb2.JournalRecord()
-        outcome.value.CopyFrom(storage_pb2.StoredPayload(data=data, content_type=content_type))
+        outcome = self._value_outcome(request.value)
         invocation_id = await self._plane.complete_awakeable(request.awakeable_id, outcome)
         return C.ResolveAwakeableResponse(invocation_id=invocation_id)
 
@@ -220,12 +225,16 @@ class DurableControlServicer(control_pb2_grpc.DurableControlServicer):
     async def RejectAwakeable(
         self, request: C.RejectAwakeableRequest, context: ServicerContext
     ) -> C.RejectAwakeableResponse:
-        if not request.reason:
-            raise invalid("reason is required: the handler receives it as its error message")
-        outcome = storage_pb2.JournalRecord()
-        outcome.failure.CopyFrom(S.Failure(message=request.reason, error_type="TerminalError"))
+        outcome = _failure_outcome(request.reason)
         invocation_id = await self._plane.complete_awakeable(request.awakeable_id, outcome)
         return C.RejectAwakeableResponse(invocation_id=invocation_id)
+
+    def _value_outcome(self, value: types_pb2.Payload) -> storage_pb2.JournalRecord:
+        """A resolution's value as the journal stores it (size-checked)."""
+        data, content_type = payload_to_stored(value, self._plane.cfg.max_payload_bytes, "value")
+        outcome = storage_pb2.JournalRecord()
+        outcome.value.CopyFrom(storage_pb2.StoredPayload(data=data, content_type=content_type))
+        return outcome
 
     async def WatchWorkflow(
         self, request: C.WatchWorkflowRequest, context: ServicerContext
@@ -246,11 +255,7 @@ class DurableControlServicer(control_pb2_grpc.DurableControlServicer):
     async def ResolvePromise(
         self, request: C.ResolvePromiseRequest, context: ServicerContext
     ) -> C.ResolvePromiseResponse:
-        data, content_type = payload_to_stored(
-            request.value, self._plane.cfg.max_payload_bytes, "value"
-        )
-        outcome = storage_pb2.JournalRecord()
-        outcome.value.CopyFrom(storage_pb2.StoredPayload(data=data, content_type=content_type))
+        outcome = self._value_outcome(request.value)
         run_id = await self._plane.keyed.complete_promise(
             request.handler, request.key, request.promise, outcome
         )
@@ -260,10 +265,7 @@ class DurableControlServicer(control_pb2_grpc.DurableControlServicer):
     async def RejectPromise(
         self, request: C.RejectPromiseRequest, context: ServicerContext
     ) -> C.RejectPromiseResponse:
-        if not request.reason:
-            raise invalid("reason is required: the handler receives it as its error message")
-        outcome = storage_pb2.JournalRecord()
-        outcome.failure.CopyFrom(S.Failure(message=request.reason, error_type="TerminalError"))
+        outcome = _failure_outcome(request.reason)
         run_id = await self._plane.keyed.complete_promise(
             request.handler, request.key, request.promise, outcome
         )
