@@ -45,7 +45,7 @@ from durable.testing import start_engine
 from durable.v1 import types_pb2
 from durable_server.config import EngineConfig
 from durable_server.control.server import ControlServer
-from durable_server.natsd import EmbeddedNats
+from durable_server.natsd import EmbeddedNats, NatsServerError
 from durable_server.resources import ensure_resources
 from durable_server.worker.runtime import Worker
 from durable_server.workqueue import WorkQueue
@@ -166,7 +166,30 @@ async def _wait_for_jetstream(cl: Cluster, within: float = 30.0) -> None:
 
 @contextlib.asynccontextmanager
 async def running_cluster(base: Path) -> AsyncIterator[Cluster]:
-    """Three nats-server processes with JetStream, routed into one cluster on loopback."""
+    """Three nats-server processes with JetStream, routed into one cluster on loopback.
+
+    Ports are picked free and then bound by nats-server, so another process may take one in
+    between on a busy machine: a start that fails is tried again on new ports."""
+    for attempt in range(3):
+        cl = _new_cluster(base / f"try{attempt}")
+        try:
+            await asyncio.gather(*(n.astart() for n in cl.nodes))
+        except NatsServerError:
+            for n in cl.nodes:
+                n.kill()
+            if attempt == 2:
+                raise
+            continue
+        try:
+            await _wait_for_jetstream(cl)
+            yield cl
+        finally:
+            for n in cl.nodes:
+                n.kill()  # the store is thrown away; no need for an orderly shutdown
+        return
+
+
+def _new_cluster(base: Path) -> Cluster:
     client_ports = [free_port() for _ in range(NODES)]
     route_ports = [free_port() for _ in range(NODES)]
     routes = ", ".join(f'"nats-route://127.0.0.1:{p}"' for p in route_ports)
@@ -185,14 +208,7 @@ async def running_cluster(base: Path) -> AsyncIterator[Cluster]:
         )
         for i in range(NODES)
     ]
-    cl = Cluster(nodes)
-    try:
-        await asyncio.gather(*(n.astart() for n in nodes))
-        await _wait_for_jetstream(cl)
-        yield cl
-    finally:
-        for n in nodes:
-            n.kill()  # the store is thrown away; no need for an orderly shutdown
+    return Cluster(nodes)
 
 
 @pytest.fixture
