@@ -103,6 +103,11 @@ async def sleeps_then_flakes(ctx: Context, tag: str) -> int:
     return int(await ctx.run("flaky", flaky))
 
 
+@waits.handler(retry=RetryPolicy(maximum_attempts=2, initial_interval=0.05))
+async def calls_nobody(ctx: Context) -> int:
+    return int(await ctx.call("nobody/home", 1))
+
+
 @waits.handler()
 async def leaf(ctx: Context, n: int) -> int:
     if n < 0:
@@ -391,3 +396,11 @@ async def test_wake_ups_do_not_count_against_the_retry_policy(
     """maximum_attempts=2: three wake-ups, then one transient failure, then success."""
     engine = await start_ready(engine_factory, [waits])
     assert await engine.client.execute("waits/sleeps_then_flakes", "t", timeout=20) == 2
+
+
+async def test_a_call_to_an_unregistered_handler_is_retried_then_fails_clearly(
+    engine_factory: EngineFactory,
+) -> None:
+    engine = await start_ready(engine_factory, [waits])
+    with pytest.raises(InvocationFailedError, match="nobody/home is not registered"):
+        await engine.client.execute("waits/calls_nobody", None, timeout=20)

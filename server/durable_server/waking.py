@@ -45,6 +45,10 @@ S = types_pb2
 _WRONG_LAST_SEQUENCE = (10071, 10164)
 
 
+class UnknownHandler(LookupError):
+    """ctx.call or ctx.send names a handler no worker has registered."""
+
+
 class AlreadyCompleted(Exception):
     """The awakeable was resolved or rejected before."""
 
@@ -62,7 +66,8 @@ class HandlerKinds:
         self._kinds = dict(local)
         self._workers = workers
 
-    async def kind_of(self, handler: str) -> int:
+    async def kind_of(self, handler: str) -> int | None:
+        """The handler's kind, or None when no worker has registered it."""
         if handler not in self._kinds and self._workers is not None:
             with contextlib.suppress(NoKeysError):
                 for name in await self._workers.keys():
@@ -72,7 +77,7 @@ class HandlerKinds:
                         reg.ParseFromString(entry.value or b"")
                         for h in reg.handlers:
                             self._kinds[h.name] = h.kind
-        return self._kinds.get(handler, S.HANDLER_KIND_SERVICE)
+        return self._kinds.get(handler)
 
 
 class Waker:
@@ -147,6 +152,12 @@ class Waker:
         workflow, someone did): nothing is started twice.
         """
         kind = await self.kinds.kind_of(record.handler)
+        if kind is None:
+            # Retried (the handler's policy): a worker hosting it may be on its way.
+            raise UnknownHandler(
+                f"handler {record.handler} is not registered by any worker; check the name, "
+                "or start a worker that hosts it"
+            )
         obj = record.handler.split("/", 1)[0]
         if kind != S.HANDLER_KIND_SERVICE and not record.key:
             raise TerminalError(f"{record.handler} needs a key (ctx.call/ctx.send key=...)")

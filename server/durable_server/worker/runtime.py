@@ -135,6 +135,9 @@ class Worker:
             direct_reads=self.cfg.direct_reads,
         )
         self._workers_kv = await workers_kv(js, self.cfg)
+        self._router = TransportRouter(
+            NatsTransport(self.nc, prefix=self.cfg.prefix), self._grpc_endpoints
+        )
         keys = KeyQueue(js, self.cfg, await locks_kv(js, self.cfg))
         kinds = HandlerKinds({h.full_name: h.kind for h in self.registry}, self._workers_kv)
         self._waker = Waker(
@@ -153,9 +156,7 @@ class Worker:
             running_record_after=self.cfg.running_record_after,
             keys=keys,
             state=state,
-            rpc=TransportRouter(
-                NatsTransport(self.nc, prefix=self.cfg.prefix), self._grpc_endpoints
-            ),
+            rpc=self._router,
         )
         if self._servicers:
             self._nats_server = NatsServer(self.nc, prefix=self.cfg.prefix)
@@ -187,6 +188,8 @@ class Worker:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if hasattr(self, "_router"):
+            await self._router.close()
         if graceful and self._nc is not None and self._nc.is_connected:
             with contextlib.suppress(Exception):
                 await self._workers_kv.delete(self.worker_id)
