@@ -315,3 +315,16 @@ async def test_cli_state_kill_purge_and_promises(engine_factory: EngineFactory) 
     assert killed.code == 0 and "CANCELLED" in killed.out
     again = await durable(target, "kill", holder.id)
     assert again.code == 1 and "FAILED_PRECONDITION" in again.err
+
+
+async def test_released_holders_leave_the_inbox(engine_factory: EngineFactory) -> None:
+    engine = await start_ready(engine_factory, SERVICES)
+    handles = [await engine.client.start("counter/add", 1, key="inbox") for _ in range(5)]
+    assert [await h.result(timeout=20) for h in handles] == [1, 2, 3, 4, 5]
+    js = engine.worker.nc.jetstream()
+    for _ in range(100):  # the last release follows the answer by a moment
+        info = await js.stream_info(engine.config.inbox_stream)
+        if info.state.messages == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert info.state.messages == 0

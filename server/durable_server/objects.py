@@ -23,7 +23,7 @@ import logging
 from collections.abc import Callable
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
 from durable.internal.v1 import storage_pb2
@@ -91,6 +91,11 @@ class KeyQueue:
             return None
         return (msg.data or b"").decode(), int(msg.seq or 0)
 
+    async def _forget(self, seq: int) -> None:
+        """Drop a released holder's inbox message: the lock has moved past it for good."""
+        with contextlib.suppress(NotFoundError, APIError):
+            await self._js.delete_msg(self._cfg.inbox_stream, seq)
+
     async def release(self, obj: str, key: str, invocation_id: str) -> str | None:
         """Hand the key from ``invocation_id`` to the next in line; returns that one's id
         (the caller enqueues it), or None. Does nothing unless ``invocation_id`` holds it."""
@@ -105,10 +110,12 @@ class KeyQueue:
                 if nxt is not None:
                     handed = storage_pb2.KeyLock(holder=nxt[0], inbox_seq=nxt[1])
                     await self._locks.update(name, handed.SerializeToString(), last=revision)
+                    await self._forget(lock.inbox_seq)
                     return nxt[0]
                 await self._locks.delete(name, last=revision)
             except KeyWrongLastSequenceError:
                 continue
+            await self._forget(lock.inbox_seq)
             # Free now; someone may have queued after our look and seen the lock taken.
             late = await self._next(obj, key, lock.inbox_seq)
             if late is None:
