@@ -103,10 +103,7 @@ class KeyedControl:
                 grpc.StatusCode.NOT_FOUND,
                 f"no workflow {info.service} with id {key!r} (never started, or purged)",
             ) from None
-        status = record.status
-        if not is_terminal(status):
-            last = await self._plane.journal.final_entry(run_id)
-            status = last.final.status if last is not None else status
+        status = await self._plane.status_of(record)
         if is_terminal(status):
             raise RequestError(
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -173,10 +170,11 @@ class KeyedControl:
         its caller, as a worker would."""
         p = self._plane
         current = (await p.get_record(invocation_id)).record
-        if is_terminal(current.status):
+        status = await p.status_of(current)
+        if is_terminal(status):
             raise RequestError(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"invocation {invocation_id} already ended ({status_name(current.status)})",
+                f"invocation {invocation_id} already ended ({status_name(status)})",
             )
         failure = types_pb2.Failure(message=reason or "killed by an operator", error_type=KILLED)
         final = storage_pb2.FinalOutcome(status=S.INVOCATION_STATUS_CANCELLED, failure=failure)
@@ -230,15 +228,13 @@ class KeyedControl:
         run also the workflow's state, so its id can be used again."""
         p = self._plane
         record = await p.view_record(invocation_id)
-        status = record.status
+        status = await p.status_of(record)
         if not is_terminal(status):
-            last = await p.journal.final_entry(invocation_id)
-            if last is None:
-                raise RequestError(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    f"invocation {invocation_id} is {status_name(status)}; only an ended one "
-                    "can be purged (cancel or kill it first)",
-                )
+            raise RequestError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"invocation {invocation_id} is {status_name(status)}; only an ended one "
+                "can be purged (cancel or kill it first)",
+            )
         # The worker that ended it may have died before passing its key on.
         await self._pass_key_on(record)
         js = p.nc.jetstream()

@@ -369,19 +369,25 @@ class ControlPlane:
     async def load_journal(self, invocation_id: str) -> LoadedJournal:
         return await self.journal.load(invocation_id)
 
+    async def status_of(self, record: Record) -> int:
+        """The record's status, or the journaled outcome's when that came first (the
+        record of an invocation that just ended follows its final entry)."""
+        if is_terminal(record.status):
+            return record.status
+        last = await self.journal.final_entry(record.id)
+        return last.final.status if last is not None else record.status
+
     # -- steering -------------------------------------------------------------------------
 
     async def _mutate(self, invocation_id: str, change: Callable[[Record], None]) -> Record:
         current = await self.get_record(invocation_id)
-        if not is_terminal(current.record.status):
-            # Its outcome may be journaled already, with the record about to follow.
-            last = await self.journal.final_entry(invocation_id)
-            if last is not None:
-                raise RequestError(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    f"invocation {invocation_id} already ended "
-                    f"({status_name(last.final.status)}); nothing is left to change",
-                )
+        status = await self.status_of(current.record)
+        if is_terminal(status) and not is_terminal(current.record.status):
+            raise RequestError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"invocation {invocation_id} already ended ({status_name(status)}); "
+                "nothing is left to change",
+            )
         try:
             written = await self.records.mutate(invocation_id, change, current=current)
         except MutationRefused as err:
@@ -490,10 +496,7 @@ class ControlPlane:
                 f"no awakeable {awakeable_id}: its invocation {invocation_id} does not exist "
                 "(never created, or purged)",
             ) from None
-        status = record.status
-        if not is_terminal(status):
-            last = await self.journal.final_entry(invocation_id)
-            status = last.final.status if last is not None else status
+        status = await self.status_of(record)
         if is_terminal(status):
             raise RequestError(
                 grpc.StatusCode.FAILED_PRECONDITION,
