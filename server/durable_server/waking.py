@@ -200,8 +200,14 @@ class Waker:
             },
         )
 
-    async def wake_callers(self, record: Record) -> None:
-        """After ``record`` ended: wake every invocation waiting for its result."""
+    async def ended(self, record: Record, *, exclusive: bool) -> None:
+        """After ``record`` ended: pass its object key on (``exclusive``) and wake every
+        invocation waiting for its result. Idempotent, so whoever finds an invocation ended
+        may call it again (a worker that died after the record write left it undone)."""
+        if exclusive and self.keys is not None:
+            nxt = await self.keys.release(record.handler.split("/")[0], record.key, record.id)
+            if nxt is not None:
+                await self.enqueue_current(nxt, "key free")
         for caller in [record.caller_id, *record.more_callers]:
             if caller:
                 await self.wake(caller, f"call {record.id} ended")

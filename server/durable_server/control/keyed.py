@@ -209,19 +209,14 @@ class KeyedControl:
         with contextlib.suppress(MutationRefused):
             await p.records.mutate(invocation_id, change)
         record = (await p.records.get(invocation_id)).record
-        await self._pass_key_on(record)
-        await p.waker.wake_callers(record)
+        await self._ended(record)
         await p._signal(invocation_id, {"cancel": True, "reason": failure.message})
         return record
 
-    async def _pass_key_on(self, record: Record) -> None:
-        """Release an ended exclusive invocation's key, if it still holds it."""
-        p = self._plane
-        info = p.catalog.handlers().get(record.handler)
-        if info is not None and info.kind == S.HANDLER_KIND_OBJECT_EXCLUSIVE:
-            nxt = await p.keys.release(record.handler.split("/")[0], record.key, record.id)
-            if nxt is not None:
-                await p.waker.enqueue_current(nxt, "key free")
+    async def _ended(self, record: Record) -> None:
+        info = self._plane.catalog.handlers().get(record.handler)
+        exclusive = info is not None and info.kind == S.HANDLER_KIND_OBJECT_EXCLUSIVE
+        await self._plane.waker.ended(record, exclusive=exclusive)
 
     async def purge(self, invocation_id: str) -> None:
         """Delete an ended invocation's journal, work items and record; for a workflow's
@@ -236,7 +231,7 @@ class KeyedControl:
                 "can be purged (cancel or kill it first)",
             )
         # The worker that ended it may have died before passing its key on.
-        await self._pass_key_on(record)
+        await self._ended(record)
         js = p.nc.jetstream()
         cfg = p.cfg
         for stream, subject in (

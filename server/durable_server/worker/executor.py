@@ -365,12 +365,8 @@ class Executor:
         return False
 
     async def _ended(self, rec: Record) -> None:
-        """After an invocation ended: pass its key on, wake its caller. Idempotent."""
-        if self._kind(rec) == S.HANDLER_KIND_OBJECT_EXCLUSIVE and self._keys is not None:
-            nxt = await self._keys.release(rec.handler.split("/")[0], rec.key, rec.id)
-            if nxt is not None:
-                await self._waker.enqueue_current(nxt, "key free")
-        await self._waker.wake_callers(rec)
+        exclusive = self._kind(rec) == S.HANDLER_KIND_OBJECT_EXCLUSIVE
+        await self._waker.ended(rec, exclusive=exclusive)
 
     async def _state_fits(self, rec: Record, view: StateView) -> bool:
         assert self._state is not None
