@@ -109,6 +109,20 @@ async def calls_nobody(ctx: Context) -> int:
 
 
 @waits.handler()
+async def slow_leaf(ctx: Context, n: int) -> int:
+    await ctx.sleep(1.5)
+    return n
+
+
+@waits.handler()
+async def calls_slow_leaf(ctx: Context) -> str:
+    try:
+        return str(await ctx.call(slow_leaf, 7))
+    except TerminalError as err:
+        return f"failed: {err.message}"
+
+
+@waits.handler()
 async def leaf(ctx: Context, n: int) -> int:
     if n < 0:
         raise TerminalError(f"negative: {n}", code=7)
@@ -404,3 +418,19 @@ async def test_a_call_to_an_unregistered_handler_is_retried_then_fails_clearly(
     engine = await start_ready(engine_factory, [waits])
     with pytest.raises(InvocationFailedError, match="nobody/home is not registered"):
         await engine.client.execute("waits/calls_nobody", None, timeout=20)
+
+
+async def test_a_callee_purged_before_its_caller_took_the_result(
+    engine_factory: EngineFactory,
+) -> None:
+    engine = await start_ready(engine_factory, [waits])
+    caller = await engine.client.start("waits/calls_slow_leaf", None)
+    view = await wait_status(engine, caller.id, S.INVOCATION_STATUS_SUSPENDED)
+    callee = view.invocation.waiting_for[0].invocation_id
+    await engine.client.pause(caller.id)  # it will not take the result when it comes
+    await wait_status(engine, callee, S.INVOCATION_STATUS_COMPLETED, timeout=10)
+    await engine.client.purge(callee)
+    await engine.client.resume(caller.id)
+    assert await caller.result(timeout=10) == (
+        f"failed: the called invocation {callee} was purged before its result was taken"
+    )

@@ -121,6 +121,14 @@ class Waker:
         await self._work.enqueue_record(written.record, reason)
         return True
 
+    async def exists(self, invocation_id: str) -> bool:
+        """Whether the invocation's record exists (it was not purged)."""
+        try:
+            await self._records.get(invocation_id)
+        except RecordNotFound:
+            return False
+        return True
+
     async def enqueue_current(self, invocation_id: str, reason: str) -> None:
         """Enqueue an invocation at its record's generation (one that just got its key)."""
         try:

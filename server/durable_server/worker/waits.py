@@ -103,7 +103,16 @@ async def probe(
         return await waker.promise_outcome(invocation_id, token(target.promise))
     final = await journal.final_entry(target.invocation_id)
     if final is None:
-        return None
+        if await waker.exists(target.invocation_id):
+            return None
+        # Ended and purged (retention) before this caller took its result: it never will.
+        return Outcome(
+            failure=types_pb2.Failure(
+                message=f"the called invocation {target.invocation_id} was purged before its "
+                "result was taken",
+                error_type="TerminalError",
+            )
+        )
     out = Outcome()
     if final.final.status == types_pb2.INVOCATION_STATUS_COMPLETED:
         out.value.CopyFrom(final.final.output)
