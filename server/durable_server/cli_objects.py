@@ -11,7 +11,7 @@ from typing import Any
 from durable._client import Client, status_name
 from durable.v1 import control_pb2
 from durable_server._tables import format_table
-from durable_server.cli_render import print_json
+from durable_server.cli_render import json_arg, report
 
 _Command = Callable[[Client, argparse.Namespace], Awaitable[int]]
 _AddCommand = Callable[[str, _Command, str], argparse.ArgumentParser]
@@ -44,13 +44,6 @@ def add_object_commands(command: _AddCommand) -> None:
     purge.add_argument("invocation_id", metavar="ID")
 
 
-def _json_arg(args: argparse.Namespace, text: str | None, what: str) -> Any:
-    try:
-        return json.loads(text) if text is not None else None
-    except ValueError as exc:
-        args.parser.error(f"{what} is not valid JSON: {exc}")
-
-
 def _show_state(args: argparse.Namespace, state: dict[str, Any]) -> None:
     if args.json:
         print(json.dumps(state, indent=2, sort_keys=True))
@@ -70,7 +63,7 @@ async def _cmd_set_state(client: Client, args: argparse.Namespace) -> int:
         name, sep, text = item.partition("=")
         if not sep or not name:
             args.parser.error(f"{item!r} is not NAME=JSON")
-        values[name] = _json_arg(args, text, f"the value of {name}")
+        values[name] = json_arg(args, text, f"the value of {name}")
     state = await client.set_state(
         args.object, args.key, values, clear=args.clear, clear_all=args.clear_all
     )
@@ -79,37 +72,37 @@ async def _cmd_set_state(client: Client, args: argparse.Namespace) -> int:
 
 
 async def _cmd_resolve_promise(client: Client, args: argparse.Namespace) -> int:
-    value = _json_arg(args, args.value, "VALUE_JSON")
+    value = json_arg(args, args.value, "VALUE_JSON")
     run_id = await client.resolve_promise(args.handler, args.key, args.promise, value)
-    if args.json:
-        print_json(control_pb2.ResolvePromiseResponse(invocation_id=run_id))
-    else:
-        print(f"resolved {args.promise!r}; workflow run {run_id} continues")
-    return 0
+    return report(
+        args,
+        control_pb2.ResolvePromiseResponse(invocation_id=run_id),
+        f"resolved {args.promise!r}; workflow run {run_id} continues",
+    )
 
 
 async def _cmd_reject_promise(client: Client, args: argparse.Namespace) -> int:
     run_id = await client.reject_promise(args.handler, args.key, args.promise, args.reason)
-    if args.json:
-        print_json(control_pb2.RejectPromiseResponse(invocation_id=run_id))
-    else:
-        print(f"rejected {args.promise!r}; workflow run {run_id} sees the failure")
-    return 0
+    return report(
+        args,
+        control_pb2.RejectPromiseResponse(invocation_id=run_id),
+        f"rejected {args.promise!r}; workflow run {run_id} sees the failure",
+    )
 
 
 async def _cmd_kill(client: Client, args: argparse.Namespace) -> int:
     summary = await client.kill(args.invocation_id, args.reason)
-    if args.json:
-        print_json(control_pb2.KillResponse(invocation=summary))
-    else:
-        print(f"killed {summary.invocation_id}: {status_name(summary.status)}")
-    return 0
+    return report(
+        args,
+        control_pb2.KillResponse(invocation=summary),
+        f"killed {summary.invocation_id}: {status_name(summary.status)}",
+    )
 
 
 async def _cmd_purge(client: Client, args: argparse.Namespace) -> int:
     await client.purge(args.invocation_id)
-    if args.json:
-        print_json(control_pb2.PurgeResponse(invocation_id=args.invocation_id))
-    else:
-        print(f"purged {args.invocation_id}")
-    return 0
+    return report(
+        args,
+        control_pb2.PurgeResponse(invocation_id=args.invocation_id),
+        f"purged {args.invocation_id}",
+    )

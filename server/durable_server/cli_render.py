@@ -92,26 +92,40 @@ def add_wait_commands(command: _AddCommand) -> None:
     reject.add_argument("reason", metavar="REASON")
 
 
-async def _cmd_resolve(client: Client, args: argparse.Namespace) -> int:
+def json_arg(args: argparse.Namespace, text: str | None, what: str) -> Any:
+    """A JSON command-line argument (None when absent); a usage error (exit 2) when bad."""
     try:
-        value = json.loads(args.value) if args.value is not None else None
+        return json.loads(text) if text is not None else None
     except ValueError as exc:
-        args.parser.error(f"VALUE_JSON is not valid JSON: {exc}")
-    invocation_id = await client.resolve_awakeable(args.awakeable_id, value)
+        args.parser.error(f"{what} is not valid JSON: {exc}")
+
+
+def report(args: argparse.Namespace, response: Message, text: str) -> int:
+    """Print a command's response: as protobuf JSON with --json, else as ``text``."""
     if args.json:
-        print_json(C.ResolveAwakeableResponse(invocation_id=invocation_id))
+        print_json(response)
     else:
-        print(f"resolved {args.awakeable_id}; invocation {invocation_id} continues")
+        print(text)
     return 0
+
+
+async def _cmd_resolve(client: Client, args: argparse.Namespace) -> int:
+    value = json_arg(args, args.value, "VALUE_JSON")
+    invocation_id = await client.resolve_awakeable(args.awakeable_id, value)
+    return report(
+        args,
+        C.ResolveAwakeableResponse(invocation_id=invocation_id),
+        f"resolved {args.awakeable_id}; invocation {invocation_id} continues",
+    )
 
 
 async def _cmd_reject(client: Client, args: argparse.Namespace) -> int:
     invocation_id = await client.reject_awakeable(args.awakeable_id, args.reason)
-    if args.json:
-        print_json(C.RejectAwakeableResponse(invocation_id=invocation_id))
-    else:
-        print(f"rejected {args.awakeable_id}; invocation {invocation_id} sees the failure")
-    return 0
+    return report(
+        args,
+        C.RejectAwakeableResponse(invocation_id=invocation_id),
+        f"rejected {args.awakeable_id}; invocation {invocation_id} sees the failure",
+    )
 
 
 async def _cmd_watch(client: Client, args: argparse.Namespace) -> int:
