@@ -101,7 +101,7 @@ class InvocationContext(Context):
             handler=record.handler,
             key=record.key,
             invocation_id=record.id,
-            store=state,  # type: ignore[arg-type]
+            store=state,
             waker=waker,
             max_payload=max_payload,
         )

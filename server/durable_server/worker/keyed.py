@@ -110,7 +110,7 @@ class KeyedSteps:
         handler: str,
         key: str,
         invocation_id: str,
-        store: StateStore,
+        store: StateStore | None,
         waker: Waker,
         max_payload: int,
     ) -> None:
@@ -122,9 +122,15 @@ class KeyedSteps:
         self._invocation_id = invocation_id
         self._waker = waker
         self._max_payload = max_payload
-        self.view = StateView(lambda: store.load(self._object, self._key))
+        self._store = store
+        self.view = StateView(self._load)
 
     # -- state ------------------------------------------------------------------------------
+
+    async def _load(self) -> dict[str, StoredPayload]:
+        # Only object and workflow handlers get here (_need_state); their worker has a store.
+        assert self._store is not None, "a worker with stateful handlers has a state store"
+        return await self._store.load(self._object, self._key)
 
     def _need_state(self, write: bool) -> None:
         if self._kind == S.HANDLER_KIND_SERVICE:
