@@ -118,13 +118,16 @@ class InvocationIndex:
         if is_terminal(record.status):
             self.resolve_waiters(record)
 
-    def mark_ended(self, invocation_id: str, status: int, ended_ns: int) -> None:
-        """Apply an outcome a worker announced before its record is written."""
-        old = self._by_id.get(invocation_id)
+    def mark_ended(self, ended: Record) -> None:
+        """Apply an outcome journaled before its record is written (``ended`` is the record
+        as it will be written: status, end time and the attempt that ended it)."""
+        old = self._by_id.get(ended.id)
         if old is None or is_terminal(old.status):
             return
         self._count(old, -1)
-        old.status, old.ended_ns, old.updated_ns = status, ended_ns, ended_ns
+        ended_ns = ended.ended_at.ToNanoseconds()
+        old.status, old.ended_ns, old.updated_ns = ended.status, ended_ns, ended_ns
+        old.attempt = max(old.attempt, ended.attempt)
         self._count(old, +1)
 
     def resolve_waiters(self, record: Record) -> None:

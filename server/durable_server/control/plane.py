@@ -529,7 +529,7 @@ class ControlPlane:
         if not entry.HasField("final"):
             return
         ended = with_final(Record(id=msg.subject.rsplit(".", 1)[-1]), entry)
-        self.index.mark_ended(ended.id, ended.status, ended.ended_at.ToNanoseconds())
+        self.index.mark_ended(ended)
         self.index.resolve_waiters(ended)
 
     async def _on_progress(self, msg: Msg) -> None:
