@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import urllib.parse
 
-_PREFIX_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+_PREFIX_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")  # fullmatch: "$" matches before a newline
 
 MiB = 1024 * 1024
 
@@ -44,13 +45,29 @@ class EngineConfig:
     """Largest state of one virtual object key or workflow id, all entries together."""
     retention: float = 7 * 24 * 3600.0
     """Seconds an ended invocation is kept before it is purged; 0 keeps them forever."""
+    max_waiters: int = 10_000
+    """Most requests one control plane holds open while they wait (Invoke with wait,
+    AwaitResult, WatchWorkflow); beyond it they get RESOURCE_EXHAUSTED at once."""
+    max_wait: float = 300.0
+    """Longest a single Invoke with wait or AwaitResult holds before it answers "not done
+    yet" (the client then asks again), whatever timeout the request asked for."""
+
+    def __repr__(self) -> str:
+        # The URL may carry a password or token: never print it.
+        shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        shown["nats_url"] = redact_url(self.nats_url)
+        return f"EngineConfig({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     def __post_init__(self) -> None:
-        if not _PREFIX_RE.match(self.prefix):
+        if not _PREFIX_RE.fullmatch(self.prefix):
             raise ValueError(
                 f"prefix {self.prefix!r} must be lowercase letters, digits or '_', "
                 "start with a letter, at most 32 characters"
             )
+        if self.max_waiters < 1:
+            raise ValueError(f"max_waiters must be at least 1, not {self.max_waiters}")
+        if not self.max_wait > 0:
+            raise ValueError(f"max_wait must be a positive number of seconds, not {self.max_wait}")
 
     # Names derived from the prefix: one place, so that no two modules disagree.
     @property
@@ -156,3 +173,24 @@ class EngineConfig:
     @property
     def servers(self) -> list[str]:
         return [u.strip() for u in self.nats_url.split(",") if u.strip()]
+
+
+def redact_url(url: str) -> str:
+    """A NATS URL (or a comma-separated list) fit to print: a password, or a token (a user
+    part without a password is NATS's token authentication), becomes ``***``."""
+    return ",".join(_redact_one(u) for u in url.split(","))
+
+
+def _redact_one(url: str) -> str:
+    stripped = url.strip()
+    try:
+        parts = urllib.parse.urlsplit(stripped if "://" in stripped else f"nats://{stripped}")
+    except ValueError:
+        return "<a NATS URL that does not parse>"
+    if "@" not in parts.netloc:
+        return url
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, has_password, _ = userinfo.partition(":")
+    shown = f"{user}:***" if has_password else "***"
+    redacted = parts._replace(netloc=f"{shown}@{host}").geturl()
+    return redacted if "://" in stripped else redacted.split("://", 1)[1]

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from durable._handlers import Service
-from durable_server.config import EngineConfig
+from durable_server.config import EngineConfig, redact_url
 from durable_server.control.server import ControlServer
 from durable_server.natsd import EmbeddedNats
 from durable_server.worker.rpc import parse_endpoints
@@ -74,6 +74,26 @@ def _config(args: argparse.Namespace, nats_url: str | None = None) -> EngineConf
         max_payload_bytes=args.max_payload_bytes,
         max_state_bytes=args.max_state_bytes,
         retention=args.retention,
+        # Control-plane settings: `durable worker` has no such flags.
+        max_waiters=getattr(args, "max_waiters", EngineConfig.max_waiters),
+        max_wait=getattr(args, "max_wait", EngineConfig.max_wait),
+    )
+
+
+def _control_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--max-waiters",
+        type=int,
+        default=EngineConfig.max_waiters,
+        help="most requests held open at once while waiting (Invoke with wait, AwaitResult, "
+        "WatchWorkflow); more get RESOURCE_EXHAUSTED",
+    )
+    p.add_argument(
+        "--max-wait",
+        type=float,
+        default=EngineConfig.max_wait,
+        help="seconds one Invoke with wait or AwaitResult holds at most before answering "
+        "'not done yet'",
     )
 
 
@@ -126,6 +146,7 @@ def add_engine_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     dev.add_argument("--module", action="append", help="module with handlers (repeatable)")
     dev.add_argument("--slots", type=int, default=64, help="concurrent invocations")
     _engine_flags(dev, with_nats=False)
+    _control_flags(dev)
     dev.set_defaults(func=lambda a: _run(_dev(a), a))
 
     server = sub.add_parser("server", help="run the control plane (gRPC DurableControl)")
@@ -137,6 +158,7 @@ def add_engine_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     server.add_argument("--slots", type=int, default=64, help="concurrent invocations")
     _engine_flags(server)
+    _control_flags(server)
     server.set_defaults(func=lambda a: _run(_server(a), a))
 
     worker = sub.add_parser("worker", help="run a worker hosting handler modules")
@@ -259,7 +281,7 @@ def _banner(target: str, nats_url: str, sync: str, data: Path, worker: Worker) -
     return f"""
 durable dev is running
   gRPC DurableControl  {target}   (reflection + health on)
-  nats-server          {nats_url}   JetStream under {data} (sync_interval={sync})
+  nats-server          {redact_url(nats_url)}   JetStream under {data} (sync_interval={sync})
   worker               {worker.worker_id} serving {", ".join(handlers)}
 
 Try it:

@@ -28,7 +28,7 @@ from nats.aio.msg import Msg
 from durable._handlers import Registry, Service
 from durable._rpc import NatsServer, NatsTransport
 from durable.internal.v1 import storage_pb2
-from durable_server.config import EngineConfig
+from durable_server.config import EngineConfig, redact_url
 from durable_server.journal import Journal
 from durable_server.objects import KeyQueue, StateStore
 from durable_server.records import RecordStore, now_ts
@@ -78,7 +78,9 @@ async def connect_nats(cfg: EngineConfig, name: str, *, wait: float = 30.0) -> N
             timeout=wait,
         )
     except (OSError, nats.errors.NoServersError, TimeoutError) as err:
-        raise ConnectionError(f"cannot reach NATS at {cfg.nats_url} within {wait:.0f}s") from err
+        raise ConnectionError(
+            f"cannot reach NATS at {redact_url(cfg.nats_url)} within {wait:.0f}s"
+        ) from err
 
 
 class Worker:
