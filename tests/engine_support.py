@@ -9,7 +9,7 @@ from typing import Any
 
 from durable import Service
 from durable.testing import LocalEngine
-from durable.v1 import control_pb2, types_pb2
+from durable.v1 import control_pb2, control_pb2_grpc, types_pb2
 
 EngineFactory = Callable[..., Awaitable[LocalEngine]]
 
@@ -54,4 +54,33 @@ async def wait_status(
             raise AssertionError(
                 f"{invocation_id} still {name(view.invocation.status)}, wanted {name(status)}"  # type: ignore[arg-type]
             )
+        await asyncio.sleep(0.01)
+
+
+async def settled(stub: control_pb2_grpc.DurableControlStub, timeout: float = 10.0) -> None:
+    """Wait until this control plane lists every invocation as its stored record says.
+
+    A result reaches its caller as soon as the outcome is journaled, before the worker writes
+    the record, and the index follows the record a moment later: a snapshot of ListWorkflows
+    taken in between changes by itself. Tests that compare snapshots wait for this first.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        listed = await stub.ListWorkflows(control_pb2.ListWorkflowsRequest(page_size=1000))
+        lagging = []
+        for summary in listed.invocations:
+            stored = await stub.GetWorkflow(
+                control_pb2.GetWorkflowRequest(
+                    invocation_id=summary.invocation_id, skip_journal=True
+                )
+            )
+            if (summary.status, summary.updated_at) != (
+                stored.invocation.status,
+                stored.invocation.updated_at,
+            ):
+                lagging.append(summary.invocation_id)
+        if not lagging:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the index never caught up with {lagging}")
         await asyncio.sleep(0.01)

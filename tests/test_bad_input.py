@@ -24,7 +24,7 @@ from durable._payloads import to_payload, to_value
 from durable.testing import LocalEngine, start_engine
 from durable.v1 import control_pb2, control_pb2_grpc, types_pb2
 from durable_server.natsd import EmbeddedNats
-from tests.engine_support import wait_for_handlers
+from tests.engine_support import settled, wait_for_handlers
 
 S = types_pb2
 C = control_pb2
@@ -117,6 +117,7 @@ async def refused(
     call: Callable[[], Awaitable[Any]],
 ) -> str:
     """Assert ``call`` fails with ``code`` and that nothing stored changed; return details."""
+    await settled(stub)
     before = await _snapshot(stub, existing)
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await call()

@@ -19,7 +19,8 @@ from durable import _serde
 from durable._retry import RetryPolicy
 from durable.v1 import types_pb2
 
-_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
+# fullmatch: "$" would also match before a final newline.
+_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]{0,63}")
 
 HandlerFn = Callable[..., Awaitable[Any]]
 F = TypeVar("F", bound=HandlerFn)
@@ -83,7 +84,7 @@ def _descriptor_set(message_type: Any) -> bytes:
 
 
 def _check_name(what: str, name: str) -> str:
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise ValueError(
             f"{what} name {name!r} must start with a letter or '_' and contain only letters, "
             "digits, '_' or '-' (at most 64 characters)"

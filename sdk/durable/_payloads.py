@@ -7,7 +7,9 @@ One codec for the client, the CLI and the engine, so a value means the same ever
   which grpcurl and other languages read directly;
 * a protobuf message travels as ``Payload.data`` with content type
   ``application/x-protobuf; messageType=<full name>``;
-* ``bytes`` travel as ``Payload.data`` with content type ``application/octet-stream``.
+* ``bytes`` travel as ``Payload.data`` with content type ``application/octet-stream``;
+* JSON text may also travel as ``Payload.data`` with content type ``application/json``: the
+  server answers so for JSON a ``Value`` cannot carry exactly, and it decodes like ``json``.
 
 ``google.protobuf.Value`` stores every number as a double. So integers beyond 2**53 are
 refused rather than silently rounded, NaN and infinities are refused (JSON has none), and an
@@ -29,6 +31,7 @@ from google.protobuf.message import DecodeError, Message
 from durable.v1 import types_pb2
 
 __all__ = [
+    "JSON_CONTENT_TYPE",
     "OCTET_STREAM",
     "PROTOBUF_CONTENT_TYPE",
     "from_payload",
@@ -43,6 +46,9 @@ __all__ = [
 
 #: Content type of raw bytes.
 OCTET_STREAM = "application/octet-stream"
+#: Content type of JSON text sent as bytes (the server answers with it for JSON that a
+#: ``google.protobuf.Value`` cannot carry exactly, such as integers beyond 2**53).
+JSON_CONTENT_TYPE = "application/json"
 #: Content type prefix of a serialized protobuf message (followed by ``; messageType=<name>``).
 PROTOBUF_CONTENT_TYPE = "application/x-protobuf"
 
@@ -206,6 +212,9 @@ def from_payload(payload: types_pb2.Payload, result_type: type[M] | None = None)
     if kind == "json":
         return from_value(payload.json)
     if kind == "data":
+        if payload.content_type == JSON_CONTENT_TYPE:
+            # JSON a Value cannot carry exactly (integers beyond 2**53) comes as bytes.
+            return json.loads(payload.data) if payload.data else None
         return payload.data
     return None
 
@@ -221,6 +230,13 @@ def _to_message(payload: types_pb2.Payload, kind: str | None, result_type: type[
         return message
     if kind is None:
         return result_type()
+    if payload.content_type == JSON_CONTENT_TYPE:
+        message = result_type()
+        try:
+            json_format.Parse(payload.data or b"{}", message)
+        except json_format.ParseError as exc:
+            raise ValueError(f"JSON payload is not a valid {expected}: {exc}") from exc
+        return message
     declared = protobuf_message_type(payload.content_type)
     if declared is not None and declared != expected:
         raise TypeError(f"payload holds a {declared}, not a {expected}")
@@ -254,6 +270,8 @@ def preview(payload: types_pb2.Payload, limit: int = 80) -> str:
     kind = payload.WhichOneof("value")
     if kind == "json":
         text = value_to_json_bytes(payload.json).decode()
+    elif kind == "data" and payload.content_type == JSON_CONTENT_TYPE:
+        text = payload.data.decode("utf-8", "replace")
     elif kind == "data":
         what = protobuf_message_type(payload.content_type) or payload.content_type or OCTET_STREAM
         text = f"<{len(payload.data)} bytes {what}>"

@@ -17,6 +17,7 @@ from typing import Any
 
 from google.protobuf.message import DecodeError, Message
 
+from durable import _jsonrules
 from durable._payloads import OCTET_STREAM as OCTET_STREAM
 from durable._payloads import PROTOBUF_CONTENT_TYPE
 
@@ -43,13 +44,20 @@ def _to_jsonable(value: Any) -> Any:
 
 
 def encode(value: Any) -> tuple[bytes, str]:
-    """Encode a value as (data, content_type). Raises TypeError when it cannot."""
+    """Encode a value as (data, content_type). Raises TypeError when it cannot, and
+    :class:`~durable._jsonrules.JsonRuleError` when its JSON would break the rules every
+    stored JSON value follows (finite numbers, 64-bit integers, at most 32 levels)."""
     if isinstance(value, Message):
         return value.SerializeToString(), protobuf_content_type(value)
     if isinstance(value, bytes | bytearray):
         return bytes(value), OCTET_STREAM
     try:
-        return json.dumps(_to_jsonable(value), separators=(",", ":")).encode(), JSON
+        jsonable = _to_jsonable(value)
+    except RecursionError:  # nested far too deep, or a structure that contains itself
+        raise _jsonrules.too_deep("value") from None
+    _jsonrules.check(jsonable, "value")
+    try:
+        return json.dumps(jsonable, separators=(",", ":"), allow_nan=False).encode(), JSON
     except (TypeError, ValueError) as err:
         raise TypeError(
             f"cannot encode {type(value).__name__} as JSON: {err}; return JSON-able values, "

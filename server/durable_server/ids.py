@@ -14,7 +14,8 @@ import os
 import re
 import time
 
-_ID_RE = re.compile(r"^inv_[a-z2-7]{26}$")
+# Used with fullmatch: "$" would also match before a final newline.
+_ID_RE = re.compile(r"inv_[a-z2-7]{26}")
 
 
 def _b32(raw: bytes) -> str:
@@ -27,17 +28,40 @@ def new_invocation_id() -> str:
     return "inv_" + _b32(ms.to_bytes(6, "big") + os.urandom(10))
 
 
+def _encode_fields(*fields: str) -> bytes:
+    """The bytes an id is hashed from: the fields joined with NUL.
+
+    This is injective because no field can hold a NUL: handler and service names are
+    registered names (``[A-Za-z_][A-Za-z0-9_-]*``), and keys, workflow ids and idempotency
+    keys are refused with INVALID_ARGUMENT when they hold any control character
+    (``limits.text_problem``). So the NULs in the joined string are exactly the separators,
+    splitting it at them gives the fields back, and two different tuples of the same length
+    never give the same bytes. Every caller passes three fields. The engine's own uses
+    (``child_invocation_id``, ``workflow_run_id``) put the domain markers ``\x01child`` and
+    ``\x01run`` in a field, which no user field can equal since ``\x01`` is a control
+    character, so their ids never meet a client's.
+
+    Ids stored by earlier versions were computed the same way, so every one of them keeps
+    resolving, without a migration or an extra read; only requests that could collide (a
+    field holding NUL) are now refused, and here as a last guard.
+    """
+    for field in fields:
+        if "\x00" in field:
+            raise ValueError("an id field may not contain NUL (it separates the fields)")
+    return "\x00".join(fields).encode()
+
+
 def idempotent_invocation_id(handler: str, key: str, idempotency_key: str) -> str:
     """The id every Invoke of (handler, key, idempotency_key) gets."""
-    digest = hashlib.sha256("\x00".join((handler, key, idempotency_key)).encode()).digest()
+    digest = hashlib.sha256(_encode_fields(handler, key, idempotency_key)).digest()
     return "inv_" + _b32(digest[:17])
 
 
 def is_valid_invocation_id(value: str) -> bool:
-    return bool(_ID_RE.match(value))
+    return _ID_RE.fullmatch(value) is not None
 
 
-_AWAKEABLE_RE = re.compile(r"^awk_([a-z2-7]{26})_([0-9]{1,9})$")
+_AWAKEABLE_RE = re.compile(r"awk_([a-z2-7]{26})_([0-9]{1,9})")
 
 
 def awakeable_id(invocation_id: str, index: int) -> str:
@@ -48,7 +72,7 @@ def awakeable_id(invocation_id: str, index: int) -> str:
 
 def parse_awakeable_id(value: str) -> tuple[str, int] | None:
     """(invocation id, step index) of an awakeable id, or None when it is not one."""
-    m = _AWAKEABLE_RE.match(value)
+    m = _AWAKEABLE_RE.fullmatch(value)
     if m is None:
         return None
     return "inv_" + m.group(1), int(m.group(2))

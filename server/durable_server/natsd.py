@@ -30,7 +30,7 @@ __all__ = ["EmbeddedNats", "NatsServerError", "NatsServerNotFound", "find_nats_s
 DEFAULT_MAX_PAYLOAD = 8 * 1024 * 1024
 _BINARY = "nats-server.exe" if os.name == "nt" else "nats-server"
 # Go duration ("2m", "1m30s", "500ms") or "always" (fsync after every write).
-_DURATION = re.compile(r"^(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$")
+_DURATION = re.compile(r"(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+")
 _LISTEN = re.compile(r"Listening for client connections on (\S+):(\d+)")
 _READY = "Server is ready"
 
@@ -83,7 +83,7 @@ class EmbeddedNats:
         binary: Path | str | None = None,
         start_timeout: float = 30.0,
     ) -> None:
-        if sync_interval != "always" and not _DURATION.match(sync_interval):
+        if sync_interval != "always" and not _DURATION.fullmatch(sync_interval):
             raise ValueError(
                 f"sync_interval must be 'always' or a duration like '2m', not {sync_interval!r}"
             )

@@ -29,6 +29,7 @@ from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
 from durable_server.config import EngineConfig
 from durable_server.ids import workflow_run_id
+from durable_server.limits import MAX_KEY_CHARS, text_problem
 from durable_server.objects import KeyQueue
 from durable_server.records import (
     MutationRefused,
@@ -171,6 +172,8 @@ class Waker:
             raise TerminalError(f"{record.handler} needs a key (ctx.call/ctx.send key=...)")
         if kind == S.HANDLER_KIND_SERVICE and record.key:
             raise TerminalError(f"{record.handler} is a service handler; it takes no key")
+        if (problem := text_problem(record.key, MAX_KEY_CHARS)) is not None:
+            raise TerminalError(f"the key of a call to {record.handler} {problem}")
         if kind == S.HANDLER_KIND_WORKFLOW_RUN:
             record.id = workflow_run_id(obj, record.key)
         if await self._records.create(record) is None:

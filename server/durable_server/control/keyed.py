@@ -17,6 +17,7 @@ from durable.internal.v1 import storage_pb2
 from durable.v1 import control_pb2, types_pb2
 from durable_server.control.validation import (
     RequestError,
+    check_text,
     invalid,
     payload_to_stored,
     stored_to_payload,
@@ -24,6 +25,7 @@ from durable_server.control.validation import (
 from durable_server.control.views import with_final
 from durable_server.ids import token, workflow_run_id
 from durable_server.journal import JournalFenced
+from durable_server.limits import MAX_KEY_CHARS, MAX_NAME_CHARS, quote
 from durable_server.objects import StateTooLarge
 from durable_server.records import MutationRefused, Record, RecordNotFound, is_terminal, status_name
 from durable_server.waking import AlreadyCompleted
@@ -68,7 +70,7 @@ class KeyedControl:
             if id_conflict == control_pb2.ID_CONFLICT_POLICY_FAIL:
                 raise RequestError(
                     grpc.StatusCode.ALREADY_EXISTS,
-                    f"workflow {record.handler} with id {record.key!r} already exists as "
+                    f"workflow {record.handler} with id {quote(record.key)} already exists as "
                     f"{existing.id} ({status_name(existing.status)}); purge it to reuse the id",
                 )
             return existing
@@ -91,23 +93,26 @@ class KeyedControl:
         info = self._plane._handler(handler)
         if info.kind not in (S.HANDLER_KIND_WORKFLOW_RUN, S.HANDLER_KIND_WORKFLOW_SHARED):
             raise invalid(f"{handler} is not a workflow handler; only workflows have promises")
-        if not key:
-            raise invalid("key is required: the workflow id")
-        if not promise:
-            raise invalid("promise is required: the name the handler passed to ctx.promise")
+        check_text("key", key, MAX_KEY_CHARS, required="the workflow id")
+        check_text(
+            "promise",
+            promise,
+            MAX_NAME_CHARS,
+            required="the name the handler passed to ctx.promise",
+        )
         run_id = workflow_run_id(info.service, key)
         try:
             record = await self._plane.view_record(run_id)
         except RequestError:
             raise RequestError(
                 grpc.StatusCode.NOT_FOUND,
-                f"no workflow {info.service} with id {key!r} (never started, or purged)",
+                f"no workflow {info.service} with id {quote(key)} (never started, or purged)",
             ) from None
         status = await self._plane.status_of(record)
         if is_terminal(status):
             raise RequestError(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"workflow {info.service} {key!r} already ended "
+                f"workflow {info.service} {quote(key)} already ended "
                 f"({status_name(status)}); nothing awaits its promises",
             )
         try:
@@ -115,22 +120,23 @@ class KeyedControl:
         except AlreadyCompleted:
             raise RequestError(
                 grpc.StatusCode.ALREADY_EXISTS,
-                f"promise {promise!r} of workflow {info.service} {key!r} was already "
-                "resolved or rejected; the first completion stands",
+                f"promise {quote(promise)} of workflow {info.service} {quote(key)} was "
+                "already resolved or rejected; the first completion stands",
             ) from None
         return run_id
 
     # -- state --------------------------------------------------------------------------
 
     def _check_object(self, obj: str, key: str) -> None:
+        if not obj:
+            raise invalid("object is required: the virtual object or workflow name")
         kinds = {h.kind for h in self._plane.catalog.handlers().values() if h.service == obj}
         if not kinds & set(_STATEFUL):
             raise RequestError(
                 grpc.StatusCode.NOT_FOUND,
-                f"no virtual object or workflow named {obj!r} is registered",
+                f"no virtual object or workflow named {quote(obj)} is registered",
             )
-        if not key:
-            raise invalid("key is required: the object key or workflow id")
+        check_text("key", key, MAX_KEY_CHARS, required="the object key or workflow id")
 
     async def get_state(self, obj: str, key: str) -> list[types_pb2.StateEntry]:
         self._check_object(obj, key)
@@ -143,12 +149,13 @@ class KeyedControl:
         self._check_object(obj, key)
         values: dict[str, storage_pb2.StoredPayload] = {}
         for e in request.set:
-            if not e.name:
-                raise invalid("every state entry to set needs a name")
+            check_text("a state entry's name", e.name, MAX_NAME_CHARS, required="every one")
             data, ct = payload_to_stored(
-                e.value, self._plane.cfg.max_payload_bytes, f"state {e.name!r}"
+                e.value, self._plane.cfg.max_payload_bytes, f"state {quote(e.name)}"
             )
             values[e.name] = storage_pb2.StoredPayload(data=data, content_type=ct)
+        for name in request.clear:
+            check_text("a name to clear", name, MAX_NAME_CHARS, required="every one")
 
         def change(entries: dict[str, storage_pb2.StoredPayload]) -> None:
             if request.clear_all:

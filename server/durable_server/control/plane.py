@@ -28,6 +28,7 @@ from durable_server.control.index import InvocationIndex
 from durable_server.control.keyed import KeyedControl
 from durable_server.control.validation import (
     RequestError,
+    check_text,
     invalid,
     payload_to_stored,
     validate_input,
@@ -40,6 +41,7 @@ from durable_server.ids import (
     workflow_run_id,
 )
 from durable_server.journal import Journal, LoadedJournal
+from durable_server.limits import MAX_IDEMPOTENCY_KEY_CHARS, MAX_KEY_CHARS, quote
 from durable_server.objects import KeyQueue, StateStore
 from durable_server.records import (
     MutationRefused,
@@ -64,8 +66,8 @@ from durable_server.workqueue import WorkQueue
 log = logging.getLogger("durable.control")
 S = types_pb2
 
-_MAX_IDEMPOTENCY_KEY = 256
-_MAX_KEY = 256
+# How many registered handlers a NOT_FOUND names; ListHandlers has them all.
+_KNOWN_SHOWN = 20
 _WORKFLOW_KINDS = (S.HANDLER_KIND_WORKFLOW_RUN, S.HANDLER_KIND_WORKFLOW_SHARED)
 # Statuses whose invocation needs a work item to move on (the reconciler checks it has one).
 _WAITING_FOR_ITEM = (S.INVOCATION_STATUS_PENDING, S.INVOCATION_STATUS_SCHEDULED)
@@ -125,8 +127,11 @@ def _still_scheduled(r: Record) -> bool:
 def _same_payload(a: storage_pb2.StoredPayload, b: storage_pb2.StoredPayload) -> bool:
     if a.content_type != b.content_type:
         return False
-    if a.content_type == "application/json":
-        return bool(json.loads(a.data or b"null") == json.loads(b.data or b"null"))
+    if a.content_type == "application/json" and a.data != b.data:
+        try:
+            return bool(json.loads(a.data or b"null") == json.loads(b.data or b"null"))
+        except (ValueError, RecursionError):  # stored by an older version: compare bytes
+            return False
     return a.data == b.data
 
 
@@ -195,17 +200,12 @@ class ControlPlane:
         """
         info = self._handler(handler)
         if info.kind == S.HANDLER_KIND_SERVICE and key:
-            raise invalid(f"{handler} is a service handler; it takes no key (got {key!r})")
+            raise invalid(f"{handler} is a service handler; it takes no key (got {quote(key)})")
         if info.kind != S.HANDLER_KIND_SERVICE and not key:
             what = "workflow id" if info.kind in _WORKFLOW_KINDS else "object key"
             raise invalid(f"{handler} needs a key: the {what} it runs for (key=...)")
-        if len(key) > _MAX_KEY:
-            raise invalid(f"key is {len(key)} characters; at most {_MAX_KEY} are allowed")
-        if len(idempotency_key) > _MAX_IDEMPOTENCY_KEY:
-            raise invalid(
-                f"idempotency_key is {len(idempotency_key)} characters; "
-                f"at most {_MAX_IDEMPOTENCY_KEY} are allowed"
-            )
+        check_text("key", key, MAX_KEY_CHARS)
+        check_text("idempotency_key", idempotency_key, MAX_IDEMPOTENCY_KEY_CHARS)
         data, content_type = payload_to_stored(payload, self.cfg.max_payload_bytes, "input")
         validate_input(info, data, content_type)
         now = now_ts()
@@ -271,7 +271,7 @@ class ControlPlane:
         if not _same_payload(existing.input, record.input):
             raise RequestError(
                 grpc.StatusCode.ALREADY_EXISTS,
-                f"idempotency key {record.idempotency_key!r} was already used for invocation "
+                f"idempotency key {quote(record.idempotency_key)} was already used for invocation "
                 f"{record.id} of {record.handler} with a different input; send the same "
                 "input to get that invocation, or use a new key",
             )
@@ -283,10 +283,13 @@ class ControlPlane:
         handlers = self.catalog.handlers()
         info = handlers.get(name)
         if info is None:
-            known = ", ".join(sorted(handlers)) or "none (no worker has registered yet)"
+            names = sorted(handlers)
+            known = ", ".join(names[:_KNOWN_SHOWN]) or "none (no worker has registered yet)"
+            if len(names) > _KNOWN_SHOWN:
+                known += f" and {len(names) - _KNOWN_SHOWN} more (see ListHandlers)"
             raise RequestError(
                 grpc.StatusCode.NOT_FOUND,
-                f"handler {name!r} is not registered; known handlers: {known}",
+                f"handler {quote(name)} is not registered; known handlers: {known}",
             )
         return info
 
@@ -484,7 +487,7 @@ class ControlPlane:
         parsed = parse_awakeable_id(awakeable_id)
         if parsed is None:
             raise invalid(
-                f"awakeable_id {awakeable_id!r} is not an awakeable id; they look like "
+                f"awakeable_id {quote(awakeable_id)} is not an awakeable id; they look like "
                 "awk_<26 characters>_<step>, as ctx.awakeable() returned it"
             )
         invocation_id, index = parsed

@@ -9,15 +9,23 @@ import json
 from typing import Any
 
 import grpc
-from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, struct_pb2
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 
-from durable import _serde
-from durable._payloads import value_to_json_bytes
+from durable import _jsonrules, _serde
+from durable._payloads import from_value, to_value
 from durable._serde import json_type as _json_type
 from durable.v1 import types_pb2
 from durable_server.control.index import Cursor
 from durable_server.ids import is_valid_invocation_id
+from durable_server.limits import (
+    MAX_CONTENT_TYPE_CHARS,
+    MAX_PAGE_TOKEN_CHARS,
+    MAX_REASON_BYTES,
+    quote,
+    text_problem,
+)
 
 
 class RequestError(Exception):
@@ -38,9 +46,63 @@ def check_invocation_id(value: str) -> str:
         raise invalid("invocation_id is required")
     if not is_valid_invocation_id(value):
         raise invalid(
-            f"invocation_id {value!r} is malformed: ids look like 'inv_' followed by 26 "
+            f"invocation_id {quote(value)} is malformed: ids look like 'inv_' followed by 26 "
             "lowercase letters and digits (as returned by Invoke or ListWorkflows)"
         )
+    return value
+
+
+def check_text(what: str, value: str, max_chars: int, *, required: str = "") -> str:
+    """A key or a name (``limits.text_problem``); ``required`` says what an empty one should
+    have been, when it may not be empty."""
+    if not value:
+        if required:
+            raise invalid(f"{what} is required: {required}")
+        return value
+    problem = text_problem(value, max_chars)
+    if problem is not None:
+        shown = "" if len(value) > max_chars else f" {quote(value)}"
+        raise invalid(f"{what}{shown} {problem}")
+    return value
+
+
+def check_reason(reason: str) -> str:
+    """A reason (Pause, Cancel, Kill, rejections) is a short text for people."""
+    size = len(reason.encode())
+    if size > MAX_REASON_BYTES:
+        raise invalid(
+            f"reason is {size} bytes; at most {MAX_REASON_BYTES} are allowed. Give a short "
+            "reason and keep the details elsewhere"
+        )
+    return reason
+
+
+# google.protobuf.Duration's own range: about 10,000 years either way.
+_MAX_DURATION_SECONDS = 315_576_000_000
+_MAX_NANOS = 999_999_999
+
+
+def duration_seconds(duration: Duration, what: str) -> float:
+    """A request's Duration in seconds, refusing one protobuf itself calls invalid (instead
+    of overflowing when converted)."""
+    seconds, nanos = duration.seconds, duration.nanos
+    if (
+        abs(seconds) > _MAX_DURATION_SECONDS
+        or abs(nanos) > _MAX_NANOS
+        or (seconds > 0 and nanos < 0)
+        or (seconds < 0 and nanos > 0)
+    ):
+        raise invalid(
+            f"{what} is not a valid duration: seconds must lie within "
+            f"±{_MAX_DURATION_SECONDS:,} and nanos within ±{_MAX_NANOS:,}, with the same sign"
+        )
+    return seconds + nanos / 1e9
+
+
+def check_enum(what: str, value: int, enum: Any) -> int:
+    """An enum field holding a number its enum does not define (proto3 passes those on)."""
+    if value not in enum.values():
+        raise invalid(f"{what} {value} is not one of {', '.join(enum.keys())}")
     return value
 
 
@@ -49,26 +111,30 @@ def _human_size(n: int) -> str:
 
 
 def payload_to_stored(payload: types_pb2.Payload, limit: int, what: str) -> tuple[bytes, str]:
-    """An API Payload as (data, content_type), enforcing the size limit."""
+    """An API Payload as (data, content_type), enforcing the size limit and, for JSON (as
+    ``json`` or as ``data`` with content type ``application/json``), the rules every stored
+    JSON value follows (``durable._jsonrules``), so that nothing stored is a value the API
+    could not hand back unchanged. ``what`` names the payload in messages ("input")."""
     kind = payload.WhichOneof("value")
     if kind == "json":
         # Sorted keys and whole numbers as integers (google.protobuf.Value keeps every number
         # as a double): the same JSON value always stores as the same bytes.
         try:
-            data = value_to_json_bytes(payload.json)
-        except ValueError as err:  # NaN or Infinity: not JSON
-            raise invalid(f"{what} is not valid JSON: {err}") from err
+            value = from_value(payload.json)
+        except RecursionError:
+            raise invalid(str(_jsonrules.too_deep(what))) from None
+        try:
+            _jsonrules.check(value, what)
+        except _jsonrules.JsonRuleError as err:
+            raise invalid(str(err)) from None
+        data = json.dumps(
+            value, ensure_ascii=False, separators=(",", ":"), allow_nan=False, sort_keys=True
+        ).encode()
         content_type = _serde.JSON
     elif kind == "data":
         data = payload.data
         content_type = payload.content_type or _serde.OCTET_STREAM
-        if content_type == _serde.JSON:
-            try:
-                json.loads(data)
-            except ValueError as err:
-                raise invalid(
-                    f"{what} has content_type application/json but is not JSON: {err}"
-                ) from err
+        check_text(f"the content_type of {what}", content_type, MAX_CONTENT_TYPE_CHARS)
     else:
         data, content_type = b"null", _serde.JSON
     if len(data) > limit:
@@ -77,17 +143,36 @@ def payload_to_stored(payload: types_pb2.Payload, limit: int, what: str) -> tupl
             f"{what} is {_human_size(len(data))}; the limit is {_human_size(limit)} "
             "(server flag --max-payload-bytes). Store large data elsewhere and pass a reference.",
         )
+    if kind == "data" and content_type == _serde.JSON:
+        try:
+            _jsonrules.parse(data, what)
+        except _jsonrules.JsonRuleError as err:
+            raise invalid(f"{err} (data with content_type application/json)") from None
     return data, content_type
 
 
 def stored_to_payload(data: bytes, content_type: str) -> types_pb2.Payload:
-    """Stored bytes as an API Payload: JSON as a Value (readable in grpcurl), the rest as bytes."""
+    """Stored bytes as an API Payload: JSON as a Value (readable in grpcurl), the rest as
+    bytes. JSON that a Value cannot carry exactly (integers beyond 2**53, nesting deeper
+    than protobuf clients read) stays bytes with content type ``application/json``, and so
+    does anything stored as JSON that does not parse (written by older versions): a read
+    never alters a value, and never fails on one."""
     if content_type == _serde.JSON:
-        value = json_format.ParseDict(
-            {"json": json.loads(data) if data else None}, types_pb2.Payload()
-        )
-        return value
+        value = _exact_value(data)
+        if value is not None:
+            return types_pb2.Payload(json=value)
     return types_pb2.Payload(data=data, content_type=content_type)
+
+
+def _exact_value(data: bytes) -> struct_pb2.Value | None:
+    if not data:
+        return struct_pb2.Value(null_value=struct_pb2.NULL_VALUE)
+    try:
+        value = json.loads(data)
+        _jsonrules.check(value, "value")
+        return to_value(value)  # refuses integers a double cannot hold exactly
+    except (ValueError, TypeError, RecursionError):
+        return None
 
 
 def validate_input(handler: types_pb2.HandlerInfo, data: bytes, content_type: str) -> None:
@@ -97,23 +182,25 @@ def validate_input(handler: types_pb2.HandlerInfo, data: bytes, content_type: st
         if content_type != expected and content_type != _serde.JSON:
             raise invalid(
                 f"{handler.name} takes protobuf message {handler.input_message}; send it as "
-                f"bytes with content_type '{expected}' (got '{content_type}')"
+                f"bytes with content_type '{expected}' (got {quote(content_type)})"
             )
         message_class = _message_class(handler)
         if message_class is None:
             return  # the worker registered no descriptors; it checks the input itself
         try:
             _serde.decode(data, content_type, message_class)
-        except _serde.DecodeFailure as err:
+        except (ValueError, TypeError, OverflowError) as err:  # DecodeFailure, and the
+            # protobuf JSON parser's own errors on odd input
             raise invalid(
-                f"input is not a valid {handler.input_message} for {handler.name}: {err}"
-            ) from err
+                f"input is not a valid {handler.input_message} for {handler.name}: "
+                f"{quote(str(err), 300)}"
+            ) from None
         return
     if content_type != _serde.JSON:
         if handler.input_schema:
             raise invalid(
                 f"{handler.name} takes JSON ({handler.input_type}); got content_type "
-                f"'{content_type}'"
+                f"{quote(content_type)}"
             )
         return
     if not handler.input_schema:
@@ -170,9 +257,9 @@ def schema_errors(schema: dict[str, Any], value: Any, path: str) -> list[str]:
             if name in props:
                 errors += schema_errors(props[name], item, f"{path}.{name}")
             elif extra is False:
-                errors.append(f"{path}: unknown field '{name}'")
+                errors.append(f"{path}: unknown field {quote(name)}")
             elif isinstance(extra, dict):
-                errors += schema_errors(extra, item, f"{path}.{name}")
+                errors += schema_errors(extra, item, f"{path}.{quote(name, 40)}")
     elif expected == "array" and "items" in schema:
         for i, item in enumerate(value):
             errors += schema_errors(schema["items"], item, f"{path}[{i}]")
@@ -197,13 +284,15 @@ def decode_page_token(token: str, digest: str) -> Cursor:
         "page_token is not one this server issued for these filters; pass the "
         "next_page_token of the previous page unchanged, with the same filters, or omit it"
     )
+    if len(token) > MAX_PAGE_TOKEN_CHARS:
+        raise bad
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         data = json.loads(raw)
         cursor = Cursor(int(data["c"]), str(data["i"]))
         got_digest = data["f"]
-    except (ValueError, KeyError, TypeError) as err:
-        raise bad from err
+    except (ValueError, KeyError, TypeError, RecursionError, OverflowError):
+        raise bad from None
     if got_digest != digest or not is_valid_invocation_id(cursor.id):
         raise bad
     return cursor

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from durable import _serde
+from durable._jsonrules import JsonRuleError
 from durable._retry import RetryPolicy
 from durable.errors import CancelledError, TerminalError
 from durable.internal.v1 import storage_pb2
@@ -28,11 +29,15 @@ def failure_of(err: BaseException) -> types_pb2.Failure:
 
 
 def encode_bounded(value: Any, limit: int, what: str) -> storage_pb2.StoredPayload:
-    """Encode a step result or handler output; a TerminalError when it cannot be stored."""
+    """Encode a step result or handler output; a TerminalError when it cannot be stored:
+    not encodable, breaking the JSON rules (``durable._jsonrules``: what the API could not
+    hand back unchanged), or over the size limit. Retrying cannot change any of these."""
     try:
         data, content_type = _serde.encode(value)
-    except TypeError as err:  # retrying cannot make the value encodable
+    except TypeError as err:
         raise TerminalError(f"{what}: {err}") from err
+    except JsonRuleError as err:
+        raise TerminalError(f"{what} cannot be stored as JSON: {err}") from err
     if len(data) > limit:
         raise TerminalError(
             f"{what} is {len(data)} bytes encoded; the limit is {limit} bytes "

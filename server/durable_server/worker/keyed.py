@@ -18,6 +18,7 @@ from durable.errors import TerminalError
 from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
 from durable_server.ids import token, workflow_run_id
+from durable_server.limits import MAX_NAME_CHARS, quote, text_problem
 from durable_server.objects import Changes, StateStore
 from durable_server.waking import AlreadyCompleted, Waker
 from durable_server.worker.encoding import encode_bounded
@@ -172,6 +173,8 @@ class KeyedSteps:
             self.view.set(name, value)
 
     def set(self, name: str, value: Any) -> None:
+        if (problem := text_problem(name, MAX_NAME_CHARS)) is not None:
+            raise TerminalError(f"state entry name {quote(name)} {problem}")
         self._write("set", name, encode_bounded(value, self._max_payload, f"state {name!r}"))
 
     def clear(self, name: str) -> None:
@@ -195,6 +198,9 @@ class KeyedSteps:
     def promise(self, name: str, result_type: Any) -> DurablePromise[Any]:
         if self._kind not in _WORKFLOW:
             raise TerminalError(f"{self._handler} is not a workflow handler; it has no promises")
+        if (problem := text_problem(name, MAX_NAME_CHARS)) is not None:
+            # ResolvePromise could never name it.
+            raise TerminalError(f"promise name {quote(name)} {problem}")
         return _Promise(self, name, result_type)
 
     @property
