@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -14,6 +15,7 @@ from nats.aio.client import Client as NATS
 
 from durable.v1 import control_pb2, control_pb2_grpc
 from durable_server.config import EngineConfig
+from durable_server.control.errors import RequestBodyCheck
 from durable_server.control.plane import ControlPlane
 from durable_server.control.servicer import DurableControlServicer
 from durable_server.worker.runtime import connect_nats
@@ -21,6 +23,19 @@ from durable_server.worker.runtime import connect_nats
 log = logging.getLogger("durable.control")
 
 SERVICE_NAME = control_pb2.DESCRIPTOR.services_by_name["DurableControl"].full_name
+
+
+class HealthServicer(health.aio.HealthServicer):  # type: ignore[misc,name-defined]
+    """grpc's asyncio health service, with ``List`` (which reflection advertises, and which
+    grpcio's answers UNIMPLEMENTED): every service's status as this server holds it."""
+
+    async def List(
+        self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> health_pb2.HealthListResponse:
+        response = health_pb2.HealthListResponse()
+        for service, status in self._server_status.items():
+            response.statuses[service].status = status
+        return response
 
 
 class ControlServer:
@@ -36,6 +51,7 @@ class ControlServer:
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self.plane: ControlPlane | None = None
+        self.servicer: DurableControlServicer | None = None
 
     async def start(self) -> None:
         if self._nc is None:
@@ -46,15 +62,15 @@ class ControlServer:
         # (RESOURCE_EXHAUSTED with the numbers) instead of by grpc's generic size check.
         max_message = 4 * self.cfg.max_payload_bytes + 1024 * 1024
         server = grpc.aio.server(
+            interceptors=[RequestBodyCheck()],
             options=[
                 ("grpc.max_receive_message_length", max_message),
                 ("grpc.max_send_message_length", max_message * 2),
-            ]
+            ],
         )
-        control_pb2_grpc.add_DurableControlServicer_to_server(
-            DurableControlServicer(self.plane), server
-        )
-        health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self.servicer = DurableControlServicer(self.plane)
+        control_pb2_grpc.add_DurableControlServicer_to_server(self.servicer, server)
+        health_servicer = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server

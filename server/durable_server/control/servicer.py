@@ -5,23 +5,30 @@ directly.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
 import nats.errors
 import nats.js.errors
+from google.protobuf.duration_pb2 import Duration
 
 from durable.internal.v1 import storage_pb2
 from durable.v1 import control_pb2, control_pb2_grpc, types_pb2
+from durable_server.control.errors import INTERNAL_ERRORS, status_message
 from durable_server.control.index import Summary
 from durable_server.control.plane import ControlPlane
 from durable_server.control.validation import (
     RequestError,
+    check_enum,
     check_invocation_id,
+    check_reason,
+    check_text,
     decode_page_token,
+    duration_seconds,
     encode_page_token,
     filter_digest,
     invalid,
@@ -29,6 +36,7 @@ from durable_server.control.validation import (
 )
 from durable_server.control.views import invocation_view, result_of
 from durable_server.control.watch import watch
+from durable_server.limits import DEFAULT_PAGE_SIZE, MAX_KEY_CHARS, MAX_PAGE_SIZE
 from durable_server.records import Record
 
 ServicerContext = grpc.aio.ServicerContext[Any, Any]
@@ -47,52 +55,45 @@ _UNAVAILABLE = (
     nats.js.errors.NoStreamResponseError,
     nats.js.errors.ServiceUnavailableError,
 )
-_MAX_PAGE = 1000
-_DEFAULT_PAGE = 50
+
+
+async def _answer_error(err: Exception, context: ServicerContext, rpc: str) -> None:
+    """Abort the call with the status ``err`` stands for (raises AbortError)."""
+    if isinstance(err, RequestError):
+        await context.abort(err.code, status_message(err.message))
+    if isinstance(err, _UNAVAILABLE):
+        # A leader election or a lost connection: the request may be retried as is
+        # (Invoke with an idempotency key stays exactly-once).
+        await context.abort(
+            grpc.StatusCode.UNAVAILABLE, "JetStream did not answer in time; retry the call"
+        )
+    await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_ERRORS.report(rpc, err))
 
 
 def _rpc(
     fn: Callable[[Any, Req, ServicerContext], Awaitable[Resp]],
 ) -> Callable[[Any, Req, ServicerContext], Awaitable[Resp]]:
-    """Turn RequestError into the gRPC status it carries; log anything unexpected."""
+    """Turn RequestError into the gRPC status it carries; anything unexpected into INTERNAL
+    with an error id (logged, see ``errors.InternalErrors``)."""
 
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Req, context: ServicerContext) -> Resp:
         try:
             return await fn(self, request, context)
-        except RequestError as err:
-            await context.abort(err.code, err.message)
         except grpc.aio.AbortError:
             raise
-        except _UNAVAILABLE as err:
-            # A leader election or a lost connection: the request may be retried as is
-            # (Invoke with an idempotency key stays exactly-once).
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE,
-                f"JetStream did not answer ({type(err).__name__}); retry the call",
-            )
         except Exception as err:
-            log.exception("%s failed", fn.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, f"{type(err).__name__}: {err}")
+            await _answer_error(err, context, fn.__name__)
         raise AssertionError("unreachable")
 
     return wrapper
-
-
-def _timeout(has: bool, duration: Any, context: ServicerContext) -> float | None:
-    """The effective wait: the request's timeout, capped by the call's own deadline."""
-    limit = context.time_remaining()
-    wait = duration.ToTimedelta().total_seconds() if has else None
-    if wait is not None and wait < 0:
-        raise invalid("timeout must not be negative")
-    candidates = [t for t in (wait, limit - 0.05 if limit is not None else None) if t is not None]
-    return max(0.0, min(candidates)) if candidates else None
 
 
 def _failure_outcome(reason: str) -> storage_pb2.JournalRecord:
     """A rejection as the journal stores it; the handler sees a TerminalError(reason)."""
     if not reason:
         raise invalid("reason is required: the handler receives it as its error message")
+    check_reason(reason)
     outcome = storage_pb2.JournalRecord()
     outcome.failure.CopyFrom(S.Failure(message=reason, error_type="TerminalError"))
     return outcome
@@ -107,21 +108,58 @@ class DurableControlServicer(control_pb2_grpc.DurableControlServicer):
 
     def __init__(self, plane: ControlPlane) -> None:
         self._plane = plane
+        self.waiting = 0
+        """Requests held open right now (Invoke with wait, AwaitResult, WatchWorkflow)."""
+
+    def _timeout(self, has: bool, duration: Duration, what: str, context: ServicerContext) -> float:
+        """The effective wait: the request's timeout, capped by the call's own deadline and
+        by ``max_wait`` (the client asks again after a "not done yet")."""
+        wait = duration_seconds(duration, what) if has else None
+        if wait is not None and wait < 0:
+            raise invalid(f"{what} must not be negative")
+        limit = context.time_remaining()
+        candidates = [self._plane.cfg.max_wait, wait, limit - 0.05 if limit is not None else None]
+        return max(0.0, min(t for t in candidates if t is not None))
+
+    @contextlib.contextmanager
+    def _held(self, timeout: float) -> Iterator[None]:
+        """Count a request that waits; refuse it when ``max_waiters`` already do. A wait of
+        0 holds nothing, so polling always works."""
+        if timeout <= 0:
+            yield
+            return
+        limit = self._plane.cfg.max_waiters
+        if self.waiting >= limit:
+            raise RequestError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self.waiting} requests already wait on this control plane, its limit "
+                f"(--max-waiters {limit}); retry later, or poll: AwaitResult with a timeout "
+                "of 0, or GetWorkflow",
+            )
+        self.waiting += 1
+        try:
+            yield
+        finally:
+            self.waiting -= 1
 
     @_rpc
     async def Invoke(self, request: C.InvokeRequest, context: ServicerContext) -> C.InvokeResponse:
+        check_enum("id_conflict_policy", request.id_conflict_policy, C.IdConflictPolicy)
         timeout = None
         if request.wait:
-            timeout = _timeout(request.HasField("wait_timeout"), request.wait_timeout, context)
-        record, existed, ended = await self._plane.invoke(
-            request.handler,
-            request.key,
-            request.input,
-            request.idempotency_key,
-            wait=request.wait,
-            timeout=timeout,
-            id_conflict=request.id_conflict_policy,
-        )
+            timeout = self._timeout(
+                request.HasField("wait_timeout"), request.wait_timeout, "wait_timeout", context
+            )
+        with self._held(timeout or 0.0):
+            record, existed, ended = await self._plane.invoke(
+                request.handler,
+                request.key,
+                request.input,
+                request.idempotency_key,
+                wait=request.wait,
+                timeout=timeout,
+                id_conflict=request.id_conflict_policy,
+            )
         response = C.InvokeResponse(
             invocation_id=record.id, already_existed=existed, status=record.status
         )
@@ -134,8 +172,9 @@ class DurableControlServicer(control_pb2_grpc.DurableControlServicer):
         self, request: C.AwaitResultRequest, context: ServicerContext
     ) -> C.AwaitResultResponse:
         invocation_id = check_invocation_id(request.invocation_id)
-        timeout = _timeout(request.HasField("timeout"), request.timeout, context)
-        record, done = await self._plane.await_result(invocation_id, timeout)
+        timeout = self._timeout(request.HasField("timeout"), request.timeout, "timeout", context)
+        with self._held(timeout):
+            record, done = await self._plane.await_result(invocation_id, timeout)
         response = C.AwaitResultResponse(
             invocation_id=invocation_id, done=done, status=record.status
         )
@@ -159,8 +198,10 @@ class DurableControlServicer(control_pb2_grpc.DurableControlServicer):
     async def ListWorkflows(
         self, request: C.ListWorkflowsRequest, context: ServicerContext
     ) -> C.ListWorkflowsResponse:
-        if request.page_size < 0 or request.page_size > _MAX_PAGE:
-            raise invalid(f"page_size must be between 1 and {_MAX_PAGE} (0 means {_DEFAULT_PAGE})")
+        if request.page_size < 0 or request.page_size > MAX_PAGE_SIZE:
+            raise invalid(
+                f"page_size must be between 1 and {MAX_PAGE_SIZE} (0 means {DEFAULT_PAGE_SIZE})"
+            )
         statuses: list[int] = list(request.statuses)
         for st in statuses:
             if st == S.INVOCATION_STATUS_UNSPECIFIED or st not in S.InvocationStatus.values():
@@ -168,13 +209,14 @@ class DurableControlServicer(control_pb2_grpc.DurableControlServicer):
                     f"statuses holds {st}, which is not a status; use e.g. "
                     "INVOCATION_STATUS_RUNNING"
                 )
+        check_text("key", request.key, MAX_KEY_CHARS)
         digest = filter_digest(statuses, request.handler, request.key)
         after = decode_page_token(request.page_token, digest) if request.page_token else None
         page, nxt, total = self._plane.index.list(
             statuses=statuses,
             handler=request.handler,
             key=request.key,
-            page_size=request.page_size or _DEFAULT_PAGE,
+            page_size=request.page_size or DEFAULT_PAGE_SIZE,
             after=after,
         )
         return C.ListWorkflowsResponse(
@@ -198,7 +240,9 @@ class DurableControlServicer(control_pb2_grpc.DurableControlServicer):
 
     @_rpc
     async def Pause(self, request: C.PauseRequest, context: ServicerContext) -> C.PauseResponse:
-        record = await self._plane.pause(check_invocation_id(request.invocation_id), request.reason)
+        record = await self._plane.pause(
+            check_invocation_id(request.invocation_id), check_reason(request.reason)
+        )
         return C.PauseResponse(invocation=_summary(record))
 
     @_rpc
@@ -209,7 +253,7 @@ class DurableControlServicer(control_pb2_grpc.DurableControlServicer):
     @_rpc
     async def Cancel(self, request: C.CancelRequest, context: ServicerContext) -> C.CancelResponse:
         record = await self._plane.cancel(
-            check_invocation_id(request.invocation_id), request.reason
+            check_invocation_id(request.invocation_id), check_reason(request.reason)
         )
         return C.CancelResponse(invocation=_summary(record))
 
@@ -241,15 +285,13 @@ class DurableControlServicer(control_pb2_grpc.DurableControlServicer):
     ) -> AsyncIterator[C.WatchWorkflowResponse]:
         try:
             invocation_id = check_invocation_id(request.invocation_id)
-            async for event in watch(self._plane, invocation_id):
-                yield event
-        except RequestError as err:
-            await context.abort(err.code, err.message)
-        except _UNAVAILABLE as err:
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE,
-                f"JetStream did not answer ({type(err).__name__}); watch again",
-            )
+            with self._held(1.0):  # a watch holds a consumer for as long as it lasts
+                async for event in watch(self._plane, invocation_id):
+                    yield event
+        except grpc.aio.AbortError:
+            raise
+        except Exception as err:
+            await _answer_error(err, context, "WatchWorkflow")
 
     @_rpc
     async def ResolvePromise(
@@ -287,7 +329,7 @@ class DurableControlServicer(control_pb2_grpc.DurableControlServicer):
     @_rpc
     async def Kill(self, request: C.KillRequest, context: ServicerContext) -> C.KillResponse:
         record = await self._plane.keyed.kill(
-            check_invocation_id(request.invocation_id), request.reason
+            check_invocation_id(request.invocation_id), check_reason(request.reason)
         )
         return C.KillResponse(invocation=_summary(record))
 

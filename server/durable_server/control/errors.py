@@ -1,0 +1,189 @@
+"""How the control plane answers what it did not expect, of a request or of itself.
+
+* A request body that does not parse as its method's request message (corrupt bytes, or a
+  ``google.protobuf.Value`` nested past protobuf's recursion limit) is the client's mistake:
+  ``RequestBodyCheck`` answers INVALID_ARGUMENT "the request body is not a valid <Message>",
+  and logs nothing but a DEBUG line.
+* A bug of the server answers INTERNAL "internal error <id>; see the server log", with no
+  Python internals (class names, reprs, tracebacks) in the status. ``InternalErrors`` logs
+  each error id once, with its traceback while fewer than ``tracebacks_per_minute`` were
+  logged in the last minute, so a flood of one failure cannot fill the disk.
+* Every status message is cut to ``MAX_STATUS_BYTES`` (``status_message``): it travels in a
+  header, which clients cap, and a longer one would replace the status with a transport
+  error.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import grpc
+from google.protobuf.message import DecodeError
+
+log = logging.getLogger("durable.control")
+
+if TYPE_CHECKING:  # generic only in the type stubs
+    Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
+else:
+    Handler = grpc.RpcMethodHandler
+
+#: Longest status message, in UTF-8 bytes (grpc-message percent-encodes it, up to 3x).
+MAX_STATUS_BYTES = 1024
+
+
+def status_message(message: str) -> str:
+    """``message`` cut to ``MAX_STATUS_BYTES``."""
+    raw = message.encode()
+    if len(raw) <= MAX_STATUS_BYTES:
+        return message
+    return raw[: MAX_STATUS_BYTES - 40].decode("utf-8", "ignore") + "... (message shortened)"
+
+
+class InternalErrors:
+    """Logs the server's own failures: once per error id, tracebacks rate-limited."""
+
+    def __init__(
+        self, tracebacks_per_minute: int = 10, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._limit = tracebacks_per_minute
+        self._clock = clock
+        self._window = clock()
+        self._logged = 0
+        self._suppressed = 0
+
+    def report(self, where: str, err: BaseException) -> str:
+        """Log ``err`` under a new error id; the status message that names the id."""
+        error_id = secrets.token_hex(6)
+        now = self._clock()
+        if now - self._window >= 60.0:
+            if self._suppressed:
+                log.error(
+                    "%d internal errors in the last minute were logged without a traceback",
+                    self._suppressed,
+                )
+            self._window, self._logged, self._suppressed = now, 0, 0
+        if self._logged < self._limit:
+            self._logged += 1
+            log.error("internal error %s in %s", error_id, where, exc_info=err)
+        else:
+            self._suppressed += 1
+            log.error(
+                "internal error %s in %s: %s: %s (traceback not logged: more than %d a minute)",
+                error_id,
+                where,
+                type(err).__name__,
+                str(err)[:200],
+                self._limit,
+            )
+        return f"internal error {error_id}; see the server log"
+
+
+#: The one instance the control plane reports through.
+INTERNAL_ERRORS = InternalErrors()
+
+
+class _Undecodable:
+    """Stands for a request body that did not parse, until the handler can refuse it."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _message_name(deserialize: Callable[[bytes], Any], method: str) -> str:
+    message_class = getattr(deserialize, "__self__", None)
+    descriptor = getattr(message_class, "DESCRIPTOR", None)
+    name = getattr(descriptor, "full_name", None)
+    return name if isinstance(name, str) else f"request of {method}"
+
+
+class RequestBodyCheck(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Answers INVALID_ARGUMENT for a request body that does not parse.
+
+    grpc would answer UNKNOWN ``Unexpected <class 'DecodeError'>`` and log a traceback per
+    request. Each method handler's ``request_deserializer`` is swapped for one that returns
+    a marker instead of raising, and its behaviour for one that aborts on the marker. Done
+    for unary requests (every DurableControl and Health method, unary or server-streaming
+    responses) and for request streams served by an async generator (reflection).
+    """
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        return _checked(handler, handler_call_details.method)
+
+
+def _checked(handler: Handler, method: str) -> Handler:
+    deserialize = handler.request_deserializer
+    assert deserialize is not None  # the caller checked
+    bad_body = f"the request body is not a valid {_message_name(deserialize, method)}"
+
+    def tolerant(raw: bytes) -> Any:
+        try:
+            return deserialize(raw)
+        except (DecodeError, RecursionError, ValueError):
+            log.debug("%s: %s", method, bad_body)
+            return _Undecodable(bad_body)
+
+    changes: dict[str, Any] = {}
+    if handler.unary_unary is not None and inspect.iscoroutinefunction(handler.unary_unary):
+        changes["unary_unary"] = _unary(handler.unary_unary)
+    elif handler.unary_stream is not None and inspect.iscoroutinefunction(handler.unary_stream):
+        changes["unary_stream"] = _unary(handler.unary_stream)
+    elif handler.unary_stream is not None and inspect.isasyncgenfunction(handler.unary_stream):
+        changes["unary_stream"] = _unary_generator(handler.unary_stream)
+    elif handler.stream_stream is not None and inspect.isasyncgenfunction(handler.stream_stream):
+        changes["stream_stream"] = _stream_generator(handler.stream_stream)
+    if not changes:
+        return handler  # a kind this server does not use: left as grpc handles it
+    # grpc's handlers are namedtuples (grpc._utilities.RpcMethodHandler).
+    replaced: Handler = handler._replace(request_deserializer=tolerant, **changes)  # type: ignore[attr-defined]
+    return replaced
+
+
+def _unary(behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    async def checked(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        if isinstance(request, _Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        return await behaviour(request, context)
+
+    return checked
+
+
+def _unary_generator(
+    behaviour: Callable[..., AsyncIterator[Any]],
+) -> Callable[..., AsyncIterator[Any]]:
+    async def checked(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        if isinstance(request, _Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        async for response in behaviour(request, context):
+            yield response
+
+    return checked
+
+
+def _stream_generator(
+    behaviour: Callable[..., AsyncIterator[Any]],
+) -> Callable[..., AsyncIterator[Any]]:
+    async def checked(requests: AsyncIterator[Any], context: Any) -> Any:
+        async def parsed() -> AsyncIterator[Any]:
+            async for request in requests:
+                if isinstance(request, _Undecodable):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+                yield request
+
+        async for response in behaviour(parsed(), context):
+            yield response
+
+    return checked
