@@ -9,6 +9,7 @@ import asyncio
 import base64
 import dataclasses
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -20,8 +21,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import given
 from hypothesis import strategies as st
 
-from durable import Context, Service, VirtualObject, Workflow
+from durable import Context, Service, TerminalError, VirtualObject, Workflow
 from durable._payloads import to_payload
+from durable.errors import InvocationFailedError
 from durable.testing import LocalEngine, start_engine
 from durable.v1 import control_pb2, control_pb2_grpc, types_pb2
 from durable_server.natsd import EmbeddedNats
@@ -64,6 +66,15 @@ async def order(ctx: Context, order: Order) -> int:
     return order.qty
 
 
+@edge.handler()
+async def call_box(ctx: Context, key: str) -> str:
+    try:
+        await ctx.call("box/put", 1, key=key)
+    except TerminalError as err:
+        return err.message
+    return "called"
+
+
 box = VirtualObject("box")
 
 
@@ -72,12 +83,22 @@ async def put(ctx: Context, value: Any) -> None:
     ctx.set("v", value)
 
 
+@box.handler()
+async def name_state(ctx: Context, name: str) -> None:
+    ctx.set(name, 1)
+
+
 flow = Workflow("flow")
 
 
 @flow.main()
 async def run(ctx: Context) -> str:
     return str(await ctx.promise("p", str))
+
+
+@flow.handler()
+async def peek_named(ctx: Context, name: str) -> Any:
+    return await ctx.promise(name).peek()
 
 
 SERVICES = [edge, box, flow]
@@ -235,6 +256,17 @@ def test_id_fields_holding_nul_are_refused_as_a_last_guard() -> None:
     assert ids.idempotent_invocation_id("a/b", "k", "i") == "inv_e4wjbndqynn7sq7rajenghhbim"
     assert ids.workflow_run_id("signup", "a@b.c") == "inv_42p7jwhdpsvw75xv2w7l6pqcsu"
     assert ids.child_invocation_id("inv_" + "a" * 26, 3) == "inv_mcuvnhdhkt723ws2mtonehphjd"
+
+
+async def test_handlers_cannot_use_control_characters_either(engine: LocalEngine) -> None:
+    """What the API refuses, a handler cannot create: a key it calls with, a state entry
+    name, a promise name (ResolvePromise could never name it)."""
+    message = await engine.client.execute("edge/call_box", "a\x00b", timeout=10)
+    assert "the key of a call to box/put holds the control character U+0000" in message
+    with pytest.raises(InvocationFailedError, match=re.escape(r"state entry name 'x\ny' holds")):
+        await engine.client.execute("box/name_state", "x\ny", key="k3", timeout=10)
+    with pytest.raises(InvocationFailedError, match=re.escape(r"promise name 'p\x00' holds")):
+        await engine.client.execute("flow/peek_named", "p\x00", key="w9", timeout=10)
 
 
 @pytest.mark.parametrize("name", ["svc\n", "a\x00b", "x\ny"])
@@ -460,6 +492,24 @@ async def test_bodies_that_do_not_parse_are_invalid(
     )
     assert "the request body is not a valid" in details
     assert "class" not in details and "DecodeError" not in details
+
+
+async def test_a_reflection_request_that_does_not_parse_is_invalid(
+    channel: grpc.aio.Channel,
+) -> None:
+    """Request streams served by an async generator (reflection) are covered too."""
+    method = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+
+    async def requests() -> AsyncIterator[bytes]:
+        yield b"\xff\xff\xff"
+
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async for _ in channel.stream_stream(method)(requests(), timeout=5):
+            pass
+    assert info.value.code() == Code.INVALID_ARGUMENT
+    assert info.value.details() == (
+        "the request body is not a valid grpc.reflection.v1alpha.ServerReflectionRequest"
+    )
 
 
 async def test_a_value_nested_deeper_than_32_but_parseable_is_invalid(

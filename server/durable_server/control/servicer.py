@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
@@ -40,7 +39,6 @@ from durable_server.limits import DEFAULT_PAGE_SIZE, MAX_KEY_CHARS, MAX_PAGE_SIZ
 from durable_server.records import Record
 
 ServicerContext = grpc.aio.ServicerContext[Any, Any]
-log = logging.getLogger("durable.control")
 S = types_pb2
 C = control_pb2
 
