@@ -137,8 +137,44 @@ def check(value: Any, path: str) -> None:
         raise JsonRuleError(f"{_short(where, 200)}: {found.reason}") from None
 
 
+def _fine_scalar(item: Any) -> bool:
+    """True for the common scalars that need no closer look (the walk's fast path)."""
+    kind = type(item)
+    if kind is str:
+        return bool(item.isascii())  # O(1) in CPython; other strings get the surrogate check
+    if kind is int:
+        return bool(MIN_INTEGER <= item <= MAX_INTEGER)
+    if kind is float:
+        return bool(item - item == 0.0)  # false for NaN and the infinities
+    return item is None or kind is bool
+
+
 def _walk(value: Any, depth: int) -> None:
-    if isinstance(value, str):
+    if isinstance(value, dict):
+        if depth >= MAX_DEPTH:
+            raise _Found(_nesting(""))
+        key: object = None
+        try:
+            for key, item in value.items():
+                if isinstance(key, str) and not key.isascii() and _SURROGATE.search(key):
+                    raise _Found("the key holds an unpaired surrogate, which is not Unicode text")
+                if not _fine_scalar(item):
+                    _walk(item, depth + 1)
+        except _Found as found:
+            found.steps.append(_key_step(key))
+            raise
+    elif isinstance(value, list | tuple):
+        if depth >= MAX_DEPTH:
+            raise _Found(_nesting(""))
+        index = 0
+        try:
+            for index, item in enumerate(value):  # noqa: B007 (the except reads index)
+                if not _fine_scalar(item):
+                    _walk(item, depth + 1)
+        except _Found as found:
+            found.steps.append(f"[{index}]")
+            raise
+    elif isinstance(value, str):
         if not value.isascii() and _SURROGATE.search(value):
             raise _Found("the string holds an unpaired surrogate, which is not Unicode text")
     elif isinstance(value, bool) or value is None:
@@ -150,26 +186,6 @@ def _walk(value: Any, depth: int) -> None:
     elif isinstance(value, float):
         if not math.isfinite(value):
             raise _Found(f"{value} is not a finite number; JSON has no NaN or infinities")
-    elif isinstance(value, dict):
-        if depth >= MAX_DEPTH:
-            raise _Found(_nesting(""))
-        for key, item in value.items():
-            try:
-                if isinstance(key, str) and not key.isascii() and _SURROGATE.search(key):
-                    raise _Found("the key holds an unpaired surrogate, which is not Unicode text")
-                _walk(item, depth + 1)
-            except _Found as found:
-                found.steps.append(_key_step(key))
-                raise
-    elif isinstance(value, list | tuple):
-        if depth >= MAX_DEPTH:
-            raise _Found(_nesting(""))
-        for i, item in enumerate(value):
-            try:
-                _walk(item, depth + 1)
-            except _Found as found:
-                found.steps.append(f"[{i}]")
-                raise
     elif isinstance(value, _Bad):
         raise _Found(value.reason)
 
