@@ -10,7 +10,8 @@ interleaved entries can be written, and at most one final entry. Appending costs
 message per step, whatever the journal's length. The final entry has its own subject so
 that the stream can republish outcomes, and only outcomes, to the control planes.
 
-A third subject, ``<p>.journal.<id>.c``, holds at most one seal: see :meth:`Journal.seal`.
+A third subject, ``<p>.journal.<id>.c``, holds at most one seal: see :meth:`Journal.seal`,
+and what a Purge leaves behind: see :meth:`Journal.purge`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from durable_server.config import EngineConfig
 Entry = storage_pb2.JournalRecord
 
 _WRONG_LAST_SEQUENCE = (10071, 10164)
+# On a purge's seal: the creation time (ns) of the invocation that was purged.
+PURGED_HEADER = "Durable-Purged-Created"
 
 
 class JournalFenced(Exception):
@@ -38,6 +41,10 @@ class LoadedJournal:
 
     entries: list[Entry]
     last_seq: int
+    # The control plane sealed it (an operator acted before any record) or purged it.
+    sealed: bool = False
+    # The creation time (ns) of the invocation whose purge left the seal; 0 for none.
+    purged: int = 0
 
 
 class Journal:
@@ -82,6 +89,8 @@ class Journal:
         entries: list[Entry] = []
         seq = 0
         last_seq = 0
+        sealed = False
+        purged = 0
         while True:
             try:
                 msg = await self._js.get_msg(
@@ -95,11 +104,13 @@ class Journal:
                 break
             seq = last_seq = int(msg.seq or 0)
             if msg.subject == seal:
+                sealed = True
+                purged = int((msg.headers or {}).get(PURGED_HEADER, 0))
                 continue  # not an entry, but the fence counts it
             entry = Entry()
             entry.ParseFromString(msg.data or b"")
             entries.append(entry)
-        return LoadedJournal(entries, last_seq)
+        return LoadedJournal(entries, last_seq, sealed, purged)
 
     def _fence(self, invocation_id: str, expected_last_seq: int) -> dict[str, str]:
         """Headers that make a publish land only if the journal's last message, on any of
@@ -147,6 +158,31 @@ class Journal:
                 return False
             raise
         return True
+
+    async def purge(self, invocation_id: str, created_ns: int) -> None:
+        """Delete a journal, with its awakeable and promise resolutions, and leave a seal
+        naming the purged invocation by its creation time, ``created_ns``.
+
+        The seal is published first, unconditionally, and then everything before it is
+        deleted, so the journal is never empty in between. A worker that still holds a
+        fresh item of the purged invocation is fenced at its first append (it expects an
+        empty journal), and one that loads the journal finds it sealed; either way it
+        turns to the record, which is purged, and drops the item instead of running the
+        handler again. A worker that claimed a record of that invocation written just
+        before the purge finds the seal naming it, and drops its item too. An id used
+        again (an idempotency key, a workflow id) starts its new journal after the seal,
+        which a load skips like any seal (it names another invocation).
+        """
+        ack = await self._js.publish(
+            self._cfg.journal_seal_subject(invocation_id),
+            b"",
+            headers={PURGED_HEADER: str(created_ns)},
+        )
+        await self._js.purge_stream(
+            self._cfg.journal_stream,
+            subject=f"{self._cfg.prefix}.journal.{invocation_id}.>",
+            seq=int(ack.seq),
+        )
 
     async def final_entry(self, invocation_id: str) -> Entry | None:
         """The entry that carries the invocation's outcome, once journaled (the fence

@@ -31,6 +31,10 @@ class RecordNotFound(Exception):
     """No record with that id."""
 
 
+class RecordPurged(RecordNotFound):
+    """The record was purged: its key holds the purge marker, which stays as a tombstone."""
+
+
 class MutationRefused(Exception):
     """The change function decided the record's current state does not allow the change."""
 
@@ -65,10 +69,22 @@ class RecordStore:
         # Reads skip the KV wrapper: the direct-get request is on every invocation's path.
         self._get_prefix = f"$JS.API.DIRECT.GET.KV_{bucket}.$KV.{bucket}."
 
-    async def create(self, record: Record) -> int | None:
-        """Store a new record; None when one with that id exists already."""
+    async def create(self, record: Record, *, reuse_purged_id: bool = False) -> int | None:
+        """Store a new record; None when one with that id exists already, or was purged.
+
+        The purge marker a Purge leaves is a tombstone: every delayed or background writer
+        (the PENDING-record timer, a worker's fast path, a callee started again by a
+        replay) creates with this, so a purged invocation cannot come back. Only a new
+        invocation asked for by a client, under an id it may use again (an idempotency
+        key, a workflow id), passes ``reuse_purged_id`` and replaces the marker (a CAS on
+        the marker's revision).
+        """
+        data = record.SerializeToString()
         try:
-            rev: int = await self._kv.create(record.id, record.SerializeToString())
+            if reuse_purged_id:
+                rev: int = await self._kv.create(record.id, data)
+            else:  # expects no message at all on the key, not even a purge marker
+                rev = await self._kv.update(record.id, data, last=0)
             return rev
         except KeyWrongLastSequenceError:
             return None
@@ -79,7 +95,9 @@ class RecordStore:
         msg = await self._nc.request(self._get_prefix + invocation_id, b"", timeout=10)
         headers = msg.headers or {}
         status = headers.get("Status")
-        if status == "404" or headers.get("KV-Operation") in ("DEL", "PURGE") or not msg.data:
+        if headers.get("KV-Operation") in ("DEL", "PURGE"):
+            raise RecordPurged(invocation_id)
+        if status == "404" or not msg.data:
             raise RecordNotFound(invocation_id)
         if status is not None:
             raise RuntimeError(
@@ -96,7 +114,9 @@ class RecordStore:
             )
         except NotFoundError:
             raise RecordNotFound(invocation_id) from None
-        if (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE") or not msg.data:
+        if (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE"):
+            raise RecordPurged(invocation_id)
+        if not msg.data:
             raise RecordNotFound(invocation_id)
         record = Record()
         record.ParseFromString(msg.data)

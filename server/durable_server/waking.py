@@ -104,7 +104,11 @@ class Waker:
     async def wake(self, invocation_id: str, reason: str) -> bool:
         """Move a SUSPENDED invocation to PENDING and enqueue it; False when it is not
         suspended (running, paused, ended: then whoever drives it next sees the
-        completion when it replays)."""
+        completion when it replays).
+
+        A record found PENDING may be a wake-up whose waker died between its CAS and its
+        enqueue (this call may be that wake-up, redelivered): its item is made sure of.
+        """
 
         def change(r: Record) -> None:
             if r.status != S.INVOCATION_STATUS_SUSPENDED:
@@ -117,9 +121,31 @@ class Waker:
 
         try:
             written = await self._records.mutate(invocation_id, change)
-        except (MutationRefused, RecordNotFound):
+        except MutationRefused as refused:
+            await self.ensure_item(refused.record, reason)
+            return False
+        except RecordNotFound:
             return False
         await self._work.enqueue_record(written.record, reason)
+        return True
+
+    async def ensure_item(self, record: Record, reason: str) -> bool:
+        """Enqueue a PENDING invocation's item at its generation unless the newest item has
+        that generation already (queued, or in a worker's hands: workers ack an item only
+        once the record moved on). True when it enqueued.
+
+        Whoever changes a record so that it needs work enqueues right after the CAS; this
+        repairs a writer that died in between, for anyone who finds the change made (a
+        redelivered wake-up, a repeated Invoke, Resume or Cancel) instead of leaving it to
+        the reconciler. Racing repairs of one generation are stored once (message id).
+        """
+        if record.status != S.INVOCATION_STATUS_PENDING:
+            return False
+        item = await self._work.latest_item(record.id)
+        if item is not None and item.generation >= record.generation:
+            return False
+        log.info("enqueueing %s at generation %d (%s)", record.id, record.generation, reason)
+        await self._work.enqueue_record(record, reason)
         return True
 
     async def exists(self, invocation_id: str) -> bool:
@@ -174,11 +200,15 @@ class Waker:
             raise TerminalError(f"{record.handler} is a service handler; it takes no key")
         if (problem := text_problem(record.key, MAX_KEY_CHARS)) is not None:
             raise TerminalError(f"the key of a call to {record.handler} {problem}")
-        if kind == S.HANDLER_KIND_WORKFLOW_RUN:
+        run = kind == S.HANDLER_KIND_WORKFLOW_RUN
+        if run:
             record.id = workflow_run_id(obj, record.key)
-        if await self._records.create(record) is None:
+        # A callee's id is derived from its caller's step: one that was purged stays purged
+        # (its caller learns so when it awaits it). A workflow id may be used again.
+        if await self._records.create(record, reuse_purged_id=run) is None:
             if record.caller_id:
                 await self._add_caller(record.id, record.caller_id)
+            await self._started_before(record.id, kind)
             return record.id
         if at is not None:
             await self._schedule_start(record, at)
@@ -187,6 +217,21 @@ class Waker:
         ):
             await self._work.enqueue_record(record, "call")
         return record.id
+
+    async def _started_before(self, invocation_id: str, kind: int) -> None:
+        """A replay starts a callee again that an earlier attempt created: if that attempt
+        died before queueing it, queue it now."""
+        try:
+            current = (await self._records.get(invocation_id)).record
+        except RecordNotFound:
+            return
+        if current.status != S.INVOCATION_STATUS_PENDING:
+            return
+        if kind == S.HANDLER_KIND_OBJECT_EXCLUSIVE and self.keys is not None:
+            obj = current.handler.split("/", 1)[0]
+            if await self.keys.holder(obj, current.key) != invocation_id:
+                return  # queued behind the key's holder, which passes it on
+        await self.ensure_item(current, "call")
 
     async def _add_caller(self, invocation_id: str, caller: str) -> None:
         def change(r: Record) -> None:
@@ -235,7 +280,13 @@ class Waker:
     ) -> None:
         """Store an awakeable's resolution (once: a second one raises AlreadyCompleted),
         then wake its invocation."""
-        await self._store_once(self._cfg.awakeable_subject(invocation_id, index), outcome)
+        try:
+            await self._store_once(self._cfg.awakeable_subject(invocation_id, index), outcome)
+        except AlreadyCompleted:
+            # Its completer may have died before the wake-up (a client retrying after an
+            # error lands here): wake it anyway.
+            await self.wake(invocation_id, "awakeable")
+            raise
         await self.wake(invocation_id, "awakeable")
 
     async def awakeable_outcome(
@@ -248,7 +299,11 @@ class Waker:
         self, run_id: str, name_token: str, outcome: storage_pb2.JournalRecord
     ) -> None:
         """Store a workflow promise's resolution (once), then wake the workflow's run."""
-        await self._store_once(self._cfg.promise_subject(run_id, name_token), outcome)
+        try:
+            await self._store_once(self._cfg.promise_subject(run_id, name_token), outcome)
+        except AlreadyCompleted:
+            await self.wake(run_id, "promise")  # as for awakeables
+            raise
         await self.wake(run_id, "promise")
 
     async def promise_outcome(

@@ -55,9 +55,18 @@ class KeyedControl:
     async def accept_exclusive(self, record: Record) -> Record | None:
         """Create the record, queue it on its key, and enqueue it if it holds the key."""
         p = self._plane
-        if await p.records.create(record) is None:
-            return await p._check_same_input(record)
         obj = record.handler.split("/", 1)[0]
+        if await p.records.create(record, reuse_purged_id=True) is None:
+            existing = await p._check_same_input(record)
+            # The Invoke that created it may have died before enqueueing it (this is likely
+            # its client trying again). Not queued on the key again: a second inbox entry
+            # would hand it the key twice.
+            if (
+                existing.status == S.INVOCATION_STATUS_PENDING
+                and await p.keys.holder(obj, existing.key) == existing.id
+            ):
+                await p.waker.ensure_item(existing, "invoke")
+            return existing
         if await p.keys.enqueue(obj, record.key, record.id):
             await p.work.enqueue_record(record, "invoke")
         return None
@@ -65,7 +74,7 @@ class KeyedControl:
     async def accept_run(self, record: Record, id_conflict: int) -> Record | None:
         """A workflow's run: once per workflow id."""
         p = self._plane
-        if await p.records.create(record) is None:
+        if await p.records.create(record, reuse_purged_id=True) is None:
             existing = await p.view_record(record.id)
             if id_conflict == control_pb2.ID_CONFLICT_POLICY_FAIL:
                 raise RequestError(
@@ -73,6 +82,8 @@ class KeyedControl:
                     f"workflow {record.handler} with id {quote(record.key)} already exists as "
                     f"{existing.id} ({status_name(existing.status)}); purge it to reuse the id",
                 )
+            # The Invoke that created it may have died before enqueueing it.
+            await p.waker.ensure_item(existing, "invoke")
             return existing
         await p.work.enqueue_record(record, "invoke")
         return None
@@ -227,7 +238,15 @@ class KeyedControl:
 
     async def purge(self, invocation_id: str) -> None:
         """Delete an ended invocation's journal, work items and record; for a workflow's
-        run also the workflow's state, so its id can be used again."""
+        run also the workflow's state, so its id can be used again.
+
+        Gone stays gone: the journal keeps a seal (``Journal.purge``) and the record's key
+        its purge marker, and every writer that could bring the invocation back (the
+        PENDING-record timer, a worker holding its fresh item, a replayed ctx.call) creates
+        records only where no marker is (``RecordStore.create``), and runs a fresh item only
+        on an unsealed journal. The record goes last, so anything written meanwhile from
+        the invocation's own items is purged with it.
+        """
         p = self._plane
         record = await p.view_record(invocation_id)
         status = await p.status_of(record)
@@ -239,10 +258,10 @@ class KeyedControl:
             )
         # The worker that ended it may have died before passing its key on.
         await self._ended(record)
+        await p.journal.purge(invocation_id, record.created_at.ToNanoseconds())
         js = p.nc.jetstream()
         cfg = p.cfg
         for stream, subject in (
-            (cfg.journal_stream, f"{cfg.prefix}.journal.{invocation_id}.>"),
             (cfg.work_stream, cfg.work_subject(invocation_id)),
             (cfg.work_stream, cfg.wake_subject(invocation_id)),
             (cfg.work_stream, f"{cfg.prefix}.work.timer.{invocation_id}.>"),

@@ -251,9 +251,13 @@ class ControlPlane:
         """Store and enqueue a new invocation; the existing one instead when its idempotency
         key was used before (with the same input)."""
         if record.idempotency_key:
-            # Create first: only the Invoke that created the record may enqueue it.
-            if await self.records.create(record) is None:
-                return await self._check_same_input(record)
+            # Create first: only the Invoke that created the record enqueues it, unless a
+            # repeat finds it still PENDING with no item (that Invoke died in between, and
+            # this is likely its client trying again).
+            if await self.records.create(record, reuse_purged_id=True) is None:
+                existing = await self._check_same_input(record)
+                await self.waker.ensure_item(existing, "invoke")
+                return existing
             await self.work.enqueue_record(record, "invoke")
             return None
         # A fresh id cannot exist yet, so the work item alone accepts the invocation: one
@@ -394,6 +398,9 @@ class ControlPlane:
         try:
             written = await self.records.mutate(invocation_id, change, current=current)
         except MutationRefused as err:
+            # Refused as already done (a client trying again after an error): the call that
+            # did it may have died before enqueueing what the record needs.
+            await self.waker.ensure_item(err.record, "steering")
             raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, str(err)) from None
         return written.record
 
@@ -405,6 +412,9 @@ class ControlPlane:
                 raise refused(f"invocation {r.id} is already paused; Resume continues it", r)
             if r.pause_requested:
                 raise refused(f"invocation {r.id} is already pausing at its next step", r)
+            if r.cancel_requested:
+                # A pause would hold back the cancellation the handler is about to see.
+                raise refused(f"invocation {r.id} is being cancelled; it cannot be paused", r)
             r.status_reason = reason or "paused by an operator"
             if r.status == S.INVOCATION_STATUS_RUNNING:
                 r.pause_requested = True
@@ -451,7 +461,11 @@ class ControlPlane:
     async def cancel(self, invocation_id: str, reason: str) -> Record:
         reason = reason or "cancelled by an operator"
 
+        woke_from = S.INVOCATION_STATUS_UNSPECIFIED
+
         def change(r: Record) -> None:
+            nonlocal woke_from
+            woke_from = S.INVOCATION_STATUS_UNSPECIFIED  # decided again on every CAS try
             if is_terminal(r.status):
                 raise refused(_ended(r), r)
             if r.cancel_requested:
@@ -464,6 +478,7 @@ class ControlPlane:
             r.pause_requested = False
             if r.status in _NOT_DRIVEN:
                 # Its work item is gone or delayed: wake it so that it can compensate.
+                woke_from = r.status
                 r.status = S.INVOCATION_STATUS_PENDING
                 r.generation += 1
                 r.status_reason = ""
@@ -474,9 +489,15 @@ class ControlPlane:
             # It runs now, to see the cancellation: its delayed start must not come later.
             await self.waker.drop_schedule(invocation_id)
         record = await self._mutate(invocation_id, change)
+        if woke_from == S.INVOCATION_STATUS_SCHEDULED and before != woke_from:
+            await self.waker.drop_schedule(invocation_id)
         await self._signal(invocation_id, {"cancel": True, "reason": reason})
-        if before != record.status and record.status == S.INVOCATION_STATUS_PENDING:
+        # Decided by what the CAS wrote, not by a read before it: the record may have moved
+        # in between (a Pause, a Resume, a worker), and a PENDING record needs its item.
+        if woke_from != S.INVOCATION_STATUS_UNSPECIFIED:
             await self.work.enqueue_record(record, "cancel")
+        else:
+            await self.waker.ensure_item(record, "cancel")
         return record
 
     async def complete_awakeable(

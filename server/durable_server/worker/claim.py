@@ -18,6 +18,7 @@ from durable.v1 import types_pb2
 from durable_server.records import (
     MutationRefused,
     Record,
+    RecordNotFound,
     RecordStore,
     Versioned,
     is_terminal,
@@ -69,11 +70,17 @@ class Claim:
 
         It is when we claimed it (our worker id and attempt), or when nobody has claimed it
         since it was written by the control plane (PENDING, or PAUSED by an operator before
-        we wrote anything) with an attempt count below ours.
+        we wrote anything) with an attempt count below ours. Never when it is a new
+        invocation under the same id (ours was purged, and the id used again).
         """
+        if not self._same_invocation(r):
+            return False
         if r.worker_id == self._worker_id and r.attempt == self.attempt:
             return True
         return not r.worker_id and r.attempt < self.attempt and not is_terminal(r.status)
+
+    def _same_invocation(self, r: Record) -> bool:
+        return r.created_at == self.record.created_at
 
     async def mark_running(self, flags: ControlFlags) -> None:
         """Write the RUNNING record of a fast-path attempt that takes a while."""
@@ -89,9 +96,12 @@ class Claim:
                 if not self._ours(r):
                     raise MutationRefused("claimed by another worker", r)
                 # An operator acted before we wrote anything: honour it at the next step.
-                flags.pause = (
-                    flags.pause or r.pause_requested or (r.status == S.INVOCATION_STATUS_PAUSED)
-                )
+                if r.status == S.INVOCATION_STATUS_PAUSED:
+                    # Running until that step, it is pausing: the record says so, so that
+                    # a Resume withdraws the pause (and a Cancel supersedes it) as for any
+                    # running invocation.
+                    r.pause_requested = not r.cancel_requested
+                flags.pause = flags.pause or r.pause_requested
                 flags.cancel = flags.cancel or r.cancel_requested
                 flags.cancel_reason = flags.cancel_reason or r.cancel_reason
                 r.status = S.INVOCATION_STATUS_RUNNING
@@ -100,8 +110,8 @@ class Claim:
                 if not r.HasField("started_at"):
                     r.started_at.CopyFrom(self.record.started_at)
 
-            # When refused, the journal fence stops us at our next append.
-            with contextlib.suppress(MutationRefused):
+            # When refused (or purged), the journal fence stops us at our next append.
+            with contextlib.suppress(MutationRefused, RecordNotFound):
                 self._written = await self._records.mutate(self.record.id, change)
 
     async def finish(self, change: Callable[[Record], None], *, journaled: bool = False) -> bool:
@@ -121,6 +131,8 @@ class Claim:
                     return True
 
             def guarded(r: Record) -> None:
+                if not self._same_invocation(r):
+                    raise MutationRefused("purged, and its id used again", r)
                 if journaled and is_terminal(r.status):
                     raise MutationRefused("already ended", r)
                 if not journaled and not self._ours(r):
@@ -133,6 +145,9 @@ class Claim:
 
             try:
                 await self._records.mutate(self.record.id, guarded, current=self._written)
-            except MutationRefused:
-                return journaled  # a journaled outcome already written counts as done
+            except MutationRefused as err:
+                # A journaled outcome already written counts as done.
+                return journaled and self._same_invocation(err.record)
+            except RecordNotFound:
+                return False  # purged meanwhile: nothing is left to write to
             return True

@@ -32,6 +32,7 @@ from durable_server.records import (
     MutationRefused,
     Record,
     RecordNotFound,
+    RecordPurged,
     RecordStore,
     Versioned,
     is_terminal,
@@ -59,6 +60,22 @@ def _final_of(outcome: Outcome) -> storage_pb2.FinalOutcome:
     if outcome.failure is not None:
         final.failure.CopyFrom(outcome.failure)
     return final
+
+
+def _pause_stands(r: Record, out: Outcome) -> bool:
+    """Whether a PAUSED outcome still stands against the stored record ``r``.
+
+    The attempt stopped at a step for a pause it was told of; by the time it writes, a
+    Resume may have withdrawn the request, or a Cancel superseded it (the handler must see
+    the cancellation). Writing PAUSED then would leave the invocation paused against the
+    last request, and with a Cancel pending no item would ever deliver it. A record the
+    control plane paused before the attempt wrote anything stays paused.
+    """
+    if r.status == S.INVOCATION_STATUS_PAUSED:
+        return True
+    if r.cancel_requested:
+        return False
+    return out.reason != _PAUSED or r.pause_requested
 
 
 def _age(msg: Msg) -> float:
@@ -138,11 +155,20 @@ class Executor:
                 claim = Claim.fresh(self._records, item.initial, floor + 1, self._worker_id)
                 if await self._attempt(msg, claim, flags, load_journal=floor > 0):
                     return
-                floor += 1  # fenced at once: another driver or a seal came first
-        claimed = await self._claim_existing(msg, invocation_id, current, floor=floor)
-        if claimed is not None:
+                # Fenced at once (another driver or a seal came first), or paused for a
+                # pause that was withdrawn meanwhile: the record decides.
+                floor += 1
+                current = None
+        while True:
+            # The record says whether a pause stands (the flag may be a withdrawn one's).
+            flags.pause = False
+            claimed = await self._claim_existing(msg, invocation_id, current, floor=floor)
+            if claimed is None:
+                return
             claim = Claim(self._records, claimed.record, self._worker_id, written=claimed)
-            await self._attempt(msg, claim, flags, load_journal=True)
+            if await self._attempt(msg, claim, flags, load_journal=True):
+                return
+            current = None  # it paused for a pause withdrawn meanwhile: go on at once
 
     async def _find(self, invocation_id: str) -> Versioned | None:
         try:
@@ -156,6 +182,9 @@ class Executor:
         if current is None:
             try:
                 current = await self._records.get(invocation_id)
+            except RecordPurged:
+                await msg.ack()  # gone for good: nothing may run it again
+                return None
             except RecordNotFound:
                 if floor:
                     # Another worker drives this fresh invocation without having written
@@ -216,6 +245,15 @@ class Executor:
         # someone did journal, the first append is fenced and the caller claims it again.
         shortcut = not load_journal
         loaded = LoadedJournal([], 0) if shortcut else await self._journal.load(rec.id)
+        if loaded.purged and loaded.purged == rec.created_at.ToNanoseconds():
+            # Purged since we read its record (which Purge deletes last): gone for good.
+            log.info("invocation %s was purged; dropping its item", rec.id)
+            await msg.ack()
+            return True
+        if not claim.written and loaded.sealed:
+            # No record when we looked, but the control plane has sealed the journal since:
+            # an operator acted, or it was purged. The record decides (slow path).
+            return False
         if loaded.entries and loaded.entries[-1].HasField("final"):
             # It ended in an earlier attempt, which died before writing the record.
             return await self._record_final(msg, claim, loaded.entries)
@@ -287,15 +325,36 @@ class Executor:
     async def _settle(
         self, msg: Msg, claim: Claim, outcome: Outcome, steps: int, journaled: bool
     ) -> bool:
-        """Write the attempt's outcome to the record, then ack (or nak to retry later)."""
+        """Write the attempt's outcome to the record, then ack (or nak to retry later).
+
+        False when the attempt paused for a pause that no longer stands (``_pause_stands``):
+        the record is then PENDING, and the caller claims it again with the same item.
+        """
         cancel_asked = False
+        # Set by the last call of ``change``: the record written was handed back, or it was
+        # left as the control plane made it (a refusal ends the CAS loop).
+        handed_back = left_pending = False
 
         def change(r: Record) -> None:
-            nonlocal cancel_asked
+            nonlocal cancel_asked, handed_back
             cancel_asked = r.cancel_requested
-            self._finish(r, claim, steps, outcome)
+            handed_back = outcome.status == S.INVOCATION_STATUS_PAUSED and not _pause_stands(
+                r, outcome
+            )
+            if not handed_back:
+                self._finish(r, claim, steps, outcome)
+            elif r.status == S.INVOCATION_STATUS_RUNNING:
+                self._hand_back(r, claim, steps)
+            else:  # PENDING again by the control plane (a Resume): claim it as it is
+                nonlocal left_pending
+                left_pending = True
+                raise MutationRefused("the pause was withdrawn", r)
 
-        if not await claim.finish(change, journaled=journaled):
+        finished = await claim.finish(change, journaled=journaled)
+        if (finished and handed_back) or (not finished and left_pending):
+            log.info("invocation %s: its pause was withdrawn; going on", claim.record.id)
+            return False
+        if not finished:
             log.info(
                 "invocation %s: attempt %d lost it; leaving it", claim.record.id, claim.attempt
             )
@@ -311,7 +370,8 @@ class Executor:
         elif is_terminal(outcome.status):
             await self._ended(rec)
         if outcome.retry_in is not None:
-            await msg.nak(delay=outcome.retry_in)
+            # A Cancel that came during the attempt is delivered by the retry: at once.
+            await msg.nak(delay=0 if cancel_asked else outcome.retry_in)
         else:
             await msg.ack()
         return True
@@ -480,6 +540,21 @@ class Executor:
         )
 
     @staticmethod
+    def _hand_back(r: Record, claim: Claim, steps: int) -> None:
+        """PENDING again, unclaimed: the attempt stopped for a pause that no longer stands.
+        The same delivery claims it next (if this worker dies first, it is redelivered),
+        so the generation and its item stay."""
+        r.status = S.INVOCATION_STATUS_PENDING
+        r.continuations += 1
+        r.attempt = max(r.attempt, claim.attempt)
+        if not r.HasField("started_at"):
+            r.started_at.CopyFrom(claim.record.started_at)
+        r.journal_length = steps
+        r.worker_id = ""
+        r.pause_requested = False
+        r.status_reason = ""
+
+    @staticmethod
     def _finish(r: Record, claim: Claim, steps: int, out: Outcome) -> None:
         r.status = out.status  # type: ignore[assignment]
         r.attempt = max(r.attempt, claim.attempt)
@@ -499,8 +574,9 @@ class Executor:
         elif out.status == S.INVOCATION_STATUS_BACKING_OFF:
             assert out.failure is not None and out.retry_in is not None
             r.last_failure.CopyFrom(out.failure)
+            delay = 0.0 if r.cancel_requested else out.retry_in  # see _settle
             due = Timestamp()
-            due.FromDatetime(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=out.retry_in))
+            due.FromDatetime(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay))
             r.next_attempt_at.CopyFrom(due)
         else:
             r.ended_at.CopyFrom(out.journaled_at or now_ts())

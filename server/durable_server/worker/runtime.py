@@ -298,10 +298,14 @@ class Worker:
         """A timer fired: wake its invocation if it still sleeps (it may have been woken by
         something else, paused or cancelled since; then there is nothing to do)."""
         try:
+            # Also when it finds the record PENDING: its waker (maybe this wake-up's first
+            # delivery) may have died between the CAS and the enqueue; wake makes sure.
             await self._waker.wake(invocation_id, "timer")
             await msg.ack()
         except Exception:
             log.exception("waking %s failed; the wake-up will be redelivered", invocation_id)
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=1.0)  # again soon, not only after ack_wait
         finally:
             self._wake.set()
 
