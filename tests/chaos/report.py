@@ -61,6 +61,7 @@ def phase_report(
     timing: dict[str, float],
     stored_read: str,
     evidence_errors: list[str],
+    diagnosis: list[dict[str, Any]],
 ) -> dict[str, Any]:
     bound = topo.shape.ack_wait + LATE_SLACK
     kinds = collections.Counter(_label(e) for e in topo.events if e["action"] in _COUNTED)
@@ -102,7 +103,10 @@ def phase_report(
             "journal_times_from": stored_read,
         },
         "timers": timers,
-        "awakeables": _lateness(f.awakeable_latency),
+        "awakeables": {
+            **_lateness(f.awakeable_latency),
+            "slower_than_bound": f.slow_awakeables[:SAMPLES],
+        },
         "processes": {
             "actions": dict(kinds),
             "unexpected_exits": len(topo.exits),
@@ -122,6 +126,7 @@ def phase_report(
             "finished_after_journaled": f.finished_after_journaled[:SAMPLES],
             "never_accepted": f.refused[:SAMPLES],
             "evidence_errors": evidence_errors,
+            "stuck_or_lost_diagnosis": diagnosis,
         },
         "plan": plan,
         "events": topo.events,

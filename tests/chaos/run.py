@@ -19,10 +19,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from tests.chaos.diagnose import diagnose
 from tests.chaos.evidence import gather
 from tests.chaos.load import Driver
 from tests.chaos.monkey import plan, unleash
-from tests.chaos.report import phase_report
+from tests.chaos.report import LATE_SLACK, phase_report
 from tests.chaos.topology import Shape, Topology
 from tests.chaos.verify import Context, check
 
@@ -148,9 +149,17 @@ async def run_phase(
         findings = check(
             driver,
             evidence,
-            Context(killed, frozen, topo.outages_ns, profile.shape.ack_wait + 2.0),
+            Context(
+                killed, frozen, topo.outages_ns, profile.shape.ack_wait + LATE_SLACK, topo.events
+            ),
         )
         accepted = [j for j in driver.jobs.values() if j.accepted is not None]
+        try:
+            diagnosis = await diagnose(
+                topo.config, [*findings.stuck, *findings.lost], topo.workdir / "logs"
+            )
+        except Exception as exc:  # a finding needs no diagnosis to count
+            diagnosis = [{"error": repr(exc)}]
         return phase_report(
             phase,
             topo,
@@ -171,6 +180,7 @@ async def run_phase(
             },
             stored_read=evidence.stored_read,
             evidence_errors=evidence.errors,
+            diagnosis=diagnosis,
         )
     finally:
         progress.done()

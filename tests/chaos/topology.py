@@ -36,6 +36,12 @@ HANDLERS = ("chaos/chain", "chaos/nap", "chaos/approve", "chaosobj/add")
 LEADER_KINDS = ("meta", "journal", "work", "records")
 
 
+def _wall() -> str:
+    """The wall clock to the millisecond, as the logs and the report's timestamps show it."""
+    now = time.time()
+    return time.strftime("%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
+
+
 @dataclass
 class Shape:
     """How many of each process a phase runs, and their settings."""
@@ -168,6 +174,7 @@ class Topology:
             self.exits.append(
                 {
                     "t": self.now(),
+                    "wall": _wall(),
                     "process": proc.name,
                     "pid": proc.pid,
                     "rc": proc.returncode,
@@ -182,6 +189,7 @@ class Topology:
             self.exits.append(
                 {
                     "t": self.now(),
+                    "wall": _wall(),
                     "process": node.server_name,
                     "pid": node.pid,
                     "rc": None,
@@ -194,7 +202,16 @@ class Topology:
     # -- actions -----------------------------------------------------------------------------
 
     def _event(self, action: str, victim: str, **details: Any) -> None:
-        self.events.append({"t": self.now(), "action": action, "victim": victim, **details})
+        self.events.append(
+            {
+                "t": self.now(),
+                "wall": _wall(),
+                "wall_ns": time.time_ns(),
+                "action": action,
+                "victim": victim,
+                **details,
+            }
+        )
 
     def up(self, procs: list[EngineProc]) -> list[EngineProc]:
         return [p for p in procs if p.name not in self.down]
@@ -256,7 +273,7 @@ class Topology:
 
     async def _connect(self) -> NATS:
         return await nats.connect(
-            self.nats_url,
+            self.config.servers,
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.2,
             allow_reconnect=True,

@@ -60,6 +60,7 @@ class Findings:
     timer_lateness: list[float] = field(default_factory=list)
     late_timers: list[dict[str, Any]] = field(default_factory=list)
     awakeable_latency: list[float] = field(default_factory=list)
+    slow_awakeables: list[dict[str, Any]] = field(default_factory=list)
     step_runs: int = 0
     by_handler: collections.Counter[str] = field(default_factory=collections.Counter)
 
@@ -70,6 +71,23 @@ class Context:
     frozen: set[int]
     outages_ns: list[tuple[int, int]]
     late_bound: float
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    def during(self, start_ns: int, end_ns: int) -> list[str]:
+        """The chaos actions from ack_wait before ``start_ns`` to ``end_ns``: what may have
+        made a wait late."""
+        since = start_ns - int(self.late_bound * 1e9)
+        return [
+            f"{e['wall']} {e['action']} {e['victim']}"
+            for e in self.events
+            if "wall_ns" in e and since <= e["wall_ns"] <= end_ns
+        ]
+
+    def down_ns(self, start_ns: int, end_ns: int) -> int:
+        """How long nats was down (single node) between ``start_ns`` and ``end_ns``."""
+        return sum(
+            max(0, min(end, end_ns) - max(start, start_ns)) for start, end in self.outages_ns
+        )
 
 
 def check(driver: Driver, ev: Evidence, ctx: Context) -> Findings:
@@ -114,7 +132,7 @@ def check(driver: Driver, ev: Evidence, ctx: Context) -> Findings:
         if job.handler == "chaos/nap":
             _check_timer(f, inv, entries, ev.runs, ctx)
         if job.handler == "chaos/approve":
-            _check_awakeable(f, inv, entries, ev.runs, driver)
+            _check_awakeable(f, inv, ev.runs, driver, ctx)
     _check_strays(f, driver, ev, ids_of_key)
     _check_objects(f, driver, ev)
     return f
@@ -125,6 +143,7 @@ def _stuck(inv: str, handler: str, view: Any) -> dict[str, Any]:
     return {
         "id": inv,
         "handler": handler,
+        "key": i.key,
         "status": S.InvocationStatus.Name(i.status),
         "attempt": i.attempt,
         "journal_length": len(view.journal),
@@ -229,11 +248,8 @@ def _check_timer(
     due_ts = Timestamp()
     due_ts.FromJsonString(str(sleep.value))
     due = due_ts.ToNanoseconds()
-    counted_from = due
-    for start, end in ctx.outages_ns:
-        if start <= counted_from <= end:
-            counted_from = end
-    late = (after - counted_from) / 1e9
+    down = ctx.down_ns(due, after)
+    late = (after - due - down) / 1e9
     f.timer_lateness.append(late)
     if late > ctx.late_bound:
         f.late_timers.append(
@@ -241,7 +257,8 @@ def _check_timer(
                 "id": inv,
                 "late_s": round(late, 3),
                 "due": due_ts.ToJsonString(),
-                "outage_adjusted": counted_from != due,
+                "nats_down_s": round(down / 1e9, 3),
+                "chaos_around": ctx.during(due, after),
             }
         )
 
@@ -249,14 +266,24 @@ def _check_timer(
 def _check_awakeable(
     f: Findings,
     inv: str,
-    entries: list[Entry],
     runs: dict[tuple[str, str], list[Run]],
     driver: Driver,
+    ctx: Context,
 ) -> None:
     after = _first_start(runs, inv, "after")
     resolved = [a.resolved_ns for a in driver.awakeables.values() if a.invocation_id == inv]
-    if after is not None and resolved and resolved[0]:
-        f.awakeable_latency.append(max(after - resolved[0], 0) / 1e9)
+    if after is None or not resolved or not resolved[0]:
+        return
+    latency = max(after - resolved[0], 0) / 1e9
+    f.awakeable_latency.append(latency)
+    if latency > ctx.late_bound:
+        f.slow_awakeables.append(
+            {
+                "id": inv,
+                "woken_after_s": round(latency, 3),
+                "chaos_around": ctx.during(resolved[0], after),
+            }
+        )
 
 
 def _check_strays(
