@@ -4,7 +4,10 @@
 gives the same victims and times again (what the engine does in between still depends on
 timing). The first actions cover every kind once (a short phase still kills a worker, a
 control plane and nats, and freezes a worker); the rest are drawn by weight, spaced by an
-exponential gap. ``unleash`` carries the plan out against a :class:`Topology`, skipping an
+exponential gap. Faults that hold work (worker kills and freezes, nats kills) never overlap:
+each is followed by the ack wait and a second of calm (five more on a cluster, for the node to
+catch up) before the next, so the timer bound ``ack_wait + 2 s`` is fair; control-plane kills
+come at any time. ``unleash`` carries the plan out against a :class:`Topology`, skipping an
 action whose victim is already down or that would leave no worker or control plane up.
 """
 
@@ -38,10 +41,13 @@ class Action:
 def plan(seed: int, phase: str, seconds: float, shape: Shape, mean_gap: float) -> list[Action]:
     rng = random.Random(f"chaos-plan:{seed}:{phase}")
     cluster = phase == "cluster"
-    first = list(KINDS)
+    first = [k for k in KINDS if not (cluster and k == "kill-nats")]
     rng.shuffle(first)
+    if cluster:
+        first.append("kill-nats")  # popped first: killing leaders is what this phase is for
     actions: list[Action] = []
     t = rng.uniform(1.0, 2.0)
+    data_lane_free = 0.0
     while t < seconds:
         kind = first.pop() if first else rng.choices(KINDS, WEIGHTS)[0]
         count = shape.controls if kind == "kill-control" else shape.workers
@@ -53,12 +59,20 @@ def plan(seed: int, phase: str, seconds: float, shape: Shape, mean_gap: float) -
         else:
             down = rng.uniform(0.2, 1.5)
         leader_of = rng.choice(LEADER_KINDS) if kind == "kill-nats" and cluster else ""
-        actions.append(Action(round(t, 3), kind, victim, round(down, 3), leader_of))
+        at = t
+        if kind != "kill-control":
+            # Faults that hold work (a dead or frozen worker, nats) come one at a time, each
+            # followed by an ack wait and a second of calm, so that one wait is delayed by
+            # at most one of them; killing control planes holds no work and overlaps them.
+            at = max(t, data_lane_free)
+            data_lane_free = at + down + shape.ack_wait + 1.0 + (5.0 if cluster else 0.0)
+        if at < seconds:
+            actions.append(Action(round(at, 3), kind, victim, round(down, 3), leader_of))
         if first:  # the first round at a steady pace, so that a short phase holds all of it
             t += min(mean_gap, seconds * 0.8 / len(KINDS)) * rng.uniform(0.8, 1.2)
         else:
             t += min(max(rng.expovariate(1 / mean_gap), 0.5), 3 * mean_gap)
-    return actions
+    return sorted(actions, key=lambda a: a.at)
 
 
 async def unleash(topo: Topology, actions: list[Action], seed: int, stop: asyncio.Event) -> None:
