@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def reproduce(s: int) -> str:
         extra = "".join(
-            f" {k}={v}"
+            f" {k}={v:g}" if isinstance(v, float) else f" {k}={v}"
             for k, v in (
                 ("CHAOS_SECONDS", args.seconds),
                 ("CHAOS_RATE", args.rate),
