@@ -27,7 +27,7 @@ from durable._payloads import from_payload
 from durable.internal.v1 import storage_pb2
 from durable.v1 import control_pb2, types_pb2
 from durable_server.config import EngineConfig
-from tests.chaos.load import Driver
+from tests.chaos.load import READ_FINAL, Driver
 
 
 @dataclass(frozen=True)
@@ -160,7 +160,9 @@ async def gather(driver: Driver, cfg: EngineConfig, ledger: Path, within: float)
     async def view(inv: str) -> None:
         async with gate:
             try:
-                views[inv] = await driver.call("GetWorkflow", lambda c: c.get(inv), until)
+                views[inv] = await driver.call(
+                    "GetWorkflow", lambda c: c.get(inv), until, READ_FINAL
+                )
             except RPCError as err:
                 if err.code is not None and err.code.name == "NOT_FOUND":
                     missing.add(inv)

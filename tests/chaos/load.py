@@ -36,7 +36,9 @@ OBJECT_KEYS = 8
 #: Answers a client expects while a control plane or nats is down: retry elsewhere.
 EXPECTED_FAILURES = {Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED}
 #: Answers that refuse the request itself: retrying cannot help.
-REFUSALS = {Code.INVALID_ARGUMENT, Code.ALREADY_EXISTS, Code.FAILED_PRECONDITION}
+REFUSALS = frozenset({Code.INVALID_ARGUMENT, Code.ALREADY_EXISTS, Code.FAILED_PRECONDITION})
+#: For reads of an invocation: NOT_FOUND is an answer (a lost invocation), not an outage.
+READ_FINAL = REFUSALS | {Code.NOT_FOUND}
 RETRY_FOR = 120.0  # seconds one Invoke is retried before the key counts as refused
 INVOKE_WAIT = 20.0  # seconds an Invoke with wait asks the server to wait
 
@@ -104,8 +106,14 @@ class Driver:
 
     # -- one call, failed over between control planes -------------------------------------
 
-    async def call(self, what: str, op: Callable[[Client], Awaitable[T]], until: float) -> T:
-        """``op`` on a random control plane; on a failure that is not a refusal, the next
+    async def call(
+        self,
+        what: str,
+        op: Callable[[Client], Awaitable[T]],
+        until: float,
+        final: frozenset[Code] = REFUSALS,
+    ) -> T:
+        """``op`` on a random control plane; on a failure that is not ``final``, the next
         control plane, until ``until`` (monotonic) has passed."""
         i = self.rng.randrange(len(self.clients))
         pause = 0.05
@@ -117,7 +125,7 @@ class Driver:
             except RPCError as err:
                 code = err.code or Code.UNKNOWN
                 self.answers[f"{what} {code.name}"] += 1
-                if code in REFUSALS or time.monotonic() > until:
+                if code in final or time.monotonic() > until:
                     raise
                 if code not in EXPECTED_FAILURES and len(self.unexpected) < 50:
                     self.unexpected.append(
@@ -263,7 +271,7 @@ class Driver:
                         return await handle.result(min(10.0, max(deadline - time.monotonic(), 0.1)))
 
                     try:
-                        job.outputs.append(await self.call("AwaitResult", op, deadline))
+                        job.outputs.append(await self.call("AwaitResult", op, deadline, READ_FINAL))
                         job.status = "COMPLETED"
                     except ResultTimeoutError:
                         continue

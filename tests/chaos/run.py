@@ -170,7 +170,9 @@ async def run_phase(
             answers=dict(sorted(driver.answers.items())),
             unexpected=driver.unexpected,
             submitted=len(driver.jobs),
-            slowest_acceptance=max((j.accepted - j.submitted for j in accepted), default=0.0),  # type: ignore[operator]
+            slowest_acceptance=max(
+                ((j.accepted or 0.0) - j.submitted for j in accepted), default=0.0
+            ),
             timing={
                 "start": ready - started,
                 "chaos": chaos_over - ready,
