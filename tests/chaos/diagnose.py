@@ -69,6 +69,13 @@ async def diagnose(
                 }
             except NotFoundError:
                 d["work_item"] = None
+            try:  # a stored awakeable resolution, beside the journal
+                await js.get_msg(
+                    cfg.journal_stream, seq=1, next=True, subject=f"{cfg.prefix}.journal.{inv}.a.*"
+                )
+                d["awakeable_resolution_stored"] = True
+            except NotFoundError:
+                d["awakeable_resolution_stored"] = False
             if s.get("key"):
                 d["key"] = await _key(js, locks, cfg, s["handler"].split("/")[0], s["key"], inv)
             d["log_lines"] = _log_lines(logs, inv)

@@ -23,7 +23,8 @@ from typing import Any
 from tests.chaos.topology import LEADER_KINDS, Shape, Topology
 
 KINDS = ("kill-worker", "kill-control", "freeze-worker", "kill-nats")
-WEIGHTS = (4, 3, 2, 2)
+#: How often each kind is drawn after the first round: on a cluster, leader kills matter most.
+WEIGHTS = {"single": (4, 3, 2, 2), "cluster": (3, 3, 1, 3)}
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ def plan(seed: int, phase: str, seconds: float, shape: Shape, mean_gap: float) -
     t = rng.uniform(1.0, 2.0)
     data_lane_free = 0.0
     while t < seconds:
-        kind = first.pop() if first else rng.choices(KINDS, WEIGHTS)[0]
+        kind = first.pop() if first else rng.choices(KINDS, WEIGHTS[phase])[0]
         count = shape.controls if kind == "kill-control" else shape.workers
         victim = rng.randrange(count)
         if kind == "freeze-worker":

@@ -112,7 +112,15 @@ def check(driver: Driver, ev: Evidence, ctx: Context) -> Findings:
             continue
         status = view.invocation.status
         if status not in TERMINAL:
-            f.stuck.append(_stuck(inv, job.handler, view))
+            stuck = _stuck(inv, job.handler, view)
+            resolved = {
+                awk: a.answer or "not answered"
+                for awk, a in driver.awakeables.items()
+                if a.invocation_id == inv
+            }
+            if resolved:
+                stuck["driver_resolved"] = resolved
+            f.stuck.append(stuck)
             continue
         if status != S.INVOCATION_STATUS_COMPLETED:
             f.lost.append(
