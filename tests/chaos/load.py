@@ -83,6 +83,8 @@ class Driver:
         self.jobs: dict[str, Job] = {}
         self.answers: collections.Counter[str] = collections.Counter()
         self.unexpected: list[dict[str, Any]] = []
+        #: Per call kind, seconds from a call's first try to the try that succeeded.
+        self.retried_for: dict[str, list[float]] = collections.defaultdict(list)
         self.awakeables: dict[str, Awakeable] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
         self._submits: set[asyncio.Future[Any]] = set()
@@ -117,10 +119,14 @@ class Driver:
         control plane, until ``until`` (monotonic) has passed."""
         i = self.rng.randrange(len(self.clients))
         pause = 0.05
+        first = time.monotonic()
         while True:
             try:
+                tried = time.monotonic()
                 result = await op(self.clients[i])
                 self.answers[f"{what} OK"] += 1
+                if tried > first:  # failed over: how long the clients could not get through
+                    self.retried_for[what].append(tried - first)
                 return result
             except RPCError as err:
                 code = err.code or Code.UNKNOWN

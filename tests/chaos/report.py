@@ -57,7 +57,7 @@ def phase_report(
     answers: dict[str, int],
     unexpected: list[dict[str, Any]],
     submitted: int,
-    slowest_acceptance: float,
+    retried_for: dict[str, list[float]],
     timing: dict[str, float],
     stored_read: str,
     evidence_errors: list[str],
@@ -114,7 +114,14 @@ def phase_report(
         },
         "clients": {
             "answers": answers,
-            "slowest_acceptance_s": round(slowest_acceptance, 3),
+            "failed_over": {
+                what: {
+                    "calls": len(spans),
+                    "max_s": round(max(spans), 3),
+                    "p99_s": _quantile(spans, 0.99),
+                }
+                for what, spans in sorted(retried_for.items())
+            },
             "unexpected_answers": unexpected[:SAMPLES],
         },
         "consistency": f.consistency[:SAMPLES],
@@ -160,9 +167,9 @@ def summary(report: dict[str, Any]) -> str:
                 f"\n    {e['process']} pid {e['pid']} rc {e['rc']} at {e['t']} s"
                 for e in procs["exits"][:5]
             ),
-            f"  clients: failed answers {failures}, slowest acceptance "
-            f"{cl['slowest_acceptance_s']} s, unexpected answers "
-            f"{len(cl['unexpected_answers'])}",
+            f"  clients: failed answers {failures}; failed over (calls, longest retry) "
+            f"{ {k: (v['calls'], v['max_s']) for k, v in cl['failed_over'].items()} }; "
+            f"unexpected answers {len(cl['unexpected_answers'])}",
             f"  steps: {steps['runs']} runs; re-run after journaled {steps['rerun_journaled']}; "
             f"in flight: finished after journaled {steps['finished_after_journaled']}, ended "
             f"before {steps['in_flight_duplicates']}",

@@ -153,7 +153,6 @@ async def run_phase(
                 killed, frozen, topo.outages_ns, profile.shape.ack_wait + LATE_SLACK, topo.events
             ),
         )
-        accepted = [j for j in driver.jobs.values() if j.accepted is not None]
         try:
             diagnosis = await diagnose(
                 topo.config, [*findings.stuck, *findings.lost], topo.workdir / "logs"
@@ -170,9 +169,7 @@ async def run_phase(
             answers=dict(sorted(driver.answers.items())),
             unexpected=driver.unexpected,
             submitted=len(driver.jobs),
-            slowest_acceptance=max(
-                ((j.accepted or 0.0) - j.submitted for j in accepted), default=0.0
-            ),
+            retried_for=driver.retried_for,
             timing={
                 "start": ready - started,
                 "chaos": chaos_over - ready,
