@@ -120,15 +120,17 @@ class Driver:
         i = self.rng.randrange(len(self.clients))
         pause = 0.05
         first = time.monotonic()
+        failed = False
         while True:
             try:
                 tried = time.monotonic()
                 result = await op(self.clients[i])
                 self.answers[f"{what} OK"] += 1
-                if tried > first:  # failed over: how long the clients could not get through
+                if failed:  # failed over: how long the clients could not get through
                     self.retried_for[what].append(tried - first)
                 return result
             except RPCError as err:
+                failed = True
                 code = err.code or Code.UNKNOWN
                 self.answers[f"{what} {code.name}"] += 1
                 if code in final or time.monotonic() > until:
