@@ -43,4 +43,5 @@ async def test_chaos_short_profile(tmp_path: Path) -> None:
         for a in p["assertions"]
         if not a["ok"]
     ]
-    assert not failed, f"chaos failed {failed}; report {tmp_path / 'report.json'}\n{text}"
+    # The summary is in the captured output above; the message says what failed and where.
+    assert not failed, f"chaos failed {failed}; seed {seed}; report {tmp_path / 'report.json'}"

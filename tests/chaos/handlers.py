@@ -14,7 +14,9 @@ as nats-server stamps stored messages) tell a run in flight when the entry was j
 one that started after it. The ledger write is the step's side effect: a run killed before it
 leaves no line.
 
-* ``chaos/chain``: five steps (``s0``..``s4``).
+* ``chaos/chain``: five steps (``s0``..``s4``). Like ``nap`` it may first do some local work
+  (``before_ms``, no step): a worker frozen there and thawed after another worker ran the
+  first step must not run it again, although it has nothing to append before it.
 * ``chaos/nap``: a step, a durable timer, a step; the journal's SLEEP entry has the due time.
 * ``chaos/approve``: an awakeable whose id the step ``ask`` hands out (``x``, read by the
   driver from the ledger), then a step once it is resolved.
@@ -49,6 +51,7 @@ class Job:
     key: str
     ms: list[int]
     sleep: float = 0.0
+    before_ms: int = 0  # local work before the first step (not a step: nothing journaled)
 
 
 def _write(line: dict[str, object]) -> None:
@@ -82,6 +85,7 @@ chaos = Service("chaos", description="chaos run: steps, timers and awakeables")
 @chaos.handler()
 async def chain(ctx: Context, job: Job) -> dict[str, object]:
     """Five steps, each handed the journaled value of the one before."""
+    await asyncio.sleep(job.before_ms / 1000)
     value = 0
     for i in range(CHAIN_STEPS):
         value = await ctx.run(
@@ -93,6 +97,7 @@ async def chain(ctx: Context, job: Job) -> dict[str, object]:
 @chaos.handler()
 async def nap(ctx: Context, job: Job) -> dict[str, object]:
     """A step, a durable timer of ``job.sleep`` seconds, a step."""
+    await asyncio.sleep(job.before_ms / 1000)
     before = await ctx.run(
         "before", _body, ctx.invocation_id, "before", ctx.attempt, 0, _ms(job, 0)
     )

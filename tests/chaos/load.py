@@ -162,6 +162,8 @@ class Driver:
         job_input: dict[str, Any] = {"key": key, "ms": ms}
         if handler == "chaos/nap":
             job_input["sleep"] = round(rng.uniform(1.5, 4.0), 3)
+        if handler in ("chaos/chain", "chaos/nap") and rng.random() < 0.3:
+            job_input["before_ms"] = rng.randint(100, 800)
         obj_key = f"k{rng.randrange(OBJECT_KEYS)}" if handler == "chaosobj/add" else ""
         again = rng.uniform(0.0, 3.0) if rng.random() < 0.2 else None
         return Job(key, handler, job_input, obj_key, rng.random() < 0.5, again)
