@@ -9,16 +9,23 @@ SYNC        ?= always
 DATA        ?= ./data
 LISTEN      ?= 127.0.0.1:50051
 PYTEST_ARGS ?=
+# make chaos: seconds of chaos per phase, the seed (empty: a fresh one, printed), invocations
+# per second, the phases, and where the JSON report goes (empty: beside the logs, printed).
+CHAOS_SECONDS ?= 150
+CHAOS_SEED    ?=
+CHAOS_RATE    ?=
+CHAOS_PHASES  ?= single,cluster
+CHAOS_REPORT  ?=
 STUB_DIRS   := sdk/durable/v1 sdk/durable/internal examples/v1
 
 # grpc_tools.protoc finds its protoc-gen-mypy plugins on PATH; put the venv first.
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv setup run test lint breaking proto check-proto bench examples fmt clean distclean
+.PHONY: help venv setup run test chaos lint breaking proto check-proto bench examples fmt clean distclean
 
 help: ## List the targets
-	@echo "Usage: make <target> [SYNC=always|2m] [PYTEST_ARGS=...]"
+	@echo "Usage: make <target> [SYNC=always|2m] [PYTEST_ARGS=...] [CHAOS_SECONDS=... CHAOS_SEED=...]"
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' \
 		$(MAKEFILE_LIST)
 
@@ -40,6 +47,11 @@ run: setup ## Run the dev stack (embedded nats-server + control plane + worker);
 
 test: setup ## Run the test suite; extra pytest flags via PYTEST_ARGS="..."
 	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+chaos: setup ## Long chaos run (kills, freezes, nats and cluster leader kills); CHAOS_SECONDS, CHAOS_SEED, ...
+	$(BIN)/python -m tests.chaos --seconds $(CHAOS_SECONDS) --phases $(CHAOS_PHASES) \
+		$(if $(CHAOS_SEED),--seed $(CHAOS_SEED)) $(if $(CHAOS_RATE),--rate $(CHAOS_RATE)) \
+		$(if $(CHAOS_REPORT),--report $(CHAOS_REPORT))
 
 lint: setup ## ruff, ruff format --check, mypy, buf lint, stale stubs, buf breaking
 	$(BIN)/ruff check .

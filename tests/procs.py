@@ -62,6 +62,12 @@ class EngineProc:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    @property
+    def returncode(self) -> int | None:
+        """The exit status of the current run (negative: killed by that signal); None while
+        it runs or before it started."""
+        return None if self.proc is None else self.proc.poll()
+
     def start(self) -> EngineProc:
         assert not self.running, f"{self.name} is already running"
         self.log_path = self.log_dir / f"{self.name}.{self.runs}.log"
@@ -143,13 +149,23 @@ class ProcGroup:
     """Starts engine processes for one test against one NATS URL and prefix."""
 
     def __init__(
-        self, log_dir: Path, nats_url: str, prefix: str, *, ack_wait: float, ledger: Path
+        self,
+        log_dir: Path,
+        nats_url: str,
+        prefix: str,
+        *,
+        ack_wait: float,
+        ledger: Path,
+        module: str = HANDLER_MODULE,
+        replicas: int = 1,
     ) -> None:
         self.log_dir = log_dir
         self.nats_url = nats_url
         self.prefix = prefix
         self.ack_wait = ack_wait
         self.ledger = ledger
+        self.module = module
+        self.replicas = replicas
         self.procs: list[EngineProc] = []
         log_dir.mkdir(parents=True, exist_ok=True)
         self.env = {
@@ -169,6 +185,8 @@ class ProcGroup:
             self.prefix,
             "--ack-wait",
             str(self.ack_wait),
+            "--replicas",
+            str(self.replicas),
             "--log-level",
             "INFO",
         ]
@@ -182,7 +200,7 @@ class ProcGroup:
     def worker(
         self, name: str = "worker", *, slots: int = 64, worker_id: str | None = None
     ) -> EngineProc:
-        args = ["worker", "--module", HANDLER_MODULE, "--slots", str(slots), *self._common()]
+        args = ["worker", "--module", self.module, "--slots", str(slots), *self._common()]
         if worker_id:
             args += ["--worker-id", worker_id]
         proc = EngineProc(name, args, self.log_dir, self.env)
