@@ -25,6 +25,7 @@ from durable._retry import RetryPolicy
 from durable.errors import CancelledError, NonDeterminismError, SuspendInvocation, TerminalError
 from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
+from durable_server.completions import CompletionRefused
 from durable_server.ids import awakeable_id, child_invocation_id, parse_awakeable_id
 from durable_server.journal import Journal, JournalFenced
 from durable_server.objects import StateStore
@@ -549,20 +550,34 @@ class InvocationContext(Context):
         async def effect() -> None:
             # The first resolution wins; a second one changes nothing, as from the outside.
             with contextlib.suppress(AlreadyCompleted):
-                await self._waker.complete_awakeable(*parsed, out)
+                try:
+                    await self._waker.complete_awakeable(*parsed, out)
+                except CompletionRefused as err:
+                    raise TerminalError(str(err)) from None
 
         await self._once(types_pb2.STEP_KIND_RESOLVE_AWAKEABLE, awk, effect)
 
     async def _once(self, kind: int, label: str, effect: Callable[[], Awaitable[None]]) -> None:
-        """A step that is only a side effect: run once, then journaled (empty)."""
+        """A step that is only a side effect: run once, then journaled (empty, or with
+        the TerminalError it raised)."""
         index, entry = self._take(kind, label)
         if entry is not None:
+            if entry.HasField("failure"):
+                raise error_from_failure(entry.failure)
             return
         await self._flush(min(self._handed, index - 1))
         cancelled = self._check_new_step(index, kind, label)
         if cancelled is not None:
             raise cancelled
-        await effect()
+        try:
+            await effect()
+        except TerminalError as err:
+            # The step's outcome: a replay fails the same way, and the steps after it do not
+            # wait for an entry that would never come.
+            entry = self._entry(index, kind, label)
+            entry.failure.CopyFrom(failure_of(err))
+            self._complete(entry)
+            raise
         self._value_entry(index, kind, label, None)
 
     # -- state and promises (virtual objects, workflows; see keyed.py) --------------------
