@@ -41,6 +41,7 @@ from durable_server.worker.encoding import (
     failure_of,
 )
 from durable_server.worker.keyed import KeyedSteps
+from durable_server.worker.lease import ClaimGuard
 from durable_server.worker.rpc import TERMINAL_CODES, DurableChannel, TransportRouter
 from durable_server.worker.signals import ControlFlags, Fenced, RetryAttempt
 from durable_server.worker.waits import (
@@ -73,8 +74,13 @@ class InvocationContext(Context):
         kind: int = types_pb2.HANDLER_KIND_SERVICE,
         state: StateStore | None = None,
         rpc: TransportRouter | None = None,
+        guard: ClaimGuard | None = None,
     ) -> None:
         self._rpc = rpc
+        self._guard = guard
+        # Held while an append is in flight, so the claim check compares the journal with
+        # a last sequence that includes every append of ours the server has stored.
+        self._append_lock = asyncio.Lock()
         self._record = record
         self._waker = waker
         self._entries = entries
@@ -240,11 +246,22 @@ class InvocationContext(Context):
     async def _publish(self, entry: storage_pb2.JournalRecord) -> None:
         entry.recorded_at.CopyFrom(now_ts())
         try:
-            self._last_seq = await self._journal.append(self._record.id, entry, self._last_seq)
+            async with self._append_lock:
+                self._last_seq = await self._journal.append(self._record.id, entry, self._last_seq)
         except JournalFenced as err:
             raise Fenced(str(err)) from err
+        if self._guard is not None:
+            self._guard.appended(self._last_seq)
         self._next_append += 1
         self._last_recorded_at = entry.recorded_at
+
+    async def _check_claim(self) -> None:
+        """Right before a side effect: stop (``ClaimLost``) if this worker may have lost the
+        invocation and another has taken it over. Free while the lease is held."""
+        if self._guard is None or self._guard.sure():
+            return
+        async with self._append_lock:
+            await self._guard.check(self._last_seq)
 
     def _entry(self, index: int, kind: int, name: str) -> storage_pb2.JournalRecord:
         return storage_pb2.JournalRecord(
@@ -298,7 +315,7 @@ class InvocationContext(Context):
             _ANNOUNCE_AFTER, self._announce, index, types_pb2.STEP_KIND_RUN, name
         )
         try:
-            value = await execute(fn, args, kwargs, retry)
+            value = await execute(fn, args, kwargs, retry, self._check_claim)
             entry.value.CopyFrom(
                 encode_bounded(value, self._max_payload, f"the result of step {name!r}")
             )
@@ -428,6 +445,7 @@ class InvocationContext(Context):
             # Our results so far, before the side effect (not this step's own entry).
             await self._flush(min(self._handed, index - 1))
             payload = encode_bounded(input, self._max_payload, f"the input of {name}")
+            await self._check_claim()
             now = now_ts()
             record = storage_pb2.InvocationRecord(
                 id=child,
@@ -569,6 +587,7 @@ class InvocationContext(Context):
         cancelled = self._check_new_step(index, kind, label)
         if cancelled is not None:
             raise cancelled
+        await self._check_claim()
         try:
             await effect()
         except TerminalError as err:
