@@ -22,10 +22,21 @@ import time
 from collections.abc import Awaitable, Callable
 
 import nats.errors
+from nats.aio.msg import Msg
 
 from durable_server.journal import Journal
 from durable_server.records import Record, RecordNotFound, RecordStore
 from durable_server.worker.signals import Fenced
+
+
+def stored_at(msg: Msg) -> float:
+    """When JetStream stored a work item, as a monotonic time: the server cannot have
+    handed it out, and started its ack timer, before that. The timestamp is by the server's
+    clock and its age by the worker's, so they must agree to well within ``ack_wait`` (the
+    fast path's young-item test assumes as much); one ahead of the worker's counts as now."""
+    published = msg.metadata.timestamp
+    age = time.time() - published.timestamp() if published else 0.0
+    return time.monotonic() - max(0.0, age)
 
 
 class ClaimLost(Fenced):
@@ -37,21 +48,22 @@ class Lease:
     """Since when the server cannot have handed one work item to anyone else.
 
     ``since`` is a monotonic time at or before the server last reset the item's ack timer:
-    the send time of the pull request that brought it, then of each confirmed renewal. The
-    item cannot be redelivered before ``since + ack_wait``. A renewal confirmed later than
-    that comes too late to prove anything (the item may have been redelivered in between),
-    and the lease stays lapsed until :meth:`ClaimGuard.check` has looked.
+    when the item was stored (:func:`stored_at`), then the send time of each confirmed
+    renewal. The item cannot be redelivered before ``since + ack_wait``. A renewal
+    confirmed later than that comes too late to prove anything (the item may have been
+    redelivered in between), and the lease stays lapsed until :meth:`ClaimGuard.check` has
+    looked.
     """
 
     def __init__(
         self,
         ack_wait: float,
         request: Callable[[], Awaitable[object]],
-        since: float | None,
+        since: float,
     ) -> None:
         self._ack_wait = ack_wait
         self._request = request
-        self._since = since
+        self._since: float | None = since
 
     def held(self) -> bool:
         """Whether a renewal the server confirmed is under two thirds of an ack wait old.

@@ -42,7 +42,7 @@ from durable_server.resources import (
 )
 from durable_server.waking import HandlerKinds, Waker
 from durable_server.worker.executor import Executor
-from durable_server.worker.lease import Lease
+from durable_server.worker.lease import Lease, stored_at
 from durable_server.worker.rpc import TransportRouter
 from durable_server.worker.signals import ControlFlags
 from durable_server.workqueue import WorkQueue
@@ -257,9 +257,6 @@ class Worker:
                 self._requests.popleft()
                 self._wake.set()
             return
-        # The oldest pull request still open was sent before the server handed this item
-        # out, so its send time bounds when the item's ack timer started.
-        since = self._requests[0][0] - _PULL_EXPIRES if self._requests else None
         if self._requests:
             self._requests[0][1] -= 1
             if self._requests[0][1] <= 0:
@@ -273,7 +270,7 @@ class Worker:
             await msg.nak(delay=1.0)
             return
         flags = ControlFlags()
-        lease = Lease(self._ack_wait, functools.partial(self._renew, msg), since)
+        lease = Lease(self._ack_wait, functools.partial(self._renew, msg), stored_at(msg))
         self._inflight[invocation_id] = (msg, flags, lease)
         task = asyncio.create_task(self._drive(msg, invocation_id, flags, lease))
         self._tasks.add(task)
