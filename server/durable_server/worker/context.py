@@ -261,7 +261,14 @@ class InvocationContext(Context):
         if self._guard is None or self._guard.sure():
             return
         async with self._append_lock:
-            await self._guard.check(self._last_seq)
+            try:
+                await self._guard.check(self._last_seq)
+            except Exception as err:
+                # NATS did not answer: end the attempt (it is retried) rather than guess, and
+                # out of reach of the handler's own ``except Exception``.
+                abort = RetryAttempt(err)
+                self._abort(abort)
+                raise abort from err
 
     def _entry(self, index: int, kind: int, name: str) -> storage_pb2.JournalRecord:
         return storage_pb2.JournalRecord(
