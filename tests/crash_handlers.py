@@ -19,7 +19,7 @@ import random
 import signal
 import time
 
-from durable import Context, Service, VirtualObject
+from durable import Context, RetryPolicy, Service, VirtualObject
 
 LEDGER_ENV = "DURABLE_TEST_LEDGER"
 STEPS = 5
@@ -79,6 +79,102 @@ async def fence_chain(ctx: Context, seed: int) -> dict[str, int]:
     durations = [(0.005, 0.010)] * STEPS
     durations[FENCE_STEP] = (FENCE_STEP_SECONDS, FENCE_STEP_SECONDS)
     return await _chain(ctx, seed, durations)
+
+
+# -- a worker that freezes itself (test_fencing.py) ----------------------------------------
+#
+# ``_stop_once(tag)`` stops the worker process with SIGSTOP the first time the handler's code
+# passes it (a marker file beside the ledger remembers), as a long pause of the process would;
+# the test thaws it with SIGCONT once another worker has taken the invocation over.
+
+#: The step of ``crash/stop_in_retry`` whose first try fails and freezes the worker.
+RETRIED_STEP = 2
+
+
+def stop_marker(ledger: str, tag: str) -> str:
+    return f"{ledger}.stopped-{tag}"
+
+
+def _stop_once(tag: str) -> bool:
+    """Stop this process once per tag; True when it did (and has been thawed since)."""
+    path = os.environ.get(LEDGER_ENV)
+    if not path or os.path.exists(stop_marker(path, tag)):
+        return False
+    with open(stop_marker(path, tag), "w") as f:
+        f.write(str(os.getpid()))
+    os.kill(os.getpid(), signal.SIGSTOP)
+    return True
+
+
+@crash.handler()
+async def stop_at_start(ctx: Context, seed: int) -> dict[str, int]:
+    """Five short steps; the first worker to run it freezes before the first one."""
+    _stop_once(f"start-{ctx.invocation_id}")
+    return await _chain(ctx, seed, [(0.005, 0.010)] * STEPS)
+
+
+def _fail_first_try(invocation_id: str, step: int, attempt: int, prev: int) -> None:
+    """The first try (of all workers) is recorded, freezes the worker, then fails."""
+    path = os.environ.get(LEDGER_ENV, "")
+    if path and not os.path.exists(stop_marker(path, f"retry-{invocation_id}")):
+        _record(invocation_id, step, attempt, prev, 0)
+        _stop_once(f"retry-{invocation_id}")
+        raise RuntimeError("the first try fails")
+
+
+def release_marker(ledger: str, invocation_id: str) -> str:
+    return f"{ledger}.release-{invocation_id}"
+
+
+async def _held_step(invocation_id: str, step: int, attempt: int, prev: int) -> int:
+    """Waits until the test creates the release marker, then runs as ``_step``."""
+    path = os.environ.get(LEDGER_ENV, "")
+    while path:
+        if await asyncio.to_thread(os.path.exists, release_marker(path, invocation_id)):
+            break
+        await asyncio.sleep(0.02)
+    return await _step(invocation_id, step, attempt, prev, 0.005, 0.010)
+
+
+@crash.handler()
+async def stop_then_hold(ctx: Context, seed: int) -> dict[str, int]:
+    """Like ``stop_at_start``, but the first step waits for the test's release, so the worker
+    that takes over claims the invocation and holds it without journaling anything."""
+    _stop_once(f"hold-{ctx.invocation_id}")
+    value = await ctx.run("step0", _held_step, ctx.invocation_id, 0, ctx.attempt, seed)
+    for step in range(1, STEPS):
+        value = await ctx.run(
+            f"step{step}", _step, ctx.invocation_id, step, ctx.attempt, value, 0.005, 0.010
+        )
+    return {"seed": seed, "value": value}
+
+
+async def _flaky_step(invocation_id: str, step: int, attempt: int, prev: int) -> int:
+    _fail_first_try(invocation_id, step, attempt, prev)
+    return await _step(invocation_id, step, attempt, prev, 0.005, 0.010)
+
+
+@crash.handler()
+async def stop_in_retry(ctx: Context, seed: int) -> dict[str, int]:
+    """Five short steps; step RETRIED_STEP retries in place, and the first worker freezes in
+    its failed first try, so it wakes up to retry a step another worker has journaled."""
+    value = seed
+    for step in range(STEPS):
+        if step == RETRIED_STEP:
+            value = await ctx.run(
+                f"step{step}",
+                _flaky_step,
+                ctx.invocation_id,
+                step,
+                ctx.attempt,
+                value,
+                retry=RetryPolicy(initial_interval=0.05, maximum_attempts=10),
+            )
+        else:
+            value = await ctx.run(
+                f"step{step}", _step, ctx.invocation_id, step, ctx.attempt, value, 0.005, 0.010
+            )
+    return {"seed": seed, "value": value}
 
 
 # -- waits (test_crash_waits.py) ----------------------------------------------------------

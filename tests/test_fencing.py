@@ -30,7 +30,7 @@ from durable_server.config import EngineConfig
 from durable_server.journal import Journal, JournalFenced
 from durable_server.natsd import EmbeddedNats
 from durable_server.resources import ensure_resources
-from tests.crash_handlers import FENCE_STEP, STEPS
+from tests.crash_handlers import FENCE_STEP, STEPS, release_marker
 from tests.procs import EngineProc, ProcGroup, free_port, read_ledger, wait_healthy
 
 ACK_WAIT = 1.0
@@ -209,6 +209,88 @@ async def test_two_workers_one_invocation(
         )
         assert not problems, "\n".join(problems)
         assert a.running and b.running, "a fenced worker must stop driving, not crash"
+    finally:
+        group.close()
+
+
+def _stopped(pid: int) -> bool:
+    """Whether the process is stopped (SIGSTOP), from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("handler", ["stop_at_start", "stop_in_retry", "stop_then_hold"])
+async def test_thawed_worker_runs_no_step_another_journaled(
+    isolated_nats: EmbeddedNats, tmp_path: Path, handler: str
+) -> None:
+    """Worker A freezes itself (SIGSTOP) where nothing of its own is left to journal before
+    the next side effect: before the first step (``stop_at_start``), or in the failed first
+    try of a step that retries in place (``stop_in_retry``). B takes the invocation over
+    after the ack wait and completes it; then A is thawed. A's next side effect would be a
+    step B journaled, and no append comes first to fence it: A must see that its claim may
+    have lapsed, find B's entries, and stop. ``stop_then_hold``: A is thawed while B has
+    claimed the record but holds its first step, journaling nothing: A must see the claim
+    and leave the step to B. The ledger shows no step run by A after the thaw."""
+    ledger = tmp_path / "ledger.txt"
+    prefix = "thaw"
+    cfg = EngineConfig(nats_url=isolated_nats.url, prefix=prefix)
+    group = ProcGroup(
+        tmp_path / "logs", isolated_nats.url, prefix, ack_wait=ACK_WAIT, ledger=ledger
+    )
+    try:
+        port = free_port()
+        target = f"127.0.0.1:{port}"
+        server = group.server(port).start()
+        a = group.worker("worker-a", slots=1, worker_id="wa").start()
+        await wait_healthy(target, proc=server)
+        await a.wait_for_log("serving")
+        b = group.worker("worker-b", slots=4, worker_id="wb")
+        async with Client(target) as client:
+            seed = random.randrange(1_000_000)
+            inv = (await client.start(f"crash/{handler}", seed)).id
+            deadline = time.monotonic() + 20
+            while not _stopped(a.pid):
+                assert time.monotonic() < deadline, f"worker A never stopped:\n{a.tail()}"
+                await asyncio.sleep(0.02)
+            b.start()
+            if handler == "stop_then_hold":
+                await wait_view(
+                    client,
+                    inv,
+                    lambda v: (
+                        v.invocation.attempt >= 2
+                        and v.invocation.status == types_pb2.INVOCATION_STATUS_RUNNING
+                    ),
+                    "claimed by B",
+                )
+            else:
+                await client.result(inv, timeout=30)  # B drove it to the end
+            before_thaw = sum(len(runs) for runs in read_ledger(ledger).values())
+            a.thaw()
+            fenced = await wait_log([a], "fenced", within=20)
+            await asyncio.to_thread(Path(release_marker(str(ledger), inv)).touch)
+            result = await client.result(inv, timeout=30)
+
+        _, journal = await raw_journal(isolated_nats.url, cfg, inv)
+        writers = {e.index: e.worker_id for _, e in journal}
+        runs = sorted(
+            (r for runs in read_ledger(ledger).values() for r in runs), key=lambda r: r.line
+        )
+        after_thaw = [r for r in runs[before_thaw:] if r.pid == a.pid]
+        print(
+            f"\n[thaw {handler}] journal writers {writers}, A's runs after the thaw "
+            f"{after_thaw}, A's log: {[ln for ln in a.log().splitlines() if 'fenced' in ln]}"
+        )
+        journaled_by_b = [r for r in after_thaw if writers.get(r.step) == "wb"]
+        assert not journaled_by_b, f"A ran steps B had journaled: {journaled_by_b}"
+        assert not after_thaw, f"A ran steps after the thaw: {after_thaw}"
+        assert fenced == [a], f"worker A did not stop:\n{a.tail()}"
+        if handler == "stop_then_hold":
+            assert "was claimed by attempt 2 (wb)" in a.log(), a.tail()
+        assert sorted(writers) == list(range(STEPS)), writers
+        assert result == {"seed": seed, "value": int(journal[-1][1].value.data)}
+        assert a.running and b.running
     finally:
         group.close()
 

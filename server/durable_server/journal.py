@@ -16,6 +16,8 @@ and what a Purge leaves behind: see :meth:`Journal.purge`.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from nats.js import JetStreamContext
@@ -45,6 +47,21 @@ class LoadedJournal:
     sealed: bool = False
     # The creation time (ns) of the invocation whose purge left the seal; 0 for none.
     purged: int = 0
+
+
+@dataclass
+class JournalEnd:
+    """The newest message of one journal: its stream sequence (0 when the journal is empty)
+    and the entry it holds (None when empty, or when the newest message is the seal, which
+    only lands on an empty journal)."""
+
+    seq: int
+    entry: Entry | None
+
+    @property
+    def length(self) -> int:
+        """Entries journaled: the newest one's index plus one."""
+        return self.entry.index + 1 if self.entry is not None else 0
 
 
 class Journal:
@@ -84,13 +101,28 @@ class Journal:
 
     async def load(self, invocation_id: str) -> LoadedJournal:
         """Read every entry of one invocation, in order."""
-        subject = self._cfg.journal_filter(invocation_id)
-        seal = self._cfg.journal_seal_subject(invocation_id)
         entries: list[Entry] = []
-        seq = 0
         last_seq = 0
         sealed = False
         purged = 0
+        async for seq, entry, purged_created in self._messages(invocation_id):
+            last_seq = seq  # the seal is not an entry, but the fence counts it
+            if entry is not None:
+                entries.append(entry)
+            else:
+                sealed = True
+                purged = purged_created
+        return LoadedJournal(entries, last_seq, sealed, purged)
+
+    async def _messages(
+        self, invocation_id: str
+    ) -> AsyncGenerator[tuple[int, Entry | None, int], None]:
+        """(stream sequence, entry, purged) of every message of one journal, in order, one
+        direct get each; the entry is None for the seal, whose ``purged`` is the creation
+        time (ns) of the invocation a Purge sealed it for (0 for an operator's seal)."""
+        subject = self._cfg.journal_filter(invocation_id)
+        seal = self._cfg.journal_seal_subject(invocation_id)
+        seq = 0
         while True:
             try:
                 msg = await self._js.get_msg(
@@ -101,16 +133,44 @@ class Journal:
                     direct=self._cfg.direct_reads,
                 )
             except NotFoundError:
-                break
-            seq = last_seq = int(msg.seq or 0)
+                return
+            seq = int(msg.seq or 0)
             if msg.subject == seal:
-                sealed = True
-                purged = int((msg.headers or {}).get(PURGED_HEADER, 0))
-                continue  # not an entry, but the fence counts it
+                yield seq, None, int((msg.headers or {}).get(PURGED_HEADER, 0))
+                continue
             entry = Entry()
             entry.ParseFromString(msg.data or b"")
-            entries.append(entry)
-        return LoadedJournal(entries, last_seq, sealed, purged)
+            yield seq, entry, 0
+
+    async def end(self, invocation_id: str) -> JournalEnd:
+        """The newest message on any of the journal's subjects: one read, whatever the
+        journal's length (its entry's index tells the length, its sequence the fence)."""
+        try:
+            # seq=0 with a subject makes nats-py send last_by_subj in the request's body:
+            # the other form puts the subject in the request subject, where a wildcard
+            # cannot go.
+            msg = await self._js.get_msg(
+                self._cfg.journal_stream,
+                seq=0,
+                subject=self._cfg.journal_filter(invocation_id),
+                direct=self._cfg.direct_reads,
+            )
+        except NotFoundError:
+            return JournalEnd(0, None)
+        if msg.subject == self._cfg.journal_seal_subject(invocation_id):
+            return JournalEnd(int(msg.seq or 0), None)
+        entry = Entry()
+        entry.ParseFromString(msg.data or b"")
+        return JournalEnd(int(msg.seq or 0), entry)
+
+    async def entry_at(self, invocation_id: str, index: int) -> Entry | None:
+        """The entry at step ``index``, read from the first entry on: one direct get per
+        entry up to it (JetStream has no get of the previous message on a subject)."""
+        async with contextlib.aclosing(self._messages(invocation_id)) as messages:
+            async for _, entry, _ in messages:
+                if entry is not None and entry.index >= index:
+                    return entry if entry.index == index else None
+        return None
 
     def _fence(self, invocation_id: str, expected_last_seq: int) -> dict[str, str]:
         """Headers that make a publish land only if the journal's last message, on any of

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+from collections.abc import Iterable
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from nats.js import JetStreamContext
@@ -27,8 +28,10 @@ from nats.js.kv import KeyValue
 from durable.errors import TerminalError
 from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
+from durable_server.completions import check_awakeable_step, check_promise_room
 from durable_server.config import EngineConfig
-from durable_server.ids import workflow_run_id
+from durable_server.ids import awakeable_id, workflow_run_id
+from durable_server.journal import Journal
 from durable_server.limits import MAX_KEY_CHARS, text_problem
 from durable_server.objects import KeyQueue
 from durable_server.records import (
@@ -276,10 +279,23 @@ class Waker:
             )
 
     async def complete_awakeable(
-        self, invocation_id: str, index: int, outcome: storage_pb2.JournalRecord
+        self,
+        invocation_id: str,
+        index: int,
+        outcome: storage_pb2.JournalRecord,
+        *,
+        waiting_for: Iterable[types_pb2.WaitTarget] = (),
     ) -> None:
         """Store an awakeable's resolution (once: a second one raises AlreadyCompleted),
-        then wake its invocation."""
+        then wake its invocation. A step that is not, and will not soon be, an awakeable
+        raises CompletionRefused (``waiting_for``: the record's, when the caller has it)."""
+        await check_awakeable_step(
+            Journal(self._js, self._cfg),
+            invocation_id,
+            index,
+            awakeable_id(invocation_id, index),
+            waiting_for,
+        )
         try:
             await self._store_once(self._cfg.awakeable_subject(invocation_id, index), outcome)
         except AlreadyCompleted:
@@ -298,7 +314,9 @@ class Waker:
     async def complete_promise(
         self, run_id: str, name_token: str, outcome: storage_pb2.JournalRecord
     ) -> None:
-        """Store a workflow promise's resolution (once), then wake the workflow's run."""
+        """Store a workflow promise's resolution (once), then wake the workflow's run; a run
+        that holds too many already raises CompletionRefused."""
+        await check_promise_room(self._js, self._cfg, run_id, name_token)
         try:
             await self._store_once(self._cfg.promise_subject(run_id, name_token), outcome)
         except AlreadyCompleted:

@@ -15,6 +15,7 @@ import grpc
 
 from durable.internal.v1 import storage_pb2
 from durable.v1 import control_pb2, types_pb2
+from durable_server.completions import TooManyPromises
 from durable_server.control.validation import (
     RequestError,
     check_text,
@@ -128,6 +129,8 @@ class KeyedControl:
             )
         try:
             await self._plane.waker.complete_promise(run_id, token(promise), outcome)
+        except TooManyPromises as err:
+            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err)) from None
         except AlreadyCompleted:
             raise RequestError(
                 grpc.StatusCode.ALREADY_EXISTS,

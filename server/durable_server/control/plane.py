@@ -22,6 +22,7 @@ from nats.aio.msg import Msg
 
 from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
+from durable_server.completions import NotAnAwakeable, TooFarAhead
 from durable_server.config import EngineConfig
 from durable_server.control.catalog import HandlerCatalog
 from durable_server.control.index import InvocationIndex
@@ -528,7 +529,13 @@ class ControlPlane:
                 f"already ended ({status_name(status)}); nothing waits for it any more",
             )
         try:
-            await self.waker.complete_awakeable(invocation_id, index, outcome)
+            await self.waker.complete_awakeable(
+                invocation_id, index, outcome, waiting_for=record.waiting_for
+            )
+        except NotAnAwakeable as err:
+            raise RequestError(grpc.StatusCode.NOT_FOUND, str(err)) from None
+        except TooFarAhead as err:
+            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, str(err)) from None
         except AlreadyCompleted:
             raise RequestError(
                 grpc.StatusCode.ALREADY_EXISTS,

@@ -65,6 +65,10 @@ class Claim:
     def written(self) -> bool:
         return self._written is not None
 
+    def still_ours(self, r: Record) -> bool:
+        """Whether the stored record still leaves the invocation to this attempt."""
+        return self._ours(r)
+
     def _ours(self, r: Record) -> bool:
         """Is the stored record still ours to change?
 

@@ -25,6 +25,7 @@ from durable._retry import RetryPolicy
 from durable.errors import CancelledError, NonDeterminismError, SuspendInvocation, TerminalError
 from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
+from durable_server.completions import CompletionRefused
 from durable_server.ids import awakeable_id, child_invocation_id, parse_awakeable_id
 from durable_server.journal import Journal, JournalFenced
 from durable_server.objects import StateStore
@@ -40,6 +41,7 @@ from durable_server.worker.encoding import (
     failure_of,
 )
 from durable_server.worker.keyed import KeyedSteps
+from durable_server.worker.lease import ClaimGuard
 from durable_server.worker.rpc import TERMINAL_CODES, DurableChannel, TransportRouter
 from durable_server.worker.signals import ControlFlags, Fenced, RetryAttempt
 from durable_server.worker.waits import (
@@ -72,8 +74,13 @@ class InvocationContext(Context):
         kind: int = types_pb2.HANDLER_KIND_SERVICE,
         state: StateStore | None = None,
         rpc: TransportRouter | None = None,
+        guard: ClaimGuard | None = None,
     ) -> None:
         self._rpc = rpc
+        self._guard = guard
+        # Held while an append is in flight, so the claim check compares the journal with
+        # a last sequence that includes every append of ours the server has stored.
+        self._append_lock = asyncio.Lock()
         self._record = record
         self._waker = waker
         self._entries = entries
@@ -239,11 +246,29 @@ class InvocationContext(Context):
     async def _publish(self, entry: storage_pb2.JournalRecord) -> None:
         entry.recorded_at.CopyFrom(now_ts())
         try:
-            self._last_seq = await self._journal.append(self._record.id, entry, self._last_seq)
+            async with self._append_lock:
+                self._last_seq = await self._journal.append(self._record.id, entry, self._last_seq)
         except JournalFenced as err:
             raise Fenced(str(err)) from err
+        if self._guard is not None:
+            self._guard.appended(self._last_seq)
         self._next_append += 1
         self._last_recorded_at = entry.recorded_at
+
+    async def _check_claim(self) -> None:
+        """Right before a side effect: stop (``ClaimLost``) if this worker may have lost the
+        invocation and another has taken it over. Free while the lease is held."""
+        if self._guard is None or self._guard.sure():
+            return
+        async with self._append_lock:
+            try:
+                await self._guard.check(self._last_seq)
+            except Exception as err:
+                # NATS did not answer: end the attempt (it is retried) rather than guess, and
+                # out of reach of the handler's own ``except Exception``.
+                abort = RetryAttempt(err)
+                self._abort(abort)
+                raise abort from err
 
     def _entry(self, index: int, kind: int, name: str) -> storage_pb2.JournalRecord:
         return storage_pb2.JournalRecord(
@@ -297,7 +322,7 @@ class InvocationContext(Context):
             _ANNOUNCE_AFTER, self._announce, index, types_pb2.STEP_KIND_RUN, name
         )
         try:
-            value = await execute(fn, args, kwargs, retry)
+            value = await execute(fn, args, kwargs, retry, self._check_claim)
             entry.value.CopyFrom(
                 encode_bounded(value, self._max_payload, f"the result of step {name!r}")
             )
@@ -427,6 +452,7 @@ class InvocationContext(Context):
             # Our results so far, before the side effect (not this step's own entry).
             await self._flush(min(self._handed, index - 1))
             payload = encode_bounded(input, self._max_payload, f"the input of {name}")
+            await self._check_claim()
             now = now_ts()
             record = storage_pb2.InvocationRecord(
                 id=child,
@@ -549,20 +575,35 @@ class InvocationContext(Context):
         async def effect() -> None:
             # The first resolution wins; a second one changes nothing, as from the outside.
             with contextlib.suppress(AlreadyCompleted):
-                await self._waker.complete_awakeable(*parsed, out)
+                try:
+                    await self._waker.complete_awakeable(*parsed, out)
+                except CompletionRefused as err:
+                    raise TerminalError(str(err)) from None
 
         await self._once(types_pb2.STEP_KIND_RESOLVE_AWAKEABLE, awk, effect)
 
     async def _once(self, kind: int, label: str, effect: Callable[[], Awaitable[None]]) -> None:
-        """A step that is only a side effect: run once, then journaled (empty)."""
+        """A step that is only a side effect: run once, then journaled (empty, or with
+        the TerminalError it raised)."""
         index, entry = self._take(kind, label)
         if entry is not None:
+            if entry.HasField("failure"):
+                raise error_from_failure(entry.failure)
             return
         await self._flush(min(self._handed, index - 1))
         cancelled = self._check_new_step(index, kind, label)
         if cancelled is not None:
             raise cancelled
-        await effect()
+        await self._check_claim()
+        try:
+            await effect()
+        except TerminalError as err:
+            # The step's outcome: a replay fails the same way, and the steps after it do not
+            # wait for an entry that would never come.
+            entry = self._entry(index, kind, label)
+            entry.failure.CopyFrom(failure_of(err))
+            self._complete(entry)
+            raise
         self._value_entry(index, kind, label, None)
 
     # -- state and promises (virtual objects, workflows; see keyed.py) --------------------

@@ -6,7 +6,7 @@ import asyncio
 import functools
 import inspect
 import typing
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from durable import _serde
@@ -95,13 +95,17 @@ async def execute(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     retry: RetryPolicy | None,
+    before_try: Callable[[], Awaitable[None]] | None = None,
 ) -> Any:
     """Run a ``ctx.run`` body: sync ones in a thread. Exceptions other than TerminalError
     are retried in place under ``retry`` (then a TerminalError once it gives up), or end
-    the attempt (RetryAttempt) for the handler's policy to retry the invocation."""
+    the attempt (RetryAttempt) for the handler's policy to retry the invocation.
+    ``before_try`` runs before every try (the claim check)."""
     attempt = 0
     while True:
         attempt += 1
+        if before_try is not None:
+            await before_try()
         try:
             if inspect.iscoroutinefunction(fn):
                 return await fn(*args, **kwargs)

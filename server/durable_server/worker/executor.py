@@ -43,6 +43,7 @@ from durable_server.worker.claim import Claim
 from durable_server.worker.context import InvocationContext
 from durable_server.worker.encoding import encode_bounded, failure_of
 from durable_server.worker.keyed import StateView, changes_in
+from durable_server.worker.lease import ClaimGuard, ClaimLost, Lease
 from durable_server.worker.rpc import TransportRouter
 from durable_server.worker.signals import ControlFlags, Fenced, RetryAttempt
 from durable_server.worker.waits import any_completed
@@ -133,7 +134,9 @@ class Executor:
         self._max_payload = max_payload
         self._background: set[asyncio.Future[None]] = set()
 
-    async def drive(self, msg: Msg, invocation_id: str, flags: ControlFlags) -> None:
+    async def drive(
+        self, msg: Msg, invocation_id: str, flags: ControlFlags, lease: Lease | None = None
+    ) -> None:
         item = storage_pb2.WorkItem()
         item.ParseFromString(msg.data or b"")
         fresh = item.HasField("initial")
@@ -153,7 +156,7 @@ class Executor:
                 current = await self._find(invocation_id)
             if current is None:
                 claim = Claim.fresh(self._records, item.initial, floor + 1, self._worker_id)
-                if await self._attempt(msg, claim, flags, load_journal=floor > 0):
+                if await self._attempt(msg, claim, flags, lease, load_journal=floor > 0):
                     return
                 # Fenced at once (another driver or a seal came first), or paused for a
                 # pause that was withdrawn meanwhile: the record decides.
@@ -166,7 +169,7 @@ class Executor:
             if claimed is None:
                 return
             claim = Claim(self._records, claimed.record, self._worker_id, written=claimed)
-            if await self._attempt(msg, claim, flags, load_journal=True):
+            if await self._attempt(msg, claim, flags, lease, load_journal=True):
                 return
             current = None  # it paused for a pause withdrawn meanwhile: go on at once
 
@@ -229,6 +232,7 @@ class Executor:
         msg: Msg,
         claim: Claim,
         flags: ControlFlags,
+        lease: Lease | None,
         *,
         load_journal: bool,
     ) -> bool:
@@ -270,6 +274,9 @@ class Executor:
             kind=hdef.kind,
             state=self._state,
             rpc=self._rpc,
+            guard=ClaimGuard(
+                lease, self._journal, self._records, rec.id, claim.still_ours, loaded.last_seq
+            ),
         )
         timer = None
         if not claim.written:
@@ -311,7 +318,7 @@ class Executor:
                 # an operator acted as it started; claim it the ordinary way.
                 return False
         except Fenced as err:
-            if shortcut and ctx.journal_length == 0:
+            if shortcut and ctx.journal_length == 0 and not isinstance(err, ClaimLost):
                 return False
             log.info("invocation %s: fenced (%s); another worker drives it", rec.id, err)
             return True

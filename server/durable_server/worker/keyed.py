@@ -17,6 +17,7 @@ from durable._context import DurableFuture, DurablePromise
 from durable.errors import TerminalError
 from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
+from durable_server.completions import CompletionRefused
 from durable_server.ids import token, workflow_run_id
 from durable_server.limits import MAX_NAME_CHARS, quote, text_problem
 from durable_server.objects import Changes, StateStore
@@ -250,6 +251,8 @@ class KeyedSteps:
         async def effect() -> None:
             try:
                 await self._waker.complete_promise(self.run_id, name, outcome)
+            except CompletionRefused as err:
+                raise TerminalError(str(err)) from None
             except AlreadyCompleted:
                 # A replay finds its own earlier completion: the same one is no conflict.
                 stored = await self._waker.promise_outcome(self.run_id, name)

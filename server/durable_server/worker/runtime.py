@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -41,6 +42,7 @@ from durable_server.resources import (
 )
 from durable_server.waking import HandlerKinds, Waker
 from durable_server.worker.executor import Executor
+from durable_server.worker.lease import Lease, stored_at
 from durable_server.worker.rpc import TransportRouter
 from durable_server.worker.signals import ControlFlags
 from durable_server.workqueue import WorkQueue
@@ -112,7 +114,7 @@ class Worker:
         self._servicers = list(servicers)
         self._grpc_endpoints = dict(grpc_endpoints or {})
         self._nats_server: NatsServer | None = None
-        self._inflight: dict[str, tuple[Msg, ControlFlags]] = {}
+        self._inflight: dict[str, tuple[Msg, ControlFlags, Lease]] = {}
         self._requests: collections.deque[list[float]] = collections.deque()
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -130,6 +132,10 @@ class Worker:
             self._nc = await connect_nats(self.cfg, f"durable-worker-{self.worker_id}")
         js = self.nc.jetstream()
         await ensure_resources(js, self.cfg)
+        # Renewals and leases go by the consumer's own ack wait, which the store kept from
+        # its creation whatever this process was told (--ack-wait).
+        consumer = await js.consumer_info(self.cfg.work_stream, self.cfg.work_consumer)
+        self._ack_wait = min(self.cfg.ack_wait, consumer.config.ack_wait or self.cfg.ack_wait)
         self._records = RecordStore(
             await invocations_kv(js, self.cfg),
             self.nc,
@@ -266,13 +272,14 @@ class Worker:
             await msg.nak(delay=1.0)
             return
         flags = ControlFlags()
-        self._inflight[invocation_id] = (msg, flags)
-        task = asyncio.create_task(self._drive(msg, invocation_id, flags))
+        lease = Lease(self._ack_wait, functools.partial(self._renew, msg), stored_at(msg))
+        self._inflight[invocation_id] = (msg, flags, lease)
+        task = asyncio.create_task(self._drive(msg, invocation_id, flags, lease))
         self._tasks.add(task)
 
-    async def _drive(self, msg: Msg, invocation_id: str, flags: ControlFlags) -> None:
+    async def _drive(self, msg: Msg, invocation_id: str, flags: ControlFlags, lease: Lease) -> None:
         try:
-            await self._executor.drive(msg, invocation_id, flags)
+            await self._executor.drive(msg, invocation_id, flags, lease)
         except asyncio.CancelledError:
             if self._stopping:
                 with contextlib.suppress(Exception):
@@ -314,15 +321,22 @@ class Worker:
     async def _heartbeat_loop(self) -> None:
         """Register every few seconds and keep running items from being redelivered."""
         last_progress = time.monotonic()
+        period = min(self.cfg.heartbeat_interval, self._ack_wait / 3)
         while not self._stopping:
-            await asyncio.sleep(min(self.cfg.heartbeat_interval, self.cfg.ack_wait / 3))
-            if time.monotonic() - last_progress >= self.cfg.ack_wait / 3:
+            await asyncio.sleep(period)
+            # Half a period of slack: a sleep that ends a hair early must not skip a renewal.
+            if time.monotonic() - last_progress >= self._ack_wait / 3 - period / 2:
                 last_progress = time.monotonic()
-                for msg, _ in list(self._inflight.values()):
-                    with contextlib.suppress(Exception):
-                        await msg.in_progress()
+                leases = [lease for _, _, lease in self._inflight.values()]
+                await asyncio.gather(*(lease.renew() for lease in leases), return_exceptions=True)
             with contextlib.suppress(Exception):
                 await self._register()
+
+    async def _renew(self, msg: Msg) -> None:
+        """An in-progress renewal (``+WPI``) sent as a request: JetStream answers once the
+        consumer has reset the item's ack timer, which tells the item's Lease it was in
+        time. nats-py's ``Msg.in_progress`` sends it without a reply subject."""
+        await self.nc.request(msg.reply, b"+WPI", timeout=max(0.1, self._ack_wait / 3))
 
     async def _register(self) -> None:
         reg = storage_pb2.WorkerRegistration(
