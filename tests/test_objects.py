@@ -328,3 +328,28 @@ async def test_released_holders_leave_the_inbox(engine_factory: EngineFactory) -
             break
         await asyncio.sleep(0.05)
     assert info.state.messages == 0
+
+
+async def test_a_result_is_answered_after_the_state_it_wrote(
+    engine_factory: EngineFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read-your-writes: the outcome is journaled before the worker writes the key's state,
+    so a client answered from the journaled outcome could read the old state. An outcome
+    whose attempt changed state is answered by the record, written after the state. The
+    state write is slowed here so the window is wide open on every run."""
+    engine = await start_ready(engine_factory, SERVICES)
+    store = engine.worker._executor._state
+    assert store is not None
+    apply = store.apply
+
+    async def slow_apply(*args: object, **kwargs: object) -> None:
+        await asyncio.sleep(0.3)
+        await apply(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "apply", slow_apply)
+    for n in range(1, 4):
+        assert await engine.client.execute("counter/add", 1, key="ryw", timeout=10) == n
+        assert await engine.client.get_state("counter", "ryw") == {"total": n}
+    handle = await engine.client.start("counter/add", 1, key="ryw")
+    assert await handle.result(timeout=10) == 4
+    assert await engine.client.get_state("counter", "ryw") == {"total": 4}

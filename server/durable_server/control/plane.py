@@ -304,9 +304,10 @@ class ControlPlane:
             current = await self.view_record(invocation_id)
             if is_terminal(current.status):
                 return current, True
-            # Journaled before we listened, with the record not written yet.
+            # Journaled before we listened, with the record not written yet (unless its
+            # object state is still being written: then the record answers).
             last = await self.journal.final_entry(invocation_id)
-            if last is not None:
+            if last is not None and not last.final.state_follows:
                 return with_final(Record(id=invocation_id), last), True
             final = await _within(fut, timeout)
             if final is not None:
@@ -561,7 +562,9 @@ class ControlPlane:
             return
         ended = with_final(Record(id=msg.subject.rsplit(".", 1)[-1]), entry)
         self.index.mark_ended(ended)
-        self.index.resolve_waiters(ended)
+        if not entry.final.state_follows:
+            # Otherwise the record, written once the state is, answers them (index.apply).
+            self.index.resolve_waiters(ended)
 
     async def _on_progress(self, msg: Msg) -> None:
         subject = msg.subject

@@ -300,6 +300,7 @@ class Executor:
                 view.cleared_all = False
             if is_terminal(outcome.status):
                 final = _final_of(outcome)
+                final.state_follows = view.touched
             await ctx.flush_all(final)
             if view.touched:
                 assert self._state is not None

@@ -282,8 +282,15 @@ class FinalOutcome(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     OUTPUT_FIELD_NUMBER: _builtins.int
     FAILURE_FIELD_NUMBER: _builtins.int
+    STATE_FOLLOWS_FIELD_NUMBER: _builtins.int
     status: _types_pb2.InvocationStatus.ValueType
     """COMPLETED, FAILED or CANCELLED."""
+    state_follows: _builtins.bool
+    """The attempt that journaled this outcome writes object state changes after it (the
+    journal first, so a crash between the two re-applies them from the journal). Whoever
+    answers a client waiting for the result then waits for the record instead, which is
+    written after the state: a read of the state after the result sees the changes.
+    """
     @_builtins.property
     def output(self) -> Global___StoredPayload:
         """The handler's return value, when COMPLETED."""
@@ -298,10 +305,11 @@ class FinalOutcome(_message.Message):
         status: _types_pb2.InvocationStatus.ValueType = ...,
         output: Global___StoredPayload | None = ...,
         failure: _types_pb2.Failure | None = ...,
+        state_follows: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "output", b"output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "output", b"output", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "output", b"output", "state_follows", b"state_follows", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
