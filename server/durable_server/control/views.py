@@ -69,6 +69,8 @@ def with_final(
     ended.CopyFrom(r)
     ended.status = last.final.status
     ended.ended_at.CopyFrom(last.recorded_at)
+    if not ended.HasField("started_at") and last.final.HasField("started_at"):
+        ended.started_at.CopyFrom(last.final.started_at)
     ended.attempt = max(ended.attempt, last.attempt)
     ended.status_reason = ""
     ended.pause_requested = False

@@ -301,6 +301,8 @@ class Executor:
             if is_terminal(outcome.status):
                 final = _final_of(outcome)
                 final.state_follows = view.touched
+                if rec.HasField("started_at"):
+                    final.started_at.CopyFrom(rec.started_at)
             await ctx.flush_all(final)
             if view.touched:
                 assert self._state is not None

@@ -283,6 +283,7 @@ class FinalOutcome(_message.Message):
     OUTPUT_FIELD_NUMBER: _builtins.int
     FAILURE_FIELD_NUMBER: _builtins.int
     STATE_FOLLOWS_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
     status: _types_pb2.InvocationStatus.ValueType
     """COMPLETED, FAILED or CANCELLED."""
     state_follows: _builtins.bool
@@ -299,6 +300,13 @@ class FinalOutcome(_message.Message):
     def failure(self) -> _types_pb2.Failure:
         """The terminal failure, when FAILED or CANCELLED."""
 
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp:
+        """When the invocation first started running, as the attempt that journaled this outcome
+        knows it: a reader that finds the outcome here before the record is written (the fast
+        path writes the record once, at the end) still shows when it started.
+        """
+
     def __init__(
         self,
         *,
@@ -306,10 +314,11 @@ class FinalOutcome(_message.Message):
         output: Global___StoredPayload | None = ...,
         failure: _types_pb2.Failure | None = ...,
         state_follows: _builtins.bool = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "output", b"output"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "output", b"output", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "output", b"output", "state_follows", b"state_follows", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "output", b"output", "started_at", b"started_at", "state_follows", b"state_follows", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
