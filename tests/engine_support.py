@@ -57,27 +57,36 @@ async def wait_status(
         await asyncio.sleep(0.01)
 
 
-async def settled(stub: control_pb2_grpc.DurableControlStub, timeout: float = 10.0) -> None:
+async def settled(
+    stub: control_pb2_grpc.DurableControlStub,
+    ids: Iterable[str] = (),
+    timeout: float = 10.0,
+) -> None:
     """Wait until this control plane lists every invocation as its stored record says.
 
     A result reaches its caller as soon as the outcome is journaled, before the worker writes
     the record, and the index follows the record a moment later: a snapshot of ListWorkflows
     taken in between changes by itself. Tests that compare snapshots wait for this first.
+    ``ids``: invocations the test knows of, which must also be listed and, when ended, have
+    their record written (``updated_at`` not before ``ended_at``); an invocation whose record
+    is not written yet is not listed at all, so the listing alone cannot tell it is missing.
     """
+    known = list(ids)
     deadline = time.monotonic() + timeout
     while True:
         listed = await stub.ListWorkflows(control_pb2.ListWorkflowsRequest(page_size=1000))
-        lagging = []
+        lagging = [i for i in known if i not in {s.invocation_id for s in listed.invocations}]
         for summary in listed.invocations:
             stored = await stub.GetWorkflow(
                 control_pb2.GetWorkflowRequest(
                     invocation_id=summary.invocation_id, skip_journal=True
                 )
             )
-            if (summary.status, summary.updated_at) != (
-                stored.invocation.status,
-                stored.invocation.updated_at,
-            ):
+            inv = stored.invocation
+            unwritten = inv.HasField("ended_at") and (
+                inv.updated_at.ToNanoseconds() < inv.ended_at.ToNanoseconds()
+            )
+            if unwritten or (summary.status, summary.updated_at) != (inv.status, inv.updated_at):
                 lagging.append(summary.invocation_id)
         if not lagging:
             return

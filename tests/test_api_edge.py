@@ -146,7 +146,7 @@ async def refused(
     stub: Stub, parked: str, code: grpc.StatusCode, call: Callable[[], Awaitable[Any]]
 ) -> str:
     """``call`` fails with ``code`` and a short message, and nothing stored changed."""
-    await settled(stub)
+    await settled(stub, [parked])
     before = await _stored(stub, parked)
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await call()

@@ -124,7 +124,7 @@ async def _stored(stub: Stub, waiting: str) -> Any:
 
 
 async def refused(stub: Stub, waiting: str, call: Callable[[], Awaitable[Any]]) -> str:
-    await settled(stub)
+    await settled(stub, [waiting])
     before = await _stored(stub, waiting)
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await call()

@@ -117,7 +117,7 @@ async def refused(
     call: Callable[[], Awaitable[Any]],
 ) -> str:
     """Assert ``call`` fails with ``code`` and that nothing stored changed; return details."""
-    await settled(stub)
+    await settled(stub, existing)
     before = await _snapshot(stub, existing)
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await call()
