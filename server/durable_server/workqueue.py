@@ -11,18 +11,14 @@ item is the one the record asks for.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
-import nats.errors
-import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from durable.internal.v1 import storage_pb2
 from durable_server.config import EngineConfig
-
-_PUBLISH_TRIES = 3
+from durable_server.patience import until_answered
 
 
 class WorkQueue:
@@ -53,17 +49,15 @@ class WorkQueue:
         )
         data = item.SerializeToString()
         headers = {"Nats-Msg-Id": f"{invocation_id}:{generation}{dedupe}"}
-        for attempt in range(1, _PUBLISH_TRIES + 1):
-            try:
-                await self._js.publish(self._cfg.work_subject(invocation_id), data, headers=headers)
-                return
-            except (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError):
-                # A replicated stream electing a leader (a node died) does not answer for a
-                # few seconds. The message id makes publishing again safe: a copy that was
-                # stored after all is dropped as a duplicate.
-                if attempt == _PUBLISH_TRIES:
-                    raise
-                await asyncio.sleep(0.2)
+        subject = self._cfg.work_subject(invocation_id)
+
+        async def publish(timeout: float) -> None:
+            await self._js.publish(subject, data, headers=headers, timeout=timeout)
+
+        # A replicated stream electing a leader (a node died) does not answer for a few
+        # seconds. The message id makes publishing again safe: a copy that was stored after
+        # all is dropped as a duplicate. How long to keep trying is the caller's deadline.
+        await until_answered(publish, f"enqueueing {invocation_id}")
 
     async def enqueue_record(
         self, record: storage_pb2.InvocationRecord, reason: str, *, dedupe: str = ""

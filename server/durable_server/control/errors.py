@@ -8,6 +8,9 @@
   Python internals (class names, reprs, tracebacks) in the status. ``InternalErrors`` logs
   each error id once, with its traceback while fewer than ``tracebacks_per_minute`` were
   logged in the last minute, so a flood of one failure cannot fill the disk.
+* JetStream not answering (an election, a reconnect) until shortly before the call's
+  deadline is UNAVAILABLE with a ``google.rpc.RetryInfo`` detail (``unavailable_status``):
+  the request may be sent again as it is, after the delay the detail gives.
 * Every status message is cut to ``MAX_STATUS_BYTES`` (``status_message``): it travels in a
   header, which clients cap, and a longer one would replace the status with a transport
   error.
@@ -23,7 +26,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import DecodeError
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 log = logging.getLogger("durable.control")
 
@@ -34,6 +40,23 @@ else:
 
 #: Longest status message, in UTF-8 bytes (grpc-message percent-encodes it, up to 3x).
 MAX_STATUS_BYTES = 1024
+
+
+#: The delay an UNAVAILABLE answer suggests: about how long a JetStream election takes.
+RETRY_DELAY_SECONDS = 1
+
+
+def unavailable_status() -> grpc.Status:
+    """UNAVAILABLE, with a ``google.rpc.RetryInfo`` detail saying when to try again."""
+    status = status_pb2.Status(
+        code=code_pb2.UNAVAILABLE,
+        message="JetStream did not answer in time (a leader election or a reconnect); "
+        "retry the call",
+    )
+    status.details.add().Pack(
+        error_details_pb2.RetryInfo(retry_delay=Duration(seconds=RETRY_DELAY_SECONDS))
+    )
+    return rpc_status.to_status(status)
 
 
 def status_message(message: str) -> str:

@@ -7,17 +7,17 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
-import nats.errors
-import nats.js.errors
 from google.protobuf.duration_pb2 import Duration
 
 from durable.internal.v1 import storage_pb2
 from durable.v1 import control_pb2, control_pb2_grpc, types_pb2
-from durable_server.control.errors import INTERNAL_ERRORS, status_message
+from durable_server import patience
+from durable_server.control.errors import INTERNAL_ERRORS, status_message, unavailable_status
 from durable_server.control.index import Summary
 from durable_server.control.plane import ControlPlane
 from durable_server.control.validation import (
@@ -45,26 +45,16 @@ C = control_pb2
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
-_UNAVAILABLE = (
-    TimeoutError,
-    nats.errors.TimeoutError,
-    nats.errors.NoRespondersError,
-    nats.errors.ConnectionClosedError,
-    nats.js.errors.NoStreamResponseError,
-    nats.js.errors.ServiceUnavailableError,
-)
-
 
 async def _answer_error(err: Exception, context: ServicerContext, rpc: str) -> None:
     """Abort the call with the status ``err`` stands for (raises AbortError)."""
     if isinstance(err, RequestError):
         await context.abort(err.code, status_message(err.message))
-    if isinstance(err, _UNAVAILABLE):
-        # A leader election or a lost connection: the request may be retried as is
-        # (Invoke with an idempotency key stays exactly-once).
-        await context.abort(
-            grpc.StatusCode.UNAVAILABLE, "JetStream did not answer in time; retry the call"
-        )
+    if isinstance(err, patience.TRANSIENT):
+        # A leader election or a lost connection outlasted the call's deadline: the request
+        # may be retried as is (Invoke with an idempotency key stays exactly-once).
+        # grpc-stubs lacks the aio context's abort_with_status.
+        await context.abort_with_status(unavailable_status())  # type: ignore[attr-defined]
     await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_ERRORS.report(rpc, err))
 
 
@@ -76,6 +66,11 @@ def _rpc(
 
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Req, context: ServicerContext) -> Resp:
+        # Storage retries through an election until shortly before the caller gives up, so
+        # that the caller hears UNAVAILABLE rather than DEADLINE_EXCEEDED.
+        remaining = context.time_remaining()
+        if remaining is not None:
+            patience.deadline.set(time.monotonic() + max(0.0, remaining - 0.5))
         try:
             return await fn(self, request, context)
         except grpc.aio.AbortError:

@@ -53,6 +53,14 @@ log = logging.getLogger("durable.worker")
 Servicer = tuple[Callable[[Any, Any], None], Any]
 
 _PULL_EXPIRES = 5.0
+#: The server sends an idle heartbeat on an open pull request this often when it has nothing
+#: to deliver. A pull request lives on the consumer's leader: when that node dies, or after a
+#: reconnect, the request is gone without a word, and only the missing heartbeats tell.
+_PULL_HEARTBEAT = 0.5
+#: Silence after which the open pull requests count as lost and a new one is sent: three
+#: heartbeats missed, so a new consumer leader gets work flowing again within about 1.5 s of
+#: its election instead of at the old request's expiry.
+_PULL_SILENCE = 3 * _PULL_HEARTBEAT
 
 
 async def _log_nats_error(err: Exception) -> None:
@@ -116,6 +124,7 @@ class Worker:
         self._nats_server: NatsServer | None = None
         self._inflight: dict[str, tuple[Msg, ControlFlags, Lease]] = {}
         self._requests: collections.deque[list[float]] = collections.deque()
+        self._heard = time.monotonic()  # when the pull inbox last got anything
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._main: asyncio.Task[None] | None = None
@@ -236,23 +245,36 @@ class Worker:
             # the status message (e.g. across a reconnect).
             while self._requests and self._requests[0][0] < now - 1.0:
                 self._requests.popleft()
+            if self._requests and now - self._heard > _PULL_SILENCE:
+                log.info(
+                    "no heartbeat on the pull requests for %.1f s; asking again", now - self._heard
+                )
+                self._requests.clear()
             want = self.slots - len(self._tasks) - self._requested()
             # Ask again once half the slots are free (or none is requested at all), not
             # after every finished invocation: a pull request is a message for the server to
             # handle, and one per invocation is measurable on a busy machine.
             enough = want >= max(1, self.slots // 2) or (want > 0 and not self._requests)
             if enough and self.nc.is_connected:
-                body = {"batch": want, "expires": int(_PULL_EXPIRES * 1e9)}
+                body = {
+                    "batch": want,
+                    "expires": int(_PULL_EXPIRES * 1e9),
+                    "idle_heartbeat": int(_PULL_HEARTBEAT * 1e9),
+                }
+                if not self._requests:
+                    self._heard = now  # the silence of a new request counts from now
                 self._requests.append([now + _PULL_EXPIRES, want])
                 await self.nc.publish(api, json.dumps(body).encode(), reply=self._inbox)
             self._wake.clear()
             timeout = _PULL_EXPIRES + 0.5
             if self._requests:
                 timeout = max(0.05, self._requests[0][0] - time.monotonic() + 1.05)
+                timeout = min(timeout, _PULL_HEARTBEAT)  # to notice a silence in time
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
     async def _on_delivery(self, msg: Msg) -> None:
+        self._heard = time.monotonic()
         status = msg.headers.get("Status") if msg.headers else None
         if status is not None:
             if status in ("408", "409") and self._requests:

@@ -1,0 +1,84 @@
+"""How long an operation keeps trying while JetStream elects a leader.
+
+A replicated stream or consumer whose leader died answers nothing for a few seconds (no
+responders, or a timeout) until its peers elect a new one; a client connection to a dead node
+needs a moment to reconnect. Such failures are worth trying again, and the work queue's
+message ids make trying again safe. How long to try is the caller's to say: a gRPC call has a
+deadline, which the servicer hands down as :data:`deadline` (a context variable, so that the
+storage code between need not carry it), and the work queue tries until then. Without a
+deadline an operation tries for :data:`DEFAULT_PATIENCE` seconds.
+
+When the time is up the last error propagates; the servicer answers it as UNAVAILABLE with a
+``google.rpc.RetryInfo`` that says when to try again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import nats.errors
+import nats.js.errors
+
+log = logging.getLogger("durable.patience")
+
+T = TypeVar("T")
+
+#: Seconds an operation without a caller's deadline keeps trying: longer than a JetStream
+#: election (a few seconds) plus a reconnect, short enough that a dead cluster is reported.
+DEFAULT_PATIENCE = 20.0
+#: The most any caller's deadline buys: a client with a day-long deadline still hears back.
+MAX_PATIENCE = 60.0
+#: How long one try may take: a request to a dead leader never answers, so a long per-try
+#: timeout would spend the whole deadline on one lost request.
+TRY_TIMEOUT = 2.0
+
+#: ``time.monotonic()`` by which the current operation must have succeeded or given up.
+deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "durable_deadline", default=None
+)
+
+#: Failures that say "not now" (an election, a reconnect), never "not this".
+TRANSIENT: tuple[type[BaseException], ...] = (
+    TimeoutError,
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.StaleConnectionError,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+)
+
+
+def time_left() -> float:
+    """Seconds the current operation may still try for."""
+    now = time.monotonic()
+    until = deadline.get()
+    if until is None:
+        return DEFAULT_PATIENCE
+    return max(0.0, min(until - now, MAX_PATIENCE))
+
+
+async def until_answered(op: Callable[[float], Awaitable[T]], what: str) -> T:
+    """Run ``op(try_timeout)`` until it succeeds or the time is up, backing off from 0.1 s
+    to 1 s between tries; ``op`` must be safe to run again (idempotent)."""
+    give_up = time.monotonic() + time_left()
+    pause = 0.1
+    tries = 0
+    while True:
+        tries += 1
+        left = give_up - time.monotonic()
+        try:
+            return await op(max(0.2, min(TRY_TIMEOUT, left)))
+        except TRANSIENT as err:
+            if time.monotonic() + pause >= give_up:
+                raise
+            if tries == 2:
+                log.info("%s: JetStream does not answer (%r); trying again", what, err)
+            await asyncio.sleep(pause)
+            pause = min(1.0, pause * 2)
