@@ -4,11 +4,14 @@
   request is gone without a word; the worker notices the missing idle heartbeats and asks the
   new leader, instead of waiting for the old request to expire. Here the request would expire
   after 60 s, and the invocation must complete well before that.
+* Key locks and object state are read through the stream leader on a replicated store, never
+  by a direct get that any (possibly lagging) replica answers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -18,11 +21,13 @@ from pathlib import Path
 import nats
 import pytest
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from durable import Client, Context, Service
 from durable_server.config import EngineConfig
 from durable_server.control.server import ControlServer
 from durable_server.natsd import EmbeddedNats
+from durable_server.resources import ensure_resources, locks_kv, state_kv
 from durable_server.worker import runtime
 from durable_server.worker.runtime import Worker
 from tests.nats_cluster import NODES, Cluster, running_cluster
@@ -63,10 +68,8 @@ async def _lead_consumer_on(nc: NATS, cfg: EngineConfig, node: str, within: floa
         if info.cluster is not None and info.cluster.leader == node:
             return
         assert time.monotonic() < deadline, f"{node} never led the work consumer: {info}"
-        try:
+        with contextlib.suppress(Exception):  # a stepdown still in progress: ask again
             await nc.request(api, body, timeout=5.0)
-        except Exception:  # a stepdown still in progress: ask again
-            pass
         await asyncio.sleep(0.5)
 
 
@@ -102,3 +105,37 @@ async def test_an_idle_worker_asks_again_when_the_work_consumer_leader_dies(
     finally:
         for conn in (nc, nc_control, nc_worker):
             await conn.close()
+
+
+async def test_key_locks_and_state_are_read_through_the_leader_on_a_replicated_store(
+    nats_cluster: Cluster,
+) -> None:
+    """Any replica answers a direct get, possibly before it has the newest write: on a
+    replicated store the buckets that decide what runs next are read through the leader."""
+    cfg = EngineConfig(
+        nats_url=nats_cluster.url, prefix=f"rd{uuid.uuid4().hex[:8]}", replicas=NODES
+    )
+    nc = await _connect(nats_cluster)
+    spy = await _connect(nats_cluster)
+    try:
+        js = nc.jetstream(timeout=10.0)
+        await ensure_resources(js, cfg)
+        seen: list[str] = []
+
+        async def note(msg: Msg) -> None:
+            seen.append(msg.subject)
+
+        await spy.subscribe("$JS.API.>", cb=note)
+        await spy.flush()
+        for open_bucket in (locks_kv, state_kv):
+            kv = await open_bucket(js, cfg)
+            await kv.put("a.b", b"x")
+            assert (await kv.get("a.b")).value == b"x"
+        await nc.flush()
+        await spy.flush()
+        await asyncio.sleep(0.2)  # the spy's copies of the requests are on their way
+        gets = [s for s in seen if ".GET." in s]
+        assert gets and all(s.startswith("$JS.API.STREAM.MSG.GET.") for s in gets), gets
+    finally:
+        await spy.close()
+        await nc.close()

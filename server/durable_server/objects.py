@@ -63,6 +63,41 @@ class KeyQueue:
         except KeyWrongLastSequenceError:
             return await self.holder(obj, key) == invocation_id
 
+    async def ensure_queued(self, obj: str, key: str, invocation_id: str) -> None:
+        """Queue ``invocation_id`` on its key unless its inbox message is there already: the
+        Invoke that created its record may have died (or timed out) before publishing it.
+        Reads the key's line, so this is for repairs, not for every Invoke."""
+        seq = 0
+        while (nxt := await self._next(obj, key, seq)) is not None:
+            if nxt[0] == invocation_id:
+                return
+            seq = nxt[1]
+        await self._js.publish(
+            self._cfg.inbox_subject(obj, token(key)),
+            invocation_id.encode(),
+            headers={"Nats-Msg-Id": f"inbox:{invocation_id}"},
+        )
+
+    async def take_if_free(self, obj: str, key: str) -> str | None:
+        """When nobody holds the key but someone waits in its inbox, hand the key to the
+        first in line; returns that one's id (the caller makes sure it has a work item).
+
+        A key is left free with a line only when a process died (or JetStream timed out)
+        between an inbox publish and the lock's creation, or inside :meth:`release`.
+        """
+        if await self._lock(obj, key) is not None:
+            return None
+        first = await self._next(obj, key, 0)
+        if first is None:
+            return None
+        claim = storage_pb2.KeyLock(holder=first[0], inbox_seq=first[1])
+        try:
+            await self._locks.create(lock_key(obj, key), claim.SerializeToString())
+        except KeyWrongLastSequenceError:
+            return None  # taken meanwhile: its taker enqueues it
+        log.info("key %s/%s was free with a line; handed it to %s", obj, key, first[0])
+        return first[0]
+
     async def holder(self, obj: str, key: str) -> str | None:
         current = await self._lock(obj, key)
         return current[0].holder if current else None

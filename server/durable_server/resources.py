@@ -178,8 +178,13 @@ async def _bucket(
     ttl: float | None = None,
 ) -> KeyValue:
     """A file-backed KV bucket of one revision per key, direct gets on; values bounded by
-    ``payload_bytes`` plus room for the message around them."""
-    return await _kv(
+    ``payload_bytes`` plus room for the message around them.
+
+    On a replicated store the handle reads through the stream's leader instead: any replica
+    answers a direct get, possibly before it has the newest write, and the key locks and
+    object state decide what runs next (a stale lock read left a key's line stuck).
+    """
+    kv = await _kv(
         js,
         KeyValueConfig(
             bucket=name,
@@ -191,6 +196,9 @@ async def _bucket(
             direct=True,
         ),
     )
+    if cfg.direct_reads:
+        return kv
+    return KeyValue(name=name, stream=f"KV_{name}", pre=f"$KV.{name}.", js=js, direct=False)
 
 
 async def _kv(js: JetStreamContext, kvc: KeyValueConfig) -> KeyValue:

@@ -271,6 +271,25 @@ class Waker:
             if caller:
                 await self.wake(caller, f"call {record.id} ended")
 
+    async def hand_key_on(self, obj: str, key: str) -> None:
+        """Make sure an object key's line moves: the key held by an invocation that has not
+        ended and has its work item, or free with nobody waiting. Repairs a key left free
+        with a line (see ``KeyQueue.take_if_free``) and one still held by an invocation that
+        ended or was purged (a worker died before passing it on). Idempotent."""
+        assert self.keys is not None
+        holder = await self.keys.holder(obj, key) or await self.keys.take_if_free(obj, key)
+        for _ in range(1000):  # each turn moves the lock one place down the line
+            if holder is None:
+                return
+            try:
+                record: Record | None = (await self._records.get(holder)).record
+            except RecordNotFound:
+                record = None
+            if record is not None and not is_terminal(record.status):
+                await self.ensure_item(record, "key holder")
+                return
+            holder = await self.keys.release(obj, key, holder)
+
     async def drop_schedule(self, invocation_id: str) -> None:
         """Remove the delayed start of a SCHEDULED invocation (it is started now instead)."""
         with contextlib.suppress(NotFoundError):

@@ -59,14 +59,13 @@ class KeyedControl:
         obj = record.handler.split("/", 1)[0]
         if await p.records.create(record, reuse_purged_id=True) is None:
             existing = await p._check_same_input(record)
-            # The Invoke that created it may have died before enqueueing it (this is likely
-            # its client trying again). Not queued on the key again: a second inbox entry
-            # would hand it the key twice.
-            if (
-                existing.status == S.INVOCATION_STATUS_PENDING
-                and await p.keys.holder(obj, existing.key) == existing.id
-            ):
-                await p.waker.ensure_item(existing, "invoke")
+            # The Invoke that created it may have died (or timed out) before queueing it on
+            # the key, taking the key or enqueueing it (this is likely its client trying
+            # again): finish what it started. Queued once only: a second inbox entry would
+            # hand it the key twice.
+            if existing.status == S.INVOCATION_STATUS_PENDING:
+                await p.keys.ensure_queued(obj, existing.key, existing.id)
+                await p.waker.hand_key_on(obj, existing.key)
             return existing
         if await p.keys.enqueue(obj, record.key, record.id):
             await p.work.enqueue_record(record, "invoke")

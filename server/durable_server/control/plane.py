@@ -591,6 +591,7 @@ class ControlPlane:
         while True:
             await asyncio.sleep(self.cfg.reconcile_after)
             cutoff = time.time_ns() - int(self.cfg.reconcile_after * 1e9)
+            keys_seen: set[tuple[str, str]] = set()
             for invocation_id in self.index.stale(cutoff):
                 try:
                     current = await self.records.get(invocation_id)
@@ -604,7 +605,14 @@ class ControlPlane:
                     ):
                         continue  # its schedule is not due yet (or only just fired)
                     if not await self.keyed.may_run(current.record):
-                        continue  # queued behind its key's holder, which passes it on
+                        # Queued behind its key's holder, which passes the key on; unless
+                        # that holder ended, or nobody holds it, when a process died in
+                        # between: move the line on.
+                        line = (current.record.handler.split("/", 1)[0], current.record.key)
+                        if line not in keys_seen:
+                            keys_seen.add(line)
+                            await self.waker.hand_key_on(*line)
+                        continue
                     if current.record.status in _WAITING_FOR_ITEM:
                         log.info("re-enqueueing %s (work item missing)", invocation_id)
                         await self.work.enqueue_record(current.record, "reconcile")

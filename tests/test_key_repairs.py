@@ -1,0 +1,120 @@
+"""An object key's line must keep moving when a process dies (or JetStream times out) between
+the writes that accept an exclusive invocation: the record, the inbox message, the lock, the
+work item. The client repeating its idempotent Invoke finishes what the first one started;
+the reconciler repairs a key nobody will come back for (a free key with a line, a key still
+held by an invocation that ended).
+
+Each test leaves the key as the dying Invoke or worker would have, using the engine's own
+stores, then checks that the waiting invocations run.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from durable import Context, VirtualObject
+from durable.internal.v1 import storage_pb2
+from durable.testing import LocalEngine
+from durable.v1 import types_pb2
+from durable_server.control.plane import ControlPlane
+from durable_server.ids import idempotent_invocation_id, token
+from durable_server.objects import lock_key
+from durable_server.records import now_ts
+from tests.engine_support import EngineFactory, start_ready
+
+S = types_pb2
+NEVER = 1e6
+
+tally = VirtualObject("tally")
+
+
+@tally.handler()
+async def bump(ctx: Context, n: int) -> int:
+    total = int(await ctx.get("total", int) or 0) + n
+    ctx.set("total", total)
+    return total
+
+
+def _plane(engine: LocalEngine) -> ControlPlane:
+    assert engine.control.plane is not None
+    return engine.control.plane
+
+
+async def _accepted_record(plane: ControlPlane, key: str, idem: str, n: int) -> str:
+    """What Invoke writes first for an exclusive invocation (records.create)."""
+    now = now_ts()
+    record = storage_pb2.InvocationRecord(
+        id=idempotent_invocation_id("tally/bump", key, idem),
+        handler="tally/bump",
+        key=key,
+        input=storage_pb2.StoredPayload(data=str(n).encode(), content_type="application/json"),
+        status=S.INVOCATION_STATUS_PENDING,
+        idempotency_key=idem,
+        created_at=now,
+        updated_at=now,
+        generation=1,
+    )
+    assert await plane.records.create(record) is not None
+    return record.id
+
+
+async def _publish_inbox(plane: ControlPlane, key: str, invocation_id: str) -> None:
+    """The inbox message KeyQueue.enqueue publishes before it tries to take the lock."""
+    cfg = plane.cfg
+    await plane.nc.jetstream().publish(
+        cfg.inbox_subject("tally", token(key)),
+        invocation_id.encode(),
+        headers={"Nats-Msg-Id": f"inbox:{invocation_id}"},
+    )
+
+
+@pytest.mark.parametrize("died_after", ["record", "inbox message"])
+async def test_repeated_exclusive_invoke_finishes_what_the_first_started(
+    engine_factory: EngineFactory, died_after: str
+) -> None:
+    engine = await start_ready(engine_factory, [tally], reconcile_after=NEVER)
+    plane = _plane(engine)
+    key, idem = uuid.uuid4().hex[:8], "once"
+    inv = await _accepted_record(plane, key, idem, 5)
+    if died_after == "inbox message":
+        await _publish_inbox(plane, key, inv)
+
+    again = await engine.client.invoke("tally/bump", 5, key=key, idempotency_key=idem)
+    assert again.already_existed and again.id == inv
+    assert await again.result(timeout=15) == 5
+    # The key is free again, and queued only once: the next one runs after it.
+    later = await engine.client.invoke("tally/bump", 1, key=key, wait=True, wait_timeout=15)
+    assert await later.result(timeout=15) == 6
+
+
+async def test_reconciler_hands_on_a_free_key_with_a_line(engine_factory: EngineFactory) -> None:
+    engine = await start_ready(engine_factory, [tally], reconcile_after=0.5)
+    plane = _plane(engine)
+    key = uuid.uuid4().hex[:8]
+    first = await _accepted_record(plane, key, "a", 2)
+    await _publish_inbox(plane, key, first)
+    # Queued behind the first in the inbox; the key is free, so nobody enqueues either.
+    second = await _accepted_record(plane, key, "b", 3)
+    await _publish_inbox(plane, key, second)
+
+    assert await engine.client.result(first, timeout=30) == 2
+    assert await engine.client.result(second, timeout=30) == 5
+
+
+async def test_reconciler_passes_on_a_key_its_ended_holder_kept(
+    engine_factory: EngineFactory,
+) -> None:
+    engine = await start_ready(engine_factory, [tally], reconcile_after=0.5)
+    plane = _plane(engine)
+    key = uuid.uuid4().hex[:8]
+    done = await engine.client.invoke("tally/bump", 1, key=key, wait=True, wait_timeout=15)
+    assert await done.result(timeout=15) == 1
+    # The holder's worker died after its record said COMPLETED, before passing the key on.
+    waiting = await _accepted_record(plane, key, "w", 4)
+    await _publish_inbox(plane, key, waiting)
+    lock = storage_pb2.KeyLock(holder=done.id, inbox_seq=1)
+    await plane.keys._locks.create(lock_key("tally", key), lock.SerializeToString())
+
+    assert await engine.client.result(waiting, timeout=30) == 5
