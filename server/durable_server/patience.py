@@ -42,17 +42,19 @@ deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "durable_deadline", default=None
 )
 
-#: Failures that say "not now" (an election, a reconnect), never "not this".
+#: Failures that say "not now" (an election, a reconnect), never "not this": tried again.
 TRANSIENT: tuple[type[BaseException], ...] = (
     TimeoutError,
     nats.errors.TimeoutError,
     nats.errors.NoRespondersError,
-    nats.errors.ConnectionClosedError,
     nats.errors.ConnectionReconnectingError,
     nats.errors.StaleConnectionError,
     nats.js.errors.NoStreamResponseError,
     nats.js.errors.ServiceUnavailableError,
 )
+#: What a client hears as UNAVAILABLE: the transient failures, and a connection closed for
+#: good (the process is shutting down; another control plane can answer).
+UNAVAILABLE: tuple[type[BaseException], ...] = (*TRANSIENT, nats.errors.ConnectionClosedError)
 
 
 def time_left() -> float:

@@ -22,6 +22,7 @@ from durable._client import is_terminal as is_terminal
 from durable._client import status_name as status_name
 from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
+from durable_server.patience import until_answered
 
 Record = storage_pb2.InvocationRecord
 Status = types_pb2.InvocationStatus
@@ -90,9 +91,21 @@ class RecordStore:
             return None
 
     async def get(self, invocation_id: str) -> Versioned:
+        """The newest record; tried again (short tries) while the bucket's stream elects a
+        leader, until the caller's deadline (``patience``): a read sent to a dead leader is
+        never answered, and one long try would make every timer and wake-up wait for it."""
         if not self._direct_reads:
-            return await self._get_from_leader(invocation_id)
-        msg = await self._nc.request(self._get_prefix + invocation_id, b"", timeout=10)
+            return await until_answered(
+                lambda timeout: self._get_from_leader(invocation_id, timeout),
+                f"reading record {invocation_id}",
+            )
+        return await until_answered(
+            lambda timeout: self._get_direct(invocation_id, timeout),
+            f"reading record {invocation_id}",
+        )
+
+    async def _get_direct(self, invocation_id: str, timeout: float) -> Versioned:
+        msg = await self._nc.request(self._get_prefix + invocation_id, b"", timeout=timeout)
         headers = msg.headers or {}
         status = headers.get("Status")
         if headers.get("KV-Operation") in ("DEL", "PURGE"):
@@ -107,9 +120,9 @@ class RecordStore:
         record.ParseFromString(msg.data)
         return Versioned(record, int(headers["Nats-Sequence"]))
 
-    async def _get_from_leader(self, invocation_id: str) -> Versioned:
+    async def _get_from_leader(self, invocation_id: str, timeout: float) -> Versioned:
         try:
-            msg = await self._nc.jetstream().get_msg(
+            msg = await self._nc.jetstream(timeout=timeout).get_msg(
                 self._stream, subject=self._subject_prefix + invocation_id, direct=False
             )
         except NotFoundError:

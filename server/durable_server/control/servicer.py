@@ -50,7 +50,7 @@ async def _answer_error(err: Exception, context: ServicerContext, rpc: str) -> N
     """Abort the call with the status ``err`` stands for (raises AbortError)."""
     if isinstance(err, RequestError):
         await context.abort(err.code, status_message(err.message))
-    if isinstance(err, patience.TRANSIENT):
+    if isinstance(err, patience.UNAVAILABLE):
         # A leader election or a lost connection outlasted the call's deadline: the request
         # may be retried as is (Invoke with an idempotency key stays exactly-once).
         # grpc-stubs lacks the aio context's abort_with_status.
