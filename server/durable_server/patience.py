@@ -23,6 +23,7 @@ from typing import TypeVar
 
 import nats.errors
 import nats.js.errors
+from nats.aio.client import Client as NATS
 
 log = logging.getLogger("durable.patience")
 
@@ -84,3 +85,46 @@ async def until_answered(op: Callable[[float], Awaitable[T]], what: str) -> T:
                 log.info("%s: JetStream does not answer (%r); trying again", what, err)
             await asyncio.sleep(pause)
             pause = min(1.0, pause * 2)
+
+
+class JetStreamUnusable(ConnectionError):
+    """The NATS server answers but cannot host the engine (JetStream is not enabled): a
+    misconfiguration, reported in one line, never waited out."""
+
+
+#: Longest pause between start-up tries, and how often the wait is logged again.
+_START_PAUSE_MAX = 2.0
+_START_LOG_EVERY = 10.0
+
+
+def _jetstream_enabled(nc: NATS) -> bool:
+    """What the server we are connected to said of itself (its INFO, which has
+    ``"jetstream": true`` only when it is enabled); True when it said nothing yet."""
+    info = getattr(nc, "_server_info", None) or {}
+    return not info or bool(info.get("jetstream", False))
+
+
+async def at_start_up(nc: NATS, op: Callable[[], Awaitable[T]], what: str) -> T:
+    """Run ``op`` (idempotent) until JetStream answers, however long that takes.
+
+    A process started while the cluster elects a leader (a node just died) would otherwise
+    exit on its first timeout. It waits instead, saying what it waits for now and then;
+    only a server without JetStream ends it, with :class:`JetStreamUnusable`.
+    """
+    pause = 0.1
+    last_log = 0.0
+    while True:
+        if not _jetstream_enabled(nc):
+            raise JetStreamUnusable(
+                "the NATS server does not have JetStream enabled (start it with -js, or "
+                "`jetstream {}` in its config); the engine stores everything in JetStream"
+            )
+        try:
+            return await op()
+        except TRANSIENT as err:
+            now = time.monotonic()
+            if now - last_log >= _START_LOG_EVERY:
+                log.warning("waiting for JetStream to answer (%s): %r", what, err)
+                last_log = now
+            await asyncio.sleep(pause)
+            pause = min(_START_PAUSE_MAX, pause * 2)

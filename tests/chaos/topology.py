@@ -70,7 +70,10 @@ class Topology:
     down: set[str] = field(default_factory=set)
     events: list[dict[str, Any]] = field(default_factory=list)
     exits: list[dict[str, Any]] = field(default_factory=list)
-    #: (start, end) wall-clock ns of single-node nats outages, for timer lateness.
+    #: (start, end) wall-clock ns in which JetStream could not serve the engine: a single
+    #: node's outage, or on a cluster, from a node's kill until every engine stream (and the
+    #: work consumer) it led had a new leader. Timer lateness does not count them: electing
+    #: a leader is NATS's time (4 to 9 s seen), not the engine's.
     outages_ns: list[tuple[int, int]] = field(default_factory=list)
     _stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
 
@@ -257,19 +260,83 @@ class Topology:
         self.down.add(node.server_name)
         try:
             pid = node.pid
+            led = await self._assets_led_by(node.server_name) if self.cluster else []
             killed_ns = time.time_ns()
             node.kill()
             self._event("kill-nats", node.server_name, pid=pid, down=down, leads=note)
+            elected = asyncio.create_task(self._elected(led, node.server_name))
             await asyncio.sleep(down)
             await self._start_node(node)
             self._event("nats-up", node.server_name, pid=node.pid)
             if self.cluster is None:
+                elected.cancel()
                 self.outages_ns.append((killed_ns, time.time_ns()))
             else:
+                if led:
+                    elected_ns = await elected
+                    self.outages_ns.append((killed_ns, elected_ns))
+                    self._event(
+                        "leaders-elected",
+                        node.server_name,
+                        assets=led,
+                        after_s=round((elected_ns - killed_ns) / 1e9, 3),
+                    )
                 caught_up = await self._caught_up(node.server_name)
                 self._event("nats-caught-up", node.server_name, ok=caught_up)
         finally:
             self.down.discard(node.server_name)
+
+    def _assets(self) -> list[tuple[str, str]]:
+        """(stream, consumer or "") of everything the engine reads and writes."""
+        cfg = self.config
+        streams = [
+            *engine_streams(cfg),
+            cfg.inbox_stream,
+            f"KV_{cfg.locks_bucket}",
+            f"KV_{cfg.state_bucket}",
+        ]
+        return [(s, "") for s in streams] + [(cfg.work_stream, cfg.work_consumer)]
+
+    async def _leader(self, js: Any, stream: str, consumer: str) -> str | None:
+        info = await (js.consumer_info(stream, consumer) if consumer else js.stream_info(stream))
+        return info.cluster.leader if info.cluster else None
+
+    async def _assets_led_by(self, node: str) -> list[str]:
+        """The engine's streams and consumer ``node`` leads now ("stream" or
+        "stream/consumer")."""
+        led: list[str] = []
+        with contextlib.suppress(Exception):
+            nc = await asyncio.wait_for(self._connect(), 5)
+            try:
+                js = nc.jetstream(timeout=3.0)
+                for stream, consumer in self._assets():
+                    with contextlib.suppress(Exception):
+                        if await self._leader(js, stream, consumer) == node:
+                            led.append(f"{stream}/{consumer}" if consumer else stream)
+            finally:
+                await nc.close()
+        return led
+
+    async def _elected(self, led: list[str], dead: str, within: float = 30.0) -> int:
+        """Wall-clock ns when every asset in ``led`` has a leader other than ``dead``."""
+        deadline = time.monotonic() + within
+        waiting = list(led)
+        with contextlib.suppress(Exception):
+            nc = await asyncio.wait_for(self._connect(), 10)
+            try:
+                js = nc.jetstream(timeout=0.5)
+                while waiting and time.monotonic() < deadline:
+                    for asset in list(waiting):
+                        stream, _, consumer = asset.partition("/")
+                        with contextlib.suppress(Exception):
+                            leader = await self._leader(js, stream, consumer)
+                            if leader and leader != dead:
+                                waiting.remove(asset)
+                    if waiting:
+                        await asyncio.sleep(0.1)
+            finally:
+                await nc.close()
+        return time.time_ns()
 
     async def _connect(self) -> NATS:
         return await nats.connect(

@@ -84,7 +84,8 @@ class Context:
         ]
 
     def down_ns(self, start_ns: int, end_ns: int) -> int:
-        """How long nats was down (single node) between ``start_ns`` and ``end_ns``."""
+        """How long JetStream could not serve the engine between ``start_ns`` and ``end_ns``:
+        a single node down, or a cluster electing leaders for what a killed node led."""
         return sum(
             max(0, min(end, end_ns) - max(start, start_ns)) for start, end in self.outages_ns
         )
@@ -265,7 +266,7 @@ def _check_timer(
                 "id": inv,
                 "late_s": round(late, 3),
                 "due": due_ts.ToJsonString(),
-                "nats_down_s": round(down / 1e9, 3),
+                "jetstream_unavailable_s": round(down / 1e9, 3),
                 "chaos_around": ctx.during(due, after),
             }
         )

@@ -19,6 +19,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 
 from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
@@ -44,6 +45,7 @@ from durable_server.ids import (
 from durable_server.journal import Journal, LoadedJournal
 from durable_server.limits import MAX_IDEMPOTENCY_KEY_CHARS, MAX_KEY_CHARS, quote
 from durable_server.objects import KeyQueue, StateStore
+from durable_server.patience import at_start_up
 from durable_server.records import (
     MutationRefused,
     Record,
@@ -150,6 +152,21 @@ class ControlPlane:
 
     async def start(self) -> None:
         js = self.nc.jetstream()
+        await at_start_up(self.nc, lambda: self._open_stores(js), "the engine's streams")
+        await self.nc.subscribe(f"{self.cfg.prefix}.progress.>", cb=self._on_progress)
+        await self.nc.subscribe(self.cfg.journaled_subject("*"), cb=self._on_journaled)
+        await self.catalog.start(js, self.cfg.workers_bucket)
+        await self.index.start(js, self.cfg.invocations_bucket)
+        # Invocations accepted but not yet written by any worker exist only as work items.
+        async for item in self.work.queued_items():
+            if item.HasField("initial"):
+                self.index.apply_if_absent(item.initial)
+        self._tasks.append(asyncio.create_task(self._reconcile_loop(), name="reconciler"))
+        self._tasks.append(asyncio.create_task(self.keyed.retention_loop(), name="retention"))
+
+    async def _open_stores(self, js: JetStreamContext) -> None:
+        """Create what is missing and open every store (idempotent: tried again at start-up
+        while JetStream elects leaders)."""
         await ensure_resources(js, self.cfg)
         kv = await invocations_kv(js, self.cfg)
         self.records = RecordStore(
@@ -161,17 +178,7 @@ class ControlPlane:
         self.waker = Waker(js, self.cfg, self.records, self.work, keys=self.keys)
         self.state = StateStore(await state_kv(js, self.cfg), self.cfg.max_state_bytes)
         self.keyed = KeyedControl(self)
-        await self.nc.subscribe(f"{self.cfg.prefix}.progress.>", cb=self._on_progress)
-        await self.nc.subscribe(self.cfg.journaled_subject("*"), cb=self._on_journaled)
         await workers_kv(js, self.cfg)
-        await self.catalog.start(js, self.cfg.workers_bucket)
-        await self.index.start(js, self.cfg.invocations_bucket)
-        # Invocations accepted but not yet written by any worker exist only as work items.
-        async for item in self.work.queued_items():
-            if item.HasField("initial"):
-                self.index.apply_if_absent(item.initial)
-        self._tasks.append(asyncio.create_task(self._reconcile_loop(), name="reconciler"))
-        self._tasks.append(asyncio.create_task(self.keyed.retention_loop(), name="retention"))
 
     async def stop(self) -> None:
         for t in self._tasks:

@@ -25,6 +25,7 @@ import nats
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 
 from durable._handlers import Registry, Service
 from durable._rpc import NatsServer, NatsTransport
@@ -32,6 +33,7 @@ from durable.internal.v1 import storage_pb2
 from durable_server.config import EngineConfig, redact_url
 from durable_server.journal import Journal
 from durable_server.objects import KeyQueue, StateStore
+from durable_server.patience import at_start_up
 from durable_server.records import RecordStore, now_ts
 from durable_server.resources import (
     ensure_resources,
@@ -140,27 +142,7 @@ class Worker:
         if self._nc is None:
             self._nc = await connect_nats(self.cfg, f"durable-worker-{self.worker_id}")
         js = self.nc.jetstream()
-        await ensure_resources(js, self.cfg)
-        # Renewals and leases go by the consumer's own ack wait, which the store kept from
-        # its creation whatever this process was told (--ack-wait).
-        consumer = await js.consumer_info(self.cfg.work_stream, self.cfg.work_consumer)
-        self._ack_wait = min(self.cfg.ack_wait, consumer.config.ack_wait or self.cfg.ack_wait)
-        self._records = RecordStore(
-            await invocations_kv(js, self.cfg),
-            self.nc,
-            self.cfg.invocations_bucket,
-            direct_reads=self.cfg.direct_reads,
-        )
-        self._workers_kv = await workers_kv(js, self.cfg)
-        self._router = TransportRouter(
-            NatsTransport(self.nc, prefix=self.cfg.prefix), self._grpc_endpoints
-        )
-        keys = KeyQueue(js, self.cfg, await locks_kv(js, self.cfg))
-        kinds = HandlerKinds({h.full_name: h.kind for h in self.registry}, self._workers_kv)
-        self._waker = Waker(
-            js, self.cfg, self._records, WorkQueue(js, self.cfg), keys=keys, kinds=kinds
-        )
-        state = StateStore(await state_kv(js, self.cfg), self.cfg.max_state_bytes)
+        await at_start_up(self.nc, lambda: self._open_stores(js), "the engine's streams")
         self._wake_prefix = self.cfg.wake_subject("")
         self._executor = Executor(
             records=self._records,
@@ -171,8 +153,8 @@ class Worker:
             announce=self._announce,
             max_payload=self.cfg.max_payload_bytes,
             running_record_after=self.cfg.running_record_after,
-            keys=keys,
-            state=state,
+            keys=self._keys,
+            state=self._state,
             rpc=self._router,
         )
         if self._servicers:
@@ -230,6 +212,31 @@ class Worker:
         await self.stop()
 
     # -- pulling --------------------------------------------------------------------------
+
+    async def _open_stores(self, js: JetStreamContext) -> None:
+        """Create what is missing and open every store (idempotent: tried again at start-up
+        while JetStream elects leaders)."""
+        await ensure_resources(js, self.cfg)
+        # Renewals and leases go by the consumer's own ack wait, which the store kept from
+        # its creation whatever this process was told (--ack-wait).
+        consumer = await js.consumer_info(self.cfg.work_stream, self.cfg.work_consumer)
+        self._ack_wait = min(self.cfg.ack_wait, consumer.config.ack_wait or self.cfg.ack_wait)
+        self._records = RecordStore(
+            await invocations_kv(js, self.cfg),
+            self.nc,
+            self.cfg.invocations_bucket,
+            direct_reads=self.cfg.direct_reads,
+        )
+        self._workers_kv = await workers_kv(js, self.cfg)
+        self._router = TransportRouter(
+            NatsTransport(self.nc, prefix=self.cfg.prefix), self._grpc_endpoints
+        )
+        self._keys = KeyQueue(js, self.cfg, await locks_kv(js, self.cfg))
+        kinds = HandlerKinds({h.full_name: h.kind for h in self.registry}, self._workers_kv)
+        self._waker = Waker(
+            js, self.cfg, self._records, WorkQueue(js, self.cfg), keys=self._keys, kinds=kinds
+        )
+        self._state = StateStore(await state_kv(js, self.cfg), self.cfg.max_state_bytes)
 
     def _requested(self) -> int:
         return int(sum(r[1] for r in self._requests))
