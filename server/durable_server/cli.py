@@ -333,13 +333,28 @@ async def _cmd_get(client: Client, args: argparse.Namespace) -> int:
                 e.name,
                 e.summary,
                 e.attempt,
-                _ts(e, "recorded_at", ms=True) or "-",
+                _recorded_text(e),
             )
             for e in response.journal
         ]
         print()
         print(format_table(("INDEX", "KIND", "NAME", "SUMMARY", "ATTEMPT", "RECORDED AT"), rows))
     return 0
+
+
+#: Below this, a store after the worker made the entry is ordinary latency, not worth a word.
+_STORED_LATE_MS = 1000
+
+
+def _recorded_text(e: types_pb2.JournalEntry) -> str:
+    """When the worker made the entry, and how much later JetStream stored it when that
+    differs noticeably (the entry was buffered across a NATS restart)."""
+    made = _ts(e, "recorded_at", ms=True) or "-"
+    if e.HasField("stored_at") and e.HasField("recorded_at"):
+        late_ms = (e.stored_at.ToNanoseconds() - e.recorded_at.ToNanoseconds()) // 1_000_000
+        if late_ms >= _STORED_LATE_MS:
+            return f"{made} (stored +{late_ms / 1000:.1f}s)"
+    return made
 
 
 _LIST_HEADERS = ("ID", "HANDLER", "KEY", "STATUS", "ATTEMPT", "CREATED", "UPDATED")

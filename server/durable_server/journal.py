@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
@@ -47,6 +47,10 @@ class LoadedJournal:
     sealed: bool = False
     # The creation time (ns) of the invocation whose purge left the seal; 0 for none.
     purged: int = 0
+    # When JetStream stored each entry (ns since the epoch, 0 when unknown), in the order of
+    # ``entries``: an entry's ``recorded_at`` is when the worker made it, which is earlier
+    # when the client buffered it across a reconnect.
+    stored_ns: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -102,24 +106,27 @@ class Journal:
     async def load(self, invocation_id: str) -> LoadedJournal:
         """Read every entry of one invocation, in order."""
         entries: list[Entry] = []
+        stored: list[int] = []
         last_seq = 0
         sealed = False
         purged = 0
-        async for seq, entry, purged_created in self._messages(invocation_id):
+        async for seq, entry, purged_created, stored_ns in self._messages(invocation_id):
             last_seq = seq  # the seal is not an entry, but the fence counts it
             if entry is not None:
                 entries.append(entry)
+                stored.append(stored_ns)
             else:
                 sealed = True
                 purged = purged_created
-        return LoadedJournal(entries, last_seq, sealed, purged)
+        return LoadedJournal(entries, last_seq, sealed, purged, stored)
 
     async def _messages(
         self, invocation_id: str
-    ) -> AsyncGenerator[tuple[int, Entry | None, int], None]:
-        """(stream sequence, entry, purged) of every message of one journal, in order, one
-        direct get each; the entry is None for the seal, whose ``purged`` is the creation
-        time (ns) of the invocation a Purge sealed it for (0 for an operator's seal)."""
+    ) -> AsyncGenerator[tuple[int, Entry | None, int, int], None]:
+        """(stream sequence, entry, purged, stored) of every message of one journal, in
+        order, one direct get each; the entry is None for the seal, whose ``purged`` is the
+        creation time (ns) of the invocation a Purge sealed it for (0 for an operator's
+        seal); ``stored`` is when JetStream stored the message (ns, 0 when not told)."""
         subject = self._cfg.journal_filter(invocation_id)
         seal = self._cfg.journal_seal_subject(invocation_id)
         seq = 0
@@ -135,12 +142,13 @@ class Journal:
             except NotFoundError:
                 return
             seq = int(msg.seq or 0)
+            stored = int(msg.time.timestamp() * 1e9) if msg.time is not None else 0
             if msg.subject == seal:
-                yield seq, None, int((msg.headers or {}).get(PURGED_HEADER, 0))
+                yield seq, None, int((msg.headers or {}).get(PURGED_HEADER, 0)), stored
                 continue
             entry = Entry()
             entry.ParseFromString(msg.data or b"")
-            yield seq, entry, 0
+            yield seq, entry, 0, stored
 
     async def end(self, invocation_id: str) -> JournalEnd:
         """The newest message on any of the journal's subjects: one read, whatever the
@@ -167,7 +175,7 @@ class Journal:
         """The entry at step ``index``, read from the first entry on: one direct get per
         entry up to it (JetStream has no get of the previous message on a subject)."""
         async with contextlib.aclosing(self._messages(invocation_id)) as messages:
-            async for _, entry, _ in messages:
+            async for _, entry, _, _ in messages:
                 if entry is not None and entry.index >= index:
                     return entry if entry.index == index else None
         return None

@@ -418,6 +418,7 @@ class JournalEntry(_message.Message):
     RESULT_FIELD_NUMBER: _builtins.int
     RECORDED_AT_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
+    STORED_AT_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """Zero-based position in the journal."""
     kind: Global___StepKind.ValueType
@@ -434,7 +435,16 @@ class JournalEntry(_message.Message):
 
     @_builtins.property
     def recorded_at(self) -> _timestamp_pb2.Timestamp:
-        """When the step was journaled."""
+        """When the worker made the entry (its clock). The entry may have been stored later, see
+        stored_at.
+        """
+
+    @_builtins.property
+    def stored_at(self) -> _timestamp_pb2.Timestamp:
+        """When JetStream stored the entry (the server's clock): from then on the step counts as
+        done. Later than recorded_at when the worker's connection buffered the entry across a
+        NATS restart or reconnect; unset when not known.
+        """
 
     def __init__(
         self,
@@ -446,10 +456,11 @@ class JournalEntry(_message.Message):
         result: Global___Result | None = ...,
         recorded_at: _timestamp_pb2.Timestamp | None = ...,
         attempt: _builtins.int = ...,
+        stored_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["recorded_at", b"recorded_at", "result", b"result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recorded_at", b"recorded_at", "result", b"result", "stored_at", b"stored_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "index", b"index", "kind", b"kind", "name", b"name", "recorded_at", b"recorded_at", "result", b"result", "summary", b"summary"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "index", b"index", "kind", b"kind", "name", b"name", "recorded_at", b"recorded_at", "result", b"result", "stored_at", b"stored_at", "summary", b"summary"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -120,9 +120,19 @@ def invocation_view(
     if r.HasField("failure") or r.HasField("output"):
         inv.result.CopyFrom(result_of(r))
     # A final-only entry (kind unspecified) carries the outcome, not a step.
-    steps = [e for e in journal.entries if e.kind != S.STEP_KIND_UNSPECIFIED] if journal else []
-    entries = [journal_entry(e) for e in steps]
-    length = len(steps) if journal else r.journal_length
+    entries: list[types_pb2.JournalEntry] = []
+    steps = 0
+    if journal:
+        stored = journal.stored_ns + [0] * (len(journal.entries) - len(journal.stored_ns))
+        for e, stored_ns in zip(journal.entries, stored, strict=True):
+            if e.kind == S.STEP_KIND_UNSPECIFIED:
+                continue
+            steps += 1
+            view = journal_entry(e)
+            if stored_ns:
+                view.stored_at.FromNanoseconds(stored_ns)
+            entries.append(view)
+    length = steps if journal else r.journal_length
     inv.journal_length = length
     inv.current_step.index = length
     if progress is not None and progress.index == length:
