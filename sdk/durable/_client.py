@@ -34,6 +34,7 @@ from durable._handle import (
     status_name,
 )
 from durable._payloads import from_payload, to_payload
+from durable._retrying import next_pause
 from durable.errors import ResultTimeoutError, RPCError
 from durable.v1 import control_pb2, control_pb2_grpc, types_pb2
 
@@ -70,6 +71,11 @@ class Client:
 
     ``rpc_timeout`` bounds every call that does not wait for an invocation; ``options`` are
     extra gRPC channel options; ``credentials`` switch to a TLS channel.
+
+    ``unavailable_retry``: for how many seconds a call that is safe to repeat (reads,
+    Pause, Resume, Cancel, Kill, and Invoke with an idempotency key) is sent again after an
+    UNAVAILABLE answer (a JetStream election, a control plane restarting), within its own
+    timeout; ``None`` hands every UNAVAILABLE to the caller at once.
     """
 
     def __init__(
@@ -79,8 +85,10 @@ class Client:
         credentials: grpc.ChannelCredentials | None = None,
         options: Sequence[tuple[str, Any]] = (),
         rpc_timeout: float | None = 30.0,
+        unavailable_retry: float | None = 30.0,
     ) -> None:
         self._target = target
+        self._unavailable_retry = unavailable_retry
         self._credentials = credentials
         self._options = [*_DEFAULT_OPTIONS, *options]
         self._rpc_timeout = rpc_timeout
@@ -96,13 +104,20 @@ class Client:
         credentials: grpc.ChannelCredentials | None = None,
         options: Sequence[tuple[str, Any]] = (),
         rpc_timeout: float | None = 30.0,
+        unavailable_retry: float | None = 30.0,
     ) -> Self:
         """Create a client and wait until its channel is connected.
 
         Raises an :class:`~durable.errors.RPCError` with code ``UNAVAILABLE`` when the
         server cannot be reached within ``timeout`` seconds.
         """
-        client = cls(target, credentials=credentials, options=options, rpc_timeout=rpc_timeout)
+        client = cls(
+            target,
+            credentials=credentials,
+            options=options,
+            rpc_timeout=rpc_timeout,
+            unavailable_retry=unavailable_retry,
+        )
         client._stub()
         assert client._channel is not None
         try:
@@ -157,11 +172,26 @@ class Client:
         rpc: grpc.aio.UnaryUnaryMultiCallable[_Req, _Resp],
         request: _Req,
         timeout: float | None,
+        *,
+        repeatable: bool = False,
     ) -> _Resp:
-        try:
-            return await rpc(request, timeout=timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise RPCError.from_status(exc.code(), exc.details() or "") from exc
+        """One call; sent again on UNAVAILABLE while ``repeatable`` (see ``_retrying``)."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        budget = self._unavailable_retry if repeatable else None
+        pause = 0.0
+        while True:
+            left = None if timeout is None else timeout - (loop.time() - start)
+            try:
+                return await rpc(request, timeout=left)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.UNAVAILABLE and budget is not None:
+                    pause = next_pause(exc, pause)
+                    spent = loop.time() - start + pause
+                    if spent < budget and (timeout is None or spent < timeout):
+                        await asyncio.sleep(pause)
+                        continue
+                raise RPCError.from_status(exc.code(), exc.details() or "") from exc
 
     # ---------------------------------------------------------------------------- invoking
 
@@ -205,7 +235,9 @@ class Client:
             if seconds is not None:
                 request.wait_timeout.FromTimedelta(timedelta(seconds=max(seconds, 0.0)))
                 deadline = max(seconds, 0.0) + _DEADLINE_GRACE
-        response = await self._call(self._stub().Invoke, request, deadline)
+        response = await self._call(
+            self._stub().Invoke, request, deadline, repeatable=bool(idempotency_key)
+        )
         return InvocationHandle(
             self,
             response.invocation_id,
@@ -317,6 +349,7 @@ class Client:
                     self._stub().AwaitResult,
                     request,
                     None if remaining is None else remaining + _DEADLINE_GRACE,
+                    repeatable=True,
                 )
             except RPCError as exc:
                 if exc.code == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -339,7 +372,9 @@ class Client:
         request = control_pb2.GetWorkflowRequest(
             invocation_id=invocation_id, skip_journal=skip_journal
         )
-        return await self._call(self._stub().GetWorkflow, request, self._rpc_timeout)
+        return await self._call(
+            self._stub().GetWorkflow, request, self._rpc_timeout, repeatable=True
+        )
 
     async def list(
         self,
@@ -365,7 +400,9 @@ class Client:
             page_size=page_size,
             page_token=page_token,
         )
-        return await self._call(self._stub().ListWorkflows, request, self._rpc_timeout)
+        return await self._call(
+            self._stub().ListWorkflows, request, self._rpc_timeout, repeatable=True
+        )
 
     async def list_all(
         self,
@@ -392,12 +429,17 @@ class Client:
 
     async def stats(self) -> control_pb2.StatsResponse:
         """Return invocation counts by status and by handler (``Stats``)."""
-        return await self._call(self._stub().Stats, control_pb2.StatsRequest(), self._rpc_timeout)
+        return await self._call(
+            self._stub().Stats, control_pb2.StatsRequest(), self._rpc_timeout, repeatable=True
+        )
 
     async def handlers(self) -> builtins.list[types_pb2.HandlerInfo]:
         """Return the handlers the running workers registered, sorted by name."""
         response = await self._call(
-            self._stub().ListHandlers, control_pb2.ListHandlersRequest(), self._rpc_timeout
+            self._stub().ListHandlers,
+            control_pb2.ListHandlersRequest(),
+            self._rpc_timeout,
+            repeatable=True,
         )
         return builtins.list(response.handlers)
 
@@ -409,20 +451,24 @@ class Client:
         Returns the invocation: PAUSED, or still RUNNING until it reaches that boundary.
         """
         request = control_pb2.PauseRequest(invocation_id=invocation_id, reason=reason)
-        response = await self._call(self._stub().Pause, request, self._rpc_timeout)
+        response = await self._call(self._stub().Pause, request, self._rpc_timeout, repeatable=True)
         return response.invocation
 
     async def resume(self, invocation_id: str) -> types_pb2.InvocationSummary:
         """Resume a paused invocation from the same journal position; returns it."""
         request = control_pb2.ResumeRequest(invocation_id=invocation_id)
-        response = await self._call(self._stub().Resume, request, self._rpc_timeout)
+        response = await self._call(
+            self._stub().Resume, request, self._rpc_timeout, repeatable=True
+        )
         return response.invocation
 
     async def cancel(self, invocation_id: str, reason: str = "") -> types_pb2.InvocationSummary:
         """Cancel an invocation: its handler sees a cancellation at its next step and can
         compensate. Returns it: CANCELLED, or still running until the handler sees it."""
         request = control_pb2.CancelRequest(invocation_id=invocation_id, reason=reason)
-        response = await self._call(self._stub().Cancel, request, self._rpc_timeout)
+        response = await self._call(
+            self._stub().Cancel, request, self._rpc_timeout, repeatable=True
+        )
         return response.invocation
 
     # ----------------------------------------------------------------- waits from outside
@@ -479,7 +525,9 @@ class Client:
     async def get_state(self, obj: str, key: str) -> dict[str, Any]:
         """The state of one virtual object key or workflow id, decoded."""
         request = control_pb2.GetObjectStateRequest(object=obj, key=key)
-        response = await self._call(self._stub().GetObjectState, request, self._rpc_timeout)
+        response = await self._call(
+            self._stub().GetObjectState, request, self._rpc_timeout, repeatable=True
+        )
         return {e.name: from_payload(e.value) for e in response.entries}
 
     async def set_state(
@@ -507,7 +555,7 @@ class Client:
     async def kill(self, invocation_id: str, reason: str = "") -> types_pb2.InvocationSummary:
         """End an invocation CANCELLED at once, without running its compensations."""
         request = control_pb2.KillRequest(invocation_id=invocation_id, reason=reason)
-        response = await self._call(self._stub().Kill, request, self._rpc_timeout)
+        response = await self._call(self._stub().Kill, request, self._rpc_timeout, repeatable=True)
         return response.invocation
 
     async def purge(self, invocation_id: str) -> None:
