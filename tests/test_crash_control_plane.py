@@ -104,7 +104,7 @@ async def test_control_plane_sigkilled_under_load(
         await wait_healthy(target, proc=server)
         await worker.wait_for_log("serving")
 
-        async with Client(target, options=FAST_RECONNECT) as client:
+        async with Client(target, options=FAST_RECONNECT, unavailable_retry=None) as client:
             await wait_for_handler(client, "crash/chain")
             await wait_for_handler(client, "crash/slow_chain")
             retrier = Retrier(client)

@@ -85,7 +85,7 @@ async def engine(
         worker = group.worker(slots=slots).start()
         await wait_healthy(target, proc=server)
         keeper = asyncio.create_task(_keep_alive(worker, done)) if restart_worker else None
-        async with Client(target, options=FAST_RECONNECT) as client:
+        async with Client(target, options=FAST_RECONNECT, unavailable_retry=None) as client:
             await wait_for_handler(client, "waitcrash/nap")
             yield Engine(group, server, worker, client, target, ledger)
         done.set()

@@ -112,7 +112,7 @@ async def test_worker_sigkilled_under_load(isolated_nats: EmbeddedNats, tmp_path
         await wait_healthy(target, proc=server)
         await worker.wait_for_log("serving")
 
-        async with Client(target, options=FAST_RECONNECT) as client:
+        async with Client(target, options=FAST_RECONNECT, unavailable_retry=None) as client:
             await wait_for_handler(client, "crash/chain")
             seeds: dict[str, int] = {}
             kill_times: list[float] = []

@@ -77,7 +77,12 @@ class Driver:
     def __init__(self, targets: list[str], seed: int, phase: str, ledger: Path, t0: float) -> None:
         self.rng = random.Random(f"chaos-load:{seed}:{phase}")
         self.phase = phase
-        self.clients = [Client(t, options=FAST_RECONNECT, rpc_timeout=10.0) for t in targets]
+        self.clients = [
+            # The driver fails over to another control plane itself and counts every UNAVAILABLE
+            # answer, so the clients' own repeating is off.
+            Client(t, options=FAST_RECONNECT, rpc_timeout=10.0, unavailable_retry=None)
+            for t in targets
+        ]
         self.ledger = ledger
         self.t0 = t0
         self.jobs: dict[str, Job] = {}
