@@ -318,7 +318,8 @@ class Topology:
         return led
 
     async def _elected(self, led: list[str], dead: str, within: float = 30.0) -> int:
-        """Wall-clock ns when every asset in ``led`` has a leader other than ``dead``."""
+        """Wall-clock ns when every asset in ``led`` (led by ``dead`` until its kill) has a
+        leader again."""
         deadline = time.monotonic() + within
         waiting = list(led)
         with contextlib.suppress(Exception):
@@ -329,8 +330,9 @@ class Topology:
                     for asset in list(waiting):
                         stream, _, consumer = asset.partition("/")
                         with contextlib.suppress(Exception):
-                            leader = await self._leader(js, stream, consumer)
-                            if leader and leader != dead:
+                            # Only a leader answers: any answer means one was elected (the
+                            # restarted node itself, possibly).
+                            if await self._leader(js, stream, consumer):
                                 waiting.remove(asset)
                     if waiting:
                         await asyncio.sleep(0.1)
