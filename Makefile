@@ -16,13 +16,15 @@ CHAOS_SEED    ?=
 CHAOS_RATE    ?=
 CHAOS_PHASES  ?= single,cluster
 CHAOS_REPORT  ?=
+# make fuzz: generated requests per property (make test runs 40).
+FUZZ_EXAMPLES ?= 2000
 STUB_DIRS   := sdk/durable/v1 sdk/durable/internal examples/v1
 
 # grpc_tools.protoc finds its protoc-gen-mypy plugins on PATH; put the venv first.
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv setup run test chaos lint breaking proto check-proto bench examples fmt clean distclean
+.PHONY: help venv setup run test chaos fuzz lint breaking proto check-proto bench examples fmt clean distclean
 
 help: ## List the targets
 	@echo "Usage: make <target> [SYNC=always|2m] [PYTEST_ARGS=...] [CHAOS_SECONDS=... CHAOS_SEED=...]"
@@ -52,6 +54,10 @@ chaos: setup ## Long chaos run (kills, freezes, nats and cluster leader kills); 
 	$(BIN)/python -m tests.chaos --seconds $(CHAOS_SECONDS) --phases $(CHAOS_PHASES) \
 		$(if $(CHAOS_SEED),--seed $(CHAOS_SEED)) $(if $(CHAOS_RATE),--rate $(CHAOS_RATE)) \
 		$(if $(CHAOS_REPORT),--report $(CHAOS_REPORT))
+
+fuzz: setup ## Long property-based fuzz of every DurableControl RPC; FUZZ_EXAMPLES per property
+	HYPOTHESIS_PROFILE=fuzz FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q -p no:randomly \
+		tests/test_fuzz_control.py tests/test_api_edge.py
 
 lint: setup ## ruff, ruff format --check, mypy, buf lint, stale stubs, buf breaking
 	$(BIN)/ruff check .

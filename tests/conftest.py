@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 import nats
 import pytest
+from hypothesis import settings
 from nats.aio.client import Client as NATS
 
 from durable import Service
@@ -65,6 +67,16 @@ async def nc(nats_server: EmbeddedNats) -> AsyncIterator[NATS]:
 def unique() -> str:
     """A short random token for stream/bucket/subject names on the shared server."""
     return uuid.uuid4().hex[:10]
+
+
+# Property-based tests: `ci` (the default, bounded, for `make test`) and `fuzz` (`make fuzz`:
+# FUZZ_EXAMPLES per property). No deadline: this machine is shared, and a slow example is not
+# a failure. The example database stays out of the repository (.gitignore).
+settings.register_profile("ci", max_examples=40, deadline=None)
+settings.register_profile(
+    "fuzz", max_examples=int(os.environ.get("FUZZ_EXAMPLES", "2000")), deadline=None
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 # --- engine fixtures below are added by the engine team ---

@@ -6,6 +6,7 @@ import base64
 import functools
 import hashlib
 import json
+import re
 from typing import Any
 
 import grpc
@@ -184,6 +185,11 @@ def validate_input(handler: types_pb2.HandlerInfo, data: bytes, content_type: st
                 f"{handler.name} takes protobuf message {handler.input_message}; send it as "
                 f"bytes with content_type '{expected}' (got {quote(content_type)})"
             )
+        if content_type == _serde.JSON and not isinstance(_json_or_none(data), dict):
+            raise invalid(
+                f"{handler.name} takes protobuf message {handler.input_message}: send its JSON "
+                f"form, an object such as {{}} (got {_json_kind(data)})"
+            )
         message_class = _message_class(handler)
         if message_class is None:
             return  # the worker registered no descriptors; it checks the input itself
@@ -193,7 +199,7 @@ def validate_input(handler: types_pb2.HandlerInfo, data: bytes, content_type: st
             # protobuf JSON parser's own errors on odd input
             raise invalid(
                 f"input is not a valid {handler.input_message} for {handler.name}: "
-                f"{quote(str(err), 300)}"
+                f"{quote(_without_internals(str(err)), 300)}"
             ) from None
         return
     if content_type != _serde.JSON:
@@ -211,6 +217,34 @@ def validate_input(handler: types_pb2.HandlerInfo, data: bytes, content_type: st
         raise invalid(
             f"input does not match {handler.name}({handler.input_type}): " + "; ".join(errors[:5])
         )
+
+
+def _json_or_none(data: bytes) -> Any:
+    try:
+        return json.loads(data) if data else None
+    except ValueError:
+        return None
+
+
+def _json_kind(data: bytes) -> str:
+    """What a JSON input is, in a person's words: "no input", "null", "a number"..."""
+    if not data:
+        return "no input"
+    value = _json_or_none(data)
+    kinds = {bool: "true or false", int: "a number", float: "a number", str: "a string"}
+    if value is None:
+        return "null"
+    if isinstance(value, list):
+        return "a list"
+    return kinds.get(type(value), "not an object")
+
+
+#: Python exception names a library put into its message ("TypeError: ..."): not for clients.
+_EXCEPTION_NAME = re.compile(r"\b[A-Z]\w*(Error|Exception): ")
+
+
+def _without_internals(message: str) -> str:
+    return _EXCEPTION_NAME.sub("", message)
 
 
 @functools.lru_cache(maxsize=256)
