@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``durable`` command on ``argv`` (default ``sys.argv[1:]``); return the exit code."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = _parse(parser, argv)
         if getattr(args, "prepare", None) is not None:
             args.prepare(args)
     except SystemExit as exc:  # argparse reports usage errors (2) and --help (0) this way
@@ -77,6 +77,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse like ``parse_args``, also when flags come between positionals.
+
+    argparse matches positionals in runs: in ``invoke H --no-wait '{...}'`` it fills the
+    optional INPUT_JSON with nothing while reading ``H``, and then has no place for the
+    JSON. What is left over fills the command's optional positionals still empty, in order.
+    """
+    args, extras = parser.parse_known_args(argv)
+    if not extras:
+        return args
+    cmd: argparse.ArgumentParser = getattr(args, "parser", None) or parser
+    for action in cmd._actions:
+        if action.option_strings or action.nargs not in ("?", "*"):
+            continue
+        if getattr(args, action.dest, None) not in (None, []):
+            continue
+        taken: list[str] = []
+        while extras and not _is_flag(extras[0]) and (action.nargs == "*" or not taken):
+            taken.append(extras.pop(0))
+        if taken:
+            setattr(args, action.dest, taken if action.nargs == "*" else taken[0])
+    if extras:
+        cmd.error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
+
+
+def _is_flag(arg: str) -> bool:
+    """An option, not a value (a negative number is a JSON value)."""
+    if not arg.startswith("-") or arg == "-":
+        return False
+    try:
+        float(arg)
+    except ValueError:
+        return True
+    return False
 
 
 async def _await(awaitable: Awaitable[Any]) -> Any:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from durable._handlers import Service
+from durable_server.banner import banner
 from durable_server.config import EngineConfig, redact_url
 from durable_server.control.server import ControlServer
 from durable_server.natsd import EmbeddedNats
@@ -251,7 +252,17 @@ async def _dev(args: argparse.Namespace) -> None:
                 grpc_endpoints=_endpoints(args),
             ) as worker,
         ):
-            print(_banner(server.target, natsd.url, args.sync, data, worker), flush=True)
+            print(
+                banner(
+                    server.target,
+                    redact_url(natsd.url),
+                    args.sync,
+                    data,
+                    worker.worker_id,
+                    list(worker.registry),
+                ),
+                flush=True,
+            )
             await _until_signalled()
     finally:
         await natsd.astop()
@@ -272,39 +283,3 @@ def _prepare_data_dir(path: str) -> Path:
     data = Path(path).resolve()
     data.mkdir(parents=True, exist_ok=True)
     return data
-
-
-def _banner(target: str, nats_url: str, sync: str, data: Path, worker: Worker) -> str:
-    handlers = [h.full_name for h in worker.registry]
-    # A handler that takes a string, to show with '"World"': the greeter when hosted.
-    first = "greeter/greet" if "greeter/greet" in handlers or not handlers else handlers[0]
-    return f"""
-durable dev is running
-  gRPC DurableControl  {target}   (reflection + health on)
-  nats-server          {redact_url(nats_url)}   JetStream under {data} (sync_interval={sync})
-  worker               {worker.worker_id} serving {", ".join(handlers)}
-
-Try it:
-  .venv/bin/durable handlers
-  .venv/bin/durable invoke {first} '"World"'
-  .venv/bin/durable invoke orders/checkout \\
-      '{{"order_id": "o-1", "items": ["book"], "amount": 12.5}}'
-  .venv/bin/durable list
-  .venv/bin/durable get <invocation id>
-  grpcurl -plaintext {target} list
-  grpcurl -plaintext -d '{{"handler": "{first}", "input": {{"json": "World"}}, "wait": true}}' \\
-      {target} durable.v1.DurableControl/Invoke
-  .venv/bin/buf curl --protocol grpc --http2-prior-knowledge \\
-      --data '{{"handler": "{first}", "input": {{"json": "World"}}, "wait": true}}' \\
-      http://{target}/durable.v1.DurableControl/Invoke
-
-Waiting (examples/README.md):
-  .venv/bin/durable invoke expenses/submit --no-wait \
-      '{{"employee": "ada", "amount": 120, "reason": "train"}}'
-  .venv/bin/durable get <invocation id>          # SUSPENDED, waiting for awakeable awk_...
-  .venv/bin/durable resolve <awakeable id> true  # or: durable reject <awakeable id> "why"
-  .venv/bin/durable invoke scheduler/schedule '{{"name": "Ada", "delay_seconds": 30}}'
-  .venv/bin/durable watch <invocation id>
-
-Ctrl-C stops everything; data stays under {data}.
-"""
