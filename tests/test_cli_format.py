@@ -41,6 +41,7 @@ from durable.testing import LocalEngine, start_engine
 from durable.v1 import types_pb2
 from durable_server import cli
 from durable_server._tables import format_fields, format_table, truncate
+from durable_server.ids import idempotent_invocation_id
 from durable_server.natsd import EmbeddedNats
 from tests.engine_support import wait_status
 
@@ -170,11 +171,16 @@ def test_unreachable_target_is_a_clean_error(
     argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     target = f"127.0.0.1:{_closed_port()}"
-    assert cli.main(["--target", target, *argv]) == 1
+    assert cli.main(["--target", target, *argv]) == cli.EXIT_NO_ENGINE
     captured = capsys.readouterr()
-    assert captured.err.startswith("error: UNAVAILABLE: ")
-    assert "Traceback" not in captured.err
+    assert captured.err == (
+        f"error: UNAVAILABLE: no engine at {target} (connection refused); start one with "
+        "`make run` or set --target / DURABLE_TARGET\n"
+    )
     assert captured.out == ""
+    assert cli.main(["--json", "--target", target, *argv]) == cli.EXIT_NO_ENGINE
+    error = json.loads(capsys.readouterr().err)["error"]
+    assert error["code"] == "UNAVAILABLE" and error["message"].startswith("no engine at")
 
 
 async def test_client_connect_fails_fast_on_unreachable_target() -> None:
@@ -538,6 +544,36 @@ async def test_cli_invoke_of_a_failing_handler_exits_1(nats_server: EmbeddedNats
         assert ran.err.startswith("error: INVALID_ARGUMENT: ")
 
 
+async def test_cli_exit_codes_tell_the_outcomes_apart(nats_server: EmbeddedNats) -> None:
+    async with real_engine(nats_server) as engine:
+        ran = await durable(engine.target, "invoke", "clif/echo", '{"a": 1}')
+        assert ran.code == cli.EXIT_OK, ran
+        # Still running when --timeout runs out.
+        tag = _tag()
+        ran = await durable(
+            engine.target, "invoke", "clif/block", json.dumps(tag), "--timeout", "1"
+        )
+        assert ran.code == cli.EXIT_NOT_ENDED, ran
+        assert ran.field("status") in ("RUNNING", "PENDING")
+        _gate(tag).release.set()
+        # Cancelled while the CLI awaits it.
+        tag = _tag()
+        waiting = asyncio.create_task(
+            durable(
+                engine.target, "invoke", "clif/block", json.dumps(tag), "--idempotency-key", tag
+            )
+        )
+        await wait_entered(tag)
+        await engine.client.cancel(idempotent_invocation_id("clif/block", "", tag))
+        _gate(tag).release.set()
+        ran = await waiting
+        assert ran.code == cli.EXIT_CANCELLED, ran
+        # A refusal, as one JSON object with --json.
+        ran = await durable(engine.target, "--json", "invoke", "clif/nope", "{}")
+        assert (ran.code, ran.out) == (cli.EXIT_FAILED, "")
+        assert json.loads(ran.err)["error"]["code"] == "NOT_FOUND"
+
+
 async def test_cli_invoke_no_wait_then_get(nats_server: EmbeddedNats) -> None:
     async with real_engine(nats_server) as engine:
         ran = await durable(engine.target, "invoke", "clif/checkout", ORDER, "--no-wait")
@@ -806,7 +842,10 @@ async def test_cli_get_bad_and_unknown_ids(nats_server: EmbeddedNats) -> None:
         for argv in (["get", unknown], ["--json", "get", unknown], ["cancel", unknown]):
             ran = await durable(engine.target, *argv)
             assert (ran.code, ran.out) == (1, ""), argv
-            assert ran.err.startswith("error: NOT_FOUND: "), ran.err
+            if "--json" in argv:
+                assert json.loads(ran.err)["error"]["code"] == "NOT_FOUND", ran.err
+            else:
+                assert ran.err.startswith("error: NOT_FOUND: "), ran.err
             assert unknown in ran.err
         for verb in ("pause", "resume"):
             ran = await durable(engine.target, verb, "not-an-id")

@@ -5,9 +5,12 @@ Client commands (``invoke``, ``get``, ``list``, ``stats``, ``pause``, ``resume``
 :class:`durable._client.Client`. They print readable views and tables, or with ``--json``
 the response as protobuf JSON (a JSON list for ``list --all``).
 
-Exit codes: 0 on success, 1 when a call fails (``error: <STATUS CODE>: <message>`` on
-stderr) or when an awaited invocation failed or was cancelled, 2 for usage errors, 130 when
-interrupted.
+Exit codes (``EXIT_*``), so that a script can tell the outcomes apart: 0 success (for an
+awaited invocation: it COMPLETED), 1 the call was refused (``error: <STATUS CODE>:
+<message>`` on stderr) or the awaited invocation FAILED, 2 usage error, 3 the awaited
+invocation was CANCELLED, 4 it has not ended yet (``--timeout`` ran out, or it is paused), 5
+no engine answers at ``--target``, 130 interrupted. With ``--json`` an error is one JSON
+object on stderr: ``{"error": {"code": ..., "message": ...}}``.
 
 The engine commands (``dev``, ``server``, ``worker``) live in ``durable_server.process``,
 imported only when the parser is built: ``process.add_engine_commands(subparsers)`` adds
@@ -48,6 +51,14 @@ from durable_server.cli_render import ts as _ts
 __all__ = ["build_parser", "main"]
 
 _Command = Callable[[Client, argparse.Namespace], Awaitable[int]]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_CANCELLED = 3
+EXIT_NOT_ENDED = 4
+EXIT_NO_ENGINE = 5
+EXIT_INTERRUPTED = 130
 _MAX_PAGE = 1000
 
 
@@ -68,15 +79,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(outcome or 0)
         if getattr(args, "run", None) is None:
             parser.print_help(sys.stderr)
-            return 2
+            return EXIT_USAGE
         return asyncio.run(_run_client(args))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # e.g. `durable list --all | head`
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return 1
+        return EXIT_FAILED
 
 
 def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
@@ -123,14 +134,44 @@ async def _await(awaitable: Awaitable[Any]) -> Any:
 async def _run_client(args: argparse.Namespace) -> int:
     command: _Command = args.run
     try:
-        async with Client(args.target) as client:
+        # A person at a terminal retries; a script gets the answer at once.
+        async with Client(args.target, unavailable_retry=None) as client:
             return await command(client, args)
     except RPCError as exc:
-        print(f"error: {exc.code.name}: {exc.details}", file=sys.stderr)
-        return 1
+        unreachable = _unreachable(exc, args.target)
+        if unreachable:
+            _error(args, "UNAVAILABLE", unreachable)
+            return EXIT_NO_ENGINE
+        _error(args, exc.code.name, exc.details)
+        return EXIT_FAILED
     except DurableError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        _error(args, "", str(exc))
+        return EXIT_FAILED
+
+
+def _unreachable(exc: RPCError, target: str) -> str:
+    """The one line for "nothing listens at --target", or "" for any other failure."""
+    details = exc.details or ""
+    if exc.code.name != "UNAVAILABLE" or "connect" not in details.lower():
+        return ""
+    reason = "unreachable"
+    if "refused" in details.lower():
+        reason = "connection refused"
+    elif "resolve" in details.lower() or "dns" in details.lower():
+        reason = "host name not resolved"
+    return (
+        f"no engine at {target} ({reason}); start one with `make run` or set "
+        "--target / DURABLE_TARGET"
+    )
+
+
+def _error(args: argparse.Namespace, code: str, message: str) -> None:
+    """An error on stderr: ``error: CODE: message``, or with --json one JSON object."""
+    if getattr(args, "json", False):
+        body = {"error": {"code": code or "ERROR", "message": message}}
+        print(json.dumps(body), file=sys.stderr)
+    else:
+        print(f"error: {code}: {message}" if code else f"error: {message}", file=sys.stderr)
 
 
 # ------------------------------------------------------------------------------------ parser
@@ -314,7 +355,7 @@ async def _cmd_invoke(client: Client, args: argparse.Namespace) -> int:
             result=outcome,
         )
         _print_json(response)
-        return 1 if failed else 0
+        return _invoke_exit(args, handle.status, failed)
     fields: list[tuple[str, object]] = [
         ("invocation", handle.id),
         ("status", status_name(handle.status)),
@@ -325,7 +366,20 @@ async def _cmd_invoke(client: Client, args: argparse.Namespace) -> int:
     elif args.wait:
         fields.append(("result", f"not finished yet; see `durable get {handle.id}`"))
     print(format_fields(fields))
-    return 1 if failed else 0
+    return _invoke_exit(args, handle.status, failed)
+
+
+def _invoke_exit(args: argparse.Namespace, status: int, failed: bool) -> int:
+    """The exit code of ``invoke``: the outcome when it awaited one (see the module doc)."""
+    if not args.wait:
+        return EXIT_OK  # accepted is all that was asked
+    if status == types_pb2.INVOCATION_STATUS_CANCELLED:
+        return EXIT_CANCELLED
+    if failed:
+        return EXIT_FAILED
+    if not is_terminal(status):
+        return EXIT_NOT_ENDED
+    return EXIT_OK
 
 
 async def _cmd_get(client: Client, args: argparse.Namespace) -> int:
