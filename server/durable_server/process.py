@@ -23,6 +23,7 @@ from durable_server.banner import banner
 from durable_server.config import EngineConfig, redact_url
 from durable_server.control.server import ControlServer
 from durable_server.natsd import EmbeddedNats
+from durable_server.preflight import check_port_free, lock_data_dir, release
 from durable_server.worker.rpc import parse_endpoints
 from durable_server.worker.runtime import Servicer, Worker
 
@@ -238,8 +239,17 @@ async def _worker(args: argparse.Namespace) -> None:
 async def _dev(args: argparse.Namespace) -> None:
     services, servicers = load_modules(args.module or DEFAULT_MODULES)
     data = _prepare_data_dir(args.data)
+    # Before the store is touched or a server started: one store, one engine, one port each.
+    lock = lock_data_dir(data)
+    host, _, port = args.listen.rpartition(":")
+    check_port_free(host or "127.0.0.1", int(port or 0), "gRPC", "--listen")
+    check_port_free("127.0.0.1", args.nats_port, "NATS", "--nats-port")
     natsd = EmbeddedNats(data, port=args.nats_port, sync_interval=args.sync)
-    await natsd.astart()
+    try:
+        await natsd.astart()
+    except BaseException:
+        release(lock)
+        raise
     try:
         cfg = _config(args, natsd.url)
         async with (
@@ -266,6 +276,7 @@ async def _dev(args: argparse.Namespace) -> None:
             await _until_signalled()
     finally:
         await natsd.astop()
+        release(lock)
 
 
 def _endpoints(args: argparse.Namespace) -> dict[str, str]:

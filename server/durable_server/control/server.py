@@ -10,13 +10,13 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from nats.aio.client import Client as NATS
 
 from durable.v1 import control_pb2, control_pb2_grpc
 from durable_server.config import EngineConfig
 from durable_server.control.errors import RequestBodyCheck
 from durable_server.control.plane import ControlPlane
+from durable_server.control.reflection import enable_reflection
 from durable_server.control.servicer import DurableControlServicer
 from durable_server.worker.runtime import connect_nats
 
@@ -36,6 +36,10 @@ class HealthServicer(health.aio.HealthServicer):  # type: ignore[misc,name-defin
         for service, status in self._server_status.items():
             response.statuses[service].status = status
         return response
+
+
+class PortTaken(ConnectionError):
+    """The gRPC address is in use: reported in one line, with the flag that changes it."""
 
 
 class ControlServer:
@@ -66,18 +70,25 @@ class ControlServer:
             options=[
                 ("grpc.max_receive_message_length", max_message),
                 ("grpc.max_send_message_length", max_message * 2),
+                # grpcio lets a second server bind a taken port by default (SO_REUSEPORT), and
+                # calls then go at random to either: one port, one engine.
+                ("grpc.so_reuseport", 0),
             ],
         )
         self.servicer = DurableControlServicer(self.plane)
         control_pb2_grpc.add_DurableControlServicer_to_server(self.servicer, server)
         health_servicer = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
-        self.port = server.add_insecure_port(self.listen)
+        enable_reflection(server, (SERVICE_NAME, health.SERVICE_NAME))
+        try:
+            self.port = server.add_insecure_port(self.listen)
+        except RuntimeError:  # grpcio raises when the bind fails
+            self.port = 0
         if self.port == 0:
-            raise RuntimeError(f"cannot listen on {self.listen}")
+            raise PortTaken(
+                f"cannot listen on {self.listen}: the port is taken (another engine?); "
+                "choose another with --listen"
+            )
         await server.start()
         for name in ("", SERVICE_NAME):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
