@@ -362,6 +362,13 @@ async def test_cli_get_watch_resolve_reject(engine_factory: EngineFactory) -> No
     watched = await watcher
     assert watched.code == 0, watched
     assert "AWAIT" in watched.out and "COMPLETED" in watched.out and "approved: yes" in watched.out
+    # Each line stamped when it happened, in order; the end once, last.
+    stamped = [line for line in watched.out.splitlines() if line[:4].isdigit()]
+    stamps = [" ".join(line.split()[:2]) for line in stamped]
+    assert stamps == sorted(stamps), watched.out
+    assert sum("COMPLETED" in line for line in stamped) == 1 and "COMPLETED" in stamped[-1]
+    ended = await durable(target, "watch", handle.id)
+    assert sum("COMPLETED" in line for line in ended.out.splitlines()) == 1, ended.out
     again = await durable(target, "resolve", awk, '"no"')
     assert again.code == 1 and "FAILED_PRECONDITION" in again.err and "already ended" in again.err
 

@@ -12,7 +12,7 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from durable._client import Client, status_name
+from durable._client import Client, is_terminal, status_name
 from durable._payloads import preview, value_to_json_bytes
 from durable.v1 import control_pb2, types_pb2
 from durable_server._tables import format_fields
@@ -129,6 +129,8 @@ async def _cmd_reject(client: Client, args: argparse.Namespace) -> int:
 
 
 async def _cmd_watch(client: Client, args: argparse.Namespace) -> int:
+    """Each line is stamped with when it happened: a step when it was journaled, a status
+    when the record changed (``updated_at``), the end when it ended; the end once, last."""
     failed = False
     async for event in client.watch(args.invocation_id):
         if args.json:
@@ -137,20 +139,22 @@ async def _cmd_watch(client: Client, args: argparse.Namespace) -> int:
         inv = event.invocation
         if event.kind == C.WATCH_EVENT_KIND_SNAPSHOT:
             print(format_fields([("invocation", inv.invocation_id), ("handler", inv.handler)]))
-            print(f"{_now()}  {status_name(inv.status)}")
         for step in event.steps:
             kind = enum_name(types_pb2.StepKind, step.kind, "STEP_KIND_")
             print(
                 f"{ts(step, 'recorded_at', ms=True) or _now()}  #{step.index} {kind} "
                 f"{step.name}  {step.summary}"
             )
-        if event.kind == C.WATCH_EVENT_KIND_STATUS:
-            line = f"{_now()}  {status_name(inv.status)}"
+        if event.kind in (C.WATCH_EVENT_KIND_SNAPSHOT, C.WATCH_EVENT_KIND_STATUS):
+            if is_terminal(inv.status):
+                continue  # the ENDED event that follows says it, once
+            line = f"{ts(inv, 'updated_at', ms=True) or _now()}  {status_name(inv.status)}"
             waits = waits_text(inv.waiting_for)
             print(line + (f": {waits.replace(chr(10), '; ')}" if waits else ""))
         if event.kind == C.WATCH_EVENT_KIND_ENDED:
             failed = inv.result.WhichOneof("outcome") == "failure"
-            print(f"{_now()}  {status_name(inv.status)}  {result_text(inv.result, full=True)}")
+            when = ts(inv, "ended_at", ms=True) or ts(inv, "updated_at", ms=True) or _now()
+            print(f"{when}  {status_name(inv.status)}  {result_text(inv.result, full=True)}")
     return 1 if failed else 0
 
 
