@@ -297,7 +297,15 @@ async def test_cli_state_kill_purge_and_promises(engine_factory: EngineFactory) 
     shown = await durable(target, "state", "counter", "cli")
     assert shown.code == 0 and "total" in shown.out and "3" in shown.out
     edited = await durable(target, "--json", "set-state", "counter", "cli", "total=10", 'note="x"')
-    assert edited.code == 0 and edited.json() == {"note": "x", "total": 10}
+    # The response message as protobuf JSON, as every --json output.
+    assert edited.code == 0 and edited.json() == {
+        "entries": [
+            {"name": "note", "value": {"json": "x"}},
+            {"name": "total", "value": {"json": 10}},
+        ]
+    }
+    shown = await durable(target, "--json", "state", "counter", "cli")
+    assert [e["name"] for e in shown.json()["entries"]] == ["note", "total"]
     bad = await durable(target, "set-state", "counter", "cli", "oops")
     assert bad.code == 2 and "NAME=JSON" in bad.err
 

@@ -9,9 +9,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from durable._client import Client, status_name
-from durable.v1 import control_pb2
+from durable._payloads import to_payload
+from durable.v1 import control_pb2, types_pb2
 from durable_server._tables import format_table
-from durable_server.cli_render import json_arg, report
+from durable_server.cli_render import json_arg, print_json, report
 
 _Command = Callable[[Client, argparse.Namespace], Awaitable[int]]
 _AddCommand = Callable[[str, _Command, str], argparse.ArgumentParser]
@@ -45,8 +46,15 @@ def add_object_commands(command: _AddCommand) -> None:
 
 
 def _show_state(args: argparse.Namespace, state: dict[str, Any]) -> None:
-    if args.json:
-        print(json.dumps(state, indent=2, sort_keys=True))
+    if args.json:  # the response message, as for every other command
+        print_json(
+            control_pb2.GetObjectStateResponse(
+                entries=[
+                    types_pb2.StateEntry(name=name, value=to_payload(value))
+                    for name, value in sorted(state.items())
+                ]
+            )
+        )
         return
     rows = [(name, json.dumps(value)) for name, value in sorted(state.items())]
     print(format_table(("NAME", "VALUE"), rows) if rows else "(no state)")
