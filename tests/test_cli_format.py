@@ -933,3 +933,33 @@ async def test_client_list_all_stats_and_handlers(nats_server: EmbeddedNats) -> 
         ]
         with pytest.raises(ValueError, match="unknown invocation status"):
             await client.list(statuses=["sleeping"])
+
+
+def test_progress_is_shown_on_a_terminal_only() -> None:
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    piped, terminal = io.StringIO(), Terminal()
+    for stream in (piped, terminal):
+        progress = cli._Progress(stream)
+        progress.update("12 of 100")
+        progress.done()
+    assert piped.getvalue() == ""
+    assert "12 of 100" in terminal.getvalue()
+
+
+async def test_cli_version_and_server_info(nats_server: EmbeddedNats) -> None:
+    from durable_server.version import engine_version
+
+    async with real_engine(nats_server) as engine:
+        ran = await durable(engine.target, "--version")
+        assert (ran.code, ran.out.strip()) == (0, f"durable {engine_version()}")
+        ran = await durable(engine.target, "info")
+        assert ran.code == 0, ran
+        assert ran.field("engine") == f"durable {engine_version()} at {engine.target}"
+        assert re.fullmatch(r"\d+\.\d+\.\d+.*", ran.field("nats-server")), ran.out
+        info = (await durable(engine.target, "--json", "info")).json()
+        assert info["version"] == engine_version() and info["prefix"] == engine.config.prefix

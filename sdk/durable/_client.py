@@ -427,6 +427,15 @@ class Client:
             if not token:
                 return
 
+    async def server_info(self) -> control_pb2.GetServerInfoResponse:
+        """Which engine answers: its version, its nats-server's, its settings."""
+        return await self._call(
+            self._stub().GetServerInfo,
+            control_pb2.GetServerInfoRequest(),
+            self._rpc_timeout,
+            repeatable=True,
+        )
+
     async def stats(self) -> control_pb2.StatsResponse:
         """Return invocation counts by status and by handler (``Stats``)."""
         return await self._call(

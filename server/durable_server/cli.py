@@ -47,6 +47,7 @@ from durable_server.cli_render import print_json as _print_json
 from durable_server.cli_render import result_text as _result_text
 from durable_server.cli_render import step_text as _step_text
 from durable_server.cli_render import ts as _ts
+from durable_server.version import engine_version
 
 __all__ = ["build_parser", "main"]
 
@@ -184,6 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Durable execution on NATS JetStream: run the engine, drive invocations.",
     )
     _add_global_flags(parser, os.environ.get("DURABLE_TARGET") or DEFAULT_TARGET, False)
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"durable {engine_version()}",
+        help="print the version",
+    )
     # The same flags are accepted after the command too; SUPPRESS keeps the values given
     # before it (separate action objects: set_defaults would otherwise leak between them).
     common = argparse.ArgumentParser(add_help=False)
@@ -211,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=_non_negative, metavar="S", help="longest wait in seconds"
     )
     invoke.set_defaults(prepare=_prepare_invoke)
+
+    command("info", _cmd_info, "show which engine answers at --target: versions and settings")
 
     get = command("get", _cmd_get, "show one invocation with its journal and current step")
     get.add_argument("invocation_id", metavar="ID")
@@ -379,6 +388,25 @@ def _invoke_exit(args: argparse.Namespace, status: int, failed: bool) -> int:
         return EXIT_FAILED
     if not is_terminal(status):
         return EXIT_NOT_ENDED
+    return EXIT_OK
+
+
+async def _cmd_info(client: Client, args: argparse.Namespace) -> int:
+    info = await client.server_info()
+    if args.json:
+        _print_json(info)
+        return EXIT_OK
+    fields: list[tuple[str, object]] = [
+        ("engine", f"durable {info.version} at {args.target}"),
+        ("cli", f"durable {engine_version()}"),
+        ("nats-server", info.nats_server_version),
+        ("started", _ts(info, "started_at", ms=True)),
+        ("prefix", info.prefix),
+        ("replicas", info.replicas),
+        ("max payload", f"{info.max_payload_bytes} bytes"),
+        ("ack wait", f"{info.ack_wait_seconds:g} s"),
+    ]
+    print(format_fields(fields))
     return EXIT_OK
 
 
@@ -576,8 +604,8 @@ async def _cmd_handlers(client: Client, args: argparse.Namespace) -> int:
 
 
 class _Progress:
-    """Progress line on stderr for long work: rewritten in place on a terminal, else printed
-    at most every few seconds so logs stay short."""
+    """Progress line on stderr for long work, rewritten in place, on a terminal only: in a
+    log or a pipe, frames would be noise (the result says what was done)."""
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
@@ -587,11 +615,11 @@ class _Progress:
 
     def update(self, text: str) -> None:
         now = time.monotonic()
-        if now - self._last < (0.1 if self._tty else 2.0) and self._shown:
+        if not self._tty or (now - self._last < 0.1 and self._shown):
             return
         self._last = now
         self._shown = True
-        self._stream.write(f"\r\x1b[K{text}" if self._tty else f"{text}\n")
+        self._stream.write(f"\r\x1b[K{text}")
         self._stream.flush()
 
     def done(self) -> None:

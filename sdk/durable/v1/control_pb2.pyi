@@ -8,6 +8,7 @@ from durable.v1 import types_pb2 as _types_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
@@ -1130,3 +1131,68 @@ class PurgeResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PurgeResponse: _TypeAlias = PurgeResponse  # noqa: Y015
+
+@_typing.final
+class GetServerInfoRequest(_message.Message):
+    """GetServerInfoRequest asks the control plane about itself."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetServerInfoRequest: _TypeAlias = GetServerInfoRequest  # noqa: Y015
+
+@_typing.final
+class GetServerInfoResponse(_message.Message):
+    """GetServerInfoResponse describes the engine that answers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    NATS_SERVER_VERSION_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    PREFIX_FIELD_NUMBER: _builtins.int
+    REPLICAS_FIELD_NUMBER: _builtins.int
+    MAX_PAYLOAD_BYTES_FIELD_NUMBER: _builtins.int
+    ACK_WAIT_SECONDS_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    """Version of the engine (the durable-nats distribution), e.g. "0.1.0"."""
+    nats_server_version: _builtins.str
+    """Version of the nats-server this control plane is connected to, e.g. "2.12.1"."""
+    prefix: _builtins.str
+    """Prefix of the engine's streams, buckets and subjects."""
+    replicas: _builtins.int
+    """JetStream replicas of the engine's streams and buckets."""
+    max_payload_bytes: _builtins.int
+    """Largest input, output or step result accepted, in bytes."""
+    ack_wait_seconds: _builtins.float
+    """Seconds before a silent worker's work item is handed to another worker."""
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp:
+        """When this control plane process started."""
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.str = ...,
+        nats_server_version: _builtins.str = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        prefix: _builtins.str = ...,
+        replicas: _builtins.int = ...,
+        max_payload_bytes: _builtins.int = ...,
+        ack_wait_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["started_at", b"started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_wait_seconds", b"ack_wait_seconds", "max_payload_bytes", b"max_payload_bytes", "nats_server_version", b"nats_server_version", "prefix", b"prefix", "replicas", b"replicas", "started_at", b"started_at", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetServerInfoResponse: _TypeAlias = GetServerInfoResponse  # noqa: Y015

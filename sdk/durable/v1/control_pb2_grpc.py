@@ -126,6 +126,11 @@ class DurableControlStub:
                 request_serializer=durable_dot_v1_dot_control__pb2.PurgeRequest.SerializeToString,
                 response_deserializer=durable_dot_v1_dot_control__pb2.PurgeResponse.FromString,
                 _registered_method=True)
+        self.GetServerInfo = channel.unary_unary(
+                '/durable.v1.DurableControl/GetServerInfo',
+                request_serializer=durable_dot_v1_dot_control__pb2.GetServerInfoRequest.SerializeToString,
+                response_deserializer=durable_dot_v1_dot_control__pb2.GetServerInfoResponse.FromString,
+                _registered_method=True)
 
 
 class DurableControlServicer:
@@ -266,6 +271,14 @@ class DurableControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetServerInfo(self, request, context):
+        """GetServerInfo says which engine answers: its version, the NATS server under it and the
+        settings that shape its answers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DurableControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -358,6 +371,11 @@ def add_DurableControlServicer_to_server(servicer, server):
                     servicer.Purge,
                     request_deserializer=durable_dot_v1_dot_control__pb2.PurgeRequest.FromString,
                     response_serializer=durable_dot_v1_dot_control__pb2.PurgeResponse.SerializeToString,
+            ),
+            'GetServerInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServerInfo,
+                    request_deserializer=durable_dot_v1_dot_control__pb2.GetServerInfoRequest.FromString,
+                    response_serializer=durable_dot_v1_dot_control__pb2.GetServerInfoResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -848,6 +866,33 @@ class DurableControl:
             '/durable.v1.DurableControl/Purge',
             durable_dot_v1_dot_control__pb2.PurgeRequest.SerializeToString,
             durable_dot_v1_dot_control__pb2.PurgeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServerInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/durable.v1.DurableControl/GetServerInfo',
+            durable_dot_v1_dot_control__pb2.GetServerInfoRequest.SerializeToString,
+            durable_dot_v1_dot_control__pb2.GetServerInfoResponse.FromString,
             options,
             channel_credentials,
             insecure,

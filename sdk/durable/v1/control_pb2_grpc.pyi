@@ -84,6 +84,10 @@ class DurableControlStub:
     """Purge deletes an ended invocation: its journal and its record (and, for a workflow's
     run, the workflow's state and promises, so the workflow id can be used again).
     """
+    GetServerInfo: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetServerInfoRequest, _control_pb2.GetServerInfoResponse]
+    """GetServerInfo says which engine answers: its version, the NATS server under it and the
+    settings that shape its answers.
+    """
 
 @_typing.type_check_only
 class DurableControlAsyncStub(DurableControlStub):
@@ -140,6 +144,10 @@ class DurableControlAsyncStub(DurableControlStub):
     Purge: _aio.UnaryUnaryMultiCallable[_control_pb2.PurgeRequest, _control_pb2.PurgeResponse]  # type: ignore[assignment]
     """Purge deletes an ended invocation: its journal and its record (and, for a workflow's
     run, the workflow's state and promises, so the workflow id can be used again).
+    """
+    GetServerInfo: _aio.UnaryUnaryMultiCallable[_control_pb2.GetServerInfoRequest, _control_pb2.GetServerInfoResponse]  # type: ignore[assignment]
+    """GetServerInfo says which engine answers: its version, the NATS server under it and the
+    settings that shape its answers.
     """
 
 class DurableControlServicer(metaclass=_abc_1.ABCMeta):
@@ -302,6 +310,16 @@ class DurableControlServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_control_pb2.PurgeResponse, _abc.Awaitable[_control_pb2.PurgeResponse]]:
         """Purge deletes an ended invocation: its journal and its record (and, for a workflow's
         run, the workflow's state and promises, so the workflow id can be used again).
+        """
+
+    @_abc_1.abstractmethod
+    def GetServerInfo(
+        self,
+        request: _control_pb2.GetServerInfoRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.GetServerInfoResponse, _abc.Awaitable[_control_pb2.GetServerInfoResponse]]:
+        """GetServerInfo says which engine answers: its version, the NATS server under it and the
+        settings that shape its answers.
         """
 
 def add_DurableControlServicer_to_server(servicer: DurableControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

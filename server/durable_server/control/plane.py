@@ -147,6 +147,7 @@ class ControlPlane:
         self.index = InvocationIndex()
         self.catalog = HandlerCatalog(live_after=3 * cfg.heartbeat_interval + 1)
         self.progress: dict[str, Progress] = {}
+        self.started_at = now_ts()
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
 

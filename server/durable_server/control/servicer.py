@@ -37,6 +37,7 @@ from durable_server.control.views import invocation_view, result_of
 from durable_server.control.watch import watch
 from durable_server.limits import DEFAULT_PAGE_SIZE, MAX_KEY_CHARS, MAX_PAGE_SIZE
 from durable_server.records import Record
+from durable_server.version import engine_version
 
 ServicerContext = grpc.aio.ServicerContext[Any, Any]
 S = types_pb2
@@ -331,6 +332,22 @@ class DurableControlServicer(control_pb2_grpc.DurableControlServicer):
         invocation_id = check_invocation_id(request.invocation_id)
         await self._plane.keyed.purge(invocation_id)
         return C.PurgeResponse(invocation_id=invocation_id)
+
+    @_rpc
+    async def GetServerInfo(
+        self, request: C.GetServerInfoRequest, context: ServicerContext
+    ) -> C.GetServerInfoResponse:
+        cfg = self._plane.cfg
+        return C.GetServerInfoResponse(
+            version=engine_version(),
+            # What the server said of itself when we connected (its INFO).
+            nats_server_version=str(getattr(self._plane.nc, "_server_info", {}).get("version", "")),
+            started_at=self._plane.started_at,
+            prefix=cfg.prefix,
+            replicas=cfg.replicas,
+            max_payload_bytes=cfg.max_payload_bytes,
+            ack_wait_seconds=cfg.ack_wait,
+        )
 
     @_rpc
     async def ListHandlers(
