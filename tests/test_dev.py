@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import time
 from dataclasses import dataclass
@@ -224,13 +225,23 @@ class DevProc:
                 await self._reader
 
 
-async def _run_banner_commands(banner: str) -> None:
+def _program_as_typed() -> str:
+    """`durable` as the banner should show it from the repo: bare when PATH finds this
+    venv's (as under `make`, which puts .venv/bin first), else the relative venv path."""
+    on_path = shutil.which("durable")
+    venv_durable = (REPO / ".venv/bin/durable").resolve()
+    if on_path and Path(on_path).resolve() == venv_durable:
+        return "durable"
+    return ".venv/bin/durable"
+
+
+async def _run_banner_commands(banner: str, program: str) -> None:
     """Run every `durable` command the banner shows, exactly as printed (from the
     repository, where `make run` prints it), with a real id for `<invocation id>`."""
     commands = [
         shlex.split(line.strip())
         for line in banner.splitlines()
-        if line.strip().startswith(".venv/bin/durable ")
+        if line.startswith(f"  {program} ")  # the "Try it:" lines, indented by two
     ]
     assert len(commands) >= 4, banner
     last_id = ""
@@ -274,8 +285,9 @@ async def test_dev_serves_the_examples_and_keeps_them_across_restarts(tmp_path: 
         assert str(data.resolve()) in banner
         worker_line = next(line for line in banner.splitlines() if "serving" in line)
         assert "greeter/greet" in worker_line and "orders/checkout" in worker_line
-        assert f".venv/bin/durable invoke greeter/greet --target {target} '\"World\"'" in banner
-        await _run_banner_commands(banner)
+        program = _program_as_typed()
+        assert f"\n  {program} invoke greeter/greet --target {target} '\"World\"'\n" in banner
+        await _run_banner_commands(banner, program)
         assert f"grpcurl -plaintext {target} list" in banner
         assert len(dev.nats_pids) == 1, f"expected one nats-server child: {dev.nats_pids}"
 
