@@ -5,9 +5,13 @@ PYTHON      ?= python3
 VENV        ?= .venv
 BIN         := $(VENV)/bin
 STAMP       := $(VENV)/.install.stamp
+# make run: fsync setting, store directory, gRPC address, embedded NATS port, and the
+# handler modules to host (empty: every example; space- or comma-separated).
 SYNC        ?= always
 DATA        ?= ./data
 LISTEN      ?= 127.0.0.1:50051
+NATS_PORT   ?= 4222
+MODULE      ?=
 PYTEST_ARGS ?=
 # make chaos: seconds of chaos per phase, the seed (empty: a fresh one, printed), invocations
 # per second, the phases, and where the JSON report goes (empty: beside the logs, printed).
@@ -20,6 +24,8 @@ CHAOS_REPORT  ?=
 FUZZ_EXAMPLES ?= 2000
 STUB_DIRS   := sdk/durable/v1 sdk/durable/internal examples/v1
 
+comma := ,
+
 # grpc_tools.protoc finds its protoc-gen-mypy plugins on PATH; put the venv first.
 export PATH := $(abspath $(BIN)):$(PATH)
 
@@ -27,7 +33,12 @@ export PATH := $(abspath $(BIN)):$(PATH)
 .PHONY: help venv setup run test chaos fuzz lint breaking proto check-proto bench examples fmt clean distclean
 
 help: ## List the targets
-	@echo "Usage: make <target> [SYNC=always|2m] [PYTEST_ARGS=...] [CHAOS_SECONDS=... CHAOS_SEED=...]"
+	@echo "Usage: make <target> [VAR=value ...]"
+	@echo "  make run     DATA=$(DATA) LISTEN=$(LISTEN) NATS_PORT=$(NATS_PORT) SYNC=$(SYNC) MODULE=<modules>"
+	@echo "  make test    PYTEST_ARGS=\"-k name\""
+	@echo "  make chaos   CHAOS_SECONDS=$(CHAOS_SECONDS) CHAOS_SEED=<n> CHAOS_PHASES=$(CHAOS_PHASES)"
+	@echo "  make fuzz    FUZZ_EXAMPLES=$(FUZZ_EXAMPLES)"
+	@echo "Targets:"
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' \
 		$(MAKEFILE_LIST)
 
@@ -44,8 +55,9 @@ venv: $(STAMP) ## Create .venv and install the project with dev extras (alias: s
 
 setup: $(STAMP) ## Same as venv
 
-run: setup ## Run the dev stack (embedded nats-server + control plane + worker); SYNC=always|2m
-	$(BIN)/durable dev --data $(DATA) --listen $(LISTEN) --sync $(SYNC)
+run: setup ## Run the dev stack (embedded nats-server + control plane + worker hosting the examples)
+	$(BIN)/durable dev --data $(DATA) --listen $(LISTEN) --nats-port $(NATS_PORT) --sync $(SYNC) \
+		$(foreach m,$(subst $(comma), ,$(MODULE)),--module $(m))
 
 test: setup ## Run the test suite; extra pytest flags via PYTEST_ARGS="..."
 	$(BIN)/pytest -q $(PYTEST_ARGS)

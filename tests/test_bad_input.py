@@ -142,7 +142,7 @@ def _json(value: Any) -> types_pb2.Payload:
 # -- handlers ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("handler", ["nope/missing", "bad/missing", "bad", "BAD/ORDER"])
+@pytest.mark.parametrize("handler", ["nope/missing", "bad/missing", "bad"])
 async def test_unknown_handler_is_not_found_and_lists_the_known_ones(
     stub: Any, existing: list[str], handler: str
 ) -> None:
@@ -152,6 +152,25 @@ async def test_unknown_handler_is_not_found_and_lists_the_known_ones(
     assert handler in details
     for known in KNOWN:
         assert known in details, details
+
+
+@pytest.mark.parametrize(
+    ("handler", "meant"),
+    [
+        ("BAD/ORDER", "bad/order"),  # case
+        ("bad/ordr", "bad/order"),  # a typo
+        ("order", "bad/order"),  # the method alone
+        ("bda/echo", "bad/echo"),  # the service misspelt
+    ],
+)
+async def test_unknown_handler_suggests_the_closest_names(
+    stub: Any, existing: list[str], handler: str, meant: str
+) -> None:
+    details = await refused(
+        stub, existing, Code.NOT_FOUND, _invoke(stub, handler=handler, input=_json("x"))
+    )
+    assert details.startswith(f"handler '{handler}' is not registered; did you mean {meant}")
+    assert "bad/blob" not in details  # not the whole list
 
 
 async def test_empty_handler_is_invalid(stub: Any, existing: list[str]) -> None:

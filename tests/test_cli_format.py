@@ -154,9 +154,71 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
     assert capsys.readouterr().err  # argparse explains the problem
 
 
+@pytest.mark.parametrize(
+    ("given", "hint"),
+    [
+        ("World", """a JSON string needs double quotes inside shell quotes: '"World"'"""),
+        ("{name: ada}", """the whole value single quotes for the shell, e.g. '{"name": "ada"}'"""),
+    ],
+)
+def test_input_the_shell_unquoted_says_how_to_quote_it(
+    given: str, hint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["invoke", "greeter/greet", given]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith("usage: durable invoke")
+    assert err.rstrip().endswith(hint), err
+    assert cli.main(["set-state", "counter", "k", f"n={given}"]) == cli.EXIT_USAGE
+    assert hint in capsys.readouterr().err
+
+
+def test_usage_errors_with_json_are_one_json_object(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--json", "invoke", "greeter/greet", "World"]) == cli.EXIT_USAGE
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    error = json.loads(captured.err)["error"]
+    assert error["code"] == "USAGE"
+    assert error["message"].startswith("INPUT_JSON is not valid JSON")
+    assert cli.main(["list", "--json", "--limit", "0"]) == cli.EXIT_USAGE
+    assert json.loads(capsys.readouterr().err)["error"]["code"] == "USAGE"
+
+
 def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["--help"]) == 0
     assert "invoke" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["dev", "server", "worker"])
+def test_engine_help_names_every_default(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main([command, "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for action in sub.choices[command]._actions:
+        if action.default not in (None, False, argparse.SUPPRESS) and action.option_strings:
+            assert f"(default: {action.default})" in text, (command, action.dest)
+    if command == "dev":
+        assert "default: every example: examples.hello," in text
+
+
+def test_make_run_takes_module_and_nats_port() -> None:
+    import subprocess
+
+    repo = Path(__file__).resolve().parent.parent
+
+    def make(*argv: str) -> str:
+        done = subprocess.run(
+            ["make", "-n", *argv], cwd=repo, capture_output=True, text=True, check=True
+        )
+        return " ".join(done.stdout.replace("\\\n", " ").split())
+
+    ran = make("run", "MODULE=examples.hello,examples.signup", "NATS_PORT=4333", "DATA=/x")
+    assert "--module examples.hello --module examples.signup" in ran
+    assert "--nats-port 4333" in ran and "--data /x" in ran
+    assert "--module" not in make("run")  # no MODULE: dev's default, every example
+    shown = subprocess.run(["make", "help"], cwd=repo, capture_output=True, text=True).stdout
+    for knob in ("DATA=", "LISTEN=", "NATS_PORT=", "MODULE=", "SYNC="):
+        assert knob in shown, knob
 
 
 def _closed_port() -> int:
@@ -601,14 +663,24 @@ async def test_cli_invoke_no_wait_then_get(nats_server: EmbeddedNats) -> None:
         assert "current step" not in ran.out  # it has ended
         assert "last failure" not in ran.out
         header = next(line for line in ran.lines if line.startswith("INDEX"))
-        assert header.split() == ["INDEX", "KIND", "NAME", "SUMMARY", "ATTEMPT", "RECORDED", "AT"]
+        assert header.split() == [
+            "INDEX",
+            "KIND",
+            "NAME",
+            "SUMMARY",
+            "TOOK",
+            "ATTEMPT",
+            "RECORDED",
+            "AT",
+        ]
         rows = ran.table("INDEX")
-        assert [row[:5] for row in rows] == [
+        assert [row[:4] + row[5:6] for row in rows] == [
             ["0", "RUN", "reserve", '"rsv-o-1"', "1"],
             ["1", "RUN", "charge", "15.0", "1"],
             ["2", "RUN", "ship", '"shp-o-1"', "1"],
         ]
-        assert all(STAMP_RE.match(row[5]) for row in rows)
+        assert all(re.fullmatch(r"\d+ms", row[4]) for row in rows), rows
+        assert all(STAMP_RE.match(row[6]) for row in rows)
 
         body = (await durable(engine.target, "get", inv_id, "--json")).json()
         assert body["invocation"]["invocationId"] == inv_id
@@ -963,3 +1035,28 @@ async def test_cli_version_and_server_info(nats_server: EmbeddedNats) -> None:
         assert re.fullmatch(r"\d+\.\d+\.\d+.*", ran.field("nats-server")), ran.out
         info = (await durable(engine.target, "--json", "info")).json()
         assert info["version"] == engine_version() and info["prefix"] == engine.config.prefix
+
+
+def test_tables_show_times_relative_to_now() -> None:
+    from durable_server.cli_render import ago
+
+    s = types_pb2.InvocationSummary()
+    assert ago(s, "created_at") == "-"
+    now_ns = 1_000_000 * 1_000_000_000
+    for before_s, text in [(0.2, "now"), (5, "5s ago"), (150, "2m ago"), (7300, "2h ago")]:
+        s.created_at.FromNanoseconds(now_ns - int(before_s * 1e9))
+        assert ago(s, "created_at", now_ns) == text
+    s.created_at.FromNanoseconds(now_ns + 90 * 1_000_000_000)
+    assert ago(s, "created_at", now_ns) == "in 1m"
+
+
+def test_tables_fit_the_width_and_never_cut_ids() -> None:
+    from durable_server._tables import format_table
+
+    rows = [("inv_" + "a" * 26, "orders/checkout", "x" * 60)]
+    text = format_table(("ID", "HANDLER", "DESCRIPTION"), rows, width=70)
+    assert max(len(line) for line in text.splitlines()) <= 70
+    assert "inv_" + "a" * 26 in text  # whole
+    assert "…" in text.splitlines()[2]
+    wide = format_table(("ID", "HANDLER", "DESCRIPTION"), rows, width=500)
+    assert "x" * 59 in wide

@@ -4,12 +4,18 @@ noticeably later (an entry buffered across a NATS restart)."""
 
 from __future__ import annotations
 
+import re
+import time
+from datetime import timedelta
+
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from durable import Context, Service
 from durable.v1 import types_pb2
 from durable_server.cli import _recorded_text
+from durable_server.cli_render import took
 from tests.engine_support import EngineFactory, start_ready
+from tests.test_cli_format import durable
 
 timed = Service("timed")
 
@@ -43,3 +49,50 @@ def _entry(made_s: float, stored_s: float) -> types_pb2.JournalEntry:
 def test_get_shows_a_late_store_and_keeps_quiet_about_an_ordinary_one() -> None:
     assert _recorded_text(_entry(1000.0, 1002.5)).endswith("(stored +2.5s)")
     assert "stored" not in _recorded_text(_entry(1000.0, 1000.004))
+
+
+@timed.handler()
+async def nap(ctx: Context, seconds: float) -> str:
+    def slow() -> str:
+        time.sleep(seconds)
+        return "done"
+
+    await ctx.run("slow", slow)
+    await ctx.sleep(timedelta(seconds=seconds))
+    return "rested"
+
+
+async def test_steps_say_how_long_they_took_and_what_was_awaited(
+    engine_factory: EngineFactory,
+) -> None:
+    engine = await start_ready(engine_factory, [timed])
+    handle = await engine.client.invoke("timed/nap", 0.3, wait=True, wait_timeout=10)
+    assert await handle.result(timeout=10) == "rested"
+    journal = (await engine.client.get(handle.id)).journal
+    kinds = [types_pb2.StepKind.Name(e.kind) for e in journal]
+    assert kinds == ["STEP_KIND_RUN", "STEP_KIND_SLEEP", "STEP_KIND_AWAIT"]
+    run, sleep, wait = journal
+    assert run.recorded_at.ToNanoseconds() - run.started_at.ToNanoseconds() >= 300_000_000
+    assert not sleep.HasField("started_at")  # creating a timer takes no time
+    assert not sleep.HasField("awaited")
+    assert (wait.awaited.index, wait.awaited.kind) == (1, types_pb2.STEP_KIND_SLEEP)
+    # A short timer is waited for in the attempt that made it: the wait began right then.
+    assert wait.started_at.ToNanoseconds() <= sleep.recorded_at.ToNanoseconds()
+    assert wait.recorded_at.ToNanoseconds() - wait.started_at.ToNanoseconds() >= 300_000_000
+
+    ran = await durable(engine.target, "get", handle.id)
+    assert ran.code == 0, ran
+    rows = {row[0]: row for row in ran.table("INDEX")}
+    assert rows["0"][1:3] == ["RUN", "slow"] and re.fullmatch(r"\d+ms|\d+\.\ds", rows["0"][4]), rows
+    assert rows["2"][1:4] == ["AWAIT", "sleep (#1)", "timer fired"], rows
+
+
+def test_step_durations_read_as_a_person_would_say_them() -> None:
+    def stamp(seconds: float) -> Timestamp:
+        out = Timestamp()
+        out.FromNanoseconds(int(seconds * 1e9))
+        return out
+
+    cases = [(0.012, "12ms"), (1.5, "1.5s"), (42, "42s"), (123, "2m03s"), (3900, "1h05m")]
+    for span, text in cases:
+        assert took(stamp(1000), stamp(1000 + span)) == text

@@ -152,7 +152,10 @@ async def test_state_keys_clear_and_operator_edits(engine_factory: EngineFactory
 
 async def test_bad_inputs(engine_factory: EngineFactory) -> None:
     engine = await start_ready(engine_factory, SERVICES)
-    with pytest.raises(InvalidArgumentError, match="needs a key"):
+    with pytest.raises(
+        InvalidArgumentError,
+        match=r"needs a key, the object key it runs for: .*durable invoke --key K",
+    ):
         await engine.client.start("counter/add", 1)
     with pytest.raises(InvocationFailedError, match="shared handler"):
         await engine.client.execute("counter/sneaky", None, key="k", timeout=10)

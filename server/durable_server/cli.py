@@ -30,7 +30,7 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from google.protobuf import json_format
 
@@ -40,13 +40,15 @@ from durable.errors import DurableError, InvocationFailedError, ResultTimeoutErr
 from durable.v1 import control_pb2, types_pb2
 from durable_server._tables import format_fields, format_table
 from durable_server.cli_objects import add_object_commands
-from durable_server.cli_render import add_wait_commands, waits_text
+from durable_server.cli_render import add_wait_commands, json_arg, waits_text
+from durable_server.cli_render import ago as _ago
 from durable_server.cli_render import enum_name as _enum_name
 from durable_server.cli_render import failure_text as _failure_text
 from durable_server.cli_render import print_json as _print_json
 from durable_server.cli_render import result_text as _result_text
 from durable_server.cli_render import step_text as _step_text
 from durable_server.cli_render import ts as _ts
+from durable_server.cli_steps import no_worker_text, step_name, step_summary, step_took
 from durable_server.version import engine_version
 
 __all__ = ["build_parser", "main"]
@@ -66,11 +68,14 @@ _MAX_PAGE = 1000
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``durable`` command on ``argv`` (default ``sys.argv[1:]``); return the exit code."""
     parser = build_parser()
+    words = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = _parse(parser, argv)
+        args = _parse(parser, words)
         if getattr(args, "prepare", None) is not None:
             args.prepare(args)
-    except SystemExit as exc:  # argparse reports usage errors (2) and --help (0) this way
+    except _UsageError as exc:
+        return _usage_error(exc, words)
+    except SystemExit as exc:  # argparse's --help (0) and --version
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     try:
         if getattr(args, "func", None) is not None:  # an engine command
@@ -82,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help(sys.stderr)
             return EXIT_USAGE
         return asyncio.run(_run_client(args))
+    except _UsageError as exc:  # an argument only a command's run reads (set-state values)
+        return _usage_error(exc, words)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -89,6 +96,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_FAILED
+
+
+def _usage_error(exc: _UsageError, words: list[str]) -> int:
+    """Report a command line that cannot run: argparse's usage and message, or with --json
+    one JSON object like every other error."""
+    if "--json" in words[: words.index("--") if "--" in words else None]:
+        print(json.dumps({"error": {"code": "USAGE", "message": exc.message}}), file=sys.stderr)
+    else:
+        exc.parser.print_usage(sys.stderr)
+        print(f"{exc.parser.prog}: error: {exc.message}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
@@ -178,9 +196,26 @@ def _error(args: argparse.Namespace, code: str, message: str) -> None:
 # ------------------------------------------------------------------------------------ parser
 
 
+class _UsageError(Exception):
+    """A command line that cannot run, raised instead of argparse's print-and-exit so that
+    ``main`` can report it as text or, with --json, as JSON."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser = parser
+        self.message = message
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors raised as ``_UsageError`` (subcommands inherit the class)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(self, message)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of the ``durable`` command, engine commands included."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="durable",
         description="Durable execution on NATS JetStream: run the engine, drive invocations.",
     )
@@ -193,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # The same flags are accepted after the command too; SUPPRESS keeps the values given
     # before it (separate action objects: set_defaults would otherwise leak between them).
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     _add_global_flags(common, argparse.SUPPRESS, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -274,7 +309,7 @@ def _add_global_flags(parser: argparse.ArgumentParser, target: Any, as_json: Any
     )
 
 
-def _add_engine_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_engine_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     try:
         process = importlib.import_module("durable_server.process")
     except ModuleNotFoundError as exc:
@@ -327,12 +362,7 @@ def _prepare_invoke(args: argparse.Namespace) -> None:
                     text = f.read()
         except OSError as exc:
             parser.error(f"cannot read input file: {exc}")
-    args.input_value = None
-    if text is not None:
-        try:
-            args.input_value = json.loads(text)
-        except ValueError as exc:
-            parser.error(f"{source} is not valid JSON: {exc}")
+    args.input_value = json_arg(args, text, source)
 
 
 # ---------------------------------------------------------------------------------- commands
@@ -442,6 +472,7 @@ async def _cmd_get(client: Client, args: argparse.Namespace) -> int:
         ("waiting for", waits_text(inv.waiting_for)),
         ("scheduled for", _ts(inv, "scheduled_at", ms=True)),
         ("called by", inv.caller_id),
+        ("no worker", no_worker_text(inv)),
     ]
     print(format_fields(fields))
     if response.journal:
@@ -449,15 +480,17 @@ async def _cmd_get(client: Client, args: argparse.Namespace) -> int:
             (
                 e.index,
                 _enum_name(types_pb2.StepKind, e.kind, "STEP_KIND_"),
-                e.name,
-                e.summary,
+                step_name(e),
+                step_summary(e),
+                step_took(e),
                 e.attempt,
                 _recorded_text(e),
             )
             for e in response.journal
         ]
         print()
-        print(format_table(("INDEX", "KIND", "NAME", "SUMMARY", "ATTEMPT", "RECORDED AT"), rows))
+        headers = ("INDEX", "KIND", "NAME", "SUMMARY", "TOOK", "ATTEMPT", "RECORDED AT")
+        print(format_table(headers, rows))
     return 0
 
 
@@ -486,8 +519,8 @@ def _summary_row(s: types_pb2.InvocationSummary) -> tuple[object, ...]:
         s.key,
         status_name(s.status),
         s.attempt,
-        _ts(s, "created_at") or "-",
-        _ts(s, "updated_at") or "-",
+        _ago(s, "created_at"),
+        _ago(s, "updated_at"),
     )
 
 
@@ -590,7 +623,7 @@ async def _cmd_handlers(client: Client, args: argparse.Namespace) -> int:
             h.input_type,
             h.output_type,
             h.live_workers,
-            _ts(h, "last_seen") or "-",
+            _ago(h, "last_seen"),
             h.description,
         )
         for h in handlers

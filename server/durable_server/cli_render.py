@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from durable._client import Client, is_terminal, status_name
 from durable._payloads import preview, value_to_json_bytes
@@ -35,6 +38,38 @@ def ts(message: Message, field: str, *, ms: bool = False) -> str:
     if ms:
         text += f".{stamp.microsecond // 1000:03d}"
     return text + "Z"
+
+
+def ago(message: Message, field: str, now_ns: int | None = None) -> str:
+    """A Timestamp field relative to now, as tables show times ("5s ago", "in 2m"), or
+    ``"-"`` when unset; ``durable get`` shows the absolute time."""
+    if not message.HasField(field):
+        return "-"
+    now_ns = time.time_ns() if now_ns is None else now_ns
+    delta_s = (now_ns - getattr(message, field).ToNanoseconds()) / 1e9
+    if abs(delta_s) < 1:
+        return "now"
+    text = _span(abs(delta_s), precise=False)
+    return f"{text} ago" if delta_s > 0 else f"in {text}"
+
+
+def took(start: Timestamp, end: Timestamp) -> str:
+    """How long from ``start`` to ``end``: "12ms", "1.5s", "2m03s", "1h05m"."""
+    return _span(max(end.ToNanoseconds() - start.ToNanoseconds(), 0) / 1e9, precise=True)
+
+
+def _span(seconds: float, *, precise: bool) -> str:
+    if precise and seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.1f}s" if precise and seconds < 10 else f"{seconds:.0f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s" if precise else f"{minutes}m"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h{minutes:02d}m" if precise else f"{hours}h"
+    return f"{hours // 24}d{hours % 24:02d}h" if precise else f"{hours // 24}d"
 
 
 def enum_name(enum: Any, value: int, prefix: str) -> str:
@@ -93,11 +128,34 @@ def add_wait_commands(command: _AddCommand) -> None:
 
 
 def json_arg(args: argparse.Namespace, text: str | None, what: str) -> Any:
-    """A JSON command-line argument (None when absent); a usage error (exit 2) when bad."""
+    """A JSON command-line argument (None when absent); a usage error (exit 2) when bad,
+    saying how to write it when the shell is the likely culprit."""
     try:
         return json.loads(text) if text is not None else None
     except ValueError as exc:
-        args.parser.error(f"{what} is not valid JSON: {exc}")
+        assert text is not None
+        args.parser.error(f"{what} is not valid JSON: {exc}{quoting_hint(text)}")
+
+
+def quoting_hint(text: str) -> str:
+    """How to quote ``text`` for the shell when it looks like quotes were lost on the way:
+    a bare word meant as a JSON string, or an object whose keys lost their double quotes."""
+    stripped = text.strip()
+    if stripped and stripped[0] not in '{["-0123456789' and stripped not in _LITERALS:
+        return f"; a JSON string needs double quotes inside shell quotes: {_quoted(stripped)}"
+    if stripped.startswith(("{", "[")) and '"' not in stripped:
+        return (
+            "; JSON keys and strings need double quotes, and the whole value single quotes "
+            """for the shell, e.g. '{"name": "ada"}'"""
+        )
+    return ""
+
+
+_LITERALS = ("true", "false", "null")
+
+
+def _quoted(word: str) -> str:
+    return shlex.quote(json.dumps(word))
 
 
 def report(args: argparse.Namespace, response: Message, text: str) -> int:

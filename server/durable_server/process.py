@@ -107,7 +107,7 @@ def _engine_flags(p: argparse.ArgumentParser, *, with_nats: bool = True) -> None
             help="NATS URL, or a comma-separated list for a cluster",
         )
     p.add_argument("--prefix", default="durable", help="namespace of streams and buckets")
-    p.add_argument("--replicas", type=int, default=1, help="JetStream replicas (3 on a cluster)")
+    p.add_argument("--replicas", type=int, default=1, help="JetStream replicas; 3 on a cluster")
     p.add_argument(
         "--ack-wait", type=float, default=30.0, help="seconds before a silent worker's work moves"
     )
@@ -124,7 +124,7 @@ def _engine_flags(p: argparse.ArgumentParser, *, with_nats: bool = True) -> None
         "--retention",
         type=float,
         default=7 * 24 * 3600.0,
-        help="seconds an ended invocation is kept before it is purged (0: forever)",
+        help="seconds an ended invocation is kept before it is purged; 0 keeps it forever",
     )
     p.add_argument(
         "--grpc-endpoint",
@@ -133,25 +133,60 @@ def _engine_flags(p: argparse.ArgumentParser, *, with_nats: bool = True) -> None
         help="call this gRPC service at a plain gRPC address instead of over NATS "
         "(repeatable; e.g. examples.v1.HelloService=localhost:9000)",
     )
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument(
+        "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (Python logging)"
+    )
 
 
-def add_engine_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+class _ShowDefaults(argparse.HelpFormatter):
+    """``--help`` names every flag's default, except where there is none to name (None,
+    False), so nobody has to read the source to learn what an omitted flag means."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            "%(default)" in text
+            or default in (None, False, argparse.SUPPRESS)
+            or not action.option_strings
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def add_engine_commands(sub: argparse._SubParsersAction[Any]) -> None:
     """Register dev, server and worker on the ``durable`` CLI."""
-    dev = sub.add_parser("dev", help="embedded nats-server + control plane + worker, one process")
+    dev = sub.add_parser(
+        "dev",
+        help="embedded nats-server + control plane + worker, one process",
+        description="Run an embedded nats-server, the control plane and a worker in one "
+        "process: what `make run` starts.",
+        formatter_class=_ShowDefaults,
+    )
     dev.add_argument("--data", default="./data", help="JetStream store directory")
     dev.add_argument("--listen", default="127.0.0.1:50051", help="gRPC address")
     dev.add_argument("--nats-port", type=int, default=4222, help="embedded nats-server port")
     dev.add_argument(
         "--sync", default="always", help="nats-server sync_interval: 'always' or e.g. '2m'"
     )
-    dev.add_argument("--module", action="append", help="module with handlers (repeatable)")
+    dev.add_argument(
+        "--module",
+        action="append",
+        help="module with handlers (repeatable; default: every example: "
+        + ", ".join(DEFAULT_MODULES)
+        + ")",
+    )
     dev.add_argument("--slots", type=int, default=64, help="concurrent invocations")
     _engine_flags(dev, with_nats=False)
     _control_flags(dev)
-    dev.set_defaults(func=lambda a: _run(_dev(a), a))
+    dev.set_defaults(func=lambda a: _run(_dev(a), a), parser=dev)
 
-    server = sub.add_parser("server", help="run the control plane (gRPC DurableControl)")
+    server = sub.add_parser(
+        "server",
+        help="run the control plane (gRPC DurableControl)",
+        description="Run the control plane (gRPC DurableControl) against a NATS server.",
+        formatter_class=_ShowDefaults,
+    )
     server.add_argument("--listen", default="127.0.0.1:50051", help="gRPC address")
     server.add_argument(
         "--module",
@@ -161,14 +196,19 @@ def add_engine_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     server.add_argument("--slots", type=int, default=64, help="concurrent invocations")
     _engine_flags(server)
     _control_flags(server)
-    server.set_defaults(func=lambda a: _run(_server(a), a))
+    server.set_defaults(func=lambda a: _run(_server(a), a), parser=server)
 
-    worker = sub.add_parser("worker", help="run a worker hosting handler modules")
+    worker = sub.add_parser(
+        "worker",
+        help="run a worker hosting handler modules",
+        description="Run a worker that hosts the handlers of the given modules.",
+        formatter_class=_ShowDefaults,
+    )
     worker.add_argument("--module", action="append", required=True, help="module with handlers")
     worker.add_argument("--slots", type=int, default=64, help="concurrent invocations")
     worker.add_argument("--worker-id", default=None, help="stable id (default: random)")
     _engine_flags(worker)
-    worker.set_defaults(func=lambda a: _run(_worker(a), a))
+    worker.set_defaults(func=lambda a: _run(_worker(a), a), parser=worker)
 
 
 def _run(main: Coroutine[Any, Any, None], args: argparse.Namespace) -> int:

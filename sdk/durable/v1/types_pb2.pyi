@@ -419,6 +419,8 @@ class JournalEntry(_message.Message):
     RECORDED_AT_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
     STORED_AT_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    AWAITED_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """Zero-based position in the journal."""
     kind: Global___StepKind.ValueType
@@ -446,6 +448,20 @@ class JournalEntry(_message.Message):
         NATS restart or reconnect; unset when not known.
         """
 
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp:
+        """When the step began, for a step that takes time (recorded_at minus started_at is how
+        long it took): a RUN's side effect started (its retries included); an AWAIT's wait
+        began (in an earlier attempt that suspended, when the awaited step was journaled).
+        Unset for steps that take no time and for steps journaled before this field existed.
+        """
+
+    @_builtins.property
+    def awaited(self) -> Global___StepRef:
+        """For an AWAIT step, the step it waited for (a sleep, awakeable, promise or call);
+        unset for other kinds.
+        """
+
     def __init__(
         self,
         *,
@@ -457,10 +473,12 @@ class JournalEntry(_message.Message):
         recorded_at: _timestamp_pb2.Timestamp | None = ...,
         attempt: _builtins.int = ...,
         stored_at: _timestamp_pb2.Timestamp | None = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        awaited: Global___StepRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["recorded_at", b"recorded_at", "result", b"result", "stored_at", b"stored_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["awaited", b"awaited", "recorded_at", b"recorded_at", "result", b"result", "started_at", b"started_at", "stored_at", b"stored_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "index", b"index", "kind", b"kind", "name", b"name", "recorded_at", b"recorded_at", "result", b"result", "stored_at", b"stored_at", "summary", b"summary"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "awaited", b"awaited", "index", b"index", "kind", b"kind", "name", b"name", "recorded_at", b"recorded_at", "result", b"result", "started_at", b"started_at", "stored_at", b"stored_at", "summary", b"summary"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -550,6 +568,7 @@ class Invocation(_message.Message):
     WAITING_FOR_FIELD_NUMBER: _builtins.int
     SCHEDULED_AT_FIELD_NUMBER: _builtins.int
     CALLER_ID_FIELD_NUMBER: _builtins.int
+    NO_WORKER_SINCE_FIELD_NUMBER: _builtins.int
     invocation_id: _builtins.str
     """Invocation id."""
     handler: _builtins.str
@@ -616,6 +635,14 @@ class Invocation(_message.Message):
     def scheduled_at(self) -> _timestamp_pb2.Timestamp:
         """When a delayed send starts it (status SCHEDULED)."""
 
+    @_builtins.property
+    def no_worker_since(self) -> _timestamp_pb2.Timestamp:
+        """Set while it waits to run (PENDING or BACKING_OFF) and no live worker hosts its
+        handler, as Temporal shows "no pollers": since when. That is when the last worker
+        hosting the handler was last heard from, or when the invocation was created if that was
+        later (or no worker ever registered the handler). Unset while a live worker hosts it.
+        """
+
     def __init__(
         self,
         *,
@@ -641,10 +668,11 @@ class Invocation(_message.Message):
         waiting_for: _abc.Iterable[Global___WaitTarget] | None = ...,
         scheduled_at: _timestamp_pb2.Timestamp | None = ...,
         caller_id: _builtins.str = ...,
+        no_worker_since: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "current_step", b"current_step", "ended_at", b"ended_at", "input", b"input", "last_failure", b"last_failure", "next_attempt_at", b"next_attempt_at", "result", b"result", "scheduled_at", b"scheduled_at", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "current_step", b"current_step", "ended_at", b"ended_at", "input", b"input", "last_failure", b"last_failure", "next_attempt_at", b"next_attempt_at", "no_worker_since", b"no_worker_since", "result", b"result", "scheduled_at", b"scheduled_at", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "caller_id", b"caller_id", "cancel_requested", b"cancel_requested", "created_at", b"created_at", "current_step", b"current_step", "ended_at", b"ended_at", "handler", b"handler", "idempotency_key", b"idempotency_key", "input", b"input", "invocation_id", b"invocation_id", "journal_length", b"journal_length", "key", b"key", "last_failure", b"last_failure", "next_attempt_at", b"next_attempt_at", "pause_requested", b"pause_requested", "result", b"result", "scheduled_at", b"scheduled_at", "started_at", b"started_at", "status", b"status", "status_reason", b"status_reason", "updated_at", b"updated_at", "waiting_for", b"waiting_for"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "caller_id", b"caller_id", "cancel_requested", b"cancel_requested", "created_at", b"created_at", "current_step", b"current_step", "ended_at", b"ended_at", "handler", b"handler", "idempotency_key", b"idempotency_key", "input", b"input", "invocation_id", b"invocation_id", "journal_length", b"journal_length", "key", b"key", "last_failure", b"last_failure", "next_attempt_at", b"next_attempt_at", "no_worker_since", b"no_worker_since", "pause_requested", b"pause_requested", "result", b"result", "scheduled_at", b"scheduled_at", "started_at", b"started_at", "status", b"status", "status_reason", b"status_reason", "updated_at", b"updated_at", "waiting_for", b"waiting_for"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

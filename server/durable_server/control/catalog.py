@@ -6,9 +6,11 @@ handler stays known (and Invoke keeps accepting it) across worker restarts and d
 
 from __future__ import annotations
 
+import difflib
 import logging
 import time
 
+from google.protobuf.timestamp_pb2 import Timestamp
 from nats.js import JetStreamContext
 
 from durable.internal.v1 import storage_pb2
@@ -62,3 +64,49 @@ class HandlerCatalog:
 
     def get(self, name: str) -> types_pb2.HandlerInfo | None:
         return self.handlers().get(name)
+
+    def unserved_since(self, name: str, created_at: Timestamp) -> Timestamp | None:
+        """Since when no live worker has hosted handler ``name``, for an invocation created
+        at ``created_at`` that waits for one; None while a live worker hosts it."""
+        info = self.get(name)
+        if info is not None and info.live_workers > 0:
+            return None
+        since = Timestamp()
+        since.CopyFrom(created_at)
+        if info is not None and info.last_seen.ToNanoseconds() > since.ToNanoseconds():
+            since.CopyFrom(info.last_seen)
+        return since
+
+
+def closest_names(name: str, known: list[str], most: int = 3) -> list[str]:
+    """The registered handler names ``name`` was most likely meant to be, ignoring case:
+    close spellings of the whole name, else of its method alone (``checkout`` ->
+    ``orders/checkout``) with a service close to the one given, if one was."""
+    lowered: dict[str, list[str]] = {}
+    for full in known:
+        lowered.setdefault(full.lower(), []).append(full)
+    wanted = name.lower()
+    close = _nearest(wanted, list(lowered), most, cutoff=0.6)
+    if not close:
+        service, _, method = wanted.rpartition("/")
+        by_method: dict[str, list[str]] = {}
+        for low in lowered:
+            by_method.setdefault(low.rpartition("/")[2], []).append(low)
+        for near in _nearest(method, list(by_method), most, cutoff=0.75):
+            for low in sorted(by_method[near]):
+                other = low.rpartition("/")[0]
+                if not service or difflib.SequenceMatcher(None, service, other).ratio() >= 0.5:
+                    close.append(low)
+    return [full for low in close for full in lowered[low]][:most]
+
+
+def _nearest(word: str, options: list[str], most: int, cutoff: float) -> list[str]:
+    """The options most like ``word`` (at least ``cutoff`` alike), keeping only those about
+    as close as the best one: a second name that is clearly worse only adds doubt."""
+    scored = []
+    for option in options:
+        ratio = difflib.SequenceMatcher(None, word, option).ratio()
+        if ratio >= cutoff:
+            scored.append((ratio, option))
+    scored.sort(key=lambda pair: (-pair[0], pair[1]))
+    return [option for ratio, option in scored[:most] if ratio >= scored[0][0] - 0.05]

@@ -25,7 +25,7 @@ from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
 from durable_server.completions import NotAnAwakeable, TooFarAhead
 from durable_server.config import EngineConfig
-from durable_server.control.catalog import HandlerCatalog
+from durable_server.control.catalog import HandlerCatalog, closest_names
 from durable_server.control.index import InvocationIndex
 from durable_server.control.keyed import KeyedControl
 from durable_server.control.validation import (
@@ -71,6 +71,23 @@ S = types_pb2
 
 # How many registered handlers a NOT_FOUND names; ListHandlers has them all.
 _KNOWN_SHOWN = 20
+
+
+def _unknown_handler(name: str, names: list[str]) -> str:
+    """Why ``name`` is refused, with the names it was likely meant to be (or, without any
+    close one, the registered ones, up to a few)."""
+    said = f"handler {quote(name)} is not registered"
+    if not names:
+        return f"{said}; no worker has registered any handler yet (is a worker running?)"
+    close = closest_names(name, names)
+    if close:
+        return f"{said}; did you mean {' or '.join(close)}? (ListHandlers lists them all)"
+    known = ", ".join(names[:_KNOWN_SHOWN])
+    if len(names) > _KNOWN_SHOWN:
+        known += f" and {len(names) - _KNOWN_SHOWN} more (see ListHandlers)"
+    return f"{said}; known handlers: {known}"
+
+
 _WORKFLOW_KINDS = (S.HANDLER_KIND_WORKFLOW_RUN, S.HANDLER_KIND_WORKFLOW_SHARED)
 # Statuses whose invocation needs a work item to move on (the reconciler checks it has one).
 _WAITING_FOR_ITEM = (S.INVOCATION_STATUS_PENDING, S.INVOCATION_STATUS_SCHEDULED)
@@ -212,7 +229,10 @@ class ControlPlane:
             raise invalid(f"{handler} is a service handler; it takes no key (got {quote(key)})")
         if info.kind != S.HANDLER_KIND_SERVICE and not key:
             what = "workflow id" if info.kind in _WORKFLOW_KINDS else "object key"
-            raise invalid(f"{handler} needs a key: the {what} it runs for (key=...)")
+            raise invalid(
+                f"{handler} needs a key, the {what} it runs for: set the request's key field "
+                "(`durable invoke --key K`, Client.invoke(..., key=K))"
+            )
         check_text("key", key, MAX_KEY_CHARS)
         check_text("idempotency_key", idempotency_key, MAX_IDEMPOTENCY_KEY_CHARS)
         data, content_type = payload_to_stored(payload, self.cfg.max_payload_bytes, "input")
@@ -296,14 +316,7 @@ class ControlPlane:
         handlers = self.catalog.handlers()
         info = handlers.get(name)
         if info is None:
-            names = sorted(handlers)
-            known = ", ".join(names[:_KNOWN_SHOWN]) or "none (no worker has registered yet)"
-            if len(names) > _KNOWN_SHOWN:
-                known += f" and {len(names) - _KNOWN_SHOWN} more (see ListHandlers)"
-            raise RequestError(
-                grpc.StatusCode.NOT_FOUND,
-                f"handler {quote(name)} is not registered; known handlers: {known}",
-            )
+            raise RequestError(grpc.StatusCode.NOT_FOUND, _unknown_handler(name, sorted(handlers)))
         return info
 
     async def await_result(self, invocation_id: str, timeout: float | None) -> tuple[Record, bool]:

@@ -43,6 +43,9 @@ ServicerContext = grpc.aio.ServicerContext[Any, Any]
 S = types_pb2
 C = control_pb2
 
+#: Statuses in which an invocation needs a worker to go on: GetWorkflow says when none hosts it.
+_WAITS_FOR_A_WORKER = (S.INVOCATION_STATUS_PENDING, S.INVOCATION_STATUS_BACKING_OFF)
+
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
@@ -186,6 +189,10 @@ class DurableControlServicer(control_pb2_grpc.DurableControlServicer):
         invocation, entries = invocation_view(
             record, journal, self._plane.progress.get(invocation_id)
         )
+        if invocation.status in _WAITS_FOR_A_WORKER:
+            since = self._plane.catalog.unserved_since(record.handler, record.created_at)
+            if since is not None:
+                invocation.no_worker_since.CopyFrom(since)
         return C.GetWorkflowResponse(invocation=invocation, journal=entries)
 
     @_rpc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from durable.internal.v1 import storage_pb2
@@ -35,6 +36,8 @@ def result_of(r: storage_pb2.InvocationRecord) -> types_pb2.Result:
 def _summary(entry: storage_pb2.JournalRecord) -> str:
     if entry.HasField("failure"):
         text = f"{entry.failure.error_type}: {entry.failure.message}"
+    elif not entry.HasField("value"):
+        return ""  # e.g. a promise step: its value is in the AWAIT that follows
     elif entry.value.content_type == "application/json":
         text = entry.value.data.decode("utf-8", "replace")
     else:
@@ -42,7 +45,12 @@ def _summary(entry: storage_pb2.JournalRecord) -> str:
     return text if len(text) <= _SUMMARY_LIMIT else text[: _SUMMARY_LIMIT - 1] + "…"
 
 
-def journal_entry(entry: storage_pb2.JournalRecord) -> types_pb2.JournalEntry:
+def journal_entry(
+    entry: storage_pb2.JournalRecord,
+    earlier: Mapping[int, storage_pb2.JournalRecord] | None = None,
+) -> types_pb2.JournalEntry:
+    """The API's view of one journal entry; ``earlier`` (the entries before it, by index)
+    lets an AWAIT name the step it waited for and since when."""
     out = types_pb2.JournalEntry(
         index=entry.index,
         kind=entry.kind,
@@ -51,11 +59,35 @@ def journal_entry(entry: storage_pb2.JournalRecord) -> types_pb2.JournalEntry:
         recorded_at=entry.recorded_at,
         attempt=entry.attempt,
     )
+    if entry.HasField("started_at"):
+        out.started_at.CopyFrom(entry.started_at)
+    awaited = _awaited(entry, earlier or {})
+    if awaited is not None:
+        out.awaited.CopyFrom(
+            types_pb2.StepRef(index=awaited.index, kind=awaited.kind, name=awaited.name)
+        )
+        # The wait began when the handler first waited: in this attempt (started_at), or
+        # in an earlier one that suspended right after journaling the awaited step.
+        made = awaited.recorded_at
+        if not out.HasField("started_at") or made.ToNanoseconds() < out.started_at.ToNanoseconds():
+            out.started_at.CopyFrom(made)
     if entry.HasField("failure"):
         out.result.failure.CopyFrom(entry.failure)
     elif entry.HasField("value"):
         out.result.value.CopyFrom(stored_to_payload(entry.value.data, entry.value.content_type))
     return out
+
+
+def _awaited(
+    entry: storage_pb2.JournalRecord, earlier: Mapping[int, storage_pb2.JournalRecord]
+) -> storage_pb2.JournalRecord | None:
+    """The step an AWAIT entry waited for: its name is ``#<index>`` of that step."""
+    if entry.kind != S.STEP_KIND_AWAIT or not entry.name.startswith("#"):
+        return None
+    try:
+        return earlier.get(int(entry.name[1:]))
+    except ValueError:
+        return None
 
 
 def with_final(
@@ -124,11 +156,12 @@ def invocation_view(
     steps = 0
     if journal:
         stored = journal.stored_ns + [0] * (len(journal.entries) - len(journal.stored_ns))
+        by_index = {e.index: e for e in journal.entries}
         for e, stored_ns in zip(journal.entries, stored, strict=True):
             if e.kind == S.STEP_KIND_UNSPECIFIED:
                 continue
             steps += 1
-            view = journal_entry(e)
+            view = journal_entry(e, by_index)
             if stored_ns:
                 view.stored_at.FromNanoseconds(stored_ns)
             entries.append(view)

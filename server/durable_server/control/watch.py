@@ -68,6 +68,7 @@ async def watch(plane: ControlPlane, invocation_id: str) -> AsyncIterator[C.Watc
             inactive_threshold=60.0,
         )
         status = record.status
+        seen = {e.index: e for e in journal.entries}  # what an AWAIT step refers back to
         while True:
             item = await queue.get()
             if isinstance(item, Record):
@@ -81,7 +82,8 @@ async def watch(plane: ControlPlane, invocation_id: str) -> AsyncIterator[C.Watc
             entry = storage_pb2.JournalRecord()
             entry.ParseFromString(item.data or b"")
             if entry.kind != S.STEP_KIND_UNSPECIFIED:
-                step = journal_entry(entry)
+                seen[entry.index] = entry
+                step = journal_entry(entry, seen)
                 yield _event(C.WATCH_EVENT_KIND_STEP, record, [step])
             if entry.HasField("final"):
                 yield _event(C.WATCH_EVENT_KIND_ENDED, with_final(record, entry))

@@ -315,6 +315,7 @@ class InvocationContext(Context):
         if self._before_new_step(index, types_pb2.STEP_KIND_RUN, name):
             raise self._cancellation(index, types_pb2.STEP_KIND_RUN, name)
         entry = self._entry(index, types_pb2.STEP_KIND_RUN, name)
+        entry.started_at.CopyFrom(entry.recorded_at)  # recorded_at is set again when stored
         failed: TerminalError | None = None
         # Tell the control plane which step is running only when it takes a while: quick
         # steps would cost a message each for nothing an operator could see.
@@ -501,10 +502,12 @@ class InvocationContext(Context):
             cancelled = self._check_new_step(index, types_pb2.STEP_KIND_AWAIT, name)
             if cancelled is not None:
                 raise cancelled
+            began = now_ts()
             outcome = fut.outcome or await self._probe(fut, wait=True)
             if outcome is None:
                 raise SuspendInvocation(f"waiting for {fut.describe()}", (fut.target,))
             entry = self._entry(index, types_pb2.STEP_KIND_AWAIT, name)
+            entry.started_at.CopyFrom(began)
             if outcome.HasField("failure"):
                 entry.failure.CopyFrom(outcome.failure)
             else:

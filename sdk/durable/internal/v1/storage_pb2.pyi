@@ -221,6 +221,7 @@ class JournalRecord(_message.Message):
     ATTEMPT_FIELD_NUMBER: _builtins.int
     WORKER_ID_FIELD_NUMBER: _builtins.int
     FINAL_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """Zero-based position."""
     kind: _types_pb2.StepKind.ValueType
@@ -250,6 +251,13 @@ class JournalRecord(_message.Message):
         follows. An entry of kind STEP_KIND_UNSPECIFIED carries only this (no step was left).
         """
 
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp:
+        """When a RUN step's side effect started (before its first try), or when this attempt
+        began an AWAIT's wait (the wait may have begun in an earlier attempt: readers take the
+        awaited step's entry time when earlier); unset for other kinds.
+        """
+
     def __init__(
         self,
         *,
@@ -262,10 +270,11 @@ class JournalRecord(_message.Message):
         attempt: _builtins.int = ...,
         worker_id: _builtins.str = ...,
         final: Global___FinalOutcome | None = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "final", b"final", "outcome", b"outcome", "recorded_at", b"recorded_at", "value", b"value"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "final", b"final", "outcome", b"outcome", "recorded_at", b"recorded_at", "started_at", b"started_at", "value", b"value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "failure", b"failure", "final", b"final", "index", b"index", "kind", b"kind", "name", b"name", "outcome", b"outcome", "recorded_at", b"recorded_at", "value", b"value", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "failure", b"failure", "final", b"final", "index", b"index", "kind", b"kind", "name", b"name", "outcome", b"outcome", "recorded_at", b"recorded_at", "started_at", b"started_at", "value", b"value", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["value", "failure"]  # noqa: Y015
     _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015

@@ -1,0 +1,65 @@
+"""An invocation that waits for a worker none hosts says so, and since when (as Temporal
+shows "no pollers"): GetWorkflow's ``no_worker_since`` and the "no worker" line of
+``durable get``; both go away once a worker for its handler runs again."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from durable import Context, Service
+from durable.testing import start_engine
+from durable.v1 import types_pb2
+from durable_server.natsd import EmbeddedNats
+from durable_server.worker.runtime import Worker
+from tests.test_cli_format import durable
+
+lonely = Service("lonely")
+
+
+@lonely.handler()
+async def hello(ctx: Context, name: str) -> str:
+    return f"hello {name}"
+
+
+async def _live_workers(client: object, name: str) -> int:
+    handlers = await client.handlers()  # type: ignore[attr-defined]
+    return next((h.live_workers for h in handlers if h.name == name), -1)
+
+
+async def test_pending_with_no_worker_says_since_when(nats_server: EmbeddedNats) -> None:
+    async with start_engine([lonely], nats_url=nats_server.url, heartbeat_interval=0.2) as engine:
+        client = engine.client
+        await engine.worker.stop(graceful=False)  # gone, its registration left behind
+        deadline = time.monotonic() + 30
+        while await _live_workers(client, "lonely/hello") != 0:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+
+        handle = await client.invoke("lonely/hello", "ada", wait=False)
+        view = (await client.get(handle.id)).invocation
+        assert view.status == types_pb2.INVOCATION_STATUS_PENDING
+        assert view.HasField("no_worker_since")
+        # The worker was last heard from before the invocation existed: since its creation.
+        assert view.no_worker_since == view.created_at
+
+        ran = await durable(engine.target, "get", handle.id)
+        assert ran.code == 0, ran
+        line = ran.field("no worker")
+        assert line.startswith("no running worker hosts lonely/hello (since 20"), line
+        assert "durable worker --module" in line
+
+        async with Worker(engine.config, [lonely], slots=2):
+            assert await handle.result(timeout=30) == "hello ada"
+            view = (await client.get(handle.id)).invocation
+            assert not view.HasField("no_worker_since")
+            ran = await durable(engine.target, "get", handle.id)
+            assert "no worker" not in ran.out
+
+
+async def test_a_hosted_pending_invocation_has_no_such_line(nats_server: EmbeddedNats) -> None:
+    async with start_engine([lonely], nats_url=nats_server.url) as engine:
+        handle = await engine.client.invoke("lonely/hello", "bo", wait=False)
+        view = (await engine.client.get(handle.id)).invocation
+        assert not view.HasField("no_worker_since")
+        assert await handle.result(timeout=30) == "hello bo"
