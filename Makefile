@@ -139,8 +139,11 @@ TOUR := simple async typed local multi-service concurrent-workflows retry-failur
 	pause-cancel ticket-cart delayed-execution approval-workflow query-api \
 	grpcurl-invocation direct-grpc-call restate-style
 
-examples: ## List the example targets (make example-<name>, against `make run`)
+examples: ## List the example targets (make example-<name>, against `make run`) and their knobs
+	@echo "Each runs against \`make run\` in another terminal (examples/README.md):"
 	@for t in $(TOUR); do echo "  make example-$$t"; done
+	@echo "Knobs: example-concurrent-workflows N=100 IN_FLIGHT=50; example-delayed-execution DELAY=5;"
+	@echo "       example-restate-style EXPIRY=3; all: DURABLE_TARGET=host:port"
 
 example-grpcurl-invocation: setup
 	bash examples/tour/grpcurl_invocation.sh

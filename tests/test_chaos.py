@@ -2,7 +2,7 @@
 chains, durable timers, awakeables, a virtual object) through two control planes and two
 workers while a seeded monkey SIGKILLs workers, control planes and nats-server and freezes a
 worker past the ack wait; first on one nats-server, then on a 3-node R3 cluster whose leaders
-it kills. See ``tests/chaos/`` and README's "Chaos run" for what is checked and how.
+it kills. See ``tests/chaos/`` and docs/development.md's "Chaos run" for what is checked and how.
 
 The seed is printed (and written to the report); ``CHAOS_SEED=<n>`` makes this test (and
 ``make chaos``) choose the same victims at the same times again.

@@ -2,7 +2,7 @@
 
 Clients keep invoking five-step workflows through gRPC while ``durable server`` is killed at
 random moments. An Invoke that answered OK is *accepted*; one that failed with UNAVAILABLE is
-retried with the same idempotency key until it answers. Then (DESIGN.md section 2): every
+retried with the same idempotency key until it answers. Then (docs/guarantees.md): every
 accepted invocation completes, exactly once (the worker is never killed here, so the ledger
 must show no step body running twice), and retries never create a second invocation.
 

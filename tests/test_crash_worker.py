@@ -1,7 +1,7 @@
 """Crash recovery with real processes: the worker process is SIGKILLed at random moments
 while a load of five-step workflows runs through the gRPC control plane.
 
-Proves (DESIGN.md section 2): no accepted invocation is lost, a journaled step never runs
+Proves (docs/guarantees.md): no accepted invocation is lost, a journaled step never runs
 again, and every later step and the output use the journaled result. From the ledger the
 step bodies write, a step may run more than once only when a worker was killed while it was
 in flight: every execution but the last one comes from a killed worker process.

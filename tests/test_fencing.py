@@ -1,4 +1,4 @@
-"""Fencing: one invocation is driven by at most one worker at a time (DESIGN.md section 2).
+"""Fencing: one invocation is driven by at most one worker at a time (docs/guarantees.md).
 
 Two real worker processes are made to drive one invocation at once: worker A is frozen with
 SIGSTOP in the middle of a long step (so its in-progress heartbeats stop), the work item is

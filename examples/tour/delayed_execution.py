@@ -1,5 +1,5 @@
-"""delayed-execution: schedule a greeting DELAY seconds from now (30 by default) and wait
-for it. The greeting is a durable scheduled invocation.
+"""delayed-execution: schedule a greeting DELAY seconds from now (5 by default) and wait
+for it, saying so. The greeting is a durable scheduled invocation.
 
     make example-delayed-execution DELAY=5
 """
@@ -14,7 +14,7 @@ from examples.tour._common import client, main
 
 
 async def run() -> None:
-    delay = float(os.environ.get("DELAY", "30"))
+    delay = float(os.environ.get("DELAY", "5"))
     async with client() as c:
         started = time.monotonic()
         greeting_id = await c.execute(
@@ -22,6 +22,7 @@ async def run() -> None:
         )
         view = await c.get(greeting_id, skip_journal=True)
         print(f"greeting {greeting_id} is {status_name(view.invocation.status)}")
+        print(f"waiting {delay:.0f}s for it (DELAY=<seconds> changes that)...", flush=True)
         result = await c.result(greeting_id, timeout=delay + 60)
         print(f"after {time.monotonic() - started:.1f}s: {result}")
 

@@ -59,6 +59,8 @@ def took(start: Timestamp, end: Timestamp) -> str:
 
 
 def _span(seconds: float, *, precise: bool) -> str:
+    if precise and seconds < 0.001:
+        return "<1ms"
     if precise and seconds < 1:
         return f"{seconds * 1000:.0f}ms"
     if seconds < 60:

@@ -1,7 +1,7 @@
 """The limits on what a client or a handler may send, in one place.
 
 The control plane checks them at the API edge, before anything is stored; the worker checks
-the ones a handler can break (keys of calls, state entry and promise names). README.md's
+the ones a handler can break (keys of calls, state entry and promise names). docs/operating.md's
 table of limits lists each with its default, its flag and the status a breach gets.
 
 Keys (object keys, workflow ids), idempotency keys, promise names and state entry names are

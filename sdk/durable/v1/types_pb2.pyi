@@ -507,7 +507,9 @@ class InvocationSummary(_message.Message):
     status: Global___InvocationStatus.ValueType
     """Current status."""
     attempt: _builtins.int
-    """Attempts started so far (1 after the first attempt began)."""
+    """Attempts started so far: 1 after the first began; each retry, crash recovery, Resume
+    and wake-up from a wait starts another.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When Invoke accepted it."""
@@ -580,7 +582,9 @@ class Invocation(_message.Message):
     idempotency_key: _builtins.str
     """Idempotency key given to Invoke, if any."""
     attempt: _builtins.int
-    """Attempts started so far."""
+    """Attempts started so far: 1 after the first began; each retry, crash recovery, Resume
+    and wake-up from a wait starts another (the retry policy counts only failed ones).
+    """
     status_reason: _builtins.str
     """Why it is in its current status when that needs explaining (e.g. a non-determinism error)."""
     journal_length: _builtins.int
