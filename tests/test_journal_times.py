@@ -93,6 +93,13 @@ def test_step_durations_read_as_a_person_would_say_them() -> None:
         out.FromNanoseconds(int(seconds * 1e9))
         return out
 
-    cases = [(0.0002, "<1ms"), (0.012, "12ms"), (1.5, "1.5s"), (42, "42s"), (123, "2m03s"), (3900, "1h05m")]
+    cases = [
+        (0.0002, "<1ms"),
+        (0.012, "12ms"),
+        (1.5, "1.5s"),
+        (42, "42s"),
+        (123, "2m03s"),
+        (3900, "1h05m"),
+    ]
     for span, text in cases:
         assert took(stamp(1000), stamp(1000 + span)) == text
