@@ -6,9 +6,9 @@ examples/README.md, never retyped here: `durable ...` (also as `.venv/bin/durabl
 joined and a `$ ` prompt dropped. Each file's commands run in document order against a
 real engine hosting the examples (as `make run` does), with the address the docs use
 pointed at it, and placeholders (`<id>`, `inv_agq74...`, `<awakeable id>`, `awk_..._0`)
-filled with the last invocation or awakeable id an earlier command printed. A command may be refused by the
-engine (a pause of an ended invocation is FAILED_PRECONDITION, exit 1), but never a usage
-error (2), never "no engine" (5), never an unknown handler unless the docs show that
+filled with the last invocation or awakeable id an earlier command printed. A command may
+be refused by the engine (a pause of an ended invocation is FAILED_PRECONDITION, exit 1),
+but never a usage error (2), never "no engine" (5), never an unknown handler unless the docs show that
 error. Engine commands (`dev`, `server`, `worker`) are parsed, not run.
 """
 
