@@ -8,8 +8,8 @@ real engine hosting the examples (as `make run` does), with the address the docs
 pointed at it, and placeholders (`<id>`, `inv_agq74...`, `<awakeable id>`, `awk_..._0`)
 filled with the last invocation or awakeable id an earlier command printed. A command may
 be refused by the engine (a pause of an ended invocation is FAILED_PRECONDITION, exit 1),
-but never a usage error (2), never "no engine" (5), never an unknown handler unless the docs show that
-error. Engine commands (`dev`, `server`, `worker`) are parsed, not run.
+but never a usage error (2), never "no engine" (5), never an unknown handler unless the
+docs show that error. Engine commands (`dev`, `server`, `worker`) are parsed, not run.
 """
 
 from __future__ import annotations
