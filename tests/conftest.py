@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -61,6 +62,27 @@ async def nc(nats_server: EmbeddedNats) -> AsyncIterator[NATS]:
         yield client
     finally:
         await client.close()
+
+
+@pytest.fixture
+def crash_rng(request: pytest.FixtureRequest) -> Iterator[random.Random]:
+    """The random source of a crash test (which victim, when, what load), seeded from
+    ``CRASH_SEED`` or afresh. The seed is printed, and named again when the test fails, so
+    ``CRASH_SEED=<n> .venv/bin/pytest -q <test>`` replays the same choices."""
+    seed = int(os.environ.get("CRASH_SEED") or int.from_bytes(os.urandom(4)) % 10**6)
+    print(f"\n[crash] CRASH_SEED={seed} ({request.node.nodeid})")
+    yield random.Random(seed)
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        print(f"[crash] replay: CRASH_SEED={seed} .venv/bin/pytest -q '{request.node.nodeid}'")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Keep each phase's report on the item, so fixtures can tell whether the test failed."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
 
 
 @pytest.fixture

@@ -633,7 +633,9 @@ async def test_cli_exit_codes_tell_the_outcomes_apart(nats_server: EmbeddedNats)
         # A refusal, as one JSON object with --json.
         ran = await durable(engine.target, "--json", "invoke", "clif/nope", "{}")
         assert (ran.code, ran.out) == (cli.EXIT_FAILED, "")
-        assert json.loads(ran.err)["error"]["code"] == "NOT_FOUND"
+        error = json.loads(ran.err)["error"]
+        assert (error["code"], error["reason"]) == ("NOT_FOUND", "HANDLER_NOT_FOUND")
+        assert error["metadata"]["handler"] == "clif/nope"
 
 
 async def test_cli_invoke_no_wait_then_get(nats_server: EmbeddedNats) -> None:

@@ -88,13 +88,13 @@ def journal_values(view: Any) -> list[int]:
 
 
 async def test_control_plane_sigkilled_under_load(
-    isolated_nats: EmbeddedNats, tmp_path: Path
+    isolated_nats: EmbeddedNats, tmp_path: Path, crash_rng: random.Random
 ) -> None:
     ledger = tmp_path / "ledger.txt"
     group = ProcGroup(
         tmp_path / "logs", isolated_nats.url, "crashc", ack_wait=ACK_WAIT, ledger=ledger
     )
-    rng = random.Random()
+    rng = crash_rng
     started = time.monotonic()
     try:
         port = free_port()

@@ -97,12 +97,14 @@ def check_chain(
     return duplicates, problems
 
 
-async def test_worker_sigkilled_under_load(isolated_nats: EmbeddedNats, tmp_path: Path) -> None:
+async def test_worker_sigkilled_under_load(
+    isolated_nats: EmbeddedNats, tmp_path: Path, crash_rng: random.Random
+) -> None:
     ledger = tmp_path / "ledger.txt"
     group = ProcGroup(
         tmp_path / "logs", isolated_nats.url, "crashw", ack_wait=ACK_WAIT, ledger=ledger
     )
-    rng = random.Random()
+    rng = crash_rng
     started = time.monotonic()
     try:
         port = free_port()

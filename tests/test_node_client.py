@@ -1,6 +1,7 @@
 """A client in another language drives the engine: Node.js with @grpc/grpc-js and
 @grpc/proto-loader (from the npm registry), loading the repository's protos at run time,
-invokes a workflow and reads its result and journal through DurableControl."""
+invokes a workflow and reads its result and journal through DurableControl, and reads a
+refusal's google.rpc.ErrorInfo (decoded with protobufjs)."""
 
 from __future__ import annotations
 
@@ -55,10 +56,13 @@ async def test_node_client_invokes_and_reads_the_journal(
     assert answer["journal"] == [
         {"name": "compose", "kind": "STEP_KIND_RUN", "summary": '"Hello, Node!"'}
     ]
-    assert json.loads(err.strip().splitlines()[-1]) == {
-        "code": 3,
-        "details": json.loads(err.strip().splitlines()[-1])["details"],
+    refusal = json.loads(err.strip().splitlines()[-1])
+    assert refusal["code"] == 3 and "malformed" in refusal["details"]
+    # The reason for programs, read from grpc-status-details-bin as grpc-js hands it over.
+    assert refusal["error_info"] == {
+        "reason": "INVOCATION_ID_MALFORMED",
+        "domain": "durable.v1",
+        "metadata": {"invocation_id": "bogus"},
     }
-    assert "malformed" in err
     view = await engine.client.get(answer["invocation_id"])
     assert view.invocation.handler == "greeter/greet"

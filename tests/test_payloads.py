@@ -254,8 +254,10 @@ def test_error_hierarchy() -> None:
     assert type(err) is errors.NotFoundError
     assert err.code is grpc.StatusCode.NOT_FOUND
     assert str(err) == "NOT_FOUND: inv_x not found"
-    other = errors.RPCError.from_status(grpc.StatusCode.UNAVAILABLE, "down")
-    assert type(other) is errors.RPCError
+    down = errors.RPCError.from_status(grpc.StatusCode.UNAVAILABLE, "down")
+    assert type(down) is errors.UnavailableError and down.status == "UNAVAILABLE"
+    other = errors.RPCError.from_status(grpc.StatusCode.DEADLINE_EXCEEDED, "slow")
+    assert type(other) is errors.RPCError and other.reason == ""
     assert errors.TerminalError("x", 5).code == 5
     assert str(errors.InvocationFailedError("bad", "ValueError", 3, "inv_1")) == (
         "invocation inv_1 failed: ValueError: bad (code 3)"

@@ -41,6 +41,7 @@ EXPECTED_ALL = [
     "RpcStatusError",
     "Service",
     "TerminalError",
+    "UnavailableError",
     "VirtualObject",
     "Workflow",
 ]
@@ -62,6 +63,7 @@ EXPECTED_ERRORS_ALL = [
     "RpcStatusError",
     "SuspendInvocation",
     "TerminalError",
+    "UnavailableError",
 ]
 
 

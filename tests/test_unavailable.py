@@ -16,7 +16,7 @@ import pytest
 
 from durable import Client, Context, Service
 from durable._retrying import retry_delay
-from durable.errors import RPCError
+from durable.errors import RPCError, UnavailableError
 from durable.testing import LocalEngine, start_engine
 from durable.v1 import control_pb2, control_pb2_grpc
 from durable_server.natsd import EmbeddedNats
@@ -69,9 +69,11 @@ async def test_the_client_repeats_what_is_safe_to_repeat(
     ):
         isolated_nats.kill()
         try:
-            with pytest.raises(RPCError) as info:
+            with pytest.raises(UnavailableError) as unavailable:
                 await impatient.get(done.id)
-            assert info.value.code == grpc.StatusCode.UNAVAILABLE
+            assert unavailable.value.status == "UNAVAILABLE"
+            assert unavailable.value.reason == "JETSTREAM_UNAVAILABLE"
+            assert unavailable.value.retry_delay == 1.0
             # Not repeated whatever the budget: a second send would be a second invocation.
             async with Client(engine.target, rpc_timeout=3) as hasty:
                 with pytest.raises(RPCError) as info:

@@ -25,6 +25,7 @@ from durable.errors import (
     RPCError,
     RpcStatusError,
     TerminalError,
+    UnavailableError,
 )
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "RpcStatusError",
     "Service",
     "TerminalError",
+    "UnavailableError",
     "VirtualObject",
     "Workflow",
 ]

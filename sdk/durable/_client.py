@@ -34,8 +34,8 @@ from durable._handle import (
     status_name,
 )
 from durable._payloads import from_payload, to_payload
-from durable._retrying import next_pause
-from durable.errors import ResultTimeoutError, RPCError
+from durable._retrying import next_pause, rpc_error
+from durable.errors import ResultTimeoutError, RPCError, UnavailableError
 from durable.v1 import control_pb2, control_pb2_grpc, types_pb2
 
 __all__ = [
@@ -124,10 +124,7 @@ class Client:
             await asyncio.wait_for(client._channel.channel_ready(), timeout)
         except TimeoutError:
             await client.close()
-            raise RPCError(
-                f"could not connect to {target} within {timeout}s",
-                code=grpc.StatusCode.UNAVAILABLE,
-            ) from None
+            raise UnavailableError(f"could not connect to {target} within {timeout}s") from None
         return client
 
     @property
@@ -191,7 +188,7 @@ class Client:
                     if spent < budget and (timeout is None or spent < timeout):
                         await asyncio.sleep(pause)
                         continue
-                raise RPCError.from_status(exc.code(), exc.details() or "") from exc
+                raise rpc_error(exc) from exc
 
     # ---------------------------------------------------------------------------- invoking
 
@@ -508,7 +505,7 @@ class Client:
             async for event in call:
                 yield event
         except grpc.aio.AioRpcError as exc:
-            raise RPCError.from_status(exc.code(), exc.details() or "") from exc
+            raise rpc_error(exc) from exc
         finally:
             call.cancel()
 

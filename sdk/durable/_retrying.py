@@ -11,12 +11,15 @@ idempotency key: a second invocation; a resolve: ALREADY_EXISTS) are never repea
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 import grpc.aio
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
+
+from durable.errors import RPCError
 
 #: Longest pause between two sends, whatever the server suggests.
 MAX_PAUSE = 2.0
@@ -25,8 +28,17 @@ FIRST_PAUSE = 0.1
 _DETAILS_KEY = "grpc-status-details-bin"
 
 
-def retry_delay(err: grpc.aio.AioRpcError) -> float | None:
-    """The delay a ``google.rpc.RetryInfo`` detail of ``err`` asks for, if any."""
+@dataclass(frozen=True)
+class StatusDetails:
+    """What a status's ``google.rpc.Status`` details say, beyond its code and message."""
+
+    reason: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    retry_delay: float | None = None
+
+
+def status_details(err: grpc.aio.AioRpcError) -> StatusDetails:
+    """The ``google.rpc.ErrorInfo`` and ``RetryInfo`` details of ``err``, if it has any."""
     pairs: Any = err.trailing_metadata() or ()  # grpc-stubs types the pairs as opaque
     for key, value in pairs:
         if key != _DETAILS_KEY or not isinstance(value, bytes):
@@ -35,12 +47,35 @@ def retry_delay(err: grpc.aio.AioRpcError) -> float | None:
         try:
             status.ParseFromString(value)
         except DecodeError:
-            return None
+            return StatusDetails()
+        reason, metadata, delay = "", {}, None
         for detail in status.details:
-            info = error_details_pb2.RetryInfo()
+            info = error_details_pb2.ErrorInfo()
+            retry = error_details_pb2.RetryInfo()
             if detail.Is(info.DESCRIPTOR) and detail.Unpack(info):
-                return float(info.retry_delay.ToTimedelta().total_seconds())
-    return None
+                reason, metadata = info.reason, dict(info.metadata)
+            elif detail.Is(retry.DESCRIPTOR) and detail.Unpack(retry):
+                delay = float(retry.retry_delay.ToTimedelta().total_seconds())
+        return StatusDetails(reason, metadata, delay)
+    return StatusDetails()
+
+
+def rpc_error(err: grpc.aio.AioRpcError) -> RPCError:
+    """The SDK's exception for a failed call: its status code's subclass, with the reason,
+    metadata and retry delay the server sent."""
+    found = status_details(err)
+    return RPCError.from_status(
+        err.code(),
+        err.details() or "",
+        reason=found.reason,
+        metadata=found.metadata,
+        retry_delay=found.retry_delay,
+    )
+
+
+def retry_delay(err: grpc.aio.AioRpcError) -> float | None:
+    """The delay a ``google.rpc.RetryInfo`` detail of ``err`` asks for, if any."""
+    return status_details(err).retry_delay
 
 
 def next_pause(err: grpc.aio.AioRpcError, previous: float) -> float:

@@ -7,12 +7,14 @@ Every error the SDK raises, on the handler side and on the client side, is one o
         ├── TerminalError                a handler fails its invocation, no retry (message, code)
         │   └── CancelledError           a handler sees Cancel at its next step
         ├── ClientError                  the client could not do what was asked
-        │   ├── RPCError                 a DurableControl call failed (code, details)
+        │   ├── RPCError                 a DurableControl call failed (status, details,
+        │   │   │                            reason, metadata)
         │   │   ├── NotFoundError            NOT_FOUND
         │   │   ├── InvalidArgumentError     INVALID_ARGUMENT
         │   │   ├── AlreadyExistsError       ALREADY_EXISTS
         │   │   ├── FailedPreconditionError  FAILED_PRECONDITION
-        │   │   └── ResourceExhaustedError   RESOURCE_EXHAUSTED
+        │   │   ├── ResourceExhaustedError   RESOURCE_EXHAUSTED
+        │   │   └── UnavailableError         UNAVAILABLE: try again (retry_delay)
         │   └── ResultTimeoutError       the awaited invocation had not ended in time
         │                                (also a builtin TimeoutError)
         ├── InvocationFailedError        the awaited invocation ended in a failure
@@ -60,6 +62,7 @@ __all__ = [
     "RpcStatusError",
     "SuspendInvocation",
     "TerminalError",
+    "UnavailableError",
 ]
 
 
@@ -119,26 +122,66 @@ class ClientError(DurableError):
 class RPCError(ClientError):
     """A ``DurableControl`` call failed with a gRPC status.
 
-    ``code`` is the :class:`grpc.StatusCode` and ``details`` the server's message, meant for a
-    person. Build one from a status with :meth:`from_status` to get the specific subclass.
+    ``status`` names the status code (``"NOT_FOUND"``; ``code`` is the same as a
+    :class:`grpc.StatusCode`), ``details`` is the server's message, meant for a person, and
+    ``reason`` says for programs which rule was broken: a ``durable.v1.ErrorReason`` name
+    without its prefix, such as ``"HANDLER_NOT_FOUND"`` or ``"IDEMPOTENCY_KEY_CONFLICT"``,
+    with the values it names in ``metadata`` (e.g. ``metadata["invocation_id"]``);
+    ``proto/durable/v1/errors.proto`` lists them. ``reason`` is ``""`` when the status
+    carried none (one from gRPC itself, such as DEADLINE_EXCEEDED). Build one from a status
+    with :meth:`from_status` to get the specific subclass.
     """
 
     #: Status code of instances created without an explicit ``code``.
     status_code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
 
-    def __init__(self, details: str = "", *, code: grpc.StatusCode | None = None) -> None:
+    def __init__(
+        self,
+        details: str = "",
+        *,
+        code: grpc.StatusCode | None = None,
+        reason: str = "",
+        metadata: dict[str, str] | None = None,
+        retry_delay: float | None = None,
+    ) -> None:
         self.code: grpc.StatusCode = code if code is not None else self.status_code
         self.details = details
+        self.reason = reason
+        self.metadata: dict[str, str] = dict(metadata or {})
+        #: Seconds the server asked to wait before sending the call again, if it said.
+        self.retry_delay = retry_delay
         super().__init__(f"{self.code.name}: {details}" if details else self.code.name)
 
+    @property
+    def status(self) -> str:
+        """The status code's name, e.g. ``"NOT_FOUND"`` (no grpc import needed to compare)."""
+        return str(self.code.name)
+
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_rpc_error, (type(self), self.details, self.code.name))
+        return (
+            _rebuild_rpc_error,
+            (
+                type(self),
+                self.details,
+                self.code.name,
+                self.reason,
+                self.metadata,
+                self.retry_delay,
+            ),
+        )
 
     @staticmethod
-    def from_status(code: grpc.StatusCode, details: str) -> RPCError:
+    def from_status(
+        code: grpc.StatusCode,
+        details: str,
+        *,
+        reason: str = "",
+        metadata: dict[str, str] | None = None,
+        retry_delay: float | None = None,
+    ) -> RPCError:
         """Return the most specific :class:`RPCError` subclass for a gRPC status."""
         cls = _BY_CODE.get(code, RPCError)
-        return cls(details, code=code)
+        return cls(details, code=code, reason=reason, metadata=metadata, retry_delay=retry_delay)
 
 
 class NotFoundError(RPCError):
@@ -171,6 +214,14 @@ class ResourceExhaustedError(RPCError):
     status_code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class UnavailableError(RPCError):
+    """The engine could not answer now (a JetStream leader election, a control plane
+    restarting): the call may be sent again as it is, after ``retry_delay`` seconds. The
+    client already does so by itself for calls that are safe to repeat."""
+
+    status_code = grpc.StatusCode.UNAVAILABLE
+
+
 _BY_CODE: dict[grpc.StatusCode, type[RPCError]] = {
     cls.status_code: cls
     for cls in (
@@ -179,13 +230,27 @@ _BY_CODE: dict[grpc.StatusCode, type[RPCError]] = {
         AlreadyExistsError,
         FailedPreconditionError,
         ResourceExhaustedError,
+        UnavailableError,
     )
 }
 
 
-def _rebuild_rpc_error(cls: type[RPCError], details: str, code_name: str) -> RPCError:
+def _rebuild_rpc_error(
+    cls: type[RPCError],
+    details: str,
+    code_name: str,
+    reason: str = "",
+    metadata: dict[str, str] | None = None,
+    retry_delay: float | None = None,
+) -> RPCError:
     # grpc.StatusCode members pickle by value (a tuple), which is fragile; go by name instead.
-    return cls(details, code=grpc.StatusCode[code_name])
+    return cls(
+        details,
+        code=grpc.StatusCode[code_name],
+        reason=reason,
+        metadata=metadata,
+        retry_delay=retry_delay,
+    )
 
 
 class ResultTimeoutError(ClientError, TimeoutError):

@@ -161,7 +161,7 @@ async def _run_client(args: argparse.Namespace) -> int:
         if unreachable:
             _error(args, "UNAVAILABLE", unreachable)
             return EXIT_NO_ENGINE
-        _error(args, exc.code.name, exc.details)
+        _error(args, exc.code.name, exc.details, exc.reason, exc.metadata)
         return EXIT_FAILED
     except DurableError as exc:
         _error(args, "", str(exc))
@@ -184,11 +184,21 @@ def _unreachable(exc: RPCError, target: str) -> str:
     )
 
 
-def _error(args: argparse.Namespace, code: str, message: str) -> None:
-    """An error on stderr: ``error: CODE: message``, or with --json one JSON object."""
+def _error(
+    args: argparse.Namespace,
+    code: str,
+    message: str,
+    reason: str = "",
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """An error on stderr: ``error: CODE: message``, or with --json one JSON object that
+    also names the engine's reason and its metadata, when it gave them."""
     if getattr(args, "json", False):
-        body = {"error": {"code": code or "ERROR", "message": message}}
-        print(json.dumps(body), file=sys.stderr)
+        error: dict[str, object] = {"code": code or "ERROR", "message": message}
+        if reason:
+            error["reason"] = reason
+            error["metadata"] = metadata or {}
+        print(json.dumps({"error": error}), file=sys.stderr)
     else:
         print(f"error: {code}: {message}" if code else f"error: {message}", file=sys.stderr)
 

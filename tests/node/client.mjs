@@ -6,6 +6,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import grpc from "@grpc/grpc-js";
 import protoLoader from "@grpc/proto-loader";
+import protobuf from "protobufjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const protoRoot = path.resolve(here, "../../proto");
@@ -21,6 +22,26 @@ const definition = protoLoader.loadSync("durable/v1/control.proto", {
 });
 const durable = grpc.loadPackageDefinition(definition).durable.v1;
 const client = new durable.DurableControl(target, grpc.credentials.createInsecure());
+
+// google.rpc.Status and ErrorInfo, as the engine sends them in grpc-status-details-bin
+// (Any spelled out: same fields, same wire format; protobufjs names its fields camelCase).
+const rpc = protobuf.parse(`
+  syntax = "proto3";
+  package google.rpc;
+  message Any { string type_url = 1; bytes value = 2; }
+  message Status { int32 code = 1; string message = 2; repeated Any details = 3; }
+  message ErrorInfo { string reason = 1; string domain = 2; map<string, string> metadata = 3; }
+`).root;
+
+function errorInfo(err) {
+  const [raw] = err.metadata?.get("grpc-status-details-bin") ?? [];
+  if (!raw) return null;
+  const status = rpc.lookupType("google.rpc.Status").decode(raw);
+  const detail = status.details.find((d) => d.typeUrl.endsWith("/google.rpc.ErrorInfo"));
+  return detail ? rpc.lookupType("google.rpc.ErrorInfo").toObject(
+    rpc.lookupType("google.rpc.ErrorInfo").decode(detail.value),
+  ) : null;
+}
 
 function call(method, request) {
   return new Promise((resolve, reject) => {
@@ -46,7 +67,8 @@ try {
     }),
   );
   const bad = await call("GetWorkflow", { invocation_id: "bogus" }).catch((e) => e);
-  console.error(JSON.stringify({ code: bad.code, details: bad.details }));
+  const info = errorInfo(bad);
+  console.error(JSON.stringify({ code: bad.code, details: bad.details, error_info: info }));
 } finally {
   client.close();
 }

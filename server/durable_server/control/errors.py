@@ -1,4 +1,8 @@
-"""How the control plane answers what it did not expect, of a request or of itself.
+"""How the control plane answers: every non-OK status as a ``google.rpc.Status``.
+
+* Every refusal carries a ``google.rpc.ErrorInfo`` (domain ``durable.v1``, a reason from
+  ``durable.v1.ErrorReason`` without its prefix, and that reason's metadata), so programs
+  act on the reason and people read the message (``refusal_status``).
 
 * A request body that does not parse as its method's request message (corrupt bytes, or a
   ``google.protobuf.Value`` nested past protobuf's recursion limit) is the client's mistake:
@@ -31,6 +35,8 @@ from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from durable.v1 import errors_pb2
+
 log = logging.getLogger("durable.control")
 
 if TYPE_CHECKING:  # generic only in the type stubs
@@ -53,10 +59,52 @@ def unavailable_status() -> grpc.Status:
         message="JetStream did not answer in time (a leader election or a reconnect); "
         "retry the call",
     )
+    status.details.add().Pack(_error_info(errors_pb2.ERROR_REASON_JETSTREAM_UNAVAILABLE, {}))
     status.details.add().Pack(
         error_details_pb2.RetryInfo(retry_delay=Duration(seconds=RETRY_DELAY_SECONDS))
     )
     return rpc_status.to_status(status)
+
+
+#: ``ErrorInfo.domain`` of every status the control plane answers.
+ERROR_DOMAIN = "durable.v1"
+_REASON_PREFIX = "ERROR_REASON_"
+
+
+def reason_name(reason: errors_pb2.ErrorReason.ValueType) -> str:
+    """The ``ErrorInfo.reason`` string of an ``ErrorReason``: its name without the prefix."""
+    return errors_pb2.ErrorReason.Name(reason).removeprefix(_REASON_PREFIX)
+
+
+def _error_info(
+    reason: errors_pb2.ErrorReason.ValueType, metadata: dict[str, str]
+) -> error_details_pb2.ErrorInfo:
+    return error_details_pb2.ErrorInfo(
+        reason=reason_name(reason), domain=ERROR_DOMAIN, metadata=metadata
+    )
+
+
+def refusal_status(
+    code: grpc.StatusCode,
+    message: str,
+    reason: errors_pb2.ErrorReason.ValueType,
+    metadata: dict[str, str],
+) -> grpc.Status:
+    """A refused request's status: ``code``, ``message`` (cut to ``MAX_STATUS_BYTES``) and
+    an ErrorInfo naming ``reason`` with ``metadata``."""
+    status = status_pb2.Status(code=code.value[0], message=status_message(message))
+    status.details.add().Pack(_error_info(reason, metadata))
+    return rpc_status.to_status(status)
+
+
+def internal_status(error_id: str) -> grpc.Status:
+    """INTERNAL for a bug of the server, naming the error id the log holds."""
+    return refusal_status(
+        grpc.StatusCode.INTERNAL,
+        f"internal error {error_id}; see the server log",
+        errors_pb2.ERROR_REASON_INTERNAL_ERROR,
+        {"error_id": error_id},
+    )
 
 
 def status_message(message: str) -> str:
@@ -80,7 +128,7 @@ class InternalErrors:
         self._suppressed = 0
 
     def report(self, where: str, err: BaseException) -> str:
-        """Log ``err`` under a new error id; the status message that names the id."""
+        """Log ``err`` under a new error id, and return the id."""
         error_id = secrets.token_hex(6)
         now = self._clock()
         if now - self._window >= 60.0:
@@ -103,7 +151,7 @@ class InternalErrors:
                 str(err)[:200],
                 self._limit,
             )
-        return f"internal error {error_id}; see the server log"
+        return error_id
 
 
 #: The one instance the control plane reports through.
@@ -113,10 +161,19 @@ INTERNAL_ERRORS = InternalErrors()
 class _Undecodable:
     """Stands for a request body that did not parse, until the handler can refuse it."""
 
-    __slots__ = ("message",)
+    __slots__ = ("message", "name")
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, name: str) -> None:
         self.message = message
+        self.name = name
+
+    def status(self) -> grpc.Status:
+        return refusal_status(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            self.message,
+            errors_pb2.ERROR_REASON_REQUEST_BODY_INVALID,
+            {"message": self.name},
+        )
 
 
 def _message_name(deserialize: Callable[[bytes], Any], method: str) -> str:
@@ -150,14 +207,15 @@ class RequestBodyCheck(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 def _checked(handler: Handler, method: str) -> Handler:
     deserialize = handler.request_deserializer
     assert deserialize is not None  # the caller checked
-    bad_body = f"the request body is not a valid {_message_name(deserialize, method)}"
+    name = _message_name(deserialize, method)
+    bad_body = f"the request body is not a valid {name}"
 
     def tolerant(raw: bytes) -> Any:
         try:
             return deserialize(raw)
         except (DecodeError, RecursionError, ValueError):
             log.debug("%s: %s", method, bad_body)
-            return _Undecodable(bad_body)
+            return _Undecodable(bad_body, name)
 
     changes: dict[str, Any] = {}
     if handler.unary_unary is not None and inspect.iscoroutinefunction(handler.unary_unary):
@@ -178,7 +236,7 @@ def _checked(handler: Handler, method: str) -> Handler:
 def _unary(behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     async def checked(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         if isinstance(request, _Undecodable):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+            await context.abort_with_status(request.status())  # type: ignore[attr-defined]
         return await behaviour(request, context)
 
     return checked
@@ -189,7 +247,7 @@ def _unary_generator(
 ) -> Callable[..., AsyncIterator[Any]]:
     async def checked(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         if isinstance(request, _Undecodable):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+            await context.abort_with_status(request.status())  # type: ignore[attr-defined]
         async for response in behaviour(request, context):
             yield response
 
@@ -203,7 +261,7 @@ def _stream_generator(
         async def parsed() -> AsyncIterator[Any]:
             async for request in requests:
                 if isinstance(request, _Undecodable):
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+                    await context.abort_with_status(request.status())
                 yield request
 
         async for response in behaviour(parsed(), context):

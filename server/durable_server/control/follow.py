@@ -48,7 +48,7 @@ class BucketFollower(Generic[M]):
 
     async def start(self, js: JetStreamContext, bucket: str) -> None:
         self._prefix = f"$KV.{bucket}."
-        self._sub = await js.subscribe(
+        sub = await js.subscribe(
             f"$KV.{bucket}.>",
             stream=f"KV_{bucket}",
             cb=self._on_msg,
@@ -57,7 +57,14 @@ class BucketFollower(Generic[M]):
             idle_heartbeat=_HEARTBEAT,
             inactive_threshold=300.0,
         )
-        info = await self._sub.consumer_info()
+        try:
+            info = await sub.consumer_info()
+        except BaseException:
+            # Started again at start-up while JetStream elects: leave no second follow.
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+            raise
+        self._sub = sub
         if info.num_pending == 0 and self._sub.delivered == 0:
             self._ready.set()
         await self._ready.wait()

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from durable.internal.v1 import storage_pb2
-from durable.v1 import control_pb2, types_pb2
+from durable.v1 import control_pb2, errors_pb2, types_pb2
 from durable_server.completions import TooManyPromises
 from durable_server.control.validation import (
     RequestError,
@@ -30,6 +30,8 @@ from durable_server.limits import MAX_KEY_CHARS, MAX_NAME_CHARS, quote
 from durable_server.objects import StateTooLarge
 from durable_server.records import MutationRefused, Record, RecordNotFound, is_terminal, status_name
 from durable_server.waking import AlreadyCompleted
+
+E = errors_pb2
 
 if TYPE_CHECKING:
     from durable_server.control.plane import ControlPlane
@@ -81,6 +83,8 @@ class KeyedControl:
                     grpc.StatusCode.ALREADY_EXISTS,
                     f"workflow {record.handler} with id {quote(record.key)} already exists as "
                     f"{existing.id} ({status_name(existing.status)}); purge it to reuse the id",
+                    E.ERROR_REASON_WORKFLOW_ID_TAKEN,
+                    invocation_id=existing.id,
                 )
             # The Invoke that created it may have died before enqueueing it.
             await p.waker.ensure_item(existing, "invoke")
@@ -103,7 +107,11 @@ class KeyedControl:
     ) -> str:
         info = self._plane._handler(handler)
         if info.kind not in (S.HANDLER_KIND_WORKFLOW_RUN, S.HANDLER_KIND_WORKFLOW_SHARED):
-            raise invalid(f"{handler} is not a workflow handler; only workflows have promises")
+            raise invalid(
+                f"{handler} is not a workflow handler; only workflows have promises",
+                E.ERROR_REASON_HANDLER_KIND_MISMATCH,
+                handler=handler,
+            )
         check_text("key", key, MAX_KEY_CHARS, required="the workflow id")
         check_text(
             "promise",
@@ -118,6 +126,8 @@ class KeyedControl:
             raise RequestError(
                 grpc.StatusCode.NOT_FOUND,
                 f"no workflow {info.service} with id {quote(key)} (never started, or purged)",
+                E.ERROR_REASON_INVOCATION_NOT_FOUND,
+                invocation_id=run_id,
             ) from None
         status = await self._plane.status_of(record)
         if is_terminal(status):
@@ -125,16 +135,22 @@ class KeyedControl:
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"workflow {info.service} {quote(key)} already ended "
                 f"({status_name(status)}); nothing awaits its promises",
+                E.ERROR_REASON_INVOCATION_ENDED,
+                invocation_id=run_id,
+                status=status_name(status),
             )
         try:
             await self._plane.waker.complete_promise(run_id, token(promise), outcome)
         except TooManyPromises as err:
-            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err)) from None
+            raise RequestError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, str(err), E.ERROR_REASON_TOO_MANY_PROMISES
+            ) from None
         except AlreadyCompleted:
             raise RequestError(
                 grpc.StatusCode.ALREADY_EXISTS,
                 f"promise {quote(promise)} of workflow {info.service} {quote(key)} was "
                 "already resolved or rejected; the first completion stands",
+                E.ERROR_REASON_ALREADY_COMPLETED,
             ) from None
         return run_id
 
@@ -142,12 +158,14 @@ class KeyedControl:
 
     def _check_object(self, obj: str, key: str) -> None:
         if not obj:
-            raise invalid("object is required: the virtual object or workflow name")
+            raise invalid("object is required: the virtual object or workflow name", field="object")
         kinds = {h.kind for h in self._plane.catalog.handlers().values() if h.service == obj}
         if not kinds & set(_STATEFUL):
             raise RequestError(
                 grpc.StatusCode.NOT_FOUND,
                 f"no virtual object or workflow named {quote(obj)} is registered",
+                E.ERROR_REASON_OBJECT_NOT_FOUND,
+                object=obj[:64],
             )
         check_text("key", key, MAX_KEY_CHARS, required="the object key or workflow id")
 
@@ -180,7 +198,12 @@ class KeyedControl:
         try:
             return _entries(await self._plane.state.edit(obj, key, change))
         except StateTooLarge as err:
-            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err)) from None
+            raise RequestError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                str(err),
+                E.ERROR_REASON_STATE_TOO_LARGE,
+                limit_bytes=str(self._plane.cfg.max_state_bytes),
+            ) from None
 
     # -- kill, purge, retention -----------------------------------------------------------
 
@@ -195,6 +218,9 @@ class KeyedControl:
             raise RequestError(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"invocation {invocation_id} already ended ({status_name(status)})",
+                E.ERROR_REASON_INVOCATION_ENDED,
+                invocation_id=invocation_id,
+                status=status_name(status),
             )
         failure = types_pb2.Failure(message=reason or "killed by an operator", error_type=KILLED)
         final = storage_pb2.FinalOutcome(status=S.INVOCATION_STATUS_CANCELLED, failure=failure)
@@ -257,6 +283,9 @@ class KeyedControl:
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"invocation {invocation_id} is {status_name(status)}; only an ended one "
                 "can be purged (cancel or kill it first)",
+                E.ERROR_REASON_INVOCATION_NOT_ENDED,
+                invocation_id=invocation_id,
+                status=status_name(status),
             )
         # The worker that ended it may have died before passing its key on.
         await self._ended(record)

@@ -29,6 +29,8 @@ from durable_server.control.catalog import HandlerCatalog, closest_names
 from durable_server.control.index import InvocationIndex
 from durable_server.control.keyed import KeyedControl
 from durable_server.control.validation import (
+    E,
+    Reason,
     RequestError,
     check_text,
     invalid,
@@ -100,8 +102,27 @@ _NOT_DRIVEN = (
 )
 
 
-def refused(message: str, record: Record) -> MutationRefused:
-    return MutationRefused(message, record)
+class _Refused(MutationRefused):
+    """A steering change the record's state does not allow, and the reason to answer with."""
+
+    def __init__(self, message: str, record: Record, reason: Reason) -> None:
+        super().__init__(message, record)
+        self.reason = reason
+
+
+def refused(
+    message: str, record: Record, reason: Reason = E.ERROR_REASON_INVOCATION_ENDED
+) -> MutationRefused:
+    return _Refused(message, record, reason)
+
+
+def _no_invocation(invocation_id: str) -> RequestError:
+    return RequestError(
+        grpc.StatusCode.NOT_FOUND,
+        f"no invocation {invocation_id} (never created, or purged)",
+        E.ERROR_REASON_INVOCATION_NOT_FOUND,
+        invocation_id=invocation_id,
+    )
 
 
 def _ended(r: Record) -> str:
@@ -173,14 +194,27 @@ class ControlPlane:
         await at_start_up(self.nc, lambda: self._open_stores(js), "the engine's streams")
         await self.nc.subscribe(f"{self.cfg.prefix}.progress.>", cb=self._on_progress)
         await self.nc.subscribe(self.cfg.journaled_subject("*"), cb=self._on_journaled)
-        await self.catalog.start(js, self.cfg.workers_bucket)
-        await self.index.start(js, self.cfg.invocations_bucket)
-        # Invocations accepted but not yet written by any worker exist only as work items.
+        # Each step is tried again while JetStream elects (a follow creates a consumer).
+        await at_start_up(
+            self.nc,
+            lambda: self.catalog.start(js, self.cfg.workers_bucket),
+            "the handler catalog",
+        )
+        await at_start_up(
+            self.nc,
+            lambda: self.index.start(js, self.cfg.invocations_bucket),
+            "the invocation index",
+        )
+        await at_start_up(self.nc, self._index_queued_items, "the queued work items")
+        self._tasks.append(asyncio.create_task(self._reconcile_loop(), name="reconciler"))
+        self._tasks.append(asyncio.create_task(self.keyed.retention_loop(), name="retention"))
+
+    async def _index_queued_items(self) -> None:
+        """Invocations accepted but not yet written by any worker exist only as work items
+        (idempotent: an item already indexed is left as it is)."""
         async for item in self.work.queued_items():
             if item.HasField("initial"):
                 self.index.apply_if_absent(item.initial)
-        self._tasks.append(asyncio.create_task(self._reconcile_loop(), name="reconciler"))
-        self._tasks.append(asyncio.create_task(self.keyed.retention_loop(), name="retention"))
 
     async def _open_stores(self, js: JetStreamContext) -> None:
         """Create what is missing and open every store (idempotent: tried again at start-up
@@ -226,12 +260,18 @@ class ControlPlane:
         """
         info = self._handler(handler)
         if info.kind == S.HANDLER_KIND_SERVICE and key:
-            raise invalid(f"{handler} is a service handler; it takes no key (got {quote(key)})")
+            raise invalid(
+                f"{handler} is a service handler; it takes no key (got {quote(key)})",
+                E.ERROR_REASON_KEY_NOT_ALLOWED,
+                handler=handler,
+            )
         if info.kind != S.HANDLER_KIND_SERVICE and not key:
             what = "workflow id" if info.kind in _WORKFLOW_KINDS else "object key"
             raise invalid(
                 f"{handler} needs a key, the {what} it runs for: set the request's key field "
-                "(`durable invoke --key K`, Client.invoke(..., key=K))"
+                "(`durable invoke --key K`, Client.invoke(..., key=K))",
+                E.ERROR_REASON_KEY_REQUIRED,
+                handler=handler,
             )
         check_text("key", key, MAX_KEY_CHARS)
         check_text("idempotency_key", idempotency_key, MAX_IDEMPOTENCY_KEY_CHARS)
@@ -307,16 +347,31 @@ class ControlPlane:
                 f"idempotency key {quote(record.idempotency_key)} was already used for invocation "
                 f"{record.id} of {record.handler} with a different input; send the same "
                 "input to get that invocation, or use a new key",
+                E.ERROR_REASON_IDEMPOTENCY_KEY_CONFLICT,
+                invocation_id=record.id,
+                idempotency_key=record.idempotency_key[:64],
             )
         return existing
 
     def _handler(self, name: str) -> types_pb2.HandlerInfo:
         if not name:
-            raise invalid("handler is required, as '<service>/<handler>' (see ListHandlers)")
+            raise invalid(
+                "handler is required, as '<service>/<handler>' (see ListHandlers)",
+                field="handler",
+            )
         handlers = self.catalog.handlers()
         info = handlers.get(name)
         if info is None:
-            raise RequestError(grpc.StatusCode.NOT_FOUND, _unknown_handler(name, sorted(handlers)))
+            close = closest_names(name, sorted(handlers))
+            metadata = {"handler": name[:64]}
+            if close:
+                metadata["did_you_mean"] = ",".join(close)
+            raise RequestError(
+                grpc.StatusCode.NOT_FOUND,
+                _unknown_handler(name, sorted(handlers)),
+                E.ERROR_REASON_HANDLER_NOT_FOUND,
+                **metadata,
+            )
         return info
 
     async def await_result(self, invocation_id: str, timeout: float | None) -> tuple[Record, bool]:
@@ -359,10 +414,7 @@ class ControlPlane:
         try:  # a worker may have written it since our first look
             return (await self.records.get(invocation_id)).record
         except RecordNotFound:
-            raise RequestError(
-                grpc.StatusCode.NOT_FOUND,
-                f"no invocation {invocation_id} (never created, or purged)",
-            ) from None
+            raise _no_invocation(invocation_id) from None
 
     async def get_record(self, invocation_id: str) -> Versioned:
         """The record to change, created from its queued work item if no worker wrote it."""
@@ -379,10 +431,7 @@ class ControlPlane:
             if (rev := await self.records.create(record)) is not None:
                 await self.work.retire_fresh_item(invocation_id)
                 return Versioned(record, rev)
-        raise RequestError(
-            grpc.StatusCode.NOT_FOUND,
-            f"no invocation {invocation_id} (never created, or purged)",
-        )
+        raise _no_invocation(invocation_id)
 
     async def _create_pending(self, record: Record) -> None:
         summary = self.index.get(record.id)
@@ -417,6 +466,9 @@ class ControlPlane:
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"invocation {invocation_id} already ended ({status_name(status)}); "
                 "nothing is left to change",
+                E.ERROR_REASON_INVOCATION_ENDED,
+                invocation_id=invocation_id,
+                status=status_name(status),
             )
         try:
             written = await self.records.mutate(invocation_id, change, current=current)
@@ -424,7 +476,14 @@ class ControlPlane:
             # Refused as already done (a client trying again after an error): the call that
             # did it may have died before enqueueing what the record needs.
             await self.waker.ensure_item(err.record, "steering")
-            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, str(err)) from None
+            reason = err.reason if isinstance(err, _Refused) else E.ERROR_REASON_INVOCATION_ENDED
+            raise RequestError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                str(err),
+                reason,
+                invocation_id=invocation_id,
+                status=status_name(err.record.status),
+            ) from None
         return written.record
 
     async def pause(self, invocation_id: str, reason: str) -> Record:
@@ -432,12 +491,24 @@ class ControlPlane:
             if is_terminal(r.status):
                 raise refused(_ended(r), r)
             if r.status == S.INVOCATION_STATUS_PAUSED:
-                raise refused(f"invocation {r.id} is already paused; Resume continues it", r)
+                raise refused(
+                    f"invocation {r.id} is already paused; Resume continues it",
+                    r,
+                    E.ERROR_REASON_INVOCATION_ALREADY_PAUSED,
+                )
             if r.pause_requested:
-                raise refused(f"invocation {r.id} is already pausing at its next step", r)
+                raise refused(
+                    f"invocation {r.id} is already pausing at its next step",
+                    r,
+                    E.ERROR_REASON_INVOCATION_ALREADY_PAUSED,
+                )
             if r.cancel_requested:
                 # A pause would hold back the cancellation the handler is about to see.
-                raise refused(f"invocation {r.id} is being cancelled; it cannot be paused", r)
+                raise refused(
+                    f"invocation {r.id} is being cancelled; it cannot be paused",
+                    r,
+                    E.ERROR_REASON_INVOCATION_CANCELLING,
+                )
             r.status_reason = reason or "paused by an operator"
             if r.status == S.INVOCATION_STATUS_RUNNING:
                 r.pause_requested = True
@@ -473,6 +544,7 @@ class ControlPlane:
                     f"invocation {r.id} is {status_name(r.status)}, not paused; "
                     "only a paused invocation can be resumed",
                     r,
+                    E.ERROR_REASON_INVOCATION_NOT_PAUSED,
                 )
 
         record = await self._mutate(invocation_id, change)
@@ -492,7 +564,11 @@ class ControlPlane:
             if is_terminal(r.status):
                 raise refused(_ended(r), r)
             if r.cancel_requested:
-                raise refused(f"invocation {r.id} is already being cancelled", r)
+                raise refused(
+                    f"invocation {r.id} is already being cancelled",
+                    r,
+                    E.ERROR_REASON_INVOCATION_CANCELLING,
+                )
             # Cancellation is always delivered through the handler, even before it started:
             # a worker may be running a fresh invocation before writing its record, and
             # ending it here would discard what that worker did.
@@ -532,7 +608,9 @@ class ControlPlane:
         if parsed is None:
             raise invalid(
                 f"awakeable_id {quote(awakeable_id)} is not an awakeable id; they look like "
-                "awk_<26 characters>_<step>, as ctx.awakeable() returned it"
+                "awk_<26 characters>_<step>, as ctx.awakeable() returned it",
+                E.ERROR_REASON_AWAKEABLE_ID_MALFORMED,
+                awakeable_id=awakeable_id[:80],
             )
         invocation_id, index = parsed
         try:
@@ -542,6 +620,8 @@ class ControlPlane:
                 grpc.StatusCode.NOT_FOUND,
                 f"no awakeable {awakeable_id}: its invocation {invocation_id} does not exist "
                 "(never created, or purged)",
+                E.ERROR_REASON_INVOCATION_NOT_FOUND,
+                invocation_id=invocation_id,
             ) from None
         status = await self.status_of(record)
         if is_terminal(status):
@@ -549,20 +629,35 @@ class ControlPlane:
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"awakeable {awakeable_id} belongs to invocation {invocation_id}, which "
                 f"already ended ({status_name(status)}); nothing waits for it any more",
+                E.ERROR_REASON_INVOCATION_ENDED,
+                invocation_id=invocation_id,
+                status=status_name(status),
             )
         try:
             await self.waker.complete_awakeable(
                 invocation_id, index, outcome, waiting_for=record.waiting_for
             )
         except NotAnAwakeable as err:
-            raise RequestError(grpc.StatusCode.NOT_FOUND, str(err)) from None
+            raise RequestError(
+                grpc.StatusCode.NOT_FOUND,
+                str(err),
+                E.ERROR_REASON_AWAKEABLE_NOT_FOUND,
+                awakeable_id=awakeable_id,
+            ) from None
         except TooFarAhead as err:
-            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, str(err)) from None
+            raise RequestError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                str(err),
+                E.ERROR_REASON_AWAKEABLE_OUT_OF_RANGE,
+                awakeable_id=awakeable_id,
+            ) from None
         except AlreadyCompleted:
             raise RequestError(
                 grpc.StatusCode.ALREADY_EXISTS,
                 f"awakeable {awakeable_id} was already resolved or rejected; the first "
                 "completion stands",
+                E.ERROR_REASON_ALREADY_COMPLETED,
+                awakeable_id=awakeable_id,
             ) from None
         return invocation_id
 

@@ -17,10 +17,16 @@ from google.protobuf.duration_pb2 import Duration
 from durable.internal.v1 import storage_pb2
 from durable.v1 import control_pb2, control_pb2_grpc, types_pb2
 from durable_server import patience
-from durable_server.control.errors import INTERNAL_ERRORS, status_message, unavailable_status
+from durable_server.control.errors import (
+    INTERNAL_ERRORS,
+    internal_status,
+    refusal_status,
+    unavailable_status,
+)
 from durable_server.control.index import Summary
 from durable_server.control.plane import ControlPlane
 from durable_server.control.validation import (
+    E,
     RequestError,
     check_enum,
     check_invocation_id,
@@ -52,14 +58,16 @@ Resp = TypeVar("Resp")
 
 async def _answer_error(err: Exception, context: ServicerContext, rpc: str) -> None:
     """Abort the call with the status ``err`` stands for (raises AbortError)."""
+    # grpc-stubs lacks the aio context's abort_with_status.
     if isinstance(err, RequestError):
-        await context.abort(err.code, status_message(err.message))
+        status = refusal_status(err.code, err.message, err.reason, err.metadata)
+        await context.abort_with_status(status)  # type: ignore[attr-defined]
     if isinstance(err, patience.UNAVAILABLE):
         # A leader election or a lost connection outlasted the call's deadline: the request
         # may be retried as is (Invoke with an idempotency key stays exactly-once).
-        # grpc-stubs lacks the aio context's abort_with_status.
         await context.abort_with_status(unavailable_status())  # type: ignore[attr-defined]
-    await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_ERRORS.report(rpc, err))
+    error_id = INTERNAL_ERRORS.report(rpc, err)
+    await context.abort_with_status(internal_status(error_id))  # type: ignore[attr-defined]
 
 
 def _rpc(
@@ -89,7 +97,9 @@ def _rpc(
 def _failure_outcome(reason: str) -> storage_pb2.JournalRecord:
     """A rejection as the journal stores it; the handler sees a TerminalError(reason)."""
     if not reason:
-        raise invalid("reason is required: the handler receives it as its error message")
+        raise invalid(
+            "reason is required: the handler receives it as its error message", field="reason"
+        )
     check_reason(reason)
     outcome = storage_pb2.JournalRecord()
     outcome.failure.CopyFrom(S.Failure(message=reason, error_type="TerminalError"))
@@ -113,7 +123,7 @@ class DurableControlServicer(control_pb2_grpc.DurableControlServicer):
         by ``max_wait`` (the client asks again after a "not done yet")."""
         wait = duration_seconds(duration, what) if has else None
         if wait is not None and wait < 0:
-            raise invalid(f"{what} must not be negative")
+            raise invalid(f"{what} must not be negative", field=what)
         limit = context.time_remaining()
         candidates = [self._plane.cfg.max_wait, wait, limit - 0.05 if limit is not None else None]
         return max(0.0, min(t for t in candidates if t is not None))
@@ -132,6 +142,8 @@ class DurableControlServicer(control_pb2_grpc.DurableControlServicer):
                 f"{self.waiting} requests already wait on this control plane, its limit "
                 f"(--max-waiters {limit}); retry later, or poll: AwaitResult with a timeout "
                 "of 0, or GetWorkflow",
+                E.ERROR_REASON_TOO_MANY_WAITERS,
+                limit=str(limit),
             )
         self.waiting += 1
         try:
@@ -201,14 +213,16 @@ class DurableControlServicer(control_pb2_grpc.DurableControlServicer):
     ) -> C.ListWorkflowsResponse:
         if request.page_size < 0 or request.page_size > MAX_PAGE_SIZE:
             raise invalid(
-                f"page_size must be between 1 and {MAX_PAGE_SIZE} (0 means {DEFAULT_PAGE_SIZE})"
+                f"page_size must be between 1 and {MAX_PAGE_SIZE} (0 means {DEFAULT_PAGE_SIZE})",
+                field="page_size",
             )
         statuses: list[int] = list(request.statuses)
         for st in statuses:
             if st == S.INVOCATION_STATUS_UNSPECIFIED or st not in S.InvocationStatus.values():
                 raise invalid(
                     f"statuses holds {st}, which is not a status; use e.g. "
-                    "INVOCATION_STATUS_RUNNING"
+                    "INVOCATION_STATUS_RUNNING",
+                    field="statuses",
                 )
         check_text("key", request.key, MAX_KEY_CHARS)
         digest = filter_digest(statuses, request.handler, request.key)

@@ -7,7 +7,7 @@ import functools
 import hashlib
 import json
 import re
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, struct_pb2
@@ -17,7 +17,7 @@ from google.protobuf.message import Message
 from durable import _jsonrules, _serde
 from durable._payloads import from_value, to_value
 from durable._serde import json_type as _json_type
-from durable.v1 import types_pb2
+from durable.v1 import errors_pb2, types_pb2
 from durable_server.control.index import Cursor
 from durable_server.ids import is_valid_invocation_id
 from durable_server.limits import (
@@ -28,27 +28,41 @@ from durable_server.limits import (
     text_problem,
 )
 
+Reason: TypeAlias = errors_pb2.ErrorReason.ValueType
+E = errors_pb2
+
 
 class RequestError(Exception):
-    """A request the server refuses: carries the gRPC status code to answer with."""
+    """A request the server refuses: the gRPC status code to answer with, the message for a
+    person, and for programs the ``durable.v1.ErrorReason`` with its metadata (sent as a
+    ``google.rpc.ErrorInfo`` detail; errors.proto documents each reason's metadata)."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(
+        self, code: grpc.StatusCode, message: str, reason: Reason, **metadata: str
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.reason = reason
+        self.metadata = metadata
 
 
-def invalid(message: str) -> RequestError:
-    return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
+def invalid(
+    message: str, reason: Reason = E.ERROR_REASON_FIELD_INVALID, **metadata: str
+) -> RequestError:
+    """INVALID_ARGUMENT; by default a field that breaks a rule (name it: ``field=...``)."""
+    return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message, reason, **metadata)
 
 
 def check_invocation_id(value: str) -> str:
     if not value:
-        raise invalid("invocation_id is required")
+        raise invalid("invocation_id is required", field="invocation_id")
     if not is_valid_invocation_id(value):
         raise invalid(
             f"invocation_id {quote(value)} is malformed: ids look like 'inv_' followed by 26 "
-            "lowercase letters and digits (as returned by Invoke or ListWorkflows)"
+            "lowercase letters and digits (as returned by Invoke or ListWorkflows)",
+            E.ERROR_REASON_INVOCATION_ID_MALFORMED,
+            invocation_id=value[:64],
         )
     return value
 
@@ -58,12 +72,12 @@ def check_text(what: str, value: str, max_chars: int, *, required: str = "") -> 
     have been, when it may not be empty."""
     if not value:
         if required:
-            raise invalid(f"{what} is required: {required}")
+            raise invalid(f"{what} is required: {required}", field=what)
         return value
     problem = text_problem(value, max_chars)
     if problem is not None:
         shown = "" if len(value) > max_chars else f" {quote(value)}"
-        raise invalid(f"{what}{shown} {problem}")
+        raise invalid(f"{what}{shown} {problem}", field=what)
     return value
 
 
@@ -73,7 +87,8 @@ def check_reason(reason: str) -> str:
     if size > MAX_REASON_BYTES:
         raise invalid(
             f"reason is {size} bytes; at most {MAX_REASON_BYTES} are allowed. Give a short "
-            "reason and keep the details elsewhere"
+            "reason and keep the details elsewhere",
+            field="reason",
         )
     return reason
 
@@ -95,7 +110,8 @@ def duration_seconds(duration: Duration, what: str) -> float:
     ):
         raise invalid(
             f"{what} is not a valid duration: seconds must lie within "
-            f"±{_MAX_DURATION_SECONDS:,} and nanos within ±{_MAX_NANOS:,}, with the same sign"
+            f"±{_MAX_DURATION_SECONDS:,} and nanos within ±{_MAX_NANOS:,}, with the same sign",
+            field=what,
         )
     return seconds + nanos / 1e9
 
@@ -103,7 +119,7 @@ def duration_seconds(duration: Duration, what: str) -> float:
 def check_enum(what: str, value: int, enum: Any) -> int:
     """An enum field holding a number its enum does not define (proto3 passes those on)."""
     if value not in enum.values():
-        raise invalid(f"{what} {value} is not one of {', '.join(enum.keys())}")
+        raise invalid(f"{what} {value} is not one of {', '.join(enum.keys())}", field=what)
     return value
 
 
@@ -123,11 +139,13 @@ def payload_to_stored(payload: types_pb2.Payload, limit: int, what: str) -> tupl
         try:
             value = from_value(payload.json)
         except RecursionError:
-            raise invalid(str(_jsonrules.too_deep(what))) from None
+            raise invalid(
+                str(_jsonrules.too_deep(what)), E.ERROR_REASON_PAYLOAD_INVALID, field=what
+            ) from None
         try:
             _jsonrules.check(value, what)
         except _jsonrules.JsonRuleError as err:
-            raise invalid(str(err)) from None
+            raise invalid(str(err), E.ERROR_REASON_PAYLOAD_INVALID, field=what) from None
         data = json.dumps(
             value, ensure_ascii=False, separators=(",", ":"), allow_nan=False, sort_keys=True
         ).encode()
@@ -143,12 +161,19 @@ def payload_to_stored(payload: types_pb2.Payload, limit: int, what: str) -> tupl
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             f"{what} is {_human_size(len(data))}; the limit is {_human_size(limit)} "
             "(server flag --max-payload-bytes). Store large data elsewhere and pass a reference.",
+            E.ERROR_REASON_PAYLOAD_TOO_LARGE,
+            field=what,
+            limit_bytes=str(limit),
         )
     if kind == "data" and content_type == _serde.JSON:
         try:
             _jsonrules.parse(data, what)
         except _jsonrules.JsonRuleError as err:
-            raise invalid(f"{err} (data with content_type application/json)") from None
+            raise invalid(
+                f"{err} (data with content_type application/json)",
+                E.ERROR_REASON_PAYLOAD_INVALID,
+                field=what,
+            ) from None
     return data, content_type
 
 
@@ -183,12 +208,16 @@ def validate_input(handler: types_pb2.HandlerInfo, data: bytes, content_type: st
         if content_type != expected and content_type != _serde.JSON:
             raise invalid(
                 f"{handler.name} takes protobuf message {handler.input_message}; send it as "
-                f"bytes with content_type '{expected}' (got {quote(content_type)})"
+                f"bytes with content_type '{expected}' (got {quote(content_type)})",
+                E.ERROR_REASON_INPUT_INVALID,
+                handler=handler.name,
             )
         if content_type == _serde.JSON and not isinstance(_json_or_none(data), dict):
             raise invalid(
                 f"{handler.name} takes protobuf message {handler.input_message}: send its JSON "
-                f"form, an object such as {{}} (got {_json_kind(data)})"
+                f"form, an object such as {{}} (got {_json_kind(data)})",
+                E.ERROR_REASON_INPUT_INVALID,
+                handler=handler.name,
             )
         message_class = _message_class(handler)
         if message_class is None:
@@ -199,14 +228,18 @@ def validate_input(handler: types_pb2.HandlerInfo, data: bytes, content_type: st
             # protobuf JSON parser's own errors on odd input
             raise invalid(
                 f"input is not a valid {handler.input_message} for {handler.name}: "
-                f"{quote(_without_internals(str(err)), 300)}"
+                f"{quote(_without_internals(str(err)), 300)}",
+                E.ERROR_REASON_INPUT_INVALID,
+                handler=handler.name,
             ) from None
         return
     if content_type != _serde.JSON:
         if handler.input_schema:
             raise invalid(
                 f"{handler.name} takes JSON ({handler.input_type}); got content_type "
-                f"{quote(content_type)}"
+                f"{quote(content_type)}",
+                E.ERROR_REASON_INPUT_INVALID,
+                handler=handler.name,
             )
         return
     if not handler.input_schema:
@@ -215,7 +248,9 @@ def validate_input(handler: types_pb2.HandlerInfo, data: bytes, content_type: st
     errors = schema_errors(schema, json.loads(data), "input")
     if errors:
         raise invalid(
-            f"input does not match {handler.name}({handler.input_type}): " + "; ".join(errors[:5])
+            f"input does not match {handler.name}({handler.input_type}): " + "; ".join(errors[:5]),
+            E.ERROR_REASON_INPUT_INVALID,
+            handler=handler.name,
         )
 
 
@@ -316,7 +351,8 @@ def encode_page_token(cursor: Cursor, digest: str) -> str:
 def decode_page_token(token: str, digest: str) -> Cursor:
     bad = invalid(
         "page_token is not one this server issued for these filters; pass the "
-        "next_page_token of the previous page unchanged, with the same filters, or omit it"
+        "next_page_token of the previous page unchanged, with the same filters, or omit it",
+        E.ERROR_REASON_PAGE_TOKEN_INVALID,
     )
     if len(token) > MAX_PAGE_TOKEN_CHARS:
         raise bad

@@ -165,7 +165,7 @@ class Worker:
         await self.nc.subscribe(f"{self.cfg.prefix}.signal.>", cb=self._on_signal)
         self._inbox = self.nc.new_inbox()
         await self.nc.subscribe(self._inbox, cb=self._on_delivery)
-        await self._register()
+        await at_start_up(self.nc, self._register, "the worker registration")
         self._main = asyncio.create_task(self._run_loops(), name=f"worker-{self.worker_id}")
         log.info(
             "worker %s serving %d handlers with %d slots",
