@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+from collections.abc import Callable
 
 from durable import Context, RetryPolicy, Service, TerminalError
 
@@ -48,7 +49,7 @@ def _cancel_car(booking: str) -> str:
 @travel.handler()
 async def book(ctx: Context, trip: Trip) -> dict[str, object]:
     """Books flight, car and hotel; on a terminal failure, undoes what was booked."""
-    compensations: list[tuple[str, object]] = []
+    compensations: list[tuple[str, Callable[[], str]]] = []
     undone: list[str] = []
     try:
         flight = await ctx.run("book flight", _book, "flight", trip.trip_id)
@@ -59,5 +60,5 @@ async def book(ctx: Context, trip: Trip) -> dict[str, object]:
         return {"booked": [flight, car, hotel], "undone": undone}
     except TerminalError as err:
         for name, undo in reversed(compensations):
-            undone.append(await ctx.run(name, undo, retry=UNTIL_IT_WORKS))  # type: ignore[arg-type]
+            undone.append(await ctx.run(name, undo, retry=UNTIL_IT_WORKS))
         return {"booked": [], "undone": undone, "failure": err.message}

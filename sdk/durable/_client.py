@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar, overload
@@ -33,6 +33,7 @@ from durable._handle import (
     parse_status,
     status_name,
 )
+from durable._handlers import declared_result_type, handler_name
 from durable._payloads import from_payload, to_payload
 from durable._retrying import next_pause, rpc_error
 from durable.errors import ResultTimeoutError, RPCError, UnavailableError
@@ -51,6 +52,9 @@ __all__ = [
 DEFAULT_TARGET: Final = "localhost:50051"
 
 _Req = TypeVar("_Req", bound=Message)
+I = TypeVar("I")  # noqa: E741 (a handler's input type)
+O = TypeVar("O")  # noqa: E741 (a handler's output type)
+T = TypeVar("T")
 _Resp = TypeVar("_Resp", bound=Message)
 
 # Extra time given to a waiting RPC beyond its server-side timeout, so the server answers
@@ -194,7 +198,7 @@ class Client:
 
     async def invoke(
         self,
-        handler: str,
+        handler: str | Callable[..., Awaitable[Any]],
         input: Any = None,
         *,
         key: str = "",
@@ -203,9 +207,11 @@ class Client:
         wait_timeout: Timeout = None,
         fail_if_exists: bool = False,
     ) -> InvocationHandle:
-        """Start an invocation of ``handler`` (``"<service>/<handler>"``) and return its handle.
+        """Start an invocation of ``handler`` and return its handle.
 
-        ``input`` is any JSON-able value, ``bytes`` or a protobuf message. ``key`` addresses
+        ``handler`` is ``"<service>/<handler>"`` or the handler function itself (as
+        registered with ``@service.handler()``). ``input`` is any JSON-able value, a
+        dataclass, ``bytes`` or a protobuf message. ``key`` addresses
         an object key or workflow id. With ``idempotency_key`` the same handler, key and
         idempotency key always return the same invocation (``handle.already_existed``).
         With ``wait`` the server also waits up to ``wait_timeout`` for the invocation to
@@ -213,6 +219,8 @@ class Client:
         workflow's run runs once per id (``key``): invoking it again returns the existing
         invocation, or with ``fail_if_exists`` raises ``AlreadyExistsError``.
         """
+        if not isinstance(handler, str):
+            handler = handler_name(handler)  # the function registered under that name
         request = control_pb2.InvokeRequest(
             handler=handler,
             key=key,
@@ -246,10 +254,36 @@ class Client:
         )
 
     async def start(
-        self, handler: str, input: Any = None, *, key: str = "", idempotency_key: str = ""
+        self,
+        handler: str | Callable[..., Awaitable[Any]],
+        input: Any = None,
+        *,
+        key: str = "",
+        idempotency_key: str = "",
     ) -> InvocationHandle:
         """Start an invocation without waiting for it; see :meth:`invoke` for the arguments."""
         return await self.invoke(handler, input, key=key, idempotency_key=idempotency_key)
+
+    @overload
+    async def execute(
+        self,
+        handler: Callable[[Any, I], Awaitable[O]],
+        input: I,
+        *,
+        key: str = "",
+        idempotency_key: str = "",
+        timeout: Timeout = None,
+    ) -> O: ...
+
+    @overload
+    async def execute(
+        self,
+        handler: Callable[[Any], Awaitable[O]],
+        *,
+        key: str = "",
+        idempotency_key: str = "",
+        timeout: Timeout = None,
+    ) -> O: ...
 
     @overload
     async def execute(
@@ -271,24 +305,29 @@ class Client:
         key: str = "",
         idempotency_key: str = "",
         timeout: Timeout = None,
-        result_type: type[M],
-    ) -> M: ...
+        result_type: type[T],
+    ) -> T: ...
 
     async def execute(
         self,
-        handler: str,
+        handler: str | Callable[..., Awaitable[Any]],
         input: Any = None,
         *,
         key: str = "",
         idempotency_key: str = "",
         timeout: Timeout = None,
-        result_type: type[M] | None = None,
+        result_type: Any = None,
     ) -> Any:
         """Invoke ``handler`` and return its result: :meth:`invoke` then ``handle.result()``.
 
-        Raises like :meth:`InvocationHandle.result` when it fails, is cancelled or has not
-        ended within ``timeout``.
+        Given the handler function, the call is typed by it (a wrong input type is a type
+        checker's error) and the result comes back as its declared return type (a dataclass
+        as that dataclass). Given a name, the result is plain JSON values, or
+        ``result_type``. Raises like :meth:`InvocationHandle.result` when it fails, is
+        cancelled or has not ended within ``timeout``.
         """
+        if result_type is None and not isinstance(handler, str):
+            result_type = declared_result_type(handler)
         seconds = _seconds(timeout)
         started = time.monotonic()
         handle = await self.invoke(

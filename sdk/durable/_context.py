@@ -13,10 +13,14 @@ import uuid
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any, Generic, TypeVar, overload
 
+import grpc.aio
+
 from durable._retry import RetryPolicy
 
 T = TypeVar("T")
 StubT = TypeVar("StubT")
+I = TypeVar("I")  # noqa: E741 (a called handler's input type)
+O = TypeVar("O")  # noqa: E741 (a called handler's output type)
 
 Duration = float | dt.timedelta
 """Seconds, or a ``timedelta``."""
@@ -157,6 +161,21 @@ class Context(abc.ABC):
         ``result_type`` when given.
         """
 
+    @overload
+    def call(
+        self, handler: Callable[[Any, I], Awaitable[O]], input: I, *, key: str = ""
+    ) -> DurableFuture[O]: ...
+
+    @overload
+    def call(
+        self, handler: Callable[[Any], Awaitable[O]], *, key: str = ""
+    ) -> DurableFuture[O]: ...
+
+    @overload
+    def call(
+        self, handler: str, input: Any = None, *, key: str = "", result_type: Any = None
+    ) -> DurableFuture[Any]: ...
+
     @abc.abstractmethod
     def call(
         self, handler: Any, input: Any = None, *, key: str = "", result_type: Any = None
@@ -168,6 +187,30 @@ class Context(abc.ABC):
         reaches the caller as a ``TerminalError``. The result is decoded as ``result_type``,
         or as the function's return annotation when the function was passed.
         """
+
+    @overload
+    async def send(
+        self,
+        handler: Callable[[Any, I], Awaitable[Any]],
+        input: I,
+        *,
+        key: str = "",
+        delay: Duration | None = None,
+    ) -> str: ...
+
+    @overload
+    async def send(
+        self,
+        handler: Callable[[Any], Awaitable[Any]],
+        *,
+        key: str = "",
+        delay: Duration | None = None,
+    ) -> str: ...
+
+    @overload
+    async def send(
+        self, handler: str, input: Any = None, *, key: str = "", delay: Duration | None = None
+    ) -> str: ...
 
     @abc.abstractmethod
     async def send(
@@ -233,7 +276,7 @@ class Context(abc.ABC):
     @abc.abstractmethod
     def stub(
         self,
-        stub_class: Callable[[Any], StubT],
+        stub_class: Callable[[grpc.aio.Channel], StubT],
         *,
         retry: RetryPolicy | None = None,
         terminal_codes: Any = None,

@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar, overload
 
 from google.protobuf.message import Message
 
-from durable._payloads import from_payload
+from durable import _serde
+from durable._payloads import from_payload, value_to_json_bytes
+from durable._serde import is_message_type
 from durable.errors import InvocationCancelledError, InvocationFailedError
 from durable.v1 import control_pb2, types_pb2
 
@@ -18,6 +20,7 @@ if TYPE_CHECKING:
 _Status: TypeAlias = types_pb2.InvocationStatus.ValueType
 
 M = TypeVar("M", bound=Message)
+T = TypeVar("T")
 
 Timeout: TypeAlias = float | timedelta | None
 
@@ -72,16 +75,29 @@ def _seconds(timeout: Timeout) -> float | None:
     return None if timeout is None else float(timeout)
 
 
+def decode_payload(payload: types_pb2.Payload, result_type: Any = None) -> Any:
+    """A payload as ``result_type``: a protobuf message class, or any type the handlers'
+    codec reads (a dataclass, ``list[Order]``, ...), or plain JSON values when ``None``."""
+    if result_type is None or is_message_type(result_type):
+        return from_payload(payload, result_type)
+    kind = payload.WhichOneof("value")
+    if kind == "json":
+        return _serde.decode(value_to_json_bytes(payload.json), _serde.JSON, result_type)
+    if kind == "data":
+        return _serde.decode(payload.data, payload.content_type, result_type)
+    return _serde.decode(b"null", _serde.JSON, result_type)
+
+
 def _unwrap(
     invocation_id: str,
     status: _Status,
     result: types_pb2.Result,
-    result_type: type[Message] | None,
+    result_type: Any,
 ) -> Any:
     """Turn a finished invocation's ``Result`` into its value, or raise its failure."""
     outcome = result.WhichOneof("outcome")
     if outcome == "value":
-        return from_payload(result.value, result_type)
+        return decode_payload(result.value, result_type)
     failure = result.failure
     if status == types_pb2.INVOCATION_STATUS_CANCELLED or failure.error_type == "CancelledError":
         raise InvocationCancelledError(
@@ -94,7 +110,7 @@ def _unwrap(
             failure.code,
             invocation_id,
         )
-    return from_payload(types_pb2.Payload(), result_type)
+    return decode_payload(types_pb2.Payload(), result_type)
 
 
 class InvocationHandle:
@@ -150,17 +166,17 @@ class InvocationHandle:
     async def result(self, timeout: Timeout = None) -> Any: ...
 
     @overload
-    async def result(self, timeout: Timeout = None, *, result_type: type[M]) -> M: ...
+    async def result(self, timeout: Timeout = None, *, result_type: type[T]) -> T: ...
 
-    async def result(self, timeout: Timeout = None, *, result_type: type[M] | None = None) -> Any:
+    async def result(self, timeout: Timeout = None, *, result_type: Any = None) -> Any:
         """Wait for the invocation to end and return its decoded value.
 
         ``timeout`` (seconds or a timedelta; ``None`` waits as long as it takes) bounds the
         wait: :class:`~durable.errors.ResultTimeoutError` is raised when it passes first,
         and the invocation keeps running. A terminal failure raises
         :class:`~durable.errors.InvocationFailedError`, a cancellation
-        :class:`~durable.errors.InvocationCancelledError`. ``result_type`` decodes a
-        protobuf result into that message class.
+        :class:`~durable.errors.InvocationCancelledError`. ``result_type`` decodes the
+        result as that type: a protobuf message class, a dataclass, ``list[Order]``, ...
         """
         if not self.done:
             response = await self._client._await_result(self.id, _seconds(timeout))

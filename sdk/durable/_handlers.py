@@ -174,6 +174,18 @@ class Service:
         return f"{type(self).__name__}({self.name!r}, handlers={list(self._handlers)})"
 
 
+def declared_result_type(fn: Callable[..., Any]) -> Any:
+    """What a handler function declares it returns (its return annotation), to decode its
+    result as; None when it declares nothing a value can be decoded as."""
+    try:
+        declared = typing.get_type_hints(fn).get("return")
+    except (NameError, TypeError):
+        return None
+    if declared is None or declared is Any or declared is type(None):
+        return None
+    return declared
+
+
 def handler_name(target: Any) -> str:
     """The full name of a handler given as ``"<service>/<handler>"`` or as the registered
     function itself."""

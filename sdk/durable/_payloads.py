@@ -20,6 +20,7 @@ Everything here is pure (no I/O, no global state).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Mapping
@@ -185,7 +186,19 @@ def to_payload(value: Any) -> types_pb2.Payload:
         )
     if isinstance(value, bytes | bytearray | memoryview):
         return types_pb2.Payload(data=bytes(value), content_type=OCTET_STREAM)
-    return types_pb2.Payload(json=to_value(value))
+    return types_pb2.Payload(json=to_value(jsonable(value)))
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with dataclasses turned into JSON objects, recursively: how the client and
+    the handlers' codec (``_serde``) both write a dataclass."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value
 
 
 @overload

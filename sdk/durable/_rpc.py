@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import grpc
+import grpc.aio
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -114,17 +115,47 @@ class GrpcTransport:
         await self._channel.close(None)
 
 
-class NatsChannel:
-    """A stand-in for ``grpc.aio.Channel`` that generated stubs accept; calls go over NATS.
+class NatsChannel(grpc.aio.Channel):
+    """A ``grpc.aio.Channel`` whose unary calls go over NATS, so generated stubs take it
+    (and type checkers give them their async stub type).
 
     ``reply = await HelloServiceStub(NatsChannel(nc)).SayHello(request, timeout=5)``.
-    Failures raise :class:`RpcStatusError`.
+    Failures raise :class:`RpcStatusError`. Only unary-unary methods are carried; the
+    streaming kinds raise ``NotImplementedError``. There is no connection of its own to
+    manage: the NATS connection belongs to the caller.
     """
 
     def __init__(self, nc: NATS, *, prefix: str = DEFAULT_PREFIX) -> None:
         self._transport = NatsTransport(nc, prefix=prefix)
 
-    def unary_unary(
+    async def __aenter__(self) -> NatsChannel:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def close(self, grace: float | None = None) -> None:
+        return None
+
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        return grpc.ChannelConnectivity.READY
+
+    async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
+        return None
+
+    async def channel_ready(self) -> None:
+        return None
+
+    def unary_stream(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("NatsChannel carries unary-unary methods only")
+
+    def stream_unary(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("NatsChannel carries unary-unary methods only")
+
+    def stream_stream(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("NatsChannel carries unary-unary methods only")
+
+    def unary_unary(  # type: ignore[override]  # a plain async callable, not grpc's class
         self,
         method: str,
         request_serializer: Callable[[Any], bytes] | None = None,

@@ -20,6 +20,7 @@ from google.protobuf.message import DecodeError, Message
 from durable import _jsonrules
 from durable._payloads import OCTET_STREAM as OCTET_STREAM
 from durable._payloads import PROTOBUF_CONTENT_TYPE
+from durable._payloads import jsonable as to_jsonable
 
 JSON = "application/json"
 PROTOBUF_PREFIX = f"{PROTOBUF_CONTENT_TYPE}; messageType="
@@ -33,16 +34,6 @@ def protobuf_content_type(message_type: type[Message] | Message) -> str:
     return PROTOBUF_PREFIX + message_type.DESCRIPTOR.full_name
 
 
-def _to_jsonable(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, dict):
-        return {str(k): _to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_to_jsonable(v) for v in value]
-    return value
-
-
 def encode(value: Any) -> tuple[bytes, str]:
     """Encode a value as (data, content_type). Raises TypeError when it cannot, and
     :class:`~durable._jsonrules.JsonRuleError` when its JSON would break the rules every
@@ -52,7 +43,7 @@ def encode(value: Any) -> tuple[bytes, str]:
     if isinstance(value, bytes | bytearray):
         return bytes(value), OCTET_STREAM
     try:
-        jsonable = _to_jsonable(value)
+        jsonable = to_jsonable(value)
     except RecursionError:  # nested far too deep, or a structure that contains itself
         raise _jsonrules.too_deep("value") from None
     _jsonrules.check(jsonable, "value")

@@ -1,0 +1,33 @@
+"""Misuses the type checker must refuse. Each line marked with an E comment must get a mypy
+error containing the text after it; nothing else may (tests/test_typing.py)."""
+
+from __future__ import annotations
+
+from durable import Client, Context
+from tests.typing_cases.typed_calls import Order, Receipt, checkout, ping
+
+
+async def wrong_input(client: Client) -> None:
+    await client.execute(checkout, "not an order")  # E: expected "Callable[[Any, str]
+
+
+async def wrong_result(client: Client) -> None:
+    count: int = await client.execute(checkout, Order("o", 1.0))  # E: Awaitable[int]]"
+    print(count)
+
+
+async def input_to_a_handler_that_takes_none(client: Client) -> None:
+    await client.execute(ping, 3)  # E: "Callable[[Context], Coroutine[Any, Any, int]]"
+
+
+async def call_with_the_wrong_input(ctx: Context) -> None:
+    await ctx.call(checkout, 42)  # E: expected "Callable[[Any, int]
+
+
+async def call_result_misread(ctx: Context) -> None:
+    receipt: str = await ctx.call(checkout, Order("o", 1.0))  # E: Awaitable[str]]"
+    print(receipt)
+
+
+async def send_with_the_wrong_input(ctx: Context) -> None:
+    await ctx.send(checkout, Receipt("o", 1.0))  # E: expected "Callable[[Any, Receipt]
