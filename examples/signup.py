@@ -12,7 +12,7 @@ import dataclasses
 import logging
 from datetime import timedelta
 
-from durable import Context, TerminalError, Workflow
+from durable import TerminalError, Workflow, WorkflowContext, WorkflowSharedContext
 
 log = logging.getLogger("examples.signup")
 signup = Workflow("signup", description="Account creation with email verification")
@@ -35,7 +35,7 @@ def _send_link(email: str, workflow_id: str) -> str:
 
 
 @signup.main()
-async def run(ctx: Context, user: Signup) -> str:
+async def run(ctx: WorkflowContext, user: Signup) -> str:
     """Creates the account once its email is verified (or gives up after the deadline)."""
     ctx.set("user", user)
     ctx.set("stage", "verification sent")
@@ -54,13 +54,13 @@ async def run(ctx: Context, user: Signup) -> str:
 
 
 @signup.handler()
-async def verify(ctx: Context, secret: str) -> None:
+async def verify(ctx: WorkflowSharedContext, secret: str) -> None:
     """What the emailed link calls: resolves the promise run waits on."""
     await ctx.promise("email-verified").resolve(secret)
 
 
 @signup.handler()
-async def status(ctx: Context) -> dict[str, str]:
+async def status(ctx: WorkflowSharedContext) -> dict[str, str]:
     """Where the signup is, read from its state while run waits."""
     user = await ctx.get("user", Signup)
     return {

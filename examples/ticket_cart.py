@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from durable import Context, TerminalError, VirtualObject
+from durable import ObjectContext, ObjectSharedContext, TerminalError, VirtualObject
 
 ticket = VirtualObject("ticket", description="One ticket: AVAILABLE, RESERVED or SOLD")
 cart = VirtualObject("cart", description="A user's cart of reserved tickets")
@@ -21,7 +21,7 @@ EXPIRY_SECONDS = 15 * 60
 
 
 @ticket.handler()
-async def reserve(ctx: Context) -> bool:
+async def reserve(ctx: ObjectContext) -> bool:
     """Reserves the ticket if it is available."""
     if (await ctx.get("status", str) or "AVAILABLE") != "AVAILABLE":
         return False
@@ -30,14 +30,14 @@ async def reserve(ctx: Context) -> bool:
 
 
 @ticket.handler()
-async def release(ctx: Context) -> None:
+async def release(ctx: ObjectContext) -> None:
     """Makes a reserved ticket available again."""
     if await ctx.get("status", str) == "RESERVED":
         ctx.set("status", "AVAILABLE")
 
 
 @ticket.handler()
-async def mark_sold(ctx: Context) -> None:
+async def mark_sold(ctx: ObjectContext) -> None:
     """Sells a reserved ticket."""
     if await ctx.get("status", str) != "RESERVED":
         raise TerminalError(f"ticket {ctx.key} is not reserved")
@@ -45,7 +45,7 @@ async def mark_sold(ctx: Context) -> None:
 
 
 @ticket.handler(shared=True)
-async def status(ctx: Context) -> str:
+async def status(ctx: ObjectSharedContext) -> str:
     """The ticket's status."""
     return str(await ctx.get("status", str) or "AVAILABLE")
 
@@ -57,7 +57,7 @@ class AddTicket:
 
 
 @cart.handler()
-async def add_ticket(ctx: Context, request: AddTicket) -> bool:
+async def add_ticket(ctx: ObjectContext, request: AddTicket) -> bool:
     """Reserves a ticket, puts it in the cart and schedules its expiry."""
     reserved = await ctx.call(reserve, key=request.ticket_id)
     if reserved:
@@ -68,7 +68,7 @@ async def add_ticket(ctx: Context, request: AddTicket) -> bool:
 
 
 @cart.handler()
-async def expire_ticket(ctx: Context, ticket_id: str) -> bool:
+async def expire_ticket(ctx: ObjectContext, ticket_id: str) -> bool:
     """Releases the ticket if it is still in the cart; True when it was."""
     tickets = await ctx.get("tickets", list[str]) or []
     if ticket_id not in tickets:
@@ -79,7 +79,7 @@ async def expire_ticket(ctx: Context, ticket_id: str) -> bool:
 
 
 @cart.handler()
-async def checkout(ctx: Context) -> list[str]:
+async def checkout(ctx: ObjectContext) -> list[str]:
     """Pays for the tickets in the cart and marks them sold."""
     tickets = await ctx.get("tickets", list[str]) or []
     if not tickets:
@@ -92,6 +92,6 @@ async def checkout(ctx: Context) -> list[str]:
 
 
 @cart.handler(shared=True)
-async def contents(ctx: Context) -> list[str]:
+async def contents(ctx: ObjectSharedContext) -> list[str]:
     """The tickets in the cart."""
     return list(await ctx.get("tickets", list[str]) or [])

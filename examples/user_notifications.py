@@ -7,7 +7,7 @@ everything (shared), ``notifications/mark_read`` empties it.
 
 from __future__ import annotations
 
-from durable import Context, VirtualObject
+from durable import ObjectContext, ObjectSharedContext, VirtualObject
 
 notifications = VirtualObject("notifications", description="Unread notifications per user")
 
@@ -15,7 +15,7 @@ KEEP = 100  # the newest ones kept
 
 
 @notifications.handler()
-async def notify(ctx: Context, message: str) -> int:
+async def notify(ctx: ObjectContext, message: str) -> int:
     """Adds a notification; returns how many are unread."""
     unread = await ctx.get("unread", list[str]) or []
     unread = [*unread, message][-KEEP:]
@@ -24,13 +24,13 @@ async def notify(ctx: Context, message: str) -> int:
 
 
 @notifications.handler(shared=True)
-async def unread(ctx: Context) -> list[str]:
+async def unread(ctx: ObjectSharedContext) -> list[str]:
     """The unread notifications, oldest first."""
     return list(await ctx.get("unread", list[str]) or [])
 
 
 @notifications.handler()
-async def mark_read(ctx: Context) -> int:
+async def mark_read(ctx: ObjectContext) -> int:
     """Marks everything read; returns how many were unread."""
     count = len(await ctx.get("unread", list[str]) or [])
     ctx.clear("unread")

@@ -34,6 +34,8 @@ EXPECTED_ALL = [
     "NatsChannel",
     "NatsServer",
     "NotFoundError",
+    "ObjectContext",
+    "ObjectSharedContext",
     "RPCError",
     "ResourceExhaustedError",
     "ResultTimeoutError",
@@ -44,6 +46,8 @@ EXPECTED_ALL = [
     "UnavailableError",
     "VirtualObject",
     "Workflow",
+    "WorkflowContext",
+    "WorkflowSharedContext",
 ]
 
 EXPECTED_ERRORS_ALL = [

@@ -6,7 +6,15 @@ The public surface is exactly ``__all__``; everything else lives in ``_private``
 """
 
 from durable._client import Client, InvocationHandle
-from durable._context import Context, DurableFuture, DurablePromise
+from durable._context import (
+    Context,
+    DurableFuture,
+    DurablePromise,
+    ObjectContext,
+    ObjectSharedContext,
+    WorkflowContext,
+    WorkflowSharedContext,
+)
 from durable._handlers import Service, VirtualObject, Workflow
 from durable._retry import RetryPolicy
 from durable._rpc import NatsChannel, NatsServer
@@ -45,6 +53,8 @@ __all__ = [
     "NatsChannel",
     "NatsServer",
     "NotFoundError",
+    "ObjectContext",
+    "ObjectSharedContext",
     "RPCError",
     "ResourceExhaustedError",
     "ResultTimeoutError",
@@ -55,4 +65,6 @@ __all__ = [
     "UnavailableError",
     "VirtualObject",
     "Workflow",
+    "WorkflowContext",
+    "WorkflowSharedContext",
 ]

@@ -62,7 +62,15 @@ class DurablePromise(DurableFuture[T]):
 
 
 class Context(abc.ABC):
-    """Durable context of one invocation."""
+    """Durable context of one invocation: what every handler can do (a service's handlers
+    get exactly this). Object and workflow handlers get a subclass that adds what their kind
+    may do with the key's state, so a misuse (``set`` in a shared handler) is a type error:
+
+    * :class:`ObjectContext`: an exclusive object handler; reads and writes state.
+    * :class:`ObjectSharedContext`: a shared object handler; reads state.
+    * :class:`WorkflowContext`: a workflow's run; reads and writes state, and promises.
+    * :class:`WorkflowSharedContext`: a workflow's other handlers; reads state, promises.
+    """
 
     @property
     @abc.abstractmethod
@@ -242,35 +250,6 @@ class Context(abc.ABC):
     async def reject_awakeable(self, awakeable_id: str, reason: str) -> None:
         """Reject another invocation's awakeable: its handler sees a ``TerminalError``."""
 
-    # -- state: virtual objects and workflows ----------------------------------------------
-
-    @abc.abstractmethod
-    async def get(self, name: str, result_type: Any = None) -> Any:
-        """The value of state entry ``name`` of this object key or workflow id, or None.
-        Decoded as ``result_type`` when given. Journaled: a replay reads the same value."""
-
-    @abc.abstractmethod
-    def set(self, name: str, value: Any) -> None:
-        """Set state entry ``name`` (JSON-able values, dataclasses, protobuf messages,
-        bytes). Exclusive handlers and a workflow's run only. The change is journaled and
-        becomes visible to others with the invocation's journal, all changes at once."""
-
-    @abc.abstractmethod
-    def clear(self, name: str) -> None:
-        """Remove state entry ``name``."""
-
-    @abc.abstractmethod
-    def clear_all(self) -> None:
-        """Remove every state entry of this key."""
-
-    @abc.abstractmethod
-    async def state_keys(self) -> list[str]:
-        """The names of the state entries, sorted. Journaled."""
-
-    @abc.abstractmethod
-    def promise(self, name: str, result_type: Any = None) -> DurablePromise[Any]:
-        """The workflow's durable promise ``name`` (workflow handlers only)."""
-
     # -- gRPC services --------------------------------------------------------------------
 
     @abc.abstractmethod
@@ -293,3 +272,51 @@ class Context(abc.ABC):
         raise ``TerminalError`` (with the code), unless ``terminal_codes`` says otherwise.
         Stub methods accept ``timeout=`` (the deadline) and ``metadata=``.
         """
+
+
+class ObjectSharedContext(Context):
+    """Context of a virtual object's shared handler (and base of every keyed context): it
+    runs concurrently with the key's other handlers and may read, not write, its state."""
+
+    @abc.abstractmethod
+    async def get(self, name: str, result_type: Any = None) -> Any:
+        """The value of state entry ``name`` of this object key or workflow id, or None.
+        Decoded as ``result_type`` when given. Journaled: a replay reads the same value."""
+
+    @abc.abstractmethod
+    async def state_keys(self) -> list[str]:
+        """The names of the state entries, sorted. Journaled."""
+
+
+class ObjectContext(ObjectSharedContext):
+    """Context of a virtual object's exclusive handler: one at a time per key, in arrival
+    order; reads and writes the key's state."""
+
+    @abc.abstractmethod
+    def set(self, name: str, value: Any) -> None:
+        """Set state entry ``name`` (JSON-able values, dataclasses, protobuf messages,
+        bytes). The change is journaled and becomes visible to others with the
+        invocation's journal, all changes at once."""
+
+    @abc.abstractmethod
+    def clear(self, name: str) -> None:
+        """Remove state entry ``name``."""
+
+    @abc.abstractmethod
+    def clear_all(self) -> None:
+        """Remove every state entry of this key."""
+
+
+class WorkflowSharedContext(ObjectSharedContext):
+    """Context of a workflow's shared handlers (queries, signals): reads the workflow's
+    state and resolves or reads its durable promises."""
+
+    @abc.abstractmethod
+    def promise(self, name: str, result_type: Any = None) -> DurablePromise[Any]:
+        """The workflow's durable promise ``name``: await it (in the run), or resolve or
+        reject it (from any of the workflow's handlers, or a client)."""
+
+
+class WorkflowContext(WorkflowSharedContext, ObjectContext):
+    """Context of a workflow's run handler: once per workflow id; reads and writes the
+    workflow's state and awaits its promises."""

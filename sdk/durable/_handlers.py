@@ -13,9 +13,16 @@ import inspect
 import re
 import typing
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 from durable import _serde
+from durable._context import (
+    Context,
+    ObjectContext,
+    ObjectSharedContext,
+    WorkflowContext,
+    WorkflowSharedContext,
+)
 from durable._retry import RetryPolicy
 from durable.v1 import types_pb2
 
@@ -24,6 +31,34 @@ _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]{0,63}")
 
 HandlerFn = Callable[..., Awaitable[Any]]
 F = TypeVar("F", bound=HandlerFn)
+# What each kind of handler may be: an ``async def`` of (ctx) or (ctx, input) whose ctx is
+# (a supertype of) that kind's context, so a handler written against a richer context
+# than its kind gets (``ctx.set`` in a shared handler) is a type error where it is
+# registered.
+ServiceFn = TypeVar(
+    "ServiceFn",
+    bound=Callable[[Context], Awaitable[Any]] | Callable[[Context, Any], Awaitable[Any]],
+)
+ObjectFn = TypeVar(
+    "ObjectFn",
+    bound=Callable[[ObjectContext], Awaitable[Any]]
+    | Callable[[ObjectContext, Any], Awaitable[Any]],
+)
+ObjectSharedFn = TypeVar(
+    "ObjectSharedFn",
+    bound=Callable[[ObjectSharedContext], Awaitable[Any]]
+    | Callable[[ObjectSharedContext, Any], Awaitable[Any]],
+)
+WorkflowFn = TypeVar(
+    "WorkflowFn",
+    bound=Callable[[WorkflowContext], Awaitable[Any]]
+    | Callable[[WorkflowContext, Any], Awaitable[Any]],
+)
+WorkflowSharedFn = TypeVar(
+    "WorkflowSharedFn",
+    bound=Callable[[WorkflowSharedContext], Awaitable[Any]]
+    | Callable[[WorkflowSharedContext, Any], Awaitable[Any]],
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,10 +161,10 @@ class Service:
         name: str | None = None,
         *,
         retry: RetryPolicy | None = None,
-    ) -> Callable[[F], F]:
-        """Register an ``async def handler(ctx[, input])`` under this service."""
+    ) -> Callable[[ServiceFn], ServiceFn]:
+        """Register an ``async def handler(ctx: Context[, input])`` under this service."""
 
-        def register(fn: F) -> F:
+        def register(fn: ServiceFn) -> ServiceFn:
             self._register(fn, name, retry, shared=False)
             return fn
 
@@ -218,13 +253,31 @@ class VirtualObject(Service):
         counter = VirtualObject("counter")
 
         @counter.handler()
-        async def add(ctx: Context, n: int) -> int:
+        async def add(ctx: ObjectContext, n: int) -> int:
             total = (await ctx.get("total", int) or 0) + n
             ctx.set("total", total)
             return total
     """
 
     kind_label = "virtual object"
+
+    @overload
+    def handler(
+        self,
+        name: str | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        shared: Literal[False] = False,
+    ) -> Callable[[ObjectFn], ObjectFn]: ...
+
+    @overload
+    def handler(
+        self,
+        name: str | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        shared: Literal[True],
+    ) -> Callable[[ObjectSharedFn], ObjectSharedFn]: ...
 
     def handler(
         self,
@@ -233,7 +286,8 @@ class VirtualObject(Service):
         retry: RetryPolicy | None = None,
         shared: bool = False,
     ) -> Callable[[F], F]:
-        """Register an exclusive handler, or with ``shared=True`` a read-only concurrent one."""
+        """Register an exclusive handler (``ctx: ObjectContext``), or with ``shared=True`` a
+        read-only concurrent one (``ctx: ObjectSharedContext``)."""
 
         def register(fn: F) -> F:
             self._register(fn, name, retry, shared=shared)
@@ -262,13 +316,13 @@ class Workflow(Service):
         signup = Workflow("signup")
 
         @signup.main()
-        async def run(ctx: Context, email: str) -> bool:
+        async def run(ctx: WorkflowContext, email: str) -> bool:
             ctx.set("email", email)
             await ctx.run("send link", send_link, email, ctx.key)
             return await ctx.promise("clicked", bool)
 
         @signup.handler()
-        async def click(ctx: Context, ok: bool) -> None:
+        async def click(ctx: WorkflowSharedContext, ok: bool) -> None:
             await ctx.promise("clicked").resolve(ok)
     """
 
@@ -276,10 +330,10 @@ class Workflow(Service):
 
     def main(
         self, name: str | None = None, *, retry: RetryPolicy | None = None
-    ) -> Callable[[F], F]:
-        """Register the workflow's run handler (one per workflow)."""
+    ) -> Callable[[WorkflowFn], WorkflowFn]:
+        """Register the workflow's run handler (``ctx: WorkflowContext``; one per workflow)."""
 
-        def register(fn: F) -> F:
+        def register(fn: WorkflowFn) -> WorkflowFn:
             if any(h.kind == types_pb2.HANDLER_KIND_WORKFLOW_RUN for h in self.handlers):
                 raise ValueError(f"workflow {self.name} already has a main handler")
             self._register(fn, name, retry, shared=False)
@@ -292,11 +346,11 @@ class Workflow(Service):
         name: str | None = None,
         *,
         retry: RetryPolicy | None = None,
-    ) -> Callable[[F], F]:
-        """Register a shared handler: runs concurrently with ``run``, reads its state and
-        resolves its promises."""
+    ) -> Callable[[WorkflowSharedFn], WorkflowSharedFn]:
+        """Register a shared handler (``ctx: WorkflowSharedContext``): runs concurrently with
+        ``run``, reads its state and resolves its promises."""
 
-        def register(fn: F) -> F:
+        def register(fn: WorkflowSharedFn) -> WorkflowSharedFn:
             self._register(fn, name, retry, shared=True)
             return fn
 

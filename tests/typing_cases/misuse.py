@@ -3,7 +3,15 @@ error containing the text after it; nothing else may (tests/test_typing.py)."""
 
 from __future__ import annotations
 
-from durable import Client, Context
+from durable import (
+    Client,
+    Context,
+    ObjectContext,
+    ObjectSharedContext,
+    VirtualObject,
+    Workflow,
+    WorkflowSharedContext,
+)
 from tests.typing_cases.typed_calls import Order, Receipt, checkout, ping
 
 
@@ -31,3 +39,27 @@ async def call_result_misread(ctx: Context) -> None:
 
 async def send_with_the_wrong_input(ctx: Context) -> None:
     await ctx.send(checkout, Receipt("o", 1.0))  # E: expected "Callable[[Any, Receipt]
+
+
+counter = VirtualObject("typed_counter")
+flow = Workflow("typed_flow")
+
+
+@counter.handler(shared=True)
+async def peek(ctx: ObjectSharedContext) -> int:
+    ctx.set("n", 1)  # E: "ObjectSharedContext" has no attribute "set"
+    return 0
+
+
+@counter.handler(shared=True)  # E: Value of type variable "ObjectSharedFn"
+async def sneaky(ctx: ObjectContext) -> None:
+    ctx.set("n", 2)
+
+
+async def service_reads_state(ctx: Context) -> None:
+    await ctx.get("n")  # E: "Context" has no attribute "get"
+
+
+@flow.handler()
+async def query(ctx: WorkflowSharedContext) -> None:
+    ctx.clear("stage")  # E: "WorkflowSharedContext" has no attribute "clear"

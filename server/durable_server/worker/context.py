@@ -19,7 +19,7 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from durable import _serde
-from durable._context import Context, DurableFuture, DurablePromise, Duration, StubT
+from durable._context import DurableFuture, DurablePromise, Duration, StubT, WorkflowContext
 from durable._handlers import handler_name
 from durable._retry import RetryPolicy
 from durable.errors import CancelledError, NonDeterminismError, SuspendInvocation, TerminalError
@@ -56,7 +56,7 @@ from durable_server.worker.waits import (
 _ANNOUNCE_AFTER = 0.05
 
 
-class InvocationContext(Context):
+class InvocationContext(WorkflowContext):
     """``ctx`` of one attempt of one invocation."""
 
     def __init__(
