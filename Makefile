@@ -30,7 +30,7 @@ comma := ,
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv setup run test chaos fuzz lint breaking proto check-proto bench examples fmt clean distclean
+.PHONY: help venv setup run test test-fast chaos fuzz lint breaking proto check-proto bench examples fmt clean distclean
 
 help: ## List the targets
 	@echo "Usage: make <target> [VAR=value ...]"
@@ -61,6 +61,9 @@ run: setup ## Run the dev stack (embedded nats-server + control plane + worker h
 
 test: setup ## Run the test suite; extra pytest flags via PYTEST_ARGS="..."
 	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+test-fast: setup ## The suite without the slow tests (real processes killed, clusters, long waits): about a minute
+	$(BIN)/pytest -q -m "not slow" $(PYTEST_ARGS)
 
 chaos: setup ## Long chaos run (kills, freezes, nats and cluster leader kills); CHAOS_SECONDS, CHAOS_SEED, ...
 	$(BIN)/python -m tests.chaos --seconds $(CHAOS_SECONDS) --phases $(CHAOS_PHASES) \

@@ -735,6 +735,7 @@ async def test_health_list_answers_what_reflection_advertises(channel: grpc.aio.
 # -- 12. NATS URLs with credentials -------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_a_failed_connect_does_not_print_the_password(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

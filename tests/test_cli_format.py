@@ -522,6 +522,7 @@ async def test_cli_handlers_table(nats_server: EmbeddedNats) -> None:
         assert schema["required"] == ["order_id", "items", "amount"]
 
 
+@pytest.mark.slow
 async def test_cli_invoke_waits_for_the_result(nats_server: EmbeddedNats, tmp_path: Path) -> None:
     async with real_engine(nats_server) as engine:
         ran = await durable(engine.target, "invoke", "clif/checkout", ORDER)
@@ -561,6 +562,7 @@ async def test_cli_invoke_waits_for_the_result(nats_server: EmbeddedNats, tmp_pa
         assert body["result"]["value"]["json"] == RECEIPT
 
 
+@pytest.mark.slow
 async def test_cli_idempotent_retry_of_a_json_object_finds_the_invocation(
     nats_server: EmbeddedNats,
 ) -> None:
@@ -578,6 +580,7 @@ async def test_cli_idempotent_retry_of_a_json_object_finds_the_invocation(
             assert again.field("invocation") == first.field("invocation")
 
 
+@pytest.mark.slow
 async def test_cli_invoke_of_a_failing_handler_exits_1(nats_server: EmbeddedNats) -> None:
     async with real_engine(nats_server) as engine:
         ran = await durable(engine.target, "invoke", "clif/reject", '"card declined"')
@@ -606,6 +609,7 @@ async def test_cli_invoke_of_a_failing_handler_exits_1(nats_server: EmbeddedNats
         assert ran.err.startswith("error: INVALID_ARGUMENT: ")
 
 
+@pytest.mark.slow
 async def test_cli_exit_codes_tell_the_outcomes_apart(nats_server: EmbeddedNats) -> None:
     async with real_engine(nats_server) as engine:
         ran = await durable(engine.target, "invoke", "clif/echo", '{"a": 1}')
@@ -638,6 +642,7 @@ async def test_cli_exit_codes_tell_the_outcomes_apart(nats_server: EmbeddedNats)
         assert error["metadata"]["handler"] == "clif/nope"
 
 
+@pytest.mark.slow
 async def test_cli_invoke_no_wait_then_get(nats_server: EmbeddedNats) -> None:
     async with real_engine(nats_server) as engine:
         ran = await durable(engine.target, "invoke", "clif/checkout", ORDER, "--no-wait")
@@ -690,6 +695,7 @@ async def test_cli_invoke_no_wait_then_get(nats_server: EmbeddedNats) -> None:
         assert [e.get("name") for e in body["journal"]] == ["reserve", "charge", "ship"]
 
 
+@pytest.mark.slow
 async def test_cli_list_pages_and_stats(nats_server: EmbeddedNats) -> None:
     async with real_engine(nats_server) as engine:
         ids = []
@@ -779,6 +785,7 @@ async def test_cli_list_pages_and_stats(nats_server: EmbeddedNats) -> None:
         assert counts["INVOCATION_STATUS_COMPLETED"] == "4"
 
 
+@pytest.mark.slow
 async def test_cli_pause_resume_cancel(nats_server: EmbeddedNats) -> None:
     async with real_engine(nats_server, slots=1) as engine:
         target = engine.target
@@ -872,6 +879,7 @@ async def test_cli_pause_resume_cancel(nats_server: EmbeddedNats) -> None:
         assert counts["INVOCATION_STATUS_CANCELLED"] == "1"
 
 
+@pytest.mark.slow
 async def test_cli_get_of_an_invocation_that_ended_before_seeing_its_cancel(
     nats_server: EmbeddedNats,
 ) -> None:
@@ -888,6 +896,7 @@ async def test_cli_get_of_an_invocation_that_ended_before_seeing_its_cancel(
         assert ran.field("status") == "COMPLETED"  # not "COMPLETED (cancel requested)"
 
 
+@pytest.mark.slow
 async def test_cli_pause_and_cancel_json(nats_server: EmbeddedNats) -> None:
     async with real_engine(nats_server) as engine:
         tag = _tag()
@@ -905,6 +914,7 @@ async def test_cli_pause_and_cancel_json(nats_server: EmbeddedNats) -> None:
             await handle.result(timeout=10)
 
 
+@pytest.mark.slow
 async def test_cli_get_bad_and_unknown_ids(nats_server: EmbeddedNats) -> None:
     async with real_engine(nats_server) as engine:
         ran = await durable(engine.target, "get", "inv_nope")
@@ -1025,6 +1035,7 @@ def test_progress_is_shown_on_a_terminal_only() -> None:
     assert "12 of 100" in terminal.getvalue()
 
 
+@pytest.mark.slow
 async def test_cli_version_and_server_info(nats_server: EmbeddedNats) -> None:
     from durable_server.version import engine_version
 

@@ -58,7 +58,7 @@ from tests.nats_cluster import engine_streams as _engine_streams
 from tests.nats_cluster import move_leaders_off as _move_leaders_off
 from tests.procs import REPO, EngineProc
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
 COMPLETED = types_pb2.INVOCATION_STATUS_COMPLETED
 

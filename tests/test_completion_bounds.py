@@ -63,6 +63,7 @@ async def stored(engine: LocalEngine, pattern: str) -> dict[str, int]:
         await nc.close()
 
 
+@pytest.mark.slow
 async def test_awakeable_steps_are_bounded(engine_factory: EngineFactory) -> None:
     engine = await start_ready(engine_factory, [bounds])
     client = engine.client

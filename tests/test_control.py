@@ -342,6 +342,7 @@ async def test_operator_acting_before_the_first_entry_fences_the_fast_path(
         ]
 
 
+@pytest.mark.slow
 async def test_pause_before_the_first_entry_holds_when_the_attempt_journals_nothing(
     engine_factory: EngineFactory,
 ) -> None:

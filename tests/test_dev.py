@@ -20,7 +20,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from tests.procs import free_port
+
+pytestmark = pytest.mark.slow  # real processes or long waits: not in make test-fast
 
 REPO = Path(__file__).resolve().parent.parent
 DURABLE = REPO / ".venv" / "bin" / "durable"

@@ -13,7 +13,7 @@ import pytest
 from tests.procs import free_port
 from tests.test_dev import CLI_TIMEOUT, DURABLE, REPO, DevProc, durable
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 
 async def _second(*argv: str) -> tuple[int, str]:

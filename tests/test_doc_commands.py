@@ -29,6 +29,8 @@ from durable_server import cli
 from durable_server.natsd import EmbeddedNats
 from durable_server.process import DEFAULT_MODULES, load_modules
 
+pytestmark = pytest.mark.slow  # real processes or long waits: not in make test-fast
+
 REPO = Path(__file__).resolve().parent.parent
 BIN = REPO / ".venv" / "bin"
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "examples/README.md"]

@@ -18,6 +18,7 @@ S = types_pb2
 SERVICES = [ticket, cart, signup, notifications, travel]
 
 
+@pytest.mark.slow
 async def test_ticket_cart_reserves_expires_and_sells(engine_factory: EngineFactory) -> None:
     engine = await start_ready(engine_factory, SERVICES)
     c = engine.client
@@ -39,6 +40,7 @@ async def test_ticket_cart_reserves_expires_and_sells(engine_factory: EngineFact
         await c.execute("cart/checkout", None, key="bo", timeout=10)
 
 
+@pytest.mark.slow
 async def test_signup_workflow(engine_factory: EngineFactory) -> None:
     engine = await start_ready(engine_factory, SERVICES)
     c = engine.client

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from durable.v1 import types_pb2
 from examples.approval_workflow import expenses
 from examples.delayed_execution import scheduler
@@ -15,6 +17,7 @@ S = types_pb2
 SERVICES = [greeter, scheduler, expenses, payments]
 
 
+@pytest.mark.slow
 async def test_delayed_execution(engine_factory: EngineFactory) -> None:
     engine = await start_ready(engine_factory, SERVICES)
     started = time.monotonic()
@@ -45,6 +48,7 @@ async def test_approval_workflow(engine_factory: EngineFactory) -> None:
     assert (await rejected.result(timeout=10))["note"] == "rejected: no"
 
 
+@pytest.mark.slow
 async def test_payment_webhook_race(engine_factory: EngineFactory) -> None:
     engine = await start_ready(engine_factory, SERVICES)
     paid = await engine.client.start("payments/charge", {"order_id": "o1", "amount": 5})

@@ -33,7 +33,7 @@ from durable_server.worker.runtime import Worker
 from tests.nats_cluster import NODES, Cluster, running_cluster
 from tests.nats_cluster import connect as _connect
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 failover = Service("failover", description="handlers for the failover tests")
 

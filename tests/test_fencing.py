@@ -33,6 +33,8 @@ from durable_server.resources import ensure_resources
 from tests.crash_handlers import FENCE_STEP, STEPS, release_marker
 from tests.procs import EngineProc, ProcGroup, free_port, read_ledger, wait_healthy
 
+pytestmark = pytest.mark.slow  # real processes or long waits: not in make test-fast
+
 ACK_WAIT = 1.0
 
 

@@ -8,6 +8,7 @@ import re
 import time
 from datetime import timedelta
 
+import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from durable import Context, Service
@@ -62,6 +63,7 @@ async def nap(ctx: Context, seconds: float) -> str:
     return "rested"
 
 
+@pytest.mark.slow
 async def test_steps_say_how_long_they_took_and_what_was_awaited(
     engine_factory: EngineFactory,
 ) -> None:

@@ -89,6 +89,7 @@ async def test_repeated_exclusive_invoke_finishes_what_the_first_started(
     assert await later.result(timeout=15) == 6
 
 
+@pytest.mark.slow
 async def test_reconciler_hands_on_a_free_key_with_a_line(engine_factory: EngineFactory) -> None:
     engine = await start_ready(engine_factory, [tally], reconcile_after=0.5)
     plane = _plane(engine)
@@ -103,6 +104,7 @@ async def test_reconciler_hands_on_a_free_key_with_a_line(engine_factory: Engine
     assert await engine.client.result(second, timeout=30) == 5
 
 
+@pytest.mark.slow
 async def test_reconciler_passes_on_a_key_its_ended_holder_kept(
     engine_factory: EngineFactory,
 ) -> None:

@@ -32,6 +32,8 @@ from durable_server.waking import Waker
 from durable_server.workqueue import WorkQueue
 from tests.engine_support import EngineFactory, start_ready, wait_status
 
+pytestmark = pytest.mark.slow  # real processes or long waits: not in make test-fast
+
 S = types_pb2
 NEVER = 1e6
 RUNS: Counter[str] = Counter()

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from durable import Context, Service
 from durable.testing import start_engine
 from durable.v1 import types_pb2
@@ -27,6 +29,7 @@ async def _live_workers(client: object, name: str) -> int:
     return next((h.live_workers for h in handlers if h.name == name), -1)
 
 
+@pytest.mark.slow
 async def test_pending_with_no_worker_says_since_when(nats_server: EmbeddedNats) -> None:
     async with start_engine([lonely], nats_url=nats_server.url, heartbeat_interval=0.2) as engine:
         client = engine.client

@@ -15,6 +15,8 @@ import pytest
 from examples.hello import greeter
 from tests.engine_support import EngineFactory, start_ready
 
+pytestmark = pytest.mark.slow  # real processes or long waits: not in make test-fast
+
 NODE_DIR = Path(__file__).parent / "node"
 
 

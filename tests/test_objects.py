@@ -125,6 +125,7 @@ async def test_exclusive_handlers_of_one_key_never_overlap(engine_factory: Engin
     assert await engine.client.execute("counter/peek", None, key="k1", timeout=10) == 20
 
 
+@pytest.mark.slow
 async def test_a_suspended_exclusive_handler_keeps_its_key(engine_factory: EngineFactory) -> None:
     engine = await start_ready(engine_factory, SERVICES)
     holder = await engine.client.start("counter/hold", 2.0, key="held")
@@ -221,6 +222,7 @@ async def test_promise_resolved_before_run_awaits_it(engine_factory: EngineFacto
         await third.result(timeout=10)
 
 
+@pytest.mark.slow
 async def test_kill_purge_and_a_reused_workflow_id(engine_factory: EngineFactory) -> None:
     engine = await start_ready(engine_factory, SERVICES)
     holder = await engine.client.start("counter/hold", 60.0, key="kill")
@@ -249,6 +251,7 @@ async def test_kill_purge_and_a_reused_workflow_id(engine_factory: EngineFactory
     assert await fresh.result(timeout=10) == "Cy verified with again"
 
 
+@pytest.mark.slow
 async def test_retention_purges_ended_invocations(engine_factory: EngineFactory) -> None:
     engine = await start_ready(engine_factory, SERVICES, retention=1.0)
     done = await engine.client.execute("counter/add", 1, key="r", timeout=10)
@@ -291,6 +294,7 @@ async def test_protobuf_state(engine_factory: EngineFactory) -> None:
     assert await engine.client.execute("counter/stamp", 9, key="p", timeout=10) == 5
 
 
+@pytest.mark.slow
 async def test_cli_state_kill_purge_and_promises(engine_factory: EngineFactory) -> None:
     from tests.test_cli_format import durable
 
@@ -341,6 +345,7 @@ async def test_released_holders_leave_the_inbox(engine_factory: EngineFactory) -
     assert info.state.messages == 0
 
 
+@pytest.mark.slow
 async def test_a_result_is_answered_after_the_state_it_wrote(
     engine_factory: EngineFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -90,6 +90,7 @@ async def test_the_worker_writes_no_record_for_an_invocation_purged_after_its_ou
     assert EFFECTS[tag] == 1
 
 
+@pytest.mark.slow
 async def test_a_redelivered_fresh_item_of_a_purged_invocation_does_not_run_it(
     engine_factory: EngineFactory,
 ) -> None:

@@ -13,6 +13,8 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 
+import pytest
+
 from durable import Client, Context, Service, VirtualObject
 from durable.errors import FailedPreconditionError, NotFoundError
 from durable.internal.v1 import storage_pb2
@@ -21,6 +23,8 @@ from durable.v1 import types_pb2
 from durable_server.ids import new_invocation_id
 from durable_server.records import now_ts
 from tests.engine_support import EngineFactory, start_ready
+
+pytestmark = pytest.mark.slow  # real processes or long waits: not in make test-fast
 
 S = types_pb2
 # The reconciler never runs in these tests unless one says so: every wake-up must come

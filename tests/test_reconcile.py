@@ -7,6 +7,8 @@ import asyncio
 import uuid
 from collections import Counter
 
+import pytest
+
 from durable import Context, Service
 from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
@@ -65,6 +67,7 @@ async def test_record_without_its_work_item_is_enqueued_again(
     assert item is not None and item.generation == 2 and item.reason == "reconcile"
 
 
+@pytest.mark.slow
 async def test_queued_item_of_the_records_generation_is_left_alone(
     engine_factory: EngineFactory,
 ) -> None:

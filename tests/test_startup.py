@@ -25,7 +25,7 @@ from durable_server.natsd import find_nats_server
 from tests.nats_cluster import NODES, Cluster, running_cluster
 from tests.procs import REPO, ProcGroup, free_port, wait_healthy
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 
 @pytest.fixture

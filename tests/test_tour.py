@@ -15,6 +15,8 @@ from durable.testing import LocalEngine, start_engine
 from durable_server.natsd import EmbeddedNats
 from durable_server.process import DEFAULT_MODULES, load_modules
 
+pytestmark = pytest.mark.slow  # real processes or long waits: not in make test-fast
+
 REPO = Path(__file__).resolve().parents[1]
 TOUR = {
     "simple": ["Hello, World!"],

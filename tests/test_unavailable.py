@@ -22,7 +22,7 @@ from durable.v1 import control_pb2, control_pb2_grpc
 from durable_server.natsd import EmbeddedNats
 from tests.engine_support import wait_for_handlers
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 flaky = Service("flaky")
 

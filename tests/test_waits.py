@@ -156,6 +156,7 @@ async def sender(ctx: Context, delay: float) -> str:
     return await ctx.send(leaf, 21, delay=delay)
 
 
+@pytest.mark.slow
 async def test_sleep_suspends_and_wakes_after_the_duration(engine_factory: EngineFactory) -> None:
     engine = await start_ready(engine_factory, [waits])
     handle = await engine.client.start("waits/nap", 1.5)
@@ -180,6 +181,7 @@ async def test_awakeable_resolved_from_outside(engine_factory: EngineFactory) ->
         await engine.client.resolve_awakeable(target.awakeable_id, "again")
 
 
+@pytest.mark.slow
 async def test_double_resolve_keeps_the_first(engine_factory: EngineFactory) -> None:
     engine = await start_ready(engine_factory, [waits])
     handle = await engine.client.start("waits/two_awakeables", None)
@@ -218,6 +220,7 @@ async def test_early_resolve_is_kept(engine_factory: EngineFactory) -> None:
     assert await handle.result(timeout=10) == "paid 42 EUR"
 
 
+@pytest.mark.slow
 async def test_select_times_out(engine_factory: EngineFactory) -> None:
     engine = await start_ready(engine_factory, [waits])
     handle = await engine.client.start("waits/race", 1.2)
@@ -232,6 +235,7 @@ async def test_select_times_out(engine_factory: EngineFactory) -> None:
         await engine.client.resolve_awakeable(awk, "late")
 
 
+@pytest.mark.slow
 async def test_calls_and_gather(engine_factory: EngineFactory) -> None:
     engine = await start_ready(engine_factory, [waits])
     assert await engine.client.execute("waits/caller", 5, timeout=15) == 10 + 12 + 14
@@ -251,6 +255,7 @@ async def test_a_handler_resolves_another_invocations_awakeable(
     assert await waiting.result(timeout=10) == "approved: from another handler"
 
 
+@pytest.mark.slow
 async def test_delayed_send_is_scheduled(engine_factory: EngineFactory) -> None:
     engine = await start_ready(engine_factory, [waits])
     child = await engine.client.execute("waits/sender", 1.5, timeout=10)
@@ -273,6 +278,7 @@ async def test_cancel_wakes_a_suspended_invocation_into_its_compensation(
     assert view.invocation.result.failure.error_type == "CancelledError"
 
 
+@pytest.mark.slow
 async def test_paused_timer_waits_for_resume(engine_factory: EngineFactory) -> None:
     engine = await start_ready(engine_factory, [waits])
     handle = await engine.client.start("waits/nap", 1.5)
@@ -320,6 +326,7 @@ def test_durable_future_is_abstract() -> None:
     assert timedelta(seconds=1)
 
 
+@pytest.mark.slow
 async def test_timer_longer_than_ack_wait_fires_once_on_time(
     engine_factory: EngineFactory,
 ) -> None:
@@ -345,6 +352,7 @@ async def test_resolve_after_cancel_is_refused(engine_factory: EngineFactory) ->
         await engine.client.resolve_awakeable(awk, "too late")
 
 
+@pytest.mark.slow
 async def test_cli_get_watch_resolve_reject(engine_factory: EngineFactory) -> None:
     from tests.test_cli_format import durable
 
@@ -382,6 +390,7 @@ async def test_cli_get_watch_resolve_reject(engine_factory: EngineFactory) -> No
     assert bad.code == 2 and "not valid JSON" in bad.err
 
 
+@pytest.mark.slow
 async def test_cancel_and_pause_of_a_scheduled_invocation(engine_factory: EngineFactory) -> None:
     engine = await start_ready(engine_factory, [waits])
     later = await engine.client.execute("waits/sender", 60.0, timeout=10)
@@ -397,6 +406,7 @@ async def test_cancel_and_pause_of_a_scheduled_invocation(engine_factory: Engine
     assert time.monotonic() - started >= 1.5
 
 
+@pytest.mark.slow
 async def test_select_replays_its_journaled_winner(engine_factory: EngineFactory) -> None:
     """The timer won; the awakeable is resolved afterwards, before the replay: the replay
     still takes the timer's branch (probing live would now pick the awakeable)."""
@@ -411,6 +421,7 @@ async def test_select_replays_its_journaled_winner(engine_factory: EngineFactory
     assert kinds.count(S.STEP_KIND_SELECT) == 1
 
 
+@pytest.mark.slow
 async def test_wake_ups_do_not_count_against_the_retry_policy(
     engine_factory: EngineFactory,
 ) -> None:
@@ -427,6 +438,7 @@ async def test_a_call_to_an_unregistered_handler_is_retried_then_fails_clearly(
         await engine.client.execute("waits/calls_nobody", None, timeout=20)
 
 
+@pytest.mark.slow
 async def test_a_callee_purged_before_its_caller_took_the_result(
     engine_factory: EngineFactory,
 ) -> None:

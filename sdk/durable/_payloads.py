@@ -195,7 +195,9 @@ def jsonable(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
+        # Keys stay as they are: a key that is not a string is refused where JSON is made,
+        # not silently turned into one.
+        return {k: jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [jsonable(v) for v in value]
     return value
