@@ -125,3 +125,25 @@ def test_rpc_errors_keep_their_reason_through_pickle() -> None:
         "INVOCATION_NOT_FOUND",
         {"a": "b"},
     )
+
+
+def test_each_reason_is_answered_with_the_code_its_proto_comment_names() -> None:
+    """errors.proto says, first thing in each reason's comment, its status code; the
+    servicer's one table (STATUS_OF) must agree, and cover every reason."""
+    import re
+    from pathlib import Path
+
+    from durable_server.control.errors import STATUS_OF
+
+    proto = (Path(__file__).parent.parent / "proto/durable/v1/errors.proto").read_text()
+    documented = {
+        name: code
+        for code, name in re.findall(
+            r"// ([A-Z_]+): [^\n]*(?:\n  // [^\n]*)*\n  (ERROR_REASON_[A-Z_]+) =", proto
+        )
+    }
+    names = errors_pb2.ErrorReason.keys()
+    reasons = [n for n in names if n != "ERROR_REASON_UNSPECIFIED"]
+    assert sorted(documented) == sorted(reasons)
+    for name in reasons:
+        assert STATUS_OF[errors_pb2.ErrorReason.Value(name)].name == documented[name], name

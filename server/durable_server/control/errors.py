@@ -84,14 +84,50 @@ def _error_info(
     )
 
 
+_C = grpc.StatusCode
+_R = errors_pb2
+
+#: The status code each reason is answered with, as errors.proto documents it: the one
+#: place where the engine's refusals become gRPC statuses.
+STATUS_OF: dict[int, grpc.StatusCode] = {
+    _R.ERROR_REASON_FIELD_INVALID: _C.INVALID_ARGUMENT,
+    _R.ERROR_REASON_INVOCATION_ID_MALFORMED: _C.INVALID_ARGUMENT,
+    _R.ERROR_REASON_INPUT_INVALID: _C.INVALID_ARGUMENT,
+    _R.ERROR_REASON_PAYLOAD_INVALID: _C.INVALID_ARGUMENT,
+    _R.ERROR_REASON_KEY_REQUIRED: _C.INVALID_ARGUMENT,
+    _R.ERROR_REASON_KEY_NOT_ALLOWED: _C.INVALID_ARGUMENT,
+    _R.ERROR_REASON_PAGE_TOKEN_INVALID: _C.INVALID_ARGUMENT,
+    _R.ERROR_REASON_REQUEST_BODY_INVALID: _C.INVALID_ARGUMENT,
+    _R.ERROR_REASON_AWAKEABLE_ID_MALFORMED: _C.INVALID_ARGUMENT,
+    _R.ERROR_REASON_HANDLER_KIND_MISMATCH: _C.INVALID_ARGUMENT,
+    _R.ERROR_REASON_HANDLER_NOT_FOUND: _C.NOT_FOUND,
+    _R.ERROR_REASON_INVOCATION_NOT_FOUND: _C.NOT_FOUND,
+    _R.ERROR_REASON_OBJECT_NOT_FOUND: _C.NOT_FOUND,
+    _R.ERROR_REASON_AWAKEABLE_NOT_FOUND: _C.NOT_FOUND,
+    _R.ERROR_REASON_INVOCATION_ENDED: _C.FAILED_PRECONDITION,
+    _R.ERROR_REASON_INVOCATION_NOT_PAUSED: _C.FAILED_PRECONDITION,
+    _R.ERROR_REASON_INVOCATION_ALREADY_PAUSED: _C.FAILED_PRECONDITION,
+    _R.ERROR_REASON_INVOCATION_CANCELLING: _C.FAILED_PRECONDITION,
+    _R.ERROR_REASON_INVOCATION_NOT_ENDED: _C.FAILED_PRECONDITION,
+    _R.ERROR_REASON_AWAKEABLE_OUT_OF_RANGE: _C.FAILED_PRECONDITION,
+    _R.ERROR_REASON_IDEMPOTENCY_KEY_CONFLICT: _C.ALREADY_EXISTS,
+    _R.ERROR_REASON_WORKFLOW_ID_TAKEN: _C.ALREADY_EXISTS,
+    _R.ERROR_REASON_ALREADY_COMPLETED: _C.ALREADY_EXISTS,
+    _R.ERROR_REASON_PAYLOAD_TOO_LARGE: _C.RESOURCE_EXHAUSTED,
+    _R.ERROR_REASON_STATE_TOO_LARGE: _C.RESOURCE_EXHAUSTED,
+    _R.ERROR_REASON_TOO_MANY_WAITERS: _C.RESOURCE_EXHAUSTED,
+    _R.ERROR_REASON_TOO_MANY_PROMISES: _C.RESOURCE_EXHAUSTED,
+    _R.ERROR_REASON_JETSTREAM_UNAVAILABLE: _C.UNAVAILABLE,
+    _R.ERROR_REASON_INTERNAL_ERROR: _C.INTERNAL,
+}
+
+
 def refusal_status(
-    code: grpc.StatusCode,
-    message: str,
-    reason: errors_pb2.ErrorReason.ValueType,
-    metadata: dict[str, str],
+    reason: errors_pb2.ErrorReason.ValueType, message: str, metadata: dict[str, str]
 ) -> grpc.Status:
-    """A refused request's status: ``code``, ``message`` (cut to ``MAX_STATUS_BYTES``) and
-    an ErrorInfo naming ``reason`` with ``metadata``."""
+    """A refused request's status: the reason's code (``STATUS_OF``), ``message`` (cut to
+    ``MAX_STATUS_BYTES``) and an ErrorInfo naming ``reason`` with ``metadata``."""
+    code = STATUS_OF[reason]
     status = status_pb2.Status(code=code.value[0], message=status_message(message))
     status.details.add().Pack(_error_info(reason, metadata))
     return rpc_status.to_status(status)
@@ -100,9 +136,8 @@ def refusal_status(
 def internal_status(error_id: str) -> grpc.Status:
     """INTERNAL for a bug of the server, naming the error id the log holds."""
     return refusal_status(
-        grpc.StatusCode.INTERNAL,
-        f"internal error {error_id}; see the server log",
         errors_pb2.ERROR_REASON_INTERNAL_ERROR,
+        f"internal error {error_id}; see the server log",
         {"error_id": error_id},
     )
 
@@ -169,10 +204,7 @@ class _Undecodable:
 
     def status(self) -> grpc.Status:
         return refusal_status(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            self.message,
-            errors_pb2.ERROR_REASON_REQUEST_BODY_INVALID,
-            {"message": self.name},
+            errors_pb2.ERROR_REASON_REQUEST_BODY_INVALID, self.message, {"message": self.name}
         )
 
 

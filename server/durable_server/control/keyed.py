@@ -11,8 +11,6 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-import grpc
-
 from durable.internal.v1 import storage_pb2
 from durable.v1 import control_pb2, errors_pb2, types_pb2
 from durable_server.completions import TooManyPromises
@@ -80,7 +78,6 @@ class KeyedControl:
             existing = await p.view_record(record.id)
             if id_conflict == control_pb2.ID_CONFLICT_POLICY_FAIL:
                 raise RequestError(
-                    grpc.StatusCode.ALREADY_EXISTS,
                     f"workflow {record.handler} with id {quote(record.key)} already exists as "
                     f"{existing.id} ({status_name(existing.status)}); purge it to reuse the id",
                     E.ERROR_REASON_WORKFLOW_ID_TAKEN,
@@ -124,7 +121,6 @@ class KeyedControl:
             record = await self._plane.view_record(run_id)
         except RequestError:
             raise RequestError(
-                grpc.StatusCode.NOT_FOUND,
                 f"no workflow {info.service} with id {quote(key)} (never started, or purged)",
                 E.ERROR_REASON_INVOCATION_NOT_FOUND,
                 invocation_id=run_id,
@@ -132,7 +128,6 @@ class KeyedControl:
         status = await self._plane.status_of(record)
         if is_terminal(status):
             raise RequestError(
-                grpc.StatusCode.FAILED_PRECONDITION,
                 f"workflow {info.service} {quote(key)} already ended "
                 f"({status_name(status)}); nothing awaits its promises",
                 E.ERROR_REASON_INVOCATION_ENDED,
@@ -142,12 +137,9 @@ class KeyedControl:
         try:
             await self._plane.waker.complete_promise(run_id, token(promise), outcome)
         except TooManyPromises as err:
-            raise RequestError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED, str(err), E.ERROR_REASON_TOO_MANY_PROMISES
-            ) from None
+            raise RequestError(str(err), E.ERROR_REASON_TOO_MANY_PROMISES) from None
         except AlreadyCompleted:
             raise RequestError(
-                grpc.StatusCode.ALREADY_EXISTS,
                 f"promise {quote(promise)} of workflow {info.service} {quote(key)} was "
                 "already resolved or rejected; the first completion stands",
                 E.ERROR_REASON_ALREADY_COMPLETED,
@@ -162,7 +154,6 @@ class KeyedControl:
         kinds = {h.kind for h in self._plane.catalog.handlers().values() if h.service == obj}
         if not kinds & set(_STATEFUL):
             raise RequestError(
-                grpc.StatusCode.NOT_FOUND,
                 f"no virtual object or workflow named {quote(obj)} is registered",
                 E.ERROR_REASON_OBJECT_NOT_FOUND,
                 object=obj[:64],
@@ -199,7 +190,6 @@ class KeyedControl:
             return _entries(await self._plane.state.edit(obj, key, change))
         except StateTooLarge as err:
             raise RequestError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
                 str(err),
                 E.ERROR_REASON_STATE_TOO_LARGE,
                 limit_bytes=str(self._plane.cfg.max_state_bytes),
@@ -216,7 +206,6 @@ class KeyedControl:
         status = await p.status_of(current)
         if is_terminal(status):
             raise RequestError(
-                grpc.StatusCode.FAILED_PRECONDITION,
                 f"invocation {invocation_id} already ended ({status_name(status)})",
                 E.ERROR_REASON_INVOCATION_ENDED,
                 invocation_id=invocation_id,
@@ -280,7 +269,6 @@ class KeyedControl:
         status = await p.status_of(record)
         if not is_terminal(status):
             raise RequestError(
-                grpc.StatusCode.FAILED_PRECONDITION,
                 f"invocation {invocation_id} is {status_name(status)}; only an ended one "
                 "can be purged (cancel or kill it first)",
                 E.ERROR_REASON_INVOCATION_NOT_ENDED,

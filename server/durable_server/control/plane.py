@@ -15,7 +15,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
-import grpc
 from google.protobuf.message import DecodeError
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -118,7 +117,6 @@ def refused(
 
 def _no_invocation(invocation_id: str) -> RequestError:
     return RequestError(
-        grpc.StatusCode.NOT_FOUND,
         f"no invocation {invocation_id} (never created, or purged)",
         E.ERROR_REASON_INVOCATION_NOT_FOUND,
         invocation_id=invocation_id,
@@ -343,7 +341,6 @@ class ControlPlane:
         existing = await self.view_record(record.id)
         if not _same_payload(existing.input, record.input):
             raise RequestError(
-                grpc.StatusCode.ALREADY_EXISTS,
                 f"idempotency key {quote(record.idempotency_key)} was already used for invocation "
                 f"{record.id} of {record.handler} with a different input; send the same "
                 "input to get that invocation, or use a new key",
@@ -367,7 +364,6 @@ class ControlPlane:
             if close:
                 metadata["did_you_mean"] = ",".join(close)
             raise RequestError(
-                grpc.StatusCode.NOT_FOUND,
                 _unknown_handler(name, sorted(handlers)),
                 E.ERROR_REASON_HANDLER_NOT_FOUND,
                 **metadata,
@@ -463,7 +459,6 @@ class ControlPlane:
         status = await self.status_of(current.record)
         if is_terminal(status) and not is_terminal(current.record.status):
             raise RequestError(
-                grpc.StatusCode.FAILED_PRECONDITION,
                 f"invocation {invocation_id} already ended ({status_name(status)}); "
                 "nothing is left to change",
                 E.ERROR_REASON_INVOCATION_ENDED,
@@ -478,7 +473,6 @@ class ControlPlane:
             await self.waker.ensure_item(err.record, "steering")
             reason = err.reason if isinstance(err, _Refused) else E.ERROR_REASON_INVOCATION_ENDED
             raise RequestError(
-                grpc.StatusCode.FAILED_PRECONDITION,
                 str(err),
                 reason,
                 invocation_id=invocation_id,
@@ -617,7 +611,6 @@ class ControlPlane:
             record = await self.view_record(invocation_id)
         except RequestError:
             raise RequestError(
-                grpc.StatusCode.NOT_FOUND,
                 f"no awakeable {awakeable_id}: its invocation {invocation_id} does not exist "
                 "(never created, or purged)",
                 E.ERROR_REASON_INVOCATION_NOT_FOUND,
@@ -626,7 +619,6 @@ class ControlPlane:
         status = await self.status_of(record)
         if is_terminal(status):
             raise RequestError(
-                grpc.StatusCode.FAILED_PRECONDITION,
                 f"awakeable {awakeable_id} belongs to invocation {invocation_id}, which "
                 f"already ended ({status_name(status)}); nothing waits for it any more",
                 E.ERROR_REASON_INVOCATION_ENDED,
@@ -639,21 +631,18 @@ class ControlPlane:
             )
         except NotAnAwakeable as err:
             raise RequestError(
-                grpc.StatusCode.NOT_FOUND,
                 str(err),
                 E.ERROR_REASON_AWAKEABLE_NOT_FOUND,
                 awakeable_id=awakeable_id,
             ) from None
         except TooFarAhead as err:
             raise RequestError(
-                grpc.StatusCode.FAILED_PRECONDITION,
                 str(err),
                 E.ERROR_REASON_AWAKEABLE_OUT_OF_RANGE,
                 awakeable_id=awakeable_id,
             ) from None
         except AlreadyCompleted:
             raise RequestError(
-                grpc.StatusCode.ALREADY_EXISTS,
                 f"awakeable {awakeable_id} was already resolved or rejected; the first "
                 "completion stands",
                 E.ERROR_REASON_ALREADY_COMPLETED,

@@ -60,7 +60,7 @@ async def _answer_error(err: Exception, context: ServicerContext, rpc: str) -> N
     """Abort the call with the status ``err`` stands for (raises AbortError)."""
     # grpc-stubs lacks the aio context's abort_with_status.
     if isinstance(err, RequestError):
-        status = refusal_status(err.code, err.message, err.reason, err.metadata)
+        status = refusal_status(err.reason, err.message, err.metadata)
         await context.abort_with_status(status)  # type: ignore[attr-defined]
     if isinstance(err, patience.UNAVAILABLE):
         # A leader election or a lost connection outlasted the call's deadline: the request
@@ -138,7 +138,6 @@ class DurableControlServicer(control_pb2_grpc.DurableControlServicer):
         limit = self._plane.cfg.max_waiters
         if self.waiting >= limit:
             raise RequestError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"{self.waiting} requests already wait on this control plane, its limit "
                 f"(--max-waiters {limit}); retry later, or poll: AwaitResult with a timeout "
                 "of 0, or GetWorkflow",

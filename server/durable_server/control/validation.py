@@ -9,7 +9,6 @@ import json
 import re
 from typing import Any, TypeAlias
 
-import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, struct_pb2
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
@@ -33,15 +32,13 @@ E = errors_pb2
 
 
 class RequestError(Exception):
-    """A request the server refuses: the gRPC status code to answer with, the message for a
-    person, and for programs the ``durable.v1.ErrorReason`` with its metadata (sent as a
-    ``google.rpc.ErrorInfo`` detail; errors.proto documents each reason's metadata)."""
+    """A request the engine refuses: the message for a person, and for programs the
+    ``durable.v1.ErrorReason`` with its metadata (errors.proto documents each reason's
+    metadata and its status code). Transport-neutral: the gRPC servicer maps the reason to
+    a status code (``control.errors.STATUS_OF``), in one place."""
 
-    def __init__(
-        self, code: grpc.StatusCode, message: str, reason: Reason, **metadata: str
-    ) -> None:
+    def __init__(self, message: str, reason: Reason, **metadata: str) -> None:
         super().__init__(message)
-        self.code = code
         self.message = message
         self.reason = reason
         self.metadata = metadata
@@ -50,8 +47,8 @@ class RequestError(Exception):
 def invalid(
     message: str, reason: Reason = E.ERROR_REASON_FIELD_INVALID, **metadata: str
 ) -> RequestError:
-    """INVALID_ARGUMENT; by default a field that breaks a rule (name it: ``field=...``)."""
-    return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message, reason, **metadata)
+    """A request that breaks a rule; by default a field's (name it: ``field=...``)."""
+    return RequestError(message, reason, **metadata)
 
 
 def check_invocation_id(value: str) -> str:
@@ -158,7 +155,6 @@ def payload_to_stored(payload: types_pb2.Payload, limit: int, what: str) -> tupl
         data, content_type = b"null", _serde.JSON
     if len(data) > limit:
         raise RequestError(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
             f"{what} is {_human_size(len(data))}; the limit is {_human_size(limit)} "
             "(server flag --max-payload-bytes). Store large data elsewhere and pass a reference.",
             E.ERROR_REASON_PAYLOAD_TOO_LARGE,
