@@ -58,7 +58,7 @@ class KeyedControl:
         p = self._plane
         obj = record.handler.split("/", 1)[0]
         if await p.records.create(record, reuse_purged_id=True) is None:
-            existing = await p._check_same_input(record)
+            existing = await p.check_same_input(record)
             # The Invoke that created it may have died (or timed out) before queueing it on
             # the key, taking the key or enqueueing it (this is likely its client trying
             # again): finish what it started. Queued once only: a second inbox entry would
@@ -102,7 +102,7 @@ class KeyedControl:
     async def complete_promise(
         self, handler: str, key: str, promise: str, outcome: storage_pb2.JournalRecord
     ) -> str:
-        info = self._plane._handler(handler)
+        info = self._plane.handler_info(handler)
         if info.kind not in (S.HANDLER_KIND_WORKFLOW_RUN, S.HANDLER_KIND_WORKFLOW_SHARED):
             raise invalid(
                 f"{handler} is not a workflow handler; only workflows have promises",
@@ -245,7 +245,7 @@ class KeyedControl:
             await p.records.mutate(invocation_id, change)
         record = (await p.records.get(invocation_id)).record
         await self._ended(record)
-        await p._signal(invocation_id, {"cancel": True, "reason": failure.message})
+        await p.signal(invocation_id, {"cancel": True, "reason": failure.message})
         return record
 
     async def _ended(self, record: Record) -> None:

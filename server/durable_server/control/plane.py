@@ -256,7 +256,7 @@ class ControlPlane:
         With ``wait``, also wait up to ``timeout`` for it to end; the record returned is then
         the final one when ``ended``.
         """
-        info = self._handler(handler)
+        info = self.handler_info(handler)
         if info.kind == S.HANDLER_KIND_SERVICE and key:
             raise invalid(
                 f"{handler} is a service handler; it takes no key (got {quote(key)})",
@@ -322,7 +322,7 @@ class ControlPlane:
             # repeat finds it still PENDING with no item (that Invoke died in between, and
             # this is likely its client trying again).
             if await self.records.create(record, reuse_purged_id=True) is None:
-                existing = await self._check_same_input(record)
+                existing = await self.check_same_input(record)
                 await self.waker.ensure_item(existing, "invoke")
                 return existing
             await self.work.enqueue_record(record, "invoke")
@@ -337,7 +337,9 @@ class ControlPlane:
         )
         return None
 
-    async def _check_same_input(self, record: Record) -> Record:
+    async def check_same_input(self, record: Record) -> Record:
+        """The invocation an idempotent request names, if it was made with the same input;
+        IDEMPOTENCY_KEY_CONFLICT otherwise."""
         existing = await self.view_record(record.id)
         if not _same_payload(existing.input, record.input):
             raise RequestError(
@@ -350,7 +352,8 @@ class ControlPlane:
             )
         return existing
 
-    def _handler(self, name: str) -> types_pb2.HandlerInfo:
+    def handler_info(self, name: str) -> types_pb2.HandlerInfo:
+        """A registered handler by full name; HANDLER_NOT_FOUND (with close names) if none."""
         if not name:
             raise invalid(
                 "handler is required, as '<service>/<handler>' (see ListHandlers)",
@@ -511,7 +514,7 @@ class ControlPlane:
 
         record = await self._mutate(invocation_id, change)
         # Always: a worker may be running a fresh invocation before writing its record.
-        await self._signal(invocation_id, {"pause": True})
+        await self.signal(invocation_id, {"pause": True})
         return record
 
     async def resume(self, invocation_id: str) -> Record:
@@ -542,7 +545,7 @@ class ControlPlane:
                 )
 
         record = await self._mutate(invocation_id, change)
-        await self._signal(invocation_id, {"resume": True})
+        await self.signal(invocation_id, {"resume": True})
         if record.status == S.INVOCATION_STATUS_PENDING:
             await self.work.enqueue_record(record, "resume")
         return record
@@ -584,7 +587,7 @@ class ControlPlane:
         record = await self._mutate(invocation_id, change)
         if woke_from == S.INVOCATION_STATUS_SCHEDULED and before != woke_from:
             await self.waker.drop_schedule(invocation_id)
-        await self._signal(invocation_id, {"cancel": True, "reason": reason})
+        await self.signal(invocation_id, {"cancel": True, "reason": reason})
         # Decided by what the CAS wrote, not by a read before it: the record may have moved
         # in between (a Pause, a Resume, a worker), and a PENDING record needs its item.
         if woke_from != S.INVOCATION_STATUS_UNSPECIFIED:
@@ -650,7 +653,9 @@ class ControlPlane:
             ) from None
         return invocation_id
 
-    async def _signal(self, invocation_id: str, body: dict[str, object]) -> None:
+    async def signal(self, invocation_id: str, body: dict[str, object]) -> None:
+        """Tell the worker driving the invocation at once (core NATS, not stored: the record
+        holds the truth, this only saves waiting for the worker's next look)."""
         await self.nc.publish(self.cfg.signal_subject(invocation_id), json.dumps(body).encode())
 
     # -- background -----------------------------------------------------------------------
