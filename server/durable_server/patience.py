@@ -87,6 +87,11 @@ async def until_answered(op: Callable[[float], Awaitable[T]], what: str) -> T:
             pause = min(1.0, pause * 2)
 
 
+class NotProvisioned(Exception):
+    """The engine's streams or buckets do not exist yet: the control plane (or ``durable
+    setup``) creates them. A worker started first waits for them."""
+
+
 class JetStreamUnusable(ConnectionError):
     """The NATS server answers but cannot host the engine (JetStream is not enabled, or the
     server is too old): a misconfiguration, reported in one line, never waited out."""
@@ -135,8 +140,9 @@ async def at_start_up(nc: NATS, op: Callable[[], Awaitable[T]], what: str) -> T:
     """Run ``op`` (idempotent) until JetStream answers, however long that takes.
 
     A process started while the cluster elects a leader (a node just died) would otherwise
-    exit on its first timeout. It waits instead, saying what it waits for now and then;
-    only a server without JetStream ends it, with :class:`JetStreamUnusable`.
+    exit on its first timeout, and a worker started before any control plane would find no
+    streams. It waits instead, saying what it waits for now and then; only a server that
+    cannot host the engine ends it, with :class:`JetStreamUnusable`.
     """
     pause = 0.1
     last_log = 0.0
@@ -146,10 +152,13 @@ async def at_start_up(nc: NATS, op: Callable[[], Awaitable[T]], what: str) -> T:
             raise JetStreamUnusable(reason)
         try:
             return await op()
+        except NotProvisioned as err:
+            said = f"waiting ({what}): {err}"
         except TRANSIENT as err:
-            now = time.monotonic()
-            if now - last_log >= _START_LOG_EVERY:
-                log.warning("waiting for JetStream to answer (%s): %r", what, err)
-                last_log = now
-            await asyncio.sleep(pause)
-            pause = min(_START_PAUSE_MAX, pause * 2)
+            said = f"waiting for JetStream to answer ({what}): {err!r}"
+        now = time.monotonic()
+        if now - last_log >= _START_LOG_EVERY:
+            log.warning("%s", said)
+            last_log = now
+        await asyncio.sleep(pause)
+        pause = min(_START_PAUSE_MAX, pause * 2)

@@ -23,9 +23,11 @@ from durable_server.banner import banner
 from durable_server.config import EngineConfig, redact_url
 from durable_server.control.server import ControlServer
 from durable_server.natsd import EmbeddedNats
+from durable_server.patience import at_start_up
 from durable_server.preflight import check_port_free, lock_data_dir, release
+from durable_server.store import provision
 from durable_server.worker.rpc import parse_endpoints
-from durable_server.worker.runtime import Servicer, Worker
+from durable_server.worker.runtime import Servicer, Worker, connect_nats
 
 log = logging.getLogger("durable")
 
@@ -210,6 +212,17 @@ def add_engine_commands(sub: argparse._SubParsersAction[Any]) -> None:
     _engine_flags(worker)
     worker.set_defaults(func=lambda a: _run(_worker(a), a), parser=worker)
 
+    setup = sub.add_parser(
+        "setup",
+        help="create the engine's streams, work consumer and buckets, then exit",
+        description="Create whatever of the engine's streams, work consumer and KV buckets is "
+        "missing, and exit. The control plane does this at start too; workers never do, so "
+        "they can run with publish/subscribe rights only (see durable_server.store).",
+        formatter_class=_ShowDefaults,
+    )
+    _engine_flags(setup)
+    setup.set_defaults(func=lambda a: _run(_setup(a), a), parser=setup)
+
 
 def _run(main: Coroutine[Any, Any, None], args: argparse.Namespace) -> int:
     logging.basicConfig(
@@ -260,6 +273,24 @@ async def _server(args: argparse.Namespace) -> None:
             await stack.enter_async_context(worker)
             print(f"durable worker {worker.worker_id}: {_handler_names(worker)}", flush=True)
         await _until_signalled()
+
+
+async def _setup(args: argparse.Namespace) -> None:
+    cfg = _config(args)
+    nc = await connect_nats(cfg, "durable-setup")
+    try:
+        await at_start_up(nc, lambda: provision(nc, cfg), "creating the engine's streams")
+    finally:
+        await nc.drain()
+    streams = ", ".join((cfg.journal_stream, cfg.work_stream, cfg.inbox_stream))
+    buckets = ", ".join(
+        (cfg.invocations_bucket, cfg.workers_bucket, cfg.locks_bucket, cfg.state_bucket)
+    )
+    print(
+        f"ready on {redact_url(cfg.nats_url)} (replicas {cfg.replicas}): streams {streams}; "
+        f"consumer {cfg.work_consumer}; buckets {buckets}",
+        flush=True,
+    )
 
 
 async def _worker(args: argparse.Namespace) -> None:

@@ -151,22 +151,24 @@ async def _ensure_work_consumer(js: JetStreamContext, cfg: EngineConfig) -> None
     )
 
 
-async def invocations_kv(js: JetStreamContext, cfg: EngineConfig) -> KeyValue:
-    return await _bucket(js, cfg, cfg.invocations_bucket, 2 * cfg.max_payload_bytes)
+async def invocations_kv(
+    js: JetStreamContext, cfg: EngineConfig, *, create: bool = True
+) -> KeyValue:
+    return await _bucket(js, cfg, cfg.invocations_bucket, 2 * cfg.max_payload_bytes, create=create)
 
 
-async def workers_kv(js: JetStreamContext, cfg: EngineConfig) -> KeyValue:
+async def workers_kv(js: JetStreamContext, cfg: EngineConfig, *, create: bool = True) -> KeyValue:
     # A dead worker's entry ages out after a day, so a handler stays known (and Invoke keeps
     # accepting it) across restarts and deploys, but not forever.
-    return await _bucket(js, cfg, cfg.workers_bucket, ttl=24 * 3600.0)
+    return await _bucket(js, cfg, cfg.workers_bucket, ttl=24 * 3600.0, create=create)
 
 
-async def state_kv(js: JetStreamContext, cfg: EngineConfig) -> KeyValue:
-    return await _bucket(js, cfg, cfg.state_bucket, cfg.max_state_bytes)
+async def state_kv(js: JetStreamContext, cfg: EngineConfig, *, create: bool = True) -> KeyValue:
+    return await _bucket(js, cfg, cfg.state_bucket, cfg.max_state_bytes, create=create)
 
 
-async def locks_kv(js: JetStreamContext, cfg: EngineConfig) -> KeyValue:
-    return await _bucket(js, cfg, cfg.locks_bucket)
+async def locks_kv(js: JetStreamContext, cfg: EngineConfig, *, create: bool = True) -> KeyValue:
+    return await _bucket(js, cfg, cfg.locks_bucket, create=create)
 
 
 async def _bucket(
@@ -176,26 +178,33 @@ async def _bucket(
     payload_bytes: int | None = None,
     *,
     ttl: float | None = None,
+    create: bool = True,
 ) -> KeyValue:
     """A file-backed KV bucket of one revision per key, direct gets on; values bounded by
-    ``payload_bytes`` plus room for the message around them.
+    ``payload_bytes`` plus room for the message around them. Created when missing only with
+    ``create`` (the control plane provisions; a worker opens what exists).
 
     On a replicated store the handle reads through the stream's leader instead: any replica
     answers a direct get, possibly before it has the newest write, and the key locks and
     object state decide what runs next (a stale lock read left a key's line stuck).
     """
-    kv = await _kv(
-        js,
-        KeyValueConfig(
-            bucket=name,
-            history=1,
-            ttl=ttl,
-            storage=StorageType.FILE,
-            replicas=cfg.replicas,
-            max_value_size=(payload_bytes + _RECORD_OVERHEAD if payload_bytes is not None else -1),
-            direct=True,
-        ),
-    )
+    if not create:
+        kv = await js.key_value(name)  # NotFoundError: not provisioned yet
+    else:
+        kv = await _kv(
+            js,
+            KeyValueConfig(
+                bucket=name,
+                history=1,
+                ttl=ttl,
+                storage=StorageType.FILE,
+                replicas=cfg.replicas,
+                max_value_size=(
+                    payload_bytes + _RECORD_OVERHEAD if payload_bytes is not None else -1
+                ),
+                direct=True,
+            ),
+        )
     if cfg.direct_reads:
         return kv
     return KeyValue(name=name, stream=f"KV_{name}", pre=f"$KV.{name}.", js=js, direct=False)

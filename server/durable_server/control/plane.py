@@ -43,29 +43,20 @@ from durable_server.ids import (
     parse_awakeable_id,
     workflow_run_id,
 )
-from durable_server.journal import Journal, LoadedJournal
+from durable_server.journal import LoadedJournal
 from durable_server.limits import MAX_IDEMPOTENCY_KEY_CHARS, MAX_KEY_CHARS, quote
-from durable_server.objects import KeyQueue, StateStore
 from durable_server.patience import at_start_up
 from durable_server.records import (
     MutationRefused,
     Record,
     RecordNotFound,
-    RecordStore,
     Versioned,
     is_terminal,
     now_ts,
     status_name,
 )
-from durable_server.resources import (
-    ensure_resources,
-    invocations_kv,
-    locks_kv,
-    state_kv,
-    workers_kv,
-)
+from durable_server.store import open_store
 from durable_server.waking import AlreadyCompleted, Waker
-from durable_server.workqueue import WorkQueue
 
 log = logging.getLogger("durable.control")
 S = types_pb2
@@ -216,19 +207,15 @@ class ControlPlane:
 
     async def _open_stores(self, js: JetStreamContext) -> None:
         """Create what is missing and open every store (idempotent: tried again at start-up
-        while JetStream elects leaders)."""
-        await ensure_resources(js, self.cfg)
-        kv = await invocations_kv(js, self.cfg)
-        self.records = RecordStore(
-            kv, self.nc, self.cfg.invocations_bucket, direct_reads=self.cfg.direct_reads
-        )
-        self.journal = Journal(js, self.cfg)
-        self.work = WorkQueue(js, self.cfg)
-        self.keys = KeyQueue(js, self.cfg, await locks_kv(js, self.cfg))
+        while JetStream elects leaders). The control plane provisions; workers only open."""
+        self.store = await open_store(self.nc, self.cfg, provision_first=True)
+        self.records = self.store.records
+        self.journal = self.store.journal
+        self.work = self.store.work
+        self.keys = self.store.keys
         self.waker = Waker(js, self.cfg, self.records, self.work, keys=self.keys)
-        self.state = StateStore(await state_kv(js, self.cfg), self.cfg.max_state_bytes)
+        self.state = self.store.state
         self.keyed = KeyedControl(self)
-        await workers_kv(js, self.cfg)
 
     async def stop(self) -> None:
         for t in self._tasks:

@@ -31,23 +31,14 @@ from durable._handlers import Registry, Service
 from durable._rpc import NatsServer, NatsTransport
 from durable.internal.v1 import storage_pb2
 from durable_server.config import EngineConfig, redact_url
-from durable_server.journal import Journal
-from durable_server.objects import KeyQueue, StateStore
 from durable_server.patience import at_start_up
-from durable_server.records import RecordStore, now_ts
-from durable_server.resources import (
-    ensure_resources,
-    invocations_kv,
-    locks_kv,
-    state_kv,
-    workers_kv,
-)
+from durable_server.records import now_ts
+from durable_server.store import open_store
 from durable_server.waking import HandlerKinds, Waker
 from durable_server.worker.executor import Executor
 from durable_server.worker.lease import Lease, stored_at
 from durable_server.worker.rpc import TransportRouter
 from durable_server.worker.signals import ControlFlags
-from durable_server.workqueue import WorkQueue
 
 log = logging.getLogger("durable.worker")
 
@@ -146,7 +137,7 @@ class Worker:
         self._wake_prefix = self.cfg.wake_subject("")
         self._executor = Executor(
             records=self._records,
-            journal=Journal(js, self.cfg),
+            journal=self._journal,
             registry=self.registry,
             waker=self._waker,
             worker_id=self.worker_id,
@@ -214,29 +205,23 @@ class Worker:
     # -- pulling --------------------------------------------------------------------------
 
     async def _open_stores(self, js: JetStreamContext) -> None:
-        """Create what is missing and open every store (idempotent: tried again at start-up
+        """Open every store, waiting (``NotProvisioned``) until the control plane has created
+        them: a worker never creates or changes streams (idempotent: tried again at start-up
         while JetStream elects leaders)."""
-        await ensure_resources(js, self.cfg)
+        store = await open_store(self.nc, self.cfg, provision_first=False)
         # Renewals and leases go by the consumer's own ack wait, which the store kept from
         # its creation whatever this process was told (--ack-wait).
-        consumer = await js.consumer_info(self.cfg.work_stream, self.cfg.work_consumer)
-        self._ack_wait = min(self.cfg.ack_wait, consumer.config.ack_wait or self.cfg.ack_wait)
-        self._records = RecordStore(
-            await invocations_kv(js, self.cfg),
-            self.nc,
-            self.cfg.invocations_bucket,
-            direct_reads=self.cfg.direct_reads,
-        )
-        self._workers_kv = await workers_kv(js, self.cfg)
+        self._ack_wait = min(self.cfg.ack_wait, store.work_ack_wait)
+        self._records = store.records
+        self._journal = store.journal
+        self._workers_kv = store.workers
         self._router = TransportRouter(
             NatsTransport(self.nc, prefix=self.cfg.prefix), self._grpc_endpoints
         )
-        self._keys = KeyQueue(js, self.cfg, await locks_kv(js, self.cfg))
+        self._keys = store.keys
         kinds = HandlerKinds({h.full_name: h.kind for h in self.registry}, self._workers_kv)
-        self._waker = Waker(
-            js, self.cfg, self._records, WorkQueue(js, self.cfg), keys=self._keys, kinds=kinds
-        )
-        self._state = StateStore(await state_kv(js, self.cfg), self.cfg.max_state_bytes)
+        self._waker = Waker(js, self.cfg, self._records, store.work, keys=self._keys, kinds=kinds)
+        self._state = store.state
 
     def _requested(self) -> int:
         return int(sum(r[1] for r in self._requests))
