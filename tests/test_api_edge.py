@@ -228,7 +228,7 @@ _VALID_TEXT = st.text(st.characters(blacklist_categories=("Cc", "Cs")), max_size
 def test_distinct_valid_triples_encode_distinctly(
     a: tuple[str, str, str], b: tuple[str, str, str]
 ) -> None:
-    from durable_server.ids import _encode_fields
+    from durable_server.store.ids import _encode_fields
 
     if a != b:
         assert _encode_fields(*a) != _encode_fields(*b)
@@ -239,7 +239,7 @@ def test_distinct_valid_triples_encode_distinctly(
 @given(st.tuples(_VALID_TEXT, _VALID_TEXT, _VALID_TEXT))
 def test_near_collisions_of_valid_triples_encode_distinctly(triple: tuple[str, str, str]) -> None:
     """Shifting text across a separator (the collision's shape) gives another encoding."""
-    from durable_server.ids import _encode_fields
+    from durable_server.store.ids import _encode_fields
 
     handler, key, idem = triple
     shifted = (handler, key + "x", idem[1:]) if idem else (handler, key, "x")
@@ -247,7 +247,7 @@ def test_near_collisions_of_valid_triples_encode_distinctly(triple: tuple[str, s
 
 
 def test_id_fields_holding_nul_are_refused_as_a_last_guard() -> None:
-    from durable_server import ids
+    from durable_server.store import ids
 
     with pytest.raises(ValueError, match="NUL"):
         ids._encode_fields("h", "u\x00v", "w")

@@ -41,8 +41,8 @@ from durable.testing import LocalEngine, start_engine
 from durable.v1 import types_pb2
 from durable_server import cli
 from durable_server._tables import format_fields, format_table, truncate
-from durable_server.ids import idempotent_invocation_id
 from durable_server.natsd import EmbeddedNats
+from durable_server.store.ids import idempotent_invocation_id
 from tests.engine_support import wait_status
 
 S = types_pb2.InvocationStatus

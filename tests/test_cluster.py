@@ -43,9 +43,9 @@ from durable.v1 import types_pb2
 from durable_server.config import EngineConfig
 from durable_server.control.server import ControlServer
 from durable_server.natsd import EmbeddedNats
-from durable_server.resources import ensure_resources
+from durable_server.store.resources import ensure_resources
+from durable_server.store.workqueue import WorkQueue
 from durable_server.worker.runtime import Worker
-from durable_server.workqueue import WorkQueue
 from tests.cluster_handlers import LEDGER_ENV, STEPS
 from tests.nats_cluster import (
     CLUSTER,

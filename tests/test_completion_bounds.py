@@ -20,7 +20,7 @@ from durable.testing import LocalEngine
 from durable.v1 import types_pb2
 from durable_server import completions
 from durable_server.completions import AWAKEABLES_AHEAD
-from durable_server.ids import awakeable_id, workflow_run_id
+from durable_server.store.ids import awakeable_id, workflow_run_id
 from tests.engine_support import EngineFactory, start_ready, wait_status
 
 S = types_pb2

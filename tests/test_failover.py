@@ -27,7 +27,7 @@ from durable import Client, Context, Service
 from durable_server.config import EngineConfig
 from durable_server.control.server import ControlServer
 from durable_server.natsd import EmbeddedNats
-from durable_server.resources import ensure_resources, locks_kv, state_kv
+from durable_server.store.resources import ensure_resources, locks_kv, state_kv
 from durable_server.worker import runtime
 from durable_server.worker.runtime import Worker
 from tests.nats_cluster import NODES, Cluster, running_cluster

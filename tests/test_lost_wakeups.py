@@ -26,10 +26,10 @@ from durable.internal.v1 import storage_pb2
 from durable.testing import LocalEngine
 from durable.v1 import types_pb2
 from durable_server.control.plane import ControlPlane
-from durable_server.ids import idempotent_invocation_id
-from durable_server.records import now_ts
-from durable_server.waking import Waker
-from durable_server.workqueue import WorkQueue
+from durable_server.store.ids import idempotent_invocation_id
+from durable_server.store.records import now_ts
+from durable_server.store.waking import Waker
+from durable_server.store.workqueue import WorkQueue
 from tests.engine_support import EngineFactory, start_ready, wait_status
 
 pytestmark = pytest.mark.slow  # real processes or long waits: not in make test-fast

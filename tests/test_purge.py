@@ -18,9 +18,9 @@ from durable.errors import NotFoundError
 from durable.internal.v1 import storage_pb2
 from durable.testing import LocalEngine
 from durable.v1 import types_pb2
-from durable_server.ids import child_invocation_id, new_invocation_id
-from durable_server.journal import LoadedJournal
-from durable_server.records import Record, is_terminal, now_ts
+from durable_server.store.ids import child_invocation_id, new_invocation_id
+from durable_server.store.journal import LoadedJournal
+from durable_server.store.records import Record, is_terminal, now_ts
 from durable_server.worker.runtime import Worker
 from tests.engine_support import EngineFactory, start_ready
 

@@ -20,8 +20,8 @@ from durable.errors import FailedPreconditionError, NotFoundError
 from durable.internal.v1 import storage_pb2
 from durable.testing import LocalEngine
 from durable.v1 import types_pb2
-from durable_server.ids import new_invocation_id
-from durable_server.records import now_ts
+from durable_server.store.ids import new_invocation_id
+from durable_server.store.records import now_ts
 from tests.engine_support import EngineFactory, start_ready
 
 pytestmark = pytest.mark.slow  # real processes or long waits: not in make test-fast

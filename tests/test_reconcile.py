@@ -12,8 +12,8 @@ import pytest
 from durable import Context, Service
 from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
-from durable_server.ids import new_invocation_id
-from durable_server.records import now_ts
+from durable_server.store.ids import new_invocation_id
+from durable_server.store.records import now_ts
 from tests.engine_support import EngineFactory
 
 S = types_pb2

@@ -8,7 +8,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2 as S
 from durable_server.control.views import invocation_view
-from durable_server.journal import LoadedJournal
+from durable_server.store.journal import LoadedJournal
 
 
 def _ts(seconds: int) -> Timestamp:

@@ -25,7 +25,7 @@ from nats.js import JetStreamContext
 
 from durable.v1 import types_pb2
 from durable_server.config import EngineConfig
-from durable_server.journal import Journal
+from durable_server.store.journal import Journal
 
 S = types_pb2
 

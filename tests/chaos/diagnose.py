@@ -16,7 +16,7 @@ from nats.js.errors import KeyNotFoundError, NotFoundError
 from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
 from durable_server.config import EngineConfig
-from durable_server.ids import token
+from durable_server.store.ids import token
 
 LOG_LINES = 8
 

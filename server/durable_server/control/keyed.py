@@ -22,12 +22,18 @@ from durable_server.control.validation import (
     stored_to_payload,
 )
 from durable_server.control.views import with_final
-from durable_server.ids import token, workflow_run_id
-from durable_server.journal import JournalFenced
 from durable_server.limits import MAX_KEY_CHARS, MAX_NAME_CHARS, quote
-from durable_server.objects import StateTooLarge
-from durable_server.records import MutationRefused, Record, RecordNotFound, is_terminal, status_name
-from durable_server.waking import AlreadyCompleted
+from durable_server.store.ids import token, workflow_run_id
+from durable_server.store.journal import JournalFenced
+from durable_server.store.objects import StateTooLarge
+from durable_server.store.records import (
+    MutationRefused,
+    Record,
+    RecordNotFound,
+    is_terminal,
+    status_name,
+)
+from durable_server.store.waking import AlreadyCompleted
 
 E = errors_pb2
 

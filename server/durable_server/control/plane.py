@@ -37,16 +37,17 @@ from durable_server.control.validation import (
     validate_input,
 )
 from durable_server.control.views import Progress, with_final
-from durable_server.ids import (
+from durable_server.limits import MAX_IDEMPOTENCY_KEY_CHARS, MAX_KEY_CHARS, quote
+from durable_server.patience import at_start_up
+from durable_server.store import open_store
+from durable_server.store.ids import (
     idempotent_invocation_id,
     new_invocation_id,
     parse_awakeable_id,
     workflow_run_id,
 )
-from durable_server.journal import LoadedJournal
-from durable_server.limits import MAX_IDEMPOTENCY_KEY_CHARS, MAX_KEY_CHARS, quote
-from durable_server.patience import at_start_up
-from durable_server.records import (
+from durable_server.store.journal import LoadedJournal
+from durable_server.store.records import (
     MutationRefused,
     Record,
     RecordNotFound,
@@ -55,8 +56,7 @@ from durable_server.records import (
     now_ts,
     status_name,
 )
-from durable_server.store import open_store
-from durable_server.waking import AlreadyCompleted, Waker
+from durable_server.store.waking import AlreadyCompleted, Waker
 
 log = logging.getLogger("durable.control")
 S = types_pb2

@@ -42,7 +42,7 @@ from durable_server.control.validation import (
 from durable_server.control.views import invocation_view, result_of
 from durable_server.control.watch import watch
 from durable_server.limits import DEFAULT_PAGE_SIZE, MAX_KEY_CHARS, MAX_PAGE_SIZE
-from durable_server.records import Record
+from durable_server.store.records import Record
 from durable_server.version import engine_version
 
 ServicerContext = grpc.aio.ServicerContext[Any, Any]

@@ -18,7 +18,6 @@ from durable._payloads import from_value, to_value
 from durable._serde import json_type as _json_type
 from durable.v1 import errors_pb2, types_pb2
 from durable_server.control.index import Cursor
-from durable_server.ids import is_valid_invocation_id
 from durable_server.limits import (
     MAX_CONTENT_TYPE_CHARS,
     MAX_PAGE_TOKEN_CHARS,
@@ -26,6 +25,7 @@ from durable_server.limits import (
     quote,
     text_problem,
 )
+from durable_server.store.ids import is_valid_invocation_id
 
 Reason: TypeAlias = errors_pb2.ErrorReason.ValueType
 E = errors_pb2

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
 from durable_server.control.validation import stored_to_payload
-from durable_server.journal import LoadedJournal
-from durable_server.records import is_terminal
+from durable_server.store.journal import LoadedJournal
+from durable_server.store.records import is_terminal
 
 S = types_pb2
 

@@ -18,7 +18,7 @@ from durable.internal.v1 import storage_pb2
 from durable.v1 import control_pb2, types_pb2
 from durable_server.control.plane import ControlPlane
 from durable_server.control.views import invocation_view, journal_entry, with_final
-from durable_server.records import Record, is_terminal
+from durable_server.store.records import Record, is_terminal
 
 C = control_pb2
 S = types_pb2

@@ -15,7 +15,7 @@ import contextlib
 from collections.abc import Callable
 
 from durable.v1 import types_pb2
-from durable_server.records import (
+from durable_server.store.records import (
     MutationRefused,
     Record,
     RecordNotFound,

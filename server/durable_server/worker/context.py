@@ -26,11 +26,11 @@ from durable.errors import CancelledError, NonDeterminismError, SuspendInvocatio
 from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
 from durable_server.completions import CompletionRefused
-from durable_server.ids import awakeable_id, child_invocation_id, parse_awakeable_id
-from durable_server.journal import Journal, JournalFenced
-from durable_server.objects import StateStore
-from durable_server.records import now_ts
-from durable_server.waking import AlreadyCompleted, Waker
+from durable_server.store.ids import awakeable_id, child_invocation_id, parse_awakeable_id
+from durable_server.store.journal import Journal, JournalFenced
+from durable_server.store.objects import StateStore
+from durable_server.store.records import now_ts
+from durable_server.store.waking import AlreadyCompleted, Waker
 from durable_server.worker.encoding import (
     CANCELLED_ERROR_TYPE,
     declared_return_type,

@@ -26,9 +26,9 @@ from durable._retry import DEFAULT_HANDLER_RETRY
 from durable.errors import CancelledError, NonDeterminismError, SuspendInvocation, TerminalError
 from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
-from durable_server.journal import Journal, LoadedJournal
-from durable_server.objects import KeyQueue, StateStore, StateTooLarge
-from durable_server.records import (
+from durable_server.store.journal import Journal, LoadedJournal
+from durable_server.store.objects import KeyQueue, StateStore, StateTooLarge
+from durable_server.store.records import (
     MutationRefused,
     Record,
     RecordNotFound,
@@ -38,7 +38,7 @@ from durable_server.records import (
     is_terminal,
     now_ts,
 )
-from durable_server.waking import Waker
+from durable_server.store.waking import Waker
 from durable_server.worker.claim import Claim
 from durable_server.worker.context import InvocationContext
 from durable_server.worker.encoding import encode_bounded, failure_of

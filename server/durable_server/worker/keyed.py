@@ -18,10 +18,10 @@ from durable.errors import TerminalError
 from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
 from durable_server.completions import CompletionRefused
-from durable_server.ids import token, workflow_run_id
 from durable_server.limits import MAX_NAME_CHARS, quote, text_problem
-from durable_server.objects import Changes, StateStore
-from durable_server.waking import AlreadyCompleted, Waker
+from durable_server.store.ids import token, workflow_run_id
+from durable_server.store.objects import Changes, StateStore
+from durable_server.store.waking import AlreadyCompleted, Waker
 from durable_server.worker.encoding import encode_bounded
 from durable_server.worker.waits import StepFuture
 

@@ -24,8 +24,8 @@ from collections.abc import Awaitable, Callable
 import nats.errors
 from nats.aio.msg import Msg
 
-from durable_server.journal import Journal
-from durable_server.records import Record, RecordNotFound, RecordStore
+from durable_server.store.journal import Journal
+from durable_server.store.records import Record, RecordNotFound, RecordStore
 from durable_server.worker.signals import Fenced
 
 

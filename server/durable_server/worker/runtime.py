@@ -32,9 +32,9 @@ from durable._rpc import NatsServer, NatsTransport
 from durable.internal.v1 import storage_pb2
 from durable_server.config import EngineConfig, redact_url
 from durable_server.patience import at_start_up
-from durable_server.records import now_ts
 from durable_server.store import open_store
-from durable_server.waking import HandlerKinds, Waker
+from durable_server.store.records import now_ts
+from durable_server.store.waking import HandlerKinds, Waker
 from durable_server.worker.executor import Executor
 from durable_server.worker.lease import Lease, stored_at
 from durable_server.worker.rpc import TransportRouter

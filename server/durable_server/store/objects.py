@@ -28,7 +28,7 @@ from nats.js.kv import KeyValue
 
 from durable.internal.v1 import storage_pb2
 from durable_server.config import EngineConfig
-from durable_server.ids import token
+from durable_server.store.ids import token
 
 log = logging.getLogger("durable.objects")
 

@@ -1,9 +1,11 @@
-"""The engine's store on JetStream, opened in one place for the control plane and workers.
+"""The engine's store on JetStream: every module that knows JetStream (journal, records, work
+queue, object keys and state, wake-ups and timers, ids, stream provisioning), and the one
+place that opens them for the control plane and workers.
 
 ``open_store`` is the composition root of storage: it builds, once per process, every store
 the engine keeps in JetStream (invocation records, journals, the work queue, object keys and
 their state, worker registrations) from one ``EngineConfig``, and hands them over as one
-``Store``. Only the control plane (``provision=True``) and ``durable setup`` create streams,
+``Store``. Only the control plane (``provision_first=True``) and ``durable setup`` create streams,
 the work consumer and buckets; a worker opens what exists, and until it does, waits for
 them (``patience.NotProvisioned``), so a worker needs no right to create or change streams.
 
@@ -34,18 +36,18 @@ from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
 from durable_server.config import EngineConfig
-from durable_server.journal import Journal
-from durable_server.objects import KeyQueue, StateStore
 from durable_server.patience import NotProvisioned
-from durable_server.records import RecordStore
-from durable_server.resources import (
+from durable_server.store.journal import Journal
+from durable_server.store.objects import KeyQueue, StateStore
+from durable_server.store.records import RecordStore
+from durable_server.store.resources import (
     ensure_resources,
     invocations_kv,
     locks_kv,
     state_kv,
     workers_kv,
 )
-from durable_server.workqueue import WorkQueue
+from durable_server.store.workqueue import WorkQueue
 
 
 @dataclass(frozen=True)

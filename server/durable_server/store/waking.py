@@ -30,18 +30,18 @@ from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
 from durable_server.completions import check_awakeable_step, check_promise_room
 from durable_server.config import EngineConfig
-from durable_server.ids import awakeable_id, workflow_run_id
-from durable_server.journal import Journal
 from durable_server.limits import MAX_KEY_CHARS, text_problem
-from durable_server.objects import KeyQueue
-from durable_server.records import (
+from durable_server.store.ids import awakeable_id, workflow_run_id
+from durable_server.store.journal import Journal
+from durable_server.store.objects import KeyQueue
+from durable_server.store.records import (
     MutationRefused,
     Record,
     RecordNotFound,
     RecordStore,
     is_terminal,
 )
-from durable_server.workqueue import WorkQueue
+from durable_server.store.workqueue import WorkQueue
 
 log = logging.getLogger("durable.waking")
 S = types_pb2
