@@ -39,7 +39,7 @@ from durable.errors import (
 )
 from durable.testing import LocalEngine, start_engine
 from durable.v1 import types_pb2
-from durable_server import cli
+from durable_server import cli, cli_views
 from durable_server._tables import format_fields, format_table, truncate
 from durable_server.natsd import EmbeddedNats
 from durable_server.store.ids import idempotent_invocation_id
@@ -1028,7 +1028,7 @@ def test_progress_is_shown_on_a_terminal_only() -> None:
 
     piped, terminal = io.StringIO(), Terminal()
     for stream in (piped, terminal):
-        progress = cli._Progress(stream)
+        progress = cli_views.Progress(stream)
         progress.update("12 of 100")
         progress.done()
     assert piped.getvalue() == ""

@@ -13,8 +13,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from durable import Context, Service
 from durable.v1 import types_pb2
-from durable_server.cli import _recorded_text
 from durable_server.cli_render import took
+from durable_server.cli_views import recorded_text
 from tests.engine_support import EngineFactory, start_ready
 from tests.test_cli_format import durable
 
@@ -48,8 +48,8 @@ def _entry(made_s: float, stored_s: float) -> types_pb2.JournalEntry:
 
 
 def test_get_shows_a_late_store_and_keeps_quiet_about_an_ordinary_one() -> None:
-    assert _recorded_text(_entry(1000.0, 1002.5)).endswith("(stored +2.5s)")
-    assert "stored" not in _recorded_text(_entry(1000.0, 1000.004))
+    assert recorded_text(_entry(1000.0, 1002.5)).endswith("(stored +2.5s)")
+    assert "stored" not in recorded_text(_entry(1000.0, 1000.004))
 
 
 @timed.handler()
