@@ -27,9 +27,14 @@ from durable_server.config import EngineConfig
 from durable_server.control.catalog import HandlerCatalog, closest_names
 from durable_server.control.index import InvocationIndex
 from durable_server.control.keyed import KeyedControl
+from durable_server.control.steering import (
+    CancelChange,
+    Refused,
+    pause_change,
+    resume_change,
+)
 from durable_server.control.validation import (
     E,
-    Reason,
     RequestError,
     check_text,
     invalid,
@@ -83,27 +88,6 @@ def _unknown_handler(name: str, names: list[str]) -> str:
 _WORKFLOW_KINDS = (S.HANDLER_KIND_WORKFLOW_RUN, S.HANDLER_KIND_WORKFLOW_SHARED)
 # Statuses whose invocation needs a work item to move on (the reconciler checks it has one).
 _WAITING_FOR_ITEM = (S.INVOCATION_STATUS_PENDING, S.INVOCATION_STATUS_SCHEDULED)
-# Statuses in which no work item drives the invocation now: a Cancel must enqueue one.
-_NOT_DRIVEN = (
-    S.INVOCATION_STATUS_PAUSED,
-    S.INVOCATION_STATUS_BACKING_OFF,
-    S.INVOCATION_STATUS_SUSPENDED,
-    S.INVOCATION_STATUS_SCHEDULED,
-)
-
-
-class _Refused(MutationRefused):
-    """A steering change the record's state does not allow, and the reason to answer with."""
-
-    def __init__(self, message: str, record: Record, reason: Reason) -> None:
-        super().__init__(message, record)
-        self.reason = reason
-
-
-def refused(
-    message: str, record: Record, reason: Reason = E.ERROR_REASON_INVOCATION_ENDED
-) -> MutationRefused:
-    return _Refused(message, record, reason)
 
 
 def _no_invocation(invocation_id: str) -> RequestError:
@@ -112,10 +96,6 @@ def _no_invocation(invocation_id: str) -> RequestError:
         E.ERROR_REASON_INVOCATION_NOT_FOUND,
         invocation_id=invocation_id,
     )
-
-
-def _ended(r: Record) -> str:
-    return f"invocation {r.id} already ended ({status_name(r.status)}); nothing is left to change"
 
 
 async def _within(fut: asyncio.Future[Record], timeout: float | None) -> Record | None:
@@ -143,15 +123,6 @@ async def _within(fut: asyncio.Future[Record], timeout: float | None) -> Record 
         raise
     finally:
         timer.cancel()
-
-
-def _still_scheduled(r: Record) -> bool:
-    """A delayed start not yet due (its schedule fires then), and never started."""
-    return (
-        r.HasField("scheduled_at")
-        and not r.HasField("started_at")
-        and r.scheduled_at.ToNanoseconds() > time.time_ns()
-    )
 
 
 def _same_payload(a: storage_pb2.StoredPayload, b: storage_pb2.StoredPayload) -> bool:
@@ -461,7 +432,7 @@ class ControlPlane:
             # Refused as already done (a client trying again after an error): the call that
             # did it may have died before enqueueing what the record needs.
             await self.waker.ensure_item(err.record, "steering")
-            reason = err.reason if isinstance(err, _Refused) else E.ERROR_REASON_INVOCATION_ENDED
+            reason = err.reason if isinstance(err, Refused) else E.ERROR_REASON_INVOCATION_ENDED
             raise RequestError(
                 str(err),
                 reason,
@@ -471,67 +442,13 @@ class ControlPlane:
         return written.record
 
     async def pause(self, invocation_id: str, reason: str) -> Record:
-        def change(r: Record) -> None:
-            if is_terminal(r.status):
-                raise refused(_ended(r), r)
-            if r.status == S.INVOCATION_STATUS_PAUSED:
-                raise refused(
-                    f"invocation {r.id} is already paused; Resume continues it",
-                    r,
-                    E.ERROR_REASON_INVOCATION_ALREADY_PAUSED,
-                )
-            if r.pause_requested:
-                raise refused(
-                    f"invocation {r.id} is already pausing at its next step",
-                    r,
-                    E.ERROR_REASON_INVOCATION_ALREADY_PAUSED,
-                )
-            if r.cancel_requested:
-                # A pause would hold back the cancellation the handler is about to see.
-                raise refused(
-                    f"invocation {r.id} is being cancelled; it cannot be paused",
-                    r,
-                    E.ERROR_REASON_INVOCATION_CANCELLING,
-                )
-            r.status_reason = reason or "paused by an operator"
-            if r.status == S.INVOCATION_STATUS_RUNNING:
-                r.pause_requested = True
-            else:
-                r.status = S.INVOCATION_STATUS_PAUSED
-
-        record = await self._mutate(invocation_id, change)
+        record = await self._mutate(invocation_id, pause_change(reason))
         # Always: a worker may be running a fresh invocation before writing its record.
         await self.signal(invocation_id, {"pause": True})
         return record
 
     async def resume(self, invocation_id: str) -> Record:
-        def change(r: Record) -> None:
-            if r.status == S.INVOCATION_STATUS_PAUSED and _still_scheduled(r):
-                # Paused before its delayed start: its schedule still starts it.
-                r.status = S.INVOCATION_STATUS_SCHEDULED
-                r.status_reason = ""
-            elif r.status == S.INVOCATION_STATUS_PAUSED:
-                # Replayed from its journal: what it waited for, it waits for again, unless
-                # it completed meanwhile (a timer that fired while paused).
-                r.status = S.INVOCATION_STATUS_PENDING
-                r.generation += 1
-                r.continuations += 1
-                r.status_reason = ""
-                del r.waiting_for[:]
-            elif r.status == S.INVOCATION_STATUS_RUNNING and r.pause_requested:
-                r.pause_requested = False
-                r.status_reason = ""
-            elif is_terminal(r.status):
-                raise refused(_ended(r), r)
-            else:
-                raise refused(
-                    f"invocation {r.id} is {status_name(r.status)}, not paused; "
-                    "only a paused invocation can be resumed",
-                    r,
-                    E.ERROR_REASON_INVOCATION_NOT_PAUSED,
-                )
-
-        record = await self._mutate(invocation_id, change)
+        record = await self._mutate(invocation_id, resume_change())
         await self.signal(invocation_id, {"resume": True})
         if record.status == S.INVOCATION_STATUS_PENDING:
             await self.work.enqueue_record(record, "resume")
@@ -539,39 +456,13 @@ class ControlPlane:
 
     async def cancel(self, invocation_id: str, reason: str) -> Record:
         reason = reason or "cancelled by an operator"
-
-        woke_from = S.INVOCATION_STATUS_UNSPECIFIED
-
-        def change(r: Record) -> None:
-            nonlocal woke_from
-            woke_from = S.INVOCATION_STATUS_UNSPECIFIED  # decided again on every CAS try
-            if is_terminal(r.status):
-                raise refused(_ended(r), r)
-            if r.cancel_requested:
-                raise refused(
-                    f"invocation {r.id} is already being cancelled",
-                    r,
-                    E.ERROR_REASON_INVOCATION_CANCELLING,
-                )
-            # Cancellation is always delivered through the handler, even before it started:
-            # a worker may be running a fresh invocation before writing its record, and
-            # ending it here would discard what that worker did.
-            r.cancel_requested = True
-            r.cancel_reason = reason
-            r.pause_requested = False
-            if r.status in _NOT_DRIVEN:
-                # Its work item is gone or delayed: wake it so that it can compensate.
-                woke_from = r.status
-                r.status = S.INVOCATION_STATUS_PENDING
-                r.generation += 1
-                r.status_reason = ""
-                del r.waiting_for[:]
-
+        change = CancelChange(reason)
         before = (await self.get_record(invocation_id)).record.status
         if before == S.INVOCATION_STATUS_SCHEDULED:
             # It runs now, to see the cancellation: its delayed start must not come later.
             await self.waker.drop_schedule(invocation_id)
         record = await self._mutate(invocation_id, change)
+        woke_from = change.woke_from
         if woke_from == S.INVOCATION_STATUS_SCHEDULED and before != woke_from:
             await self.waker.drop_schedule(invocation_id)
         await self.signal(invocation_id, {"cancel": True, "reason": reason})
