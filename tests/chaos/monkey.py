@@ -6,9 +6,11 @@ timing). The first actions cover every kind once (a short phase still kills a wo
 control plane and nats, and freezes a worker); the rest are drawn by weight, spaced by an
 exponential gap. Faults that hold work (worker kills and freezes, nats kills) never overlap:
 each is followed by the ack wait and a second of calm (five more on a cluster, for the node to
-catch up) before the next, so the timer bound ``ack_wait + 2 s`` is fair; control-plane kills
-come at any time. ``unleash`` carries the plan out against a :class:`Topology`, skipping an
-action whose victim is already down or that would leave no worker or control plane up.
+catch up) before the next, counted when run from the previous fault's real end (a node's
+kill ends when the leaders it held are elected again), so the timer bound ``ack_wait + 2 s``
+is fair; control-plane kills come at any time. ``unleash`` carries the plan out against a
+:class:`Topology`, skipping an action whose victim is already down or that would leave no
+worker or control plane up.
 """
 
 from __future__ import annotations
@@ -82,8 +84,19 @@ async def unleash(topo: Topology, actions: list[Action], seed: int, stop: asynci
     pick = random.Random(f"chaos-pick:{seed}:{topo.kind}")
     started = time.monotonic()
     running: list[asyncio.Task[None]] = []
+    holding: asyncio.Task[None] | None = None  # the fault that holds work, while it lasts
     for action in actions:
         delay = started + action.at - time.monotonic()
+        if action.kind != "kill-control":
+            # The plan's spacing assumes each outage ends when its process is back; on a
+            # cluster the engine waits on top for the elections the kill caused (seconds).
+            # So a fault that holds work also waits for the previous one's real end, then
+            # the ack wait and a second of calm: one timer is held up by one fault at most.
+            if holding is not None:
+                stopping = asyncio.create_task(stop.wait())
+                await asyncio.wait([holding, stopping], return_when=asyncio.FIRST_COMPLETED)
+                stopping.cancel()
+            delay = max(delay, topo.calm_until - time.monotonic())
         if delay > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
@@ -95,7 +108,10 @@ async def unleash(topo: Topology, actions: list[Action], seed: int, stop: asynci
                 {"t": topo.now(), "action": "skipped", "kind": action.kind, "why": skipped}
             )
             continue
-        running.append(asyncio.create_task(_carry_out(topo, action, pick)))
+        task = asyncio.create_task(_carry_out(topo, action, pick))
+        running.append(task)
+        if action.kind != "kill-control":
+            holding = task
     await asyncio.gather(*running)
 
 
@@ -117,7 +133,10 @@ async def _carry_out(topo: Topology, action: Action, pick: random.Random) -> Non
         await topo.kill_nats(action.down, action.leader_of, pick.randrange)
     elif action.kind == "kill-control":
         await topo.kill_engine(topo.controls[action.victim], action.down)
+        return
     elif action.kind == "kill-worker":
         await topo.kill_engine(topo.workers[action.victim], action.down)
     else:
         await topo.freeze(topo.workers[action.victim], action.down)
+    # Back for real (a killed nats node's elections included): calm from now on.
+    topo.calm_until = time.monotonic() + topo.shape.ack_wait + 1.0

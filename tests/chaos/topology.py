@@ -75,6 +75,8 @@ class Topology:
     #: work consumer) it led had a new leader. Timer lateness does not count them: electing
     #: a leader is NATS's time (4 to 9 s seen), not the engine's.
     outages_ns: list[tuple[int, int]] = field(default_factory=list)
+    #: ``time.monotonic()`` before which no fault that holds work may start (see monkey).
+    calm_until: float = 0.0
     _stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
 
     # -- start and stop ----------------------------------------------------------------------

@@ -45,6 +45,11 @@ log = logging.getLogger("durable.worker")
 #: A generated ``add_<Service>Servicer_to_server`` and the servicer to serve with it.
 Servicer = tuple[Callable[[Any, Any], None], Any]
 
+#: Longest life of a pull request. A worker frozen (SIGSTOP, a long GC, a partition) keeps
+#: its open pull requests on the server, which still delivers into them: an item redelivered
+#: after the ack wait could land in the frozen worker's request and wait again. So a request
+#: lives at most a third of the ack wait (``Worker._pull_expires``), and a redelivery finds
+#: only live workers' requests.
 _PULL_EXPIRES = 5.0
 #: The server sends an idle heartbeat on an open pull request this often when it has nothing
 #: to deliver. A pull request lives on the consumer's leader: when that node dies, or after a
@@ -212,6 +217,7 @@ class Worker:
         # Renewals and leases go by the consumer's own ack wait, which the store kept from
         # its creation whatever this process was told (--ack-wait).
         self._ack_wait = min(self.cfg.ack_wait, store.work_ack_wait)
+        self._pull_expires = max(2 * _PULL_HEARTBEAT, min(_PULL_EXPIRES, self._ack_wait / 3))
         self._records = store.records
         self._journal = store.journal
         self._workers_kv = store.workers
@@ -250,15 +256,15 @@ class Worker:
             if enough and self.nc.is_connected:
                 body = {
                     "batch": want,
-                    "expires": int(_PULL_EXPIRES * 1e9),
+                    "expires": int(self._pull_expires * 1e9),
                     "idle_heartbeat": int(_PULL_HEARTBEAT * 1e9),
                 }
                 if not self._requests:
                     self._heard = now  # the silence of a new request counts from now
-                self._requests.append([now + _PULL_EXPIRES, want])
+                self._requests.append([now + self._pull_expires, want])
                 await self.nc.publish(api, json.dumps(body).encode(), reply=self._inbox)
             self._wake.clear()
-            timeout = _PULL_EXPIRES + 0.5
+            timeout = self._pull_expires + 0.5
             if self._requests:
                 timeout = max(0.05, self._requests[0][0] - time.monotonic() + 1.05)
                 timeout = min(timeout, _PULL_HEARTBEAT)  # to notice a silence in time
