@@ -22,7 +22,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig
 
-from durable_server.config import EngineConfig
+from durable._store.config import EngineConfig
 from durable_server.natsd import EmbeddedNats, NatsServerError
 from tests.procs import free_port
 

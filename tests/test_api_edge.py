@@ -228,7 +228,7 @@ _VALID_TEXT = st.text(st.characters(blacklist_categories=("Cc", "Cs")), max_size
 def test_distinct_valid_triples_encode_distinctly(
     a: tuple[str, str, str], b: tuple[str, str, str]
 ) -> None:
-    from durable_server.store.ids import _encode_fields
+    from durable._store.ids import _encode_fields
 
     if a != b:
         assert _encode_fields(*a) != _encode_fields(*b)
@@ -239,7 +239,7 @@ def test_distinct_valid_triples_encode_distinctly(
 @given(st.tuples(_VALID_TEXT, _VALID_TEXT, _VALID_TEXT))
 def test_near_collisions_of_valid_triples_encode_distinctly(triple: tuple[str, str, str]) -> None:
     """Shifting text across a separator (the collision's shape) gives another encoding."""
-    from durable_server.store.ids import _encode_fields
+    from durable._store.ids import _encode_fields
 
     handler, key, idem = triple
     shifted = (handler, key + "x", idem[1:]) if idem else (handler, key, "x")
@@ -247,7 +247,7 @@ def test_near_collisions_of_valid_triples_encode_distinctly(triple: tuple[str, s
 
 
 def test_id_fields_holding_nul_are_refused_as_a_last_guard() -> None:
-    from durable_server.store import ids
+    from durable._store import ids
 
     with pytest.raises(ValueError, match="NUL"):
         ids._encode_fields("h", "u\x00v", "w")
@@ -741,8 +741,8 @@ async def test_a_failed_connect_does_not_print_the_password(
 ) -> None:
     import socket
 
-    from durable_server.config import EngineConfig
-    from durable_server.worker.runtime import connect_nats
+    from durable._store.config import EngineConfig
+    from durable._worker.runtime import connect_nats
 
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
@@ -757,7 +757,7 @@ async def test_a_failed_connect_does_not_print_the_password(
 
 
 def test_redact_url_hides_passwords_and_tokens() -> None:
-    from durable_server.config import redact_url
+    from durable._store.config import redact_url
 
     assert redact_url("nats://a:pw@h:1,nats://tok@h:2,nats://h:3") == (
         "nats://a:***@h:1,nats://***@h:2,nats://h:3"

@@ -29,6 +29,7 @@ from google.protobuf import timestamp_pb2
 
 from durable import Context, Service, TerminalError
 from durable._client import Client, parse_status, status_name
+from durable._store.ids import idempotent_invocation_id
 from durable.errors import (
     InvalidArgumentError,
     InvocationCancelledError,
@@ -42,7 +43,6 @@ from durable.v1 import types_pb2
 from durable_server import cli, cli_views
 from durable_server._tables import format_fields, format_table, truncate
 from durable_server.natsd import EmbeddedNats
-from durable_server.store.ids import idempotent_invocation_id
 from tests.engine_support import wait_status
 
 S = types_pb2.InvocationStatus

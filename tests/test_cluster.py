@@ -37,15 +37,15 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 
 from durable import Client, Context, Service
+from durable._store.config import EngineConfig
+from durable._store.workqueue import WorkQueue
+from durable._worker.runtime import Worker
 from durable.internal.v1 import storage_pb2
 from durable.testing import start_engine
 from durable.v1 import types_pb2
-from durable_server.config import EngineConfig
 from durable_server.control.server import ControlServer
 from durable_server.natsd import EmbeddedNats
-from durable_server.store.resources import ensure_resources
-from durable_server.store.workqueue import WorkQueue
-from durable_server.worker.runtime import Worker
+from durable_server.provision import ensure_resources
 from tests.cluster_handlers import LEDGER_ENV, STEPS
 from tests.nats_cluster import (
     CLUSTER,

@@ -9,6 +9,9 @@ import nats
 import pytest
 
 from durable import Context, Service, Workflow
+from durable._store import completions
+from durable._store.completions import AWAKEABLES_AHEAD
+from durable._store.ids import awakeable_id, workflow_run_id
 from durable.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -18,9 +21,6 @@ from durable.errors import (
 )
 from durable.testing import LocalEngine
 from durable.v1 import types_pb2
-from durable_server import completions
-from durable_server.completions import AWAKEABLES_AHEAD
-from durable_server.store.ids import awakeable_id, workflow_run_id
 from tests.engine_support import EngineFactory, start_ready, wait_status
 
 S = types_pb2

@@ -24,12 +24,13 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from durable import Client, Context, Service
-from durable_server.config import EngineConfig
+from durable._store import open_bucket
+from durable._store.config import EngineConfig
+from durable._worker import runtime
+from durable._worker.runtime import Worker
 from durable_server.control.server import ControlServer
 from durable_server.natsd import EmbeddedNats
-from durable_server.store.resources import ensure_resources, locks_kv, state_kv
-from durable_server.worker import runtime
-from durable_server.worker.runtime import Worker
+from durable_server.provision import ensure_resources
 from tests.nats_cluster import NODES, Cluster, running_cluster
 from tests.nats_cluster import connect as _connect
 
@@ -127,8 +128,8 @@ async def test_key_locks_and_state_are_read_through_the_leader_on_a_replicated_s
 
         await spy.subscribe("$JS.API.>", cb=note)
         await spy.flush()
-        for open_bucket in (locks_kv, state_kv):
-            kv = await open_bucket(js, cfg)
+        for bucket in (cfg.locks_bucket, cfg.state_bucket):
+            kv = await open_bucket(js, cfg, bucket)
             await kv.put("a.b", b"x")
             assert (await kv.get("a.b")).value == b"x"
         await nc.flush()

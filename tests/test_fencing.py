@@ -7,7 +7,7 @@ thawed with SIGCONT. Whichever of the two appends second must be fenced (error 1
 stop. Read straight from the journal stream: one journal, indexes 0..n-1 each exactly once,
 no interleaving of the two drivers, and one completion with the journal's values.
 
-A unit-level test checks the fence itself on ``durable_server.store.journal.Journal.append``.
+A unit-level test checks the fence itself on ``durable._store.journal.Journal.append``.
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ import pytest
 from nats.js.errors import NotFoundError
 
 from durable import Client
+from durable._store.config import EngineConfig
+from durable._store.journal import Journal, JournalFenced
 from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
-from durable_server.config import EngineConfig
 from durable_server.natsd import EmbeddedNats
-from durable_server.store.journal import Journal, JournalFenced
-from durable_server.store.resources import ensure_resources
+from durable_server.provision import ensure_resources
 from tests.crash_handlers import FENCE_STEP, STEPS, release_marker
 from tests.procs import EngineProc, ProcGroup, free_port, read_ledger, wait_healthy
 

@@ -15,13 +15,13 @@ import uuid
 import pytest
 
 from durable import Context, VirtualObject
+from durable._store.ids import idempotent_invocation_id, token
+from durable._store.objects import lock_key
+from durable._store.records import now_ts
 from durable.internal.v1 import storage_pb2
 from durable.testing import LocalEngine
 from durable.v1 import types_pb2
 from durable_server.control.plane import ControlPlane
-from durable_server.store.ids import idempotent_invocation_id, token
-from durable_server.store.objects import lock_key
-from durable_server.store.records import now_ts
 from tests.engine_support import EngineFactory, start_ready
 
 S = types_pb2

@@ -21,15 +21,15 @@ import pytest
 from nats.errors import ConnectionClosedError
 
 from durable import Context, Service
+from durable._store.ids import idempotent_invocation_id
+from durable._store.records import now_ts
+from durable._store.waking import Waker
+from durable._store.workqueue import WorkQueue
 from durable.errors import AlreadyExistsError, FailedPreconditionError
 from durable.internal.v1 import storage_pb2
 from durable.testing import LocalEngine
 from durable.v1 import types_pb2
 from durable_server.control.plane import ControlPlane
-from durable_server.store.ids import idempotent_invocation_id
-from durable_server.store.records import now_ts
-from durable_server.store.waking import Waker
-from durable_server.store.workqueue import WorkQueue
 from tests.engine_support import EngineFactory, start_ready, wait_status
 
 pytestmark = pytest.mark.slow  # real processes or long waits: not in make test-fast

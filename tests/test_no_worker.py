@@ -10,10 +10,10 @@ import time
 import pytest
 
 from durable import Context, Service
+from durable._worker.runtime import Worker
 from durable.testing import start_engine
 from durable.v1 import types_pb2
 from durable_server.natsd import EmbeddedNats
-from durable_server.worker.runtime import Worker
 from tests.test_cli_format import durable
 
 lonely = Service("lonely")

@@ -15,13 +15,13 @@ import nats
 import pytest
 
 from durable import Context, Service
+from durable._store.config import EngineConfig
+from durable._store.journal import Journal, JournalFenced
+from durable._store.records import now_ts
 from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
-from durable_server.config import EngineConfig
 from durable_server.natsd import EmbeddedNats
-from durable_server.store.journal import Journal, JournalFenced
-from durable_server.store.records import now_ts
-from durable_server.store.resources import _stream_configs, ensure_resources
+from durable_server.provision import _stream_configs, ensure_resources
 from tests.engine_support import EngineFactory, start_ready, wait_status
 
 S = types_pb2

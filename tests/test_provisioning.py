@@ -13,10 +13,10 @@ import nats
 import pytest
 
 from durable import Context, Service
+from durable._store.config import EngineConfig
+from durable._worker.runtime import Worker
 from durable.testing import start_engine
-from durable_server.config import EngineConfig
 from durable_server.natsd import EmbeddedNats
-from durable_server.worker.runtime import Worker
 from tests.procs import REPO
 
 early = Service("early")

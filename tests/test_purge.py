@@ -14,14 +14,14 @@ from typing import Any
 import pytest
 
 from durable import Context, Service
+from durable._store.ids import child_invocation_id, new_invocation_id
+from durable._store.journal import LoadedJournal
+from durable._store.records import Record, is_terminal, now_ts
+from durable._worker.runtime import Worker
 from durable.errors import NotFoundError
 from durable.internal.v1 import storage_pb2
 from durable.testing import LocalEngine
 from durable.v1 import types_pb2
-from durable_server.store.ids import child_invocation_id, new_invocation_id
-from durable_server.store.journal import LoadedJournal
-from durable_server.store.records import Record, is_terminal, now_ts
-from durable_server.worker.runtime import Worker
 from tests.engine_support import EngineFactory, start_ready
 
 S = types_pb2

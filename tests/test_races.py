@@ -16,12 +16,12 @@ from collections.abc import AsyncIterator
 import pytest
 
 from durable import Client, Context, Service, VirtualObject
+from durable._store.ids import new_invocation_id
+from durable._store.records import now_ts
 from durable.errors import FailedPreconditionError, NotFoundError
 from durable.internal.v1 import storage_pb2
 from durable.testing import LocalEngine
 from durable.v1 import types_pb2
-from durable_server.store.ids import new_invocation_id
-from durable_server.store.records import now_ts
 from tests.engine_support import EngineFactory, start_ready
 
 pytestmark = pytest.mark.slow  # real processes or long waits: not in make test-fast

@@ -10,10 +10,10 @@ from collections import Counter
 import pytest
 
 from durable import Context, Service
+from durable._store.ids import new_invocation_id
+from durable._store.records import now_ts
 from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
-from durable_server.store.ids import new_invocation_id
-from durable_server.store.records import now_ts
 from tests.engine_support import EngineFactory
 
 S = types_pb2

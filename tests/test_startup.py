@@ -124,7 +124,7 @@ def test_the_server_version_is_checked_against_the_engine_floor(
     import re
     import types
 
-    from durable_server.patience import MIN_NATS_SERVER, unusable_reason
+    from durable._store.patience import MIN_NATS_SERVER, unusable_reason
 
     said = types.SimpleNamespace(_server_info=info)
     reason = unusable_reason(said)  # type: ignore[arg-type]

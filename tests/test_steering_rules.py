@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from durable._store.records import Record
 from durable.v1 import errors_pb2, types_pb2
 from durable_server.control.steering import (
     CancelChange,
@@ -12,7 +13,6 @@ from durable_server.control.steering import (
     pause_change,
     resume_change,
 )
-from durable_server.store.records import Record
 
 S = types_pb2
 E = errors_pb2

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from durable._store.journal import LoadedJournal
 from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2 as S
 from durable_server.control.views import invocation_view
-from durable_server.store.journal import LoadedJournal
 
 
 def _ts(seconds: int) -> Timestamp:

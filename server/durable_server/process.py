@@ -19,15 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from durable._handlers import Service
+from durable._store.config import EngineConfig, redact_url
+from durable._store.patience import at_start_up
+from durable._worker.rpc import parse_endpoints
+from durable._worker.runtime import Servicer, Worker, connect_nats
 from durable_server.banner import banner
-from durable_server.config import EngineConfig, redact_url
 from durable_server.control.server import ControlServer
 from durable_server.natsd import EmbeddedNats
-from durable_server.patience import at_start_up
 from durable_server.preflight import check_port_free, lock_data_dir, release
-from durable_server.store import provision
-from durable_server.worker.rpc import parse_endpoints
-from durable_server.worker.runtime import Servicer, Worker, connect_nats
+from durable_server.provision import provision
 
 log = logging.getLogger("durable")
 
@@ -217,7 +217,7 @@ def add_engine_commands(sub: argparse._SubParsersAction[Any]) -> None:
         help="create the engine's streams, work consumer and buckets, then exit",
         description="Create whatever of the engine's streams, work consumer and KV buckets is "
         "missing, and exit. The control plane does this at start too; workers never do, so "
-        "they can run with publish/subscribe rights only (see durable_server.store).",
+        "they can run with publish/subscribe rights only (see durable._store).",
         formatter_class=_ShowDefaults,
     )
     _engine_flags(setup)

@@ -13,10 +13,10 @@ from typing import Any
 import nats
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
+from durable._store.config import EngineConfig
+from durable._store.ids import token
 from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
-from durable_server.config import EngineConfig
-from durable_server.store.ids import token
 
 LOG_LINES = 8
 

@@ -24,9 +24,9 @@ from nats.js.api import DeliverPolicy
 
 from durable import Client, RPCError
 from durable._payloads import from_payload
+from durable._store.config import EngineConfig
 from durable.internal.v1 import storage_pb2
 from durable.v1 import control_pb2, types_pb2
-from durable_server.config import EngineConfig
 from tests.chaos.load import READ_FINAL, Driver
 
 

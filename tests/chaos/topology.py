@@ -26,7 +26,7 @@ import nats
 from nats.aio.client import Client as NATS
 
 from durable import Client, RPCError
-from durable_server.config import EngineConfig
+from durable._store.config import EngineConfig
 from durable_server.natsd import EmbeddedNats, NatsServerError
 from tests.nats_cluster import Cluster, engine_streams, running_cluster
 from tests.procs import FAST_RECONNECT, EngineProc, ProcGroup, free_port, wait_healthy

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 from nats.js import JetStreamContext
 
+from durable._store.records import is_terminal
 from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
 from durable_server.control.follow import BucketFollower
-from durable_server.store.records import is_terminal
 
 log = logging.getLogger("durable.control")
 

@@ -11,9 +11,21 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from durable._limits import MAX_KEY_CHARS, MAX_NAME_CHARS, quote
+from durable._store.completions import TooManyPromises
+from durable._store.ids import token, workflow_run_id
+from durable._store.journal import JournalFenced
+from durable._store.objects import StateTooLarge
+from durable._store.records import (
+    MutationRefused,
+    Record,
+    RecordNotFound,
+    is_terminal,
+    status_name,
+)
+from durable._store.waking import AlreadyCompleted
 from durable.internal.v1 import storage_pb2
 from durable.v1 import control_pb2, errors_pb2, types_pb2
-from durable_server.completions import TooManyPromises
 from durable_server.control.validation import (
     RequestError,
     check_text,
@@ -22,18 +34,6 @@ from durable_server.control.validation import (
     stored_to_payload,
 )
 from durable_server.control.views import with_final
-from durable_server.limits import MAX_KEY_CHARS, MAX_NAME_CHARS, quote
-from durable_server.store.ids import token, workflow_run_id
-from durable_server.store.journal import JournalFenced
-from durable_server.store.objects import StateTooLarge
-from durable_server.store.records import (
-    MutationRefused,
-    Record,
-    RecordNotFound,
-    is_terminal,
-    status_name,
-)
-from durable_server.store.waking import AlreadyCompleted
 
 E = errors_pb2
 

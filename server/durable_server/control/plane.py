@@ -20,10 +20,30 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from durable._limits import MAX_IDEMPOTENCY_KEY_CHARS, MAX_KEY_CHARS, quote
+from durable._store import open_store
+from durable._store.completions import NotAnAwakeable, TooFarAhead
+from durable._store.config import EngineConfig
+from durable._store.ids import (
+    idempotent_invocation_id,
+    new_invocation_id,
+    parse_awakeable_id,
+    workflow_run_id,
+)
+from durable._store.journal import LoadedJournal
+from durable._store.patience import at_start_up
+from durable._store.records import (
+    MutationRefused,
+    Record,
+    RecordNotFound,
+    Versioned,
+    is_terminal,
+    now_ts,
+    status_name,
+)
+from durable._store.waking import AlreadyCompleted, Waker
 from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
-from durable_server.completions import NotAnAwakeable, TooFarAhead
-from durable_server.config import EngineConfig
 from durable_server.control.catalog import HandlerCatalog, closest_names
 from durable_server.control.index import InvocationIndex
 from durable_server.control.keyed import KeyedControl
@@ -42,26 +62,7 @@ from durable_server.control.validation import (
     validate_input,
 )
 from durable_server.control.views import Progress, with_final
-from durable_server.limits import MAX_IDEMPOTENCY_KEY_CHARS, MAX_KEY_CHARS, quote
-from durable_server.patience import at_start_up
-from durable_server.store import open_store
-from durable_server.store.ids import (
-    idempotent_invocation_id,
-    new_invocation_id,
-    parse_awakeable_id,
-    workflow_run_id,
-)
-from durable_server.store.journal import LoadedJournal
-from durable_server.store.records import (
-    MutationRefused,
-    Record,
-    RecordNotFound,
-    Versioned,
-    is_terminal,
-    now_ts,
-    status_name,
-)
-from durable_server.store.waking import AlreadyCompleted, Waker
+from durable_server.provision import provision
 
 log = logging.getLogger("durable.control")
 S = types_pb2
@@ -179,7 +180,8 @@ class ControlPlane:
     async def _open_stores(self, js: JetStreamContext) -> None:
         """Create what is missing and open every store (idempotent: tried again at start-up
         while JetStream elects leaders). The control plane provisions; workers only open."""
-        self.store = await open_store(self.nc, self.cfg, provision_first=True)
+        await provision(self.nc, self.cfg)
+        self.store = await open_store(self.nc, self.cfg)
         self.records = self.store.records
         self.journal = self.store.journal
         self.work = self.store.work

@@ -12,13 +12,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from nats.aio.client import Client as NATS
 
+from durable._store.config import EngineConfig
+from durable._worker.runtime import connect_nats
 from durable.v1 import control_pb2, control_pb2_grpc
-from durable_server.config import EngineConfig
 from durable_server.control.errors import RequestBodyCheck
 from durable_server.control.plane import ControlPlane
 from durable_server.control.reflection import enable_reflection
 from durable_server.control.servicer import DurableControlServicer
-from durable_server.worker.runtime import connect_nats
 
 log = logging.getLogger("durable.control")
 

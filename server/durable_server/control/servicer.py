@@ -14,9 +14,11 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
+from durable._limits import DEFAULT_PAGE_SIZE, MAX_KEY_CHARS, MAX_PAGE_SIZE
+from durable._store import patience
+from durable._store.records import Record
 from durable.internal.v1 import storage_pb2
 from durable.v1 import control_pb2, control_pb2_grpc, types_pb2
-from durable_server import patience
 from durable_server.control.errors import (
     INTERNAL_ERRORS,
     internal_status,
@@ -41,8 +43,6 @@ from durable_server.control.validation import (
 )
 from durable_server.control.views import invocation_view, result_of
 from durable_server.control.watch import watch
-from durable_server.limits import DEFAULT_PAGE_SIZE, MAX_KEY_CHARS, MAX_PAGE_SIZE
-from durable_server.store.records import Record
 from durable_server.version import engine_version
 
 ServicerContext = grpc.aio.ServicerContext[Any, Any]

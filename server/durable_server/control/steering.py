@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable
 from typing import TypeAlias
 
+from durable._store.records import MutationRefused, Record, is_terminal, status_name
 from durable.v1 import errors_pb2, types_pb2
-from durable_server.store.records import MutationRefused, Record, is_terminal, status_name
 
 S = types_pb2
 E = errors_pb2

@@ -14,18 +14,18 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 
 from durable import _jsonrules, _serde
-from durable._payloads import from_value, to_value
-from durable._serde import json_type as _json_type
-from durable.v1 import errors_pb2, types_pb2
-from durable_server.control.index import Cursor
-from durable_server.limits import (
+from durable._limits import (
     MAX_CONTENT_TYPE_CHARS,
     MAX_PAGE_TOKEN_CHARS,
     MAX_REASON_BYTES,
     quote,
     text_problem,
 )
-from durable_server.store.ids import is_valid_invocation_id
+from durable._payloads import from_value, to_value
+from durable._serde import json_type as _json_type
+from durable._store.ids import is_valid_invocation_id
+from durable.v1 import errors_pb2, types_pb2
+from durable_server.control.index import Cursor
 
 Reason: TypeAlias = errors_pb2.ErrorReason.ValueType
 E = errors_pb2

@@ -22,16 +22,13 @@ from durable import _serde
 from durable._context import DurableFuture, DurablePromise, Duration, StubT, WorkflowContext
 from durable._handlers import handler_name
 from durable._retry import RetryPolicy
-from durable.errors import CancelledError, NonDeterminismError, SuspendInvocation, TerminalError
-from durable.internal.v1 import storage_pb2
-from durable.v1 import types_pb2
-from durable_server.completions import CompletionRefused
-from durable_server.store.ids import awakeable_id, child_invocation_id, parse_awakeable_id
-from durable_server.store.journal import Journal, JournalFenced
-from durable_server.store.objects import StateStore
-from durable_server.store.records import now_ts
-from durable_server.store.waking import AlreadyCompleted, Waker
-from durable_server.worker.encoding import (
+from durable._store.completions import CompletionRefused
+from durable._store.ids import awakeable_id, child_invocation_id, parse_awakeable_id
+from durable._store.journal import Journal, JournalFenced
+from durable._store.objects import StateStore
+from durable._store.records import now_ts
+from durable._store.waking import AlreadyCompleted, Waker
+from durable._worker.encoding import (
     CANCELLED_ERROR_TYPE,
     declared_return_type,
     describe_step,
@@ -40,11 +37,11 @@ from durable_server.worker.encoding import (
     execute,
     failure_of,
 )
-from durable_server.worker.keyed import KeyedSteps
-from durable_server.worker.lease import ClaimGuard
-from durable_server.worker.rpc import TERMINAL_CODES, DurableChannel, TransportRouter
-from durable_server.worker.signals import ControlFlags, Fenced, RetryAttempt
-from durable_server.worker.waits import (
+from durable._worker.keyed import KeyedSteps
+from durable._worker.lease import ClaimGuard
+from durable._worker.rpc import TERMINAL_CODES, DurableChannel, TransportRouter
+from durable._worker.signals import ControlFlags, Fenced, RetryAttempt
+from durable._worker.waits import (
     IN_PROCESS_WAIT,
     StepFuture,
     probe,
@@ -52,6 +49,9 @@ from durable_server.worker.waits import (
     step_futures,
     timestamp_in,
 )
+from durable.errors import CancelledError, NonDeterminismError, SuspendInvocation, TerminalError
+from durable.internal.v1 import storage_pb2
+from durable.v1 import types_pb2
 
 _ANNOUNCE_AFTER = 0.05
 

@@ -23,9 +23,9 @@ from collections.abc import Iterable
 
 from nats.js import JetStreamContext
 
+from durable._store.config import EngineConfig
+from durable._store.journal import Journal
 from durable.v1 import types_pb2
-from durable_server.config import EngineConfig
-from durable_server.store.journal import Journal
 
 S = types_pb2
 

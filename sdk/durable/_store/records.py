@@ -20,9 +20,9 @@ from nats.js.kv import KeyValue
 # One definition of these for the client and the engine; re-exported for the engine.
 from durable._client import is_terminal as is_terminal
 from durable._client import status_name as status_name
+from durable._store.patience import until_answered
 from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
-from durable_server.patience import until_answered
 
 Record = storage_pb2.InvocationRecord
 Status = types_pb2.InvocationStatus

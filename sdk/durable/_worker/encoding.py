@@ -12,10 +12,10 @@ from typing import Any
 from durable import _serde
 from durable._jsonrules import JsonRuleError
 from durable._retry import RetryPolicy
+from durable._worker.signals import RetryAttempt
 from durable.errors import CancelledError, TerminalError
 from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
-from durable_server.worker.signals import RetryAttempt
 
 CANCELLED_ERROR_TYPE = "CancelledError"
 

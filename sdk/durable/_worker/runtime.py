@@ -29,16 +29,16 @@ from nats.js import JetStreamContext
 
 from durable._handlers import Registry, Service
 from durable._rpc import NatsServer, NatsTransport
+from durable._store import open_store
+from durable._store.config import EngineConfig, redact_url
+from durable._store.patience import at_start_up
+from durable._store.records import now_ts
+from durable._store.waking import HandlerKinds, Waker
+from durable._worker.executor import Executor
+from durable._worker.lease import Lease, stored_at
+from durable._worker.rpc import TransportRouter
+from durable._worker.signals import ControlFlags
 from durable.internal.v1 import storage_pb2
-from durable_server.config import EngineConfig, redact_url
-from durable_server.patience import at_start_up
-from durable_server.store import open_store
-from durable_server.store.records import now_ts
-from durable_server.store.waking import HandlerKinds, Waker
-from durable_server.worker.executor import Executor
-from durable_server.worker.lease import Lease, stored_at
-from durable_server.worker.rpc import TransportRouter
-from durable_server.worker.signals import ControlFlags
 
 log = logging.getLogger("durable.worker")
 
@@ -213,7 +213,7 @@ class Worker:
         """Open every store, waiting (``NotProvisioned``) until the control plane has created
         them: a worker never creates or changes streams (idempotent: tried again at start-up
         while JetStream elects leaders)."""
-        store = await open_store(self.nc, self.cfg, provision_first=False)
+        store = await open_store(self.nc, self.cfg)
         # Renewals and leases go by the consumer's own ack wait, which the store kept from
         # its creation whatever this process was told (--ack-wait).
         self._ack_wait = min(self.cfg.ack_wait, store.work_ack_wait)

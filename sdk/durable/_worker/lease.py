@@ -24,9 +24,9 @@ from collections.abc import Awaitable, Callable
 import nats.errors
 from nats.aio.msg import Msg
 
-from durable_server.store.journal import Journal
-from durable_server.store.records import Record, RecordNotFound, RecordStore
-from durable_server.worker.signals import Fenced
+from durable._store.journal import Journal
+from durable._store.records import Record, RecordNotFound, RecordStore
+from durable._worker.signals import Fenced
 
 
 def stored_at(msg: Msg) -> float:

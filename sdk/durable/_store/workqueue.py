@@ -16,9 +16,9 @@ from collections.abc import AsyncIterator
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from durable._store.config import EngineConfig
+from durable._store.patience import until_answered
 from durable.internal.v1 import storage_pb2
-from durable_server.config import EngineConfig
-from durable_server.patience import until_answered
 
 
 class WorkQueue:

@@ -23,12 +23,9 @@ from nats.aio.msg import Msg
 from durable import _serde
 from durable._handlers import HandlerDef, Registry
 from durable._retry import DEFAULT_HANDLER_RETRY
-from durable.errors import CancelledError, NonDeterminismError, SuspendInvocation, TerminalError
-from durable.internal.v1 import storage_pb2
-from durable.v1 import types_pb2
-from durable_server.store.journal import Journal, LoadedJournal
-from durable_server.store.objects import KeyQueue, StateStore, StateTooLarge
-from durable_server.store.records import (
+from durable._store.journal import Journal, LoadedJournal
+from durable._store.objects import KeyQueue, StateStore, StateTooLarge
+from durable._store.records import (
     MutationRefused,
     Record,
     RecordNotFound,
@@ -38,15 +35,18 @@ from durable_server.store.records import (
     is_terminal,
     now_ts,
 )
-from durable_server.store.waking import Waker
-from durable_server.worker.claim import Claim
-from durable_server.worker.context import InvocationContext
-from durable_server.worker.encoding import encode_bounded, failure_of
-from durable_server.worker.keyed import StateView, changes_in
-from durable_server.worker.lease import ClaimGuard, ClaimLost, Lease
-from durable_server.worker.rpc import TransportRouter
-from durable_server.worker.signals import ControlFlags, Fenced, RetryAttempt
-from durable_server.worker.waits import any_completed
+from durable._store.waking import Waker
+from durable._worker.claim import Claim
+from durable._worker.context import InvocationContext
+from durable._worker.encoding import encode_bounded, failure_of
+from durable._worker.keyed import StateView, changes_in
+from durable._worker.lease import ClaimGuard, ClaimLost, Lease
+from durable._worker.rpc import TransportRouter
+from durable._worker.signals import ControlFlags, Fenced, RetryAttempt
+from durable._worker.waits import any_completed
+from durable.errors import CancelledError, NonDeterminismError, SuspendInvocation, TerminalError
+from durable.internal.v1 import storage_pb2
+from durable.v1 import types_pb2
 
 log = logging.getLogger("durable.worker")
 

@@ -14,16 +14,16 @@ from typing import Any, Protocol
 
 from durable import _serde
 from durable._context import DurableFuture, DurablePromise
+from durable._limits import MAX_NAME_CHARS, quote, text_problem
+from durable._store.completions import CompletionRefused
+from durable._store.ids import token, workflow_run_id
+from durable._store.objects import Changes, StateStore
+from durable._store.waking import AlreadyCompleted, Waker
+from durable._worker.encoding import encode_bounded
+from durable._worker.waits import StepFuture
 from durable.errors import TerminalError
 from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
-from durable_server.completions import CompletionRefused
-from durable_server.limits import MAX_NAME_CHARS, quote, text_problem
-from durable_server.store.ids import token, workflow_run_id
-from durable_server.store.objects import Changes, StateStore
-from durable_server.store.waking import AlreadyCompleted, Waker
-from durable_server.worker.encoding import encode_bounded
-from durable_server.worker.waits import StepFuture
 
 S = types_pb2
 Entry = storage_pb2.JournalRecord

@@ -14,8 +14,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 
-from durable.v1 import types_pb2
-from durable_server.store.records import (
+from durable._store.records import (
     MutationRefused,
     Record,
     RecordNotFound,
@@ -24,7 +23,8 @@ from durable_server.store.records import (
     is_terminal,
     now_ts,
 )
-from durable_server.worker.signals import ControlFlags
+from durable._worker.signals import ControlFlags
+from durable.v1 import types_pb2
 
 S = types_pb2
 

@@ -26,9 +26,9 @@ from nats.js import JetStreamContext
 from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
+from durable._store.config import EngineConfig
+from durable._store.ids import token
 from durable.internal.v1 import storage_pb2
-from durable_server.config import EngineConfig
-from durable_server.store.ids import token
 
 log = logging.getLogger("durable.objects")
 

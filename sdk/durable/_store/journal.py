@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
 
+from durable._store.config import EngineConfig
 from durable.internal.v1 import storage_pb2
-from durable_server.config import EngineConfig
 
 Entry = storage_pb2.JournalRecord
 

@@ -1,5 +1,5 @@
 """The worker runtime: hosts handlers and drives their invocations."""
 
-from durable_server.worker.runtime import Worker, connect_nats
+from durable._worker.runtime import Worker, connect_nats
 
 __all__ = ["Worker", "connect_nats"]

@@ -25,23 +25,23 @@ from nats.js import JetStreamContext
 from nats.js.errors import APIError, KeyNotFoundError, NoKeysError, NotFoundError
 from nats.js.kv import KeyValue
 
-from durable.errors import TerminalError
-from durable.internal.v1 import storage_pb2
-from durable.v1 import types_pb2
-from durable_server.completions import check_awakeable_step, check_promise_room
-from durable_server.config import EngineConfig
-from durable_server.limits import MAX_KEY_CHARS, text_problem
-from durable_server.store.ids import awakeable_id, workflow_run_id
-from durable_server.store.journal import Journal
-from durable_server.store.objects import KeyQueue
-from durable_server.store.records import (
+from durable._limits import MAX_KEY_CHARS, text_problem
+from durable._store.completions import check_awakeable_step, check_promise_room
+from durable._store.config import EngineConfig
+from durable._store.ids import awakeable_id, workflow_run_id
+from durable._store.journal import Journal
+from durable._store.objects import KeyQueue
+from durable._store.records import (
     MutationRefused,
     Record,
     RecordNotFound,
     RecordStore,
     is_terminal,
 )
-from durable_server.store.workqueue import WorkQueue
+from durable._store.workqueue import WorkQueue
+from durable.errors import TerminalError
+from durable.internal.v1 import storage_pb2
+from durable.v1 import types_pb2
 
 log = logging.getLogger("durable.waking")
 S = types_pb2

@@ -6,7 +6,7 @@ callee's id). The first time the handler awaits it, the worker looks for its com
 the clock for a timer, the stored resolution for an awakeable, the callee's final journal
 entry for a call. Found, the outcome is journaled as an AWAIT entry, so a replay reads it
 from the journal and never asks again; not found, the invocation suspends (see
-``durable_server.store.waking``).
+``durable._store.waking``).
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from durable._context import DurableFuture, Duration
+from durable._store.ids import token
+from durable._store.journal import Journal
+from durable._store.waking import Waker
 from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
-from durable_server.store.ids import token
-from durable_server.store.journal import Journal
-from durable_server.store.waking import Waker
 
 # A timer due this soon is waited out in the process instead of suspending for it.
 IN_PROCESS_WAIT = 1.0

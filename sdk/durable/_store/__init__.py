@@ -1,13 +1,14 @@
-"""The engine's store on JetStream: every module that knows JetStream (journal, records, work
-queue, object keys and state, wake-ups and timers, ids, stream provisioning), and the one
-place that opens them for the control plane and workers.
+"""The engine's store on JetStream: every module that reads or writes it (names in
+``config``, journal, records, work queue, object keys and state, wake-ups and timers, ids),
+and the one place that opens them for the control plane and workers.
 
 ``open_store`` is the composition root of storage: it builds, once per process, every store
 the engine keeps in JetStream (invocation records, journals, the work queue, object keys and
 their state, worker registrations) from one ``EngineConfig``, and hands them over as one
-``Store``. Only the control plane (``provision_first=True``) and ``durable setup`` create streams,
-the work consumer and buckets; a worker opens what exists, and until it does, waits for
-them (``patience.NotProvisioned``), so a worker needs no right to create or change streams.
+``Store``. It never creates anything: the streams, the work consumer and the buckets are
+provisioned by the control plane (``durable_server.provision``, at its start) or by
+``durable setup``. Until they exist, ``open_store`` raises ``patience.NotProvisioned`` (the
+caller waits and tries again), so a worker needs no right to create or change streams.
 
 What a worker does on NATS (the subjects its account needs; ``<p>`` is the prefix, ``<P>``
 its upper case):
@@ -35,19 +36,12 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
-from durable_server.config import EngineConfig
-from durable_server.patience import NotProvisioned
-from durable_server.store.journal import Journal
-from durable_server.store.objects import KeyQueue, StateStore
-from durable_server.store.records import RecordStore
-from durable_server.store.resources import (
-    ensure_resources,
-    invocations_kv,
-    locks_kv,
-    state_kv,
-    workers_kv,
-)
-from durable_server.store.workqueue import WorkQueue
+from durable._store.config import EngineConfig
+from durable._store.journal import Journal
+from durable._store.objects import KeyQueue, StateStore
+from durable._store.patience import NotProvisioned
+from durable._store.records import RecordStore
+from durable._store.workqueue import WorkQueue
 
 
 @dataclass(frozen=True)
@@ -65,26 +59,18 @@ class Store:
     work_ack_wait: float
 
 
-async def provision(nc: NATS, cfg: EngineConfig) -> None:
-    """Create whatever of the engine's streams, work consumer and buckets is missing."""
-    await ensure_resources(nc.jetstream(), cfg)
-
-
-async def open_store(nc: NATS, cfg: EngineConfig, *, provision_first: bool) -> Store:
-    """Open every store; with ``provision_first``, create what is missing first. Without,
-    ``NotProvisioned`` says something is missing yet (idempotent: tried again at start-up)."""
+async def open_store(nc: NATS, cfg: EngineConfig) -> Store:
+    """Open every store. ``NotProvisioned`` says something is missing yet (idempotent: the
+    caller tries again at start-up)."""
     js = nc.jetstream()
-    if provision_first:
-        await ensure_resources(js, cfg)
-    create = provision_first
     try:
         consumer = await js.consumer_info(cfg.work_stream, cfg.work_consumer)
         await js.stream_info(cfg.journal_stream)
         await js.stream_info(cfg.inbox_stream)
-        records_kv = await invocations_kv(js, cfg, create=create)
-        workers = await workers_kv(js, cfg, create=create)
-        keys = KeyQueue(js, cfg, await locks_kv(js, cfg, create=create))
-        state = StateStore(await state_kv(js, cfg, create=create), cfg.max_state_bytes)
+        records_kv = await open_bucket(js, cfg, cfg.invocations_bucket)
+        workers = await open_bucket(js, cfg, cfg.workers_bucket)
+        keys = KeyQueue(js, cfg, await open_bucket(js, cfg, cfg.locks_bucket))
+        state = StateStore(await open_bucket(js, cfg, cfg.state_bucket), cfg.max_state_bytes)
     except NotFoundError as err:
         raise NotProvisioned(
             f"the engine's streams and buckets (prefix {cfg.prefix!r}) do not exist yet: "
@@ -100,3 +86,14 @@ async def open_store(nc: NATS, cfg: EngineConfig, *, provision_first: bool) -> S
         workers=workers,
         work_ack_wait=consumer.config.ack_wait or cfg.ack_wait,
     )
+
+
+async def open_bucket(js: JetStreamContext, cfg: EngineConfig, name: str) -> KeyValue:
+    """An existing KV bucket (``NotFoundError`` if missing). On a replicated store the handle
+    reads through the stream's leader instead of direct gets: any replica answers a direct
+    get, possibly before it has the newest write, and the key locks and object state decide
+    what runs next (a stale lock read left a key's line stuck)."""
+    kv = await js.key_value(name)
+    if cfg.direct_reads:
+        return kv
+    return KeyValue(name=name, stream=f"KV_{name}", pre=f"$KV.{name}.", js=js, direct=False)

@@ -1,4 +1,6 @@
-"""Creates (idempotently) the streams, consumer and buckets the engine uses.
+"""Creates (idempotently) the streams, consumer and buckets the engine uses: only the control
+plane (at its start) and ``durable setup`` call this; workers open what exists
+(``durable._store.open_store``).
 
 - ``<P>_JOURNAL``: one append-only journal per invocation, its steps on ``<p>.journal.<id>.s``
   and the entry carrying its outcome on ``<p>.journal.<id>.f``; every entry is appended with
@@ -21,6 +23,7 @@
 
 from __future__ import annotations
 
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -33,9 +36,8 @@ from nats.js.api import (
     StreamConfig,
 )
 from nats.js.errors import BadRequestError, NotFoundError
-from nats.js.kv import KeyValue
 
-from durable_server.config import EngineConfig
+from durable._store.config import EngineConfig
 
 # Records hold an input and an output, each up to max_payload_bytes, plus metadata.
 _RECORD_OVERHEAD = 64 * 1024
@@ -117,10 +119,17 @@ async def ensure_resources(js: JetStreamContext, cfg: EngineConfig) -> None:
         if changed:
             await js.update_stream(info.config)
     await _ensure_work_consumer(js, cfg)
-    await invocations_kv(js, cfg)
-    await workers_kv(js, cfg)
-    await state_kv(js, cfg)
-    await locks_kv(js, cfg)
+    await _bucket(js, cfg, cfg.invocations_bucket, 2 * cfg.max_payload_bytes)
+    # A dead worker's entry ages out after a day, so a handler stays known (and Invoke keeps
+    # accepting it) across restarts and deploys, but not forever.
+    await _bucket(js, cfg, cfg.workers_bucket, ttl=24 * 3600.0)
+    await _bucket(js, cfg, cfg.state_bucket, cfg.max_state_bytes)
+    await _bucket(js, cfg, cfg.locks_bucket)
+
+
+async def provision(nc: NATS, cfg: EngineConfig) -> None:
+    """Create whatever of the engine's streams, work consumer and buckets is missing."""
+    await ensure_resources(nc.jetstream(), cfg)
 
 
 async def _ensure_work_consumer(js: JetStreamContext, cfg: EngineConfig) -> None:
@@ -151,26 +160,6 @@ async def _ensure_work_consumer(js: JetStreamContext, cfg: EngineConfig) -> None
     )
 
 
-async def invocations_kv(
-    js: JetStreamContext, cfg: EngineConfig, *, create: bool = True
-) -> KeyValue:
-    return await _bucket(js, cfg, cfg.invocations_bucket, 2 * cfg.max_payload_bytes, create=create)
-
-
-async def workers_kv(js: JetStreamContext, cfg: EngineConfig, *, create: bool = True) -> KeyValue:
-    # A dead worker's entry ages out after a day, so a handler stays known (and Invoke keeps
-    # accepting it) across restarts and deploys, but not forever.
-    return await _bucket(js, cfg, cfg.workers_bucket, ttl=24 * 3600.0, create=create)
-
-
-async def state_kv(js: JetStreamContext, cfg: EngineConfig, *, create: bool = True) -> KeyValue:
-    return await _bucket(js, cfg, cfg.state_bucket, cfg.max_state_bytes, create=create)
-
-
-async def locks_kv(js: JetStreamContext, cfg: EngineConfig, *, create: bool = True) -> KeyValue:
-    return await _bucket(js, cfg, cfg.locks_bucket, create=create)
-
-
 async def _bucket(
     js: JetStreamContext,
     cfg: EngineConfig,
@@ -178,43 +167,22 @@ async def _bucket(
     payload_bytes: int | None = None,
     *,
     ttl: float | None = None,
-    create: bool = True,
-) -> KeyValue:
+) -> None:
     """A file-backed KV bucket of one revision per key, direct gets on; values bounded by
-    ``payload_bytes`` plus room for the message around them. Created when missing only with
-    ``create`` (the control plane provisions; a worker opens what exists).
-
-    On a replicated store the handle reads through the stream's leader instead: any replica
-    answers a direct get, possibly before it has the newest write, and the key locks and
-    object state decide what runs next (a stale lock read left a key's line stuck).
-    """
-    if not create:
-        kv = await js.key_value(name)  # NotFoundError: not provisioned yet
-    else:
-        kv = await _kv(
-            js,
-            KeyValueConfig(
-                bucket=name,
-                history=1,
-                ttl=ttl,
-                storage=StorageType.FILE,
-                replicas=cfg.replicas,
-                max_value_size=(
-                    payload_bytes + _RECORD_OVERHEAD if payload_bytes is not None else -1
-                ),
-                direct=True,
-            ),
-        )
-    if cfg.direct_reads:
-        return kv
-    return KeyValue(name=name, stream=f"KV_{name}", pre=f"$KV.{name}.", js=js, direct=False)
-
-
-async def _kv(js: JetStreamContext, kvc: KeyValueConfig) -> KeyValue:
+    ``payload_bytes`` plus room for the message around them."""
+    kvc = KeyValueConfig(
+        bucket=name,
+        history=1,
+        ttl=ttl,
+        storage=StorageType.FILE,
+        replicas=cfg.replicas,
+        max_value_size=payload_bytes + _RECORD_OVERHEAD if payload_bytes is not None else -1,
+        direct=True,
+    )
     try:
-        return await js.key_value(kvc.bucket)
+        await js.key_value(kvc.bucket)
     except NotFoundError:
         try:
-            return await js.create_key_value(kvc)
+            await js.create_key_value(kvc)
         except BadRequestError:
-            return await js.key_value(kvc.bucket)
+            await js.key_value(kvc.bucket)  # another process created it first
