@@ -10,10 +10,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 # Dependencies and package first, so edits to examples/ do not reinstall everything.
-COPY pyproject.toml README* ./
 COPY sdk ./sdk
 COPY server ./server
-RUN pip install .
+RUN pip install './sdk[worker]' ./server
 
 # Handler modules for `durable worker --module examples.hello` (not part of the package).
 COPY examples ./examples

@@ -46,9 +46,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# Reinstalls only when pyproject.toml changes (or the venv is new).
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+# Reinstalls only when a pyproject.toml changes (or the venv is new). Both distributions,
+# editable: sdk/ (durable-nats, with its worker extra) and server/ (durable-nats-server),
+# plus the repository's dev tools (pyproject.toml's dependency group, pip >= 25.1).
+$(STAMP): pyproject.toml sdk/pyproject.toml server/pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e './sdk[worker]' -e ./server --group dev
 	@touch $@
 
 venv: $(STAMP) ## Create .venv and install the project with dev extras (alias: setup)

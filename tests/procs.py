@@ -46,6 +46,8 @@ class EngineProc:
         self.args = args
         self.log_dir = log_dir
         self.env = env
+        #: The program run with ``args``: the repository venv's ``durable`` unless changed.
+        self.command = [str(DURABLE)]
         self.proc: subprocess.Popen[bytes] | None = None
         self.runs = 0
         self.log_path = log_dir / f"{name}.0.log"
@@ -74,7 +76,7 @@ class EngineProc:
         self.runs += 1
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                [str(DURABLE), *self.args],
+                [*self.command, *self.args],
                 cwd=REPO,
                 env=self.env,
                 stdin=subprocess.DEVNULL,

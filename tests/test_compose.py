@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 import yaml
 
+from durable.contract import load_modules
 from durable_server import cli
 from durable_server.natsd import find_nats_server
-from durable_server.process import DEFAULT_MODULES, load_modules
+from durable_server.process import DEFAULT_MODULES
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE = REPO / "docker-compose.yml"
@@ -86,4 +87,5 @@ def test_the_nats_nodes_get_a_config_nats_server_accepts() -> None:
 def test_the_image_ships_the_examples_and_the_cli() -> None:
     dockerfile = (REPO / "Dockerfile").read_text()
     assert "COPY examples ./examples" in dockerfile
-    assert "pip install ." in dockerfile
+    # Both distributions: the engine, and the sdk with the worker extra it hosts handlers with.
+    assert "pip install './sdk[worker]' ./server" in dockerfile

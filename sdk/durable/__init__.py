@@ -3,7 +3,12 @@
 stopped without running a completed step again.
 
 The public surface is exactly ``__all__``; everything else lives in ``_private`` modules.
+Importing this package loads no NATS code: ``NatsChannel`` and ``NatsServer`` (gRPC over
+NATS, which need the ``durable-nats[worker]`` extra) are imported on first use, so a program
+that only invokes handlers installs grpcio and protobuf and nothing else.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from durable._client import Client, InvocationHandle
 from durable._context import (
@@ -17,7 +22,6 @@ from durable._context import (
 )
 from durable._handlers import Service, VirtualObject, Workflow
 from durable._retry import RetryPolicy
-from durable._rpc import NatsChannel, NatsServer
 from durable.errors import (
     AlreadyExistsError,
     CancelledError,
@@ -68,3 +72,16 @@ __all__ = [
     "WorkflowContext",
     "WorkflowSharedContext",
 ]
+
+if TYPE_CHECKING:
+    from durable._rpc import NatsChannel, NatsServer
+
+_ON_FIRST_USE = {"NatsChannel", "NatsServer"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ON_FIRST_USE:
+        from durable import _rpc
+
+        return getattr(_rpc, name)
+    raise AttributeError(f"module 'durable' has no attribute {name!r}")

@@ -17,15 +17,19 @@ from typing import Any
 import grpc
 import grpc.aio
 from google.protobuf.message import DecodeError
-from google.rpc import error_details_pb2, status_pb2
 
 from durable.errors import RPCError
+from durable.internal.v1.rpc_status_pb2 import RpcErrorInfo, RpcRetryInfo, RpcStatus
 
 #: Longest pause between two sends, whatever the server suggests.
 MAX_PAUSE = 2.0
 FIRST_PAUSE = 0.1
 
 _DETAILS_KEY = "grpc-status-details-bin"
+# The details are read by type URL into wire-compatible copies of google.rpc's messages
+# (proto/durable/internal/v1/rpc_status.proto), so the client needs no googleapis package.
+_ERROR_INFO = "google.rpc.ErrorInfo"
+_RETRY_INFO = "google.rpc.RetryInfo"
 
 
 @dataclass(frozen=True)
@@ -43,19 +47,19 @@ def status_details(err: grpc.aio.AioRpcError) -> StatusDetails:
     for key, value in pairs:
         if key != _DETAILS_KEY or not isinstance(value, bytes):
             continue
-        status = status_pb2.Status()
+        reason, metadata, delay = "", {}, None
         try:
-            status.ParseFromString(value)
+            status = RpcStatus.FromString(value)
+            for detail in status.details:
+                kind = detail.type_url.rpartition("/")[2]
+                if kind == _ERROR_INFO:
+                    info = RpcErrorInfo.FromString(detail.value)
+                    reason, metadata = info.reason, dict(info.metadata)
+                elif kind == _RETRY_INFO:
+                    retry = RpcRetryInfo.FromString(detail.value)
+                    delay = float(retry.retry_delay.ToTimedelta().total_seconds())
         except DecodeError:
             return StatusDetails()
-        reason, metadata, delay = "", {}, None
-        for detail in status.details:
-            info = error_details_pb2.ErrorInfo()
-            retry = error_details_pb2.RetryInfo()
-            if detail.Is(info.DESCRIPTOR) and detail.Unpack(info):
-                reason, metadata = info.reason, dict(info.metadata)
-            elif detail.Is(retry.DESCRIPTOR) and detail.Unpack(retry):
-                delay = float(retry.retry_delay.ToTimedelta().total_seconds())
         return StatusDetails(reason, metadata, delay)
     return StatusDetails()
 

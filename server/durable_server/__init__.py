@@ -1,7 +1,6 @@
 """The durable execution engine: control plane, worker runtime and embedded nats-server."""
 
-from durable._store.config import EngineConfig
-from durable._worker.runtime import Worker
+from durable.contract import EngineConfig, Worker
 from durable_server.control.server import ControlServer
 from durable_server.natsd import EmbeddedNats
 

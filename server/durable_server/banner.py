@@ -16,9 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from durable._client import DEFAULT_TARGET
-from durable._handlers import HandlerDef
-from durable._serde import is_message_type, json_schema
+from durable.contract import DEFAULT_TARGET, HandlerDef, is_message_type, json_schema
 from durable.v1 import types_pb2
 
 #: Handlers shown first when hosted (the tour's), then the others in name order.

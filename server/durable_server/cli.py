@@ -35,7 +35,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn
 
-from durable._client import DEFAULT_TARGET, Client, is_terminal, parse_status, status_name
+from durable.contract import DEFAULT_TARGET, Client, is_terminal, parse_status, status_name
 from durable.errors import DurableError, InvocationFailedError, ResultTimeoutError, RPCError
 from durable.v1 import control_pb2, types_pb2
 from durable_server._tables import format_fields

@@ -8,8 +8,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from durable._client import Client, status_name
-from durable._payloads import to_payload
+from durable.contract import Client, status_name, to_payload
 from durable.v1 import control_pb2, types_pb2
 from durable_server._tables import format_table
 from durable_server.cli_render import json_arg, print_json, report

@@ -15,8 +15,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from durable._client import Client, is_terminal, status_name
-from durable._payloads import preview, value_to_json_bytes
+from durable.contract import Client, is_terminal, preview, status_name, value_to_json_bytes
 from durable.v1 import control_pb2, types_pb2
 from durable_server._tables import format_fields
 

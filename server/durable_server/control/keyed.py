@@ -11,19 +11,22 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from durable._limits import MAX_KEY_CHARS, MAX_NAME_CHARS, quote
-from durable._store.completions import TooManyPromises
-from durable._store.ids import token, workflow_run_id
-from durable._store.journal import JournalFenced
-from durable._store.objects import StateTooLarge
-from durable._store.records import (
+from durable.contract import (
+    MAX_KEY_CHARS,
+    MAX_NAME_CHARS,
+    AlreadyCompleted,
+    JournalFenced,
     MutationRefused,
     Record,
     RecordNotFound,
+    StateTooLarge,
+    TooManyPromises,
     is_terminal,
+    quote,
     status_name,
+    token,
+    workflow_run_id,
 )
-from durable._store.waking import AlreadyCompleted
 from durable.internal.v1 import storage_pb2
 from durable.v1 import control_pb2, errors_pb2, types_pb2
 from durable_server.control.validation import (

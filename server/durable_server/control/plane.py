@@ -20,28 +20,30 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from durable._limits import MAX_IDEMPOTENCY_KEY_CHARS, MAX_KEY_CHARS, quote
-from durable._store import open_store
-from durable._store.completions import NotAnAwakeable, TooFarAhead
-from durable._store.config import EngineConfig
-from durable._store.ids import (
-    idempotent_invocation_id,
-    new_invocation_id,
-    parse_awakeable_id,
-    workflow_run_id,
-)
-from durable._store.journal import LoadedJournal
-from durable._store.patience import at_start_up
-from durable._store.records import (
+from durable.contract import (
+    MAX_IDEMPOTENCY_KEY_CHARS,
+    MAX_KEY_CHARS,
+    AlreadyCompleted,
+    EngineConfig,
+    LoadedJournal,
     MutationRefused,
+    NotAnAwakeable,
     Record,
     RecordNotFound,
+    TooFarAhead,
     Versioned,
+    Waker,
+    at_start_up,
+    idempotent_invocation_id,
     is_terminal,
+    new_invocation_id,
     now_ts,
+    open_store,
+    parse_awakeable_id,
+    quote,
     status_name,
+    workflow_run_id,
 )
-from durable._store.waking import AlreadyCompleted, Waker
 from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
 from durable_server.control.catalog import HandlerCatalog, closest_names

@@ -12,8 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from nats.aio.client import Client as NATS
 
-from durable._store.config import EngineConfig
-from durable._worker.runtime import connect_nats
+from durable.contract import EngineConfig, connect_nats
 from durable.v1 import control_pb2, control_pb2_grpc
 from durable_server.control.errors import RequestBodyCheck
 from durable_server.control.plane import ControlPlane

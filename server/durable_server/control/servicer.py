@@ -14,9 +14,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
-from durable._limits import DEFAULT_PAGE_SIZE, MAX_KEY_CHARS, MAX_PAGE_SIZE
-from durable._store import patience
-from durable._store.records import Record
+from durable.contract import DEFAULT_PAGE_SIZE, MAX_KEY_CHARS, MAX_PAGE_SIZE, Record, patience
 from durable.internal.v1 import storage_pb2
 from durable.v1 import control_pb2, control_pb2_grpc, types_pb2
 from durable_server.control.errors import (

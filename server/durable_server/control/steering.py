@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import TypeAlias
 
-from durable._store.records import MutationRefused, Record, is_terminal, status_name
+from durable.contract import MutationRefused, Record, is_terminal, status_name
 from durable.v1 import errors_pb2, types_pb2
 
 S = types_pb2

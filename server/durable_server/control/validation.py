@@ -13,17 +13,19 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, st
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 
-from durable import _jsonrules, _serde
-from durable._limits import (
+from durable.contract import (
     MAX_CONTENT_TYPE_CHARS,
     MAX_PAGE_TOKEN_CHARS,
     MAX_REASON_BYTES,
+    from_value,
+    is_valid_invocation_id,
+    json_rules,
     quote,
+    serde,
     text_problem,
+    to_value,
 )
-from durable._payloads import from_value, to_value
-from durable._serde import json_type as _json_type
-from durable._store.ids import is_valid_invocation_id
+from durable.contract import json_type as _json_type
 from durable.v1 import errors_pb2, types_pb2
 from durable_server.control.index import Cursor
 
@@ -137,22 +139,22 @@ def payload_to_stored(payload: types_pb2.Payload, limit: int, what: str) -> tupl
             value = from_value(payload.json)
         except RecursionError:
             raise invalid(
-                str(_jsonrules.too_deep(what)), E.ERROR_REASON_PAYLOAD_INVALID, field=what
+                str(json_rules.too_deep(what)), E.ERROR_REASON_PAYLOAD_INVALID, field=what
             ) from None
         try:
-            _jsonrules.check(value, what)
-        except _jsonrules.JsonRuleError as err:
+            json_rules.check(value, what)
+        except json_rules.JsonRuleError as err:
             raise invalid(str(err), E.ERROR_REASON_PAYLOAD_INVALID, field=what) from None
         data = json.dumps(
             value, ensure_ascii=False, separators=(",", ":"), allow_nan=False, sort_keys=True
         ).encode()
-        content_type = _serde.JSON
+        content_type = serde.JSON
     elif kind == "data":
         data = payload.data
-        content_type = payload.content_type or _serde.OCTET_STREAM
+        content_type = payload.content_type or serde.OCTET_STREAM
         check_text(f"the content_type of {what}", content_type, MAX_CONTENT_TYPE_CHARS)
     else:
-        data, content_type = b"null", _serde.JSON
+        data, content_type = b"null", serde.JSON
     if len(data) > limit:
         raise RequestError(
             f"{what} is {_human_size(len(data))}; the limit is {_human_size(limit)} "
@@ -161,10 +163,10 @@ def payload_to_stored(payload: types_pb2.Payload, limit: int, what: str) -> tupl
             field=what,
             limit_bytes=str(limit),
         )
-    if kind == "data" and content_type == _serde.JSON:
+    if kind == "data" and content_type == serde.JSON:
         try:
-            _jsonrules.parse(data, what)
-        except _jsonrules.JsonRuleError as err:
+            json_rules.parse(data, what)
+        except json_rules.JsonRuleError as err:
             raise invalid(
                 f"{err} (data with content_type application/json)",
                 E.ERROR_REASON_PAYLOAD_INVALID,
@@ -179,7 +181,7 @@ def stored_to_payload(data: bytes, content_type: str) -> types_pb2.Payload:
     than protobuf clients read) stays bytes with content type ``application/json``, and so
     does anything stored as JSON that does not parse (written by older versions): a read
     never alters a value, and never fails on one."""
-    if content_type == _serde.JSON:
+    if content_type == serde.JSON:
         value = _exact_value(data)
         if value is not None:
             return types_pb2.Payload(json=value)
@@ -191,7 +193,7 @@ def _exact_value(data: bytes) -> struct_pb2.Value | None:
         return struct_pb2.Value(null_value=struct_pb2.NULL_VALUE)
     try:
         value = json.loads(data)
-        _jsonrules.check(value, "value")
+        json_rules.check(value, "value")
         return to_value(value)  # refuses integers a double cannot hold exactly
     except (ValueError, TypeError, RecursionError):
         return None
@@ -200,15 +202,15 @@ def _exact_value(data: bytes) -> struct_pb2.Value | None:
 def validate_input(handler: types_pb2.HandlerInfo, data: bytes, content_type: str) -> None:
     """Refuse input that the handler could not decode, before anything is stored."""
     if handler.input_message:
-        expected = _serde.PROTOBUF_PREFIX + handler.input_message
-        if content_type != expected and content_type != _serde.JSON:
+        expected = serde.PROTOBUF_PREFIX + handler.input_message
+        if content_type != expected and content_type != serde.JSON:
             raise invalid(
                 f"{handler.name} takes protobuf message {handler.input_message}; send it as "
                 f"bytes with content_type '{expected}' (got {quote(content_type)})",
                 E.ERROR_REASON_INPUT_INVALID,
                 handler=handler.name,
             )
-        if content_type == _serde.JSON and not isinstance(_json_or_none(data), dict):
+        if content_type == serde.JSON and not isinstance(_json_or_none(data), dict):
             raise invalid(
                 f"{handler.name} takes protobuf message {handler.input_message}: send its JSON "
                 f"form, an object such as {{}} (got {_json_kind(data)})",
@@ -219,7 +221,7 @@ def validate_input(handler: types_pb2.HandlerInfo, data: bytes, content_type: st
         if message_class is None:
             return  # the worker registered no descriptors; it checks the input itself
         try:
-            _serde.decode(data, content_type, message_class)
+            serde.decode(data, content_type, message_class)
         except (ValueError, TypeError, OverflowError) as err:  # DecodeFailure, and the
             # protobuf JSON parser's own errors on odd input
             raise invalid(
@@ -229,7 +231,7 @@ def validate_input(handler: types_pb2.HandlerInfo, data: bytes, content_type: st
                 handler=handler.name,
             ) from None
         return
-    if content_type != _serde.JSON:
+    if content_type != serde.JSON:
         if handler.input_schema:
             raise invalid(
                 f"{handler.name} takes JSON ({handler.input_type}); got content_type "

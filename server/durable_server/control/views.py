@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from durable._store.journal import LoadedJournal
-from durable._store.records import is_terminal
+from durable.contract import LoadedJournal, is_terminal
 from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
 from durable_server.control.validation import stored_to_payload

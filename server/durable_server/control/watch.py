@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from durable._store.records import Record, is_terminal
+from durable.contract import Record, is_terminal
 from durable.internal.v1 import storage_pb2
 from durable.v1 import control_pb2, types_pb2
 from durable_server.control.plane import ControlPlane

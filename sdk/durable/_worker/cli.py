@@ -1,0 +1,196 @@
+"""``durable-worker``: run a worker hosting handler modules, from the sdk alone.
+
+The engine's CLI (``durable worker``, ``durable dev``, ``durable server --module``) runs the
+same worker with the same flags, through ``durable.contract``; this module is where those
+flags, the module loader and the process's run loop live, so a deployment that installs only
+``durable-nats[worker]`` runs workers with the same command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from durable._handlers import Service
+from durable._store.config import EngineConfig
+from durable._worker.rpc import parse_endpoints
+from durable._worker.runtime import Servicer, Worker
+
+
+def load_modules(modules: list[str]) -> tuple[list[Service], list[Servicer]]:
+    """Import each module; collect the Services (and VirtualObjects, Workflows) defined at
+    its top level, and the gRPC servicers it lists in ``GRPC_SERVICERS`` as
+    ``(add_<Service>Servicer_to_server, servicer)`` pairs, which the worker serves on NATS."""
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    services: list[Service] = []
+    servicers: list[Servicer] = []
+    for name in modules:
+        module = importlib.import_module(name)
+        found = [v for v in vars(module).values() if isinstance(v, Service)]
+        listed = list(getattr(module, "GRPC_SERVICERS", ()))
+        if not found and not listed:
+            raise SystemExit(f"error: module {name} defines no durable Service or GRPC_SERVICERS")
+        services.extend(found)
+        servicers.extend(listed)
+    return services, servicers
+
+
+def engine_config(args: argparse.Namespace, nats_url: str | None = None) -> EngineConfig:
+    return EngineConfig(
+        nats_url=nats_url or args.nats,
+        prefix=args.prefix,
+        replicas=args.replicas,
+        ack_wait=args.ack_wait,
+        max_payload_bytes=args.max_payload_bytes,
+        max_state_bytes=args.max_state_bytes,
+        retention=args.retention,
+        # Control-plane settings: a worker has no such flags.
+        max_waiters=getattr(args, "max_waiters", EngineConfig.max_waiters),
+        max_wait=getattr(args, "max_wait", EngineConfig.max_wait),
+    )
+
+
+def add_engine_flags(p: argparse.ArgumentParser, *, with_nats: bool = True) -> None:
+    if with_nats:
+        p.add_argument(
+            "--nats",
+            default="nats://127.0.0.1:4222",
+            help="NATS URL, or a comma-separated list for a cluster",
+        )
+    p.add_argument("--prefix", default="durable", help="namespace of streams and buckets")
+    p.add_argument("--replicas", type=int, default=1, help="JetStream replicas; 3 on a cluster")
+    p.add_argument(
+        "--ack-wait", type=float, default=30.0, help="seconds before a silent worker's work moves"
+    )
+    p.add_argument(
+        "--max-payload-bytes", type=int, default=1024 * 1024, help="largest input/output"
+    )
+    p.add_argument(
+        "--max-state-bytes",
+        type=int,
+        default=4 * 1024 * 1024,
+        help="largest state of one object key or workflow id",
+    )
+    p.add_argument(
+        "--retention",
+        type=float,
+        default=7 * 24 * 3600.0,
+        help="seconds an ended invocation is kept before it is purged; 0 keeps it forever",
+    )
+    p.add_argument(
+        "--grpc-endpoint",
+        action="append",
+        metavar="SERVICE=ADDRESS",
+        help="call this gRPC service at a plain gRPC address instead of over NATS "
+        "(repeatable; e.g. examples.v1.HelloService=localhost:9000)",
+    )
+    p.add_argument(
+        "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (Python logging)"
+    )
+
+
+class ShowDefaults(argparse.HelpFormatter):
+    """``--help`` names every flag's default, except where there is none to name (None,
+    False), so nobody has to read the source to learn what an omitted flag means."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            "%(default)" in text
+            or default in (None, False, argparse.SUPPRESS)
+            or not action.option_strings
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def add_worker_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of a worker process: its modules, slots, id and the engine's."""
+    p.add_argument("--module", action="append", required=True, help="module with handlers")
+    p.add_argument("--slots", type=int, default=64, help="concurrent invocations")
+    p.add_argument("--worker-id", default=None, help="stable id (default: random)")
+    add_engine_flags(p)
+
+
+def run(main: Coroutine[Any, Any, None], args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if os.environ.get("DURABLE_EVENT_LOOP", "uvloop") == "uvloop":
+            # libuv's loop costs noticeably less CPU per message than asyncio's own; the
+            # engine is I/O-bound Python, so that is throughput. DURABLE_EVENT_LOOP=asyncio
+            # opts out.
+            import uvloop
+
+            uvloop.run(main)
+        else:
+            asyncio.run(main)
+    except KeyboardInterrupt:
+        pass
+    except ConnectionError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def run_worker(args: argparse.Namespace) -> None:
+    services, servicers = load_modules(args.module)
+    async with Worker(
+        engine_config(args),
+        services,
+        slots=args.slots,
+        worker_id=args.worker_id,
+        servicers=servicers,
+        grpc_endpoints=grpc_endpoints(args),
+    ) as w:
+        print(f"durable worker {w.worker_id}: {handler_names(w)}", flush=True)
+        await until_signalled()
+
+
+def grpc_endpoints(args: argparse.Namespace) -> dict[str, str]:
+    try:
+        return parse_endpoints(args.grpc_endpoint or [])
+    except ValueError as err:
+        raise SystemExit(f"error: --grpc-endpoint {err}") from None
+
+
+def handler_names(worker: Worker) -> str:
+    return ", ".join(h.full_name for h in worker.registry)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``durable-worker``."""
+    parser = argparse.ArgumentParser(
+        prog="durable-worker",
+        description="Run a worker that hosts the handlers of the given modules.",
+        formatter_class=ShowDefaults,
+    )
+    add_worker_flags(parser)
+    args = parser.parse_args(argv)
+    return run(run_worker(args), args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
