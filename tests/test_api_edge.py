@@ -540,7 +540,7 @@ async def test_server_bugs_are_internal_with_an_error_id_and_no_internals(
     async def broken(invocation_id: str) -> Any:
         raise RuntimeError("secret internals of <object at 0x7f>")
 
-    monkeypatch.setattr(plane, "load_journal", broken)
+    monkeypatch.setattr(plane.invocations, "load_journal", broken)
 
     async def watch() -> None:
         async for _ in stub.WatchWorkflow(C.WatchWorkflowRequest(invocation_id=parked)):

@@ -96,3 +96,43 @@ def test_nats_channel_and_server_load_on_first_use() -> None:
     from durable import NatsChannel, NatsServer
 
     assert NatsChannel.__module__ == NatsServer.__module__ == "durable._rpc"
+
+
+def _module_name(path: Path, root: Path, package: str) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join([package, *parts])
+
+
+def test_the_engine_and_the_sdk_have_no_import_cycles() -> None:
+    """Also none hidden behind ``TYPE_CHECKING``: each module depends on what it names."""
+    graph: dict[str, set[str]] = {}
+    for root, package in ((SERVER, "durable_server"), (SDK, "durable")):
+        for path in _sources(root):
+            name = _module_name(path, root, package)
+            graph[name] = {m for _, m in _imports(path) if m.split(".")[0] == package}
+    modules = set(graph)
+    for name in graph:
+        graph[name] = {m for m in graph[name] if m in modules and m != name}
+    # A package's __init__ that re-exports its modules is not a cycle of its modules.
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in graph[node]:
+            if nxt.startswith(node + "."):
+                continue
+            if state.get(nxt) == 1:
+                cycle = [*stack[stack.index(nxt) :], nxt]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name)

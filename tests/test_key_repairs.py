@@ -56,7 +56,7 @@ async def _accepted_record(plane: ControlPlane, key: str, idem: str, n: int) -> 
         updated_at=now,
         generation=1,
     )
-    assert await plane.records.create(record) is not None
+    assert await plane.store.records.create(record) is not None
     return record.id
 
 
@@ -117,6 +117,6 @@ async def test_reconciler_passes_on_a_key_its_ended_holder_kept(
     waiting = await _accepted_record(plane, key, "w", 4)
     await _publish_inbox(plane, key, waiting)
     lock = storage_pb2.KeyLock(holder=done.id, inbox_seq=1)
-    await plane.keys._locks.create(lock_key("tally", key), lock.SerializeToString())
+    await plane.store.keys._locks.create(lock_key("tally", key), lock.SerializeToString())
 
     assert await engine.client.result(waiting, timeout=30) == 5

@@ -106,11 +106,11 @@ async def test_timer_wake_up_repairs_a_waker_that_died_before_enqueueing(
     handle = await engine.client.start("lost/nap", tag)
     await wait_status(engine, handle.id, S.INVOCATION_STATUS_SUSPENDED)
     async with _dead_queue(engine) as dead:
-        dying = Waker(plane.nc.jetstream(), engine.config, plane.records, dead)
+        dying = Waker(plane.nc.jetstream(), engine.config, plane.store.records, dead)
         with pytest.raises(ConnectionClosedError):
             await dying.wake(handle.id, "completed")
-    record = (await plane.records.get(handle.id)).record
-    item = await plane.work.latest_item(handle.id)
+    record = (await plane.store.records.get(handle.id)).record
+    item = await plane.store.work.latest_item(handle.id)
     assert record.status == S.INVOCATION_STATUS_PENDING
     assert item is not None and item.generation < record.generation
 
@@ -140,7 +140,7 @@ async def test_a_wake_up_that_failed_to_enqueue_is_tried_again_soon(
             await wait_status(engine, handle.id, S.INVOCATION_STATUS_PENDING, timeout=10)
         finally:
             waker._work = queue
-    item = await plane.work.latest_item(handle.id)
+    item = await plane.store.work.latest_item(handle.id)
     assert item is not None and item.reason != "timer"
     assert await handle.result(timeout=10) == tag
 
@@ -159,7 +159,7 @@ async def test_repeated_resolve_repairs_a_lost_wake_up(engine_factory: EngineFac
     resolution.value.data = b'"yes"'
     resolution.value.content_type = "application/json"
     async with _dead_queue(engine) as dead:
-        dying = Waker(plane.nc.jetstream(), engine.config, plane.records, dead)
+        dying = Waker(plane.nc.jetstream(), engine.config, plane.store.records, dead)
         with pytest.raises(ConnectionClosedError):
             await dying.complete_awakeable(handle.id, index, resolution)
 
@@ -188,7 +188,7 @@ async def test_repeated_idempotent_invoke_enqueues_what_the_first_did_not(
         updated_at=now,
         generation=1,
     )
-    assert await plane.records.create(record) is not None
+    assert await plane.store.records.create(record) is not None
 
     again = await engine.client.invoke("lost/counted", tag, idempotency_key=key)
     assert again.already_existed and again.id == record.id
@@ -210,15 +210,19 @@ async def test_repeated_steering_enqueues_what_the_first_did_not(
     await engine.client.pause(handle.id)
     GATES.setdefault(tag, asyncio.Event()).set()
     await wait_status(engine, handle.id, S.INVOCATION_STATUS_PAUSED)
-    queue = plane.work
+    queue = plane.steering._work
     async with _dead_queue(engine) as dead:
-        plane.work = dead
+        plane.steering._work = dead
         try:
             with pytest.raises(ConnectionClosedError):
-                await (plane.cancel(handle.id, "") if call == "cancel" else plane.resume(handle.id))
+                await (
+                    plane.steering.cancel(handle.id, "")
+                    if call == "cancel"
+                    else plane.steering.resume(handle.id)
+                )
         finally:
-            plane.work = queue
-    assert (await plane.records.get(handle.id)).record.status == S.INVOCATION_STATUS_PENDING
+            plane.steering._work = queue
+    assert (await plane.store.records.get(handle.id)).record.status == S.INVOCATION_STATUS_PENDING
 
     retry = engine.client.cancel if call == "cancel" else engine.client.resume
     with pytest.raises(FailedPreconditionError):

@@ -153,15 +153,15 @@ async def test_a_record_written_as_the_purge_runs_does_not_run_it_again(
         generation=1,
     )
     invocation_id = initial.id
-    await plane.work.enqueue(invocation_id, 1, "invoke", initial=initial)
+    await plane.store.work.enqueue(invocation_id, 1, "invoke", initial=initial)
     # As left by a worker that journaled the outcome and died before writing the record.
     final = storage_pb2.JournalRecord(index=0, worker_id="dead", attempt=1)
     final.final.status = S.INVOCATION_STATUS_COMPLETED
-    await plane.journal.append(invocation_id, final, 0)
-    late = await plane.work.fresh_record(invocation_id)  # what get_record writes
+    await plane.store.journal.append(invocation_id, final, 0)
+    late = await plane.store.work.fresh_record(invocation_id)  # what get_record writes
     assert late is not None
 
-    purge_record = plane.records.purge
+    purge_record = plane.store.records.purge
     at_record, release = asyncio.Event(), asyncio.Event()
 
     async def held_purge(target: str) -> None:
@@ -169,11 +169,11 @@ async def test_a_record_written_as_the_purge_runs_does_not_run_it_again(
         await release.wait()
         await purge_record(target)
 
-    plane.records.purge = held_purge  # type: ignore[method-assign]
+    plane.store.records.purge = held_purge  # type: ignore[method-assign]
     purging = asyncio.create_task(plane.keyed.purge(invocation_id))
     await asyncio.wait_for(at_record.wait(), 10)
-    assert await plane.records.create(late) is not None
-    await plane.work.enqueue_record(late, "operator")
+    assert await plane.store.records.create(late) is not None
+    await plane.store.work.enqueue_record(late, "operator")
 
     second = Worker(engine.config, [gone], worker_id=f"second-{tag}")
     await second.start()
@@ -231,5 +231,5 @@ async def test_a_replay_does_not_start_a_purged_callee_again(
     assert await waker.start(callee()) == started  # the replay
     # Nothing was written that could run it: no record, no work item.
     await _not_found(engine, started)
-    assert await plane.work.latest_item(started) is None
+    assert await plane.store.work.latest_item(started) is None
     assert EFFECTS[tag] == 1

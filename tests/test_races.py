@@ -205,7 +205,7 @@ async def _after_delayed_writers(engine: LocalEngine) -> None:
     asyncio.get_running_loop().call_later(engine.config.pending_record_after, fired.set)
     await fired.wait()
     while True:  # the PENDING-record writes those timers started
-        if not plane._background:
+        if not plane.invocations.pending_writes:
             break
         await asyncio.sleep(0.01)
     # A record with no work item: the reconciler's next round enqueues one for it.
@@ -219,9 +219,9 @@ async def _after_delayed_writers(engine: LocalEngine) -> None:
         updated_at=now,
         generation=1,
     )
-    assert await plane.records.create(record) is not None
+    assert await plane.store.records.create(record) is not None
     deadline = time.monotonic() + 20
-    while await plane.work.latest_item(record.id) is None:
+    while await plane.store.work.latest_item(record.id) is None:
         assert time.monotonic() < deadline, "the reconciler never ran"
         await asyncio.sleep(0.02)
 

@@ -56,14 +56,14 @@ async def test_record_without_its_work_item_is_enqueued_again(
     # As left by a control plane that died after writing the record of a Resume (gen 2)
     # but before enqueueing its item: the newest item is the older generation's.
     record = _pending_record(tag, generation=2)
-    await plane.work.enqueue(record.id, 1, "invoke")
+    await plane.store.work.enqueue(record.id, 1, "invoke")
     # Let a worker take (and ack) that stale generation-1 item before the record exists.
     await asyncio.sleep(0.3)
-    assert await plane.records.create(record) is not None
+    assert await plane.store.records.create(record) is not None
 
     assert await engine.client.result(record.id, timeout=10) == f"{tag}-done"
     assert RUNS[tag] == 1
-    item = await plane.work.latest_item(record.id)
+    item = await plane.store.work.latest_item(record.id)
     assert item is not None and item.generation == 2 and item.reason == "reconcile"
 
 
@@ -76,10 +76,10 @@ async def test_queued_item_of_the_records_generation_is_left_alone(
     assert plane is not None
     await engine.worker.stop()  # nobody takes the item: it stays queued
     record = _pending_record(uuid.uuid4().hex[:8], generation=1)
-    assert await plane.records.create(record) is not None
-    await plane.work.enqueue(record.id, 1, "invoke")
+    assert await plane.store.records.create(record) is not None
+    await plane.store.work.enqueue(record.id, 1, "invoke")
     await asyncio.sleep(1.0)  # several reconcile rounds
-    item = await plane.work.latest_item(record.id)
+    item = await plane.store.work.latest_item(record.id)
     assert item is not None and item.generation == 1 and item.reason == "invoke"
 
 
@@ -95,6 +95,6 @@ async def test_scheduled_start_whose_schedule_was_lost_is_enqueued(
     record = _pending_record(tag, generation=1)
     record.status = S.INVOCATION_STATUS_SCHEDULED
     record.scheduled_at.FromNanoseconds(now_ts().ToNanoseconds() - 10**9)
-    assert await plane.records.create(record) is not None
+    assert await plane.store.records.create(record) is not None
     assert await engine.client.result(record.id, timeout=10) == f"{tag}-done"
     assert RUNS[tag] == 1

@@ -366,11 +366,12 @@ class Client:
             return await handle.result(timeout)
         return await handle.result(timeout, result_type=result_type)
 
-    async def _await_result(
-        self, invocation_id: str, timeout: float | None
+    async def await_result(
+        self, invocation_id: str, timeout: float | None = None
     ) -> control_pb2.AwaitResultResponse:
-        """Block on ``AwaitResult`` until the invocation ends; re-arm if the server answers
-        "not done" early (e.g. its own wait limit), up to ``timeout`` seconds."""
+        """Block on ``AwaitResult`` until the invocation ends, and return the raw answer
+        (``result`` decodes it); re-arm if the server answers "not done" early (e.g. its
+        own wait limit), up to ``timeout`` seconds, then ``ResultTimeoutError``."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + max(timeout, 0.0)
         pause = 0.05

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar, overload
+from typing import Any, Final, Protocol, TypeAlias, TypeVar, overload
 
 from google.protobuf.message import Message
 
@@ -13,9 +13,6 @@ from durable._serde import is_message_type
 from durable.errors import InvocationCancelledError, InvocationFailedError
 from durable.v1 import control_pb2, types_pb2
 
-if TYPE_CHECKING:
-    from durable._client import Client
-
 # An ``InvocationStatus`` enum value (an ``int``), e.g. ``types_pb2.INVOCATION_STATUS_RUNNING``.
 _Status: TypeAlias = types_pb2.InvocationStatus.ValueType
 
@@ -23,6 +20,26 @@ M = TypeVar("M", bound=Message)
 T = TypeVar("T")
 
 Timeout: TypeAlias = float | timedelta | None
+
+
+class InvocationCalls(Protocol):
+    """What a handle asks of the client that made it (``Client`` is one); a protocol, so
+    this module does not import the client's."""
+
+    async def await_result(
+        self, invocation_id: str, timeout: float | None = None
+    ) -> control_pb2.AwaitResultResponse: ...
+
+    async def get(
+        self, invocation_id: str, *, skip_journal: bool = False
+    ) -> control_pb2.GetWorkflowResponse: ...
+
+    async def pause(self, invocation_id: str, reason: str = "") -> types_pb2.InvocationSummary: ...
+
+    async def resume(self, invocation_id: str) -> types_pb2.InvocationSummary: ...
+
+    async def cancel(self, invocation_id: str, reason: str = "") -> types_pb2.InvocationSummary: ...
+
 
 _STATUS_PREFIX: Final = "INVOCATION_STATUS_"
 _TERMINAL: Final = frozenset(
@@ -127,7 +144,7 @@ class InvocationHandle:
 
     def __init__(
         self,
-        client: Client,
+        client: InvocationCalls,
         invocation_id: str,
         *,
         handler: str = "",
@@ -179,7 +196,7 @@ class InvocationHandle:
         result as that type: a protobuf message class, a dataclass, ``list[Order]``, ...
         """
         if not self.done:
-            response = await self._client._await_result(self.id, _seconds(timeout))
+            response = await self._client.await_result(self.id, _seconds(timeout))
             self._status = response.status
             self._outcome = response.result
         assert self._outcome is not None

@@ -30,7 +30,7 @@ from durable._limits import (
 )
 from durable._payloads import from_value, preview, to_payload, to_value, value_to_json_bytes
 from durable._serde import is_message_type, json_schema, json_type
-from durable._store import open_store, patience
+from durable._store import Store, open_store, patience
 from durable._store.completions import NotAnAwakeable, TooFarAhead, TooManyPromises
 from durable._store.config import EngineConfig, redact_url
 from durable._store.ids import (
@@ -90,6 +90,7 @@ __all__ = [
     "RecordNotFound",
     "ShowDefaults",
     "StateTooLarge",
+    "Store",
     "TooFarAhead",
     "TooManyPromises",
     "Versioned",

@@ -1,6 +1,7 @@
 """Control-plane operations for virtual objects and workflows, and the ones that end or
-delete invocations: accepting exclusive invocations and workflow runs, promises, object
-state, Kill, Purge and retention.
+delete invocations: whether an exclusive invocation holds its key, object state, Kill,
+Purge and retention. (Accepting exclusive invocations and workflow runs is Invoke's, in
+``invocations``; promises are ``completions``'.)
 """
 
 from __future__ import annotations
@@ -9,26 +10,28 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING
+
+from nats.js import JetStreamContext
 
 from durable.contract import (
     MAX_KEY_CHARS,
     MAX_NAME_CHARS,
-    AlreadyCompleted,
+    EngineConfig,
     JournalFenced,
     MutationRefused,
     Record,
     RecordNotFound,
     StateTooLarge,
-    TooManyPromises,
+    Store,
+    Waker,
     is_terminal,
     quote,
     status_name,
-    token,
-    workflow_run_id,
 )
 from durable.internal.v1 import storage_pb2
 from durable.v1 import control_pb2, errors_pb2, types_pb2
+from durable_server.control.invocations import Invocations
+from durable_server.control.steering import Signals
 from durable_server.control.validation import (
     RequestError,
     check_text,
@@ -39,9 +42,6 @@ from durable_server.control.validation import (
 from durable_server.control.views import with_final
 
 E = errors_pb2
-
-if TYPE_CHECKING:
-    from durable_server.control.plane import ControlPlane
 
 log = logging.getLogger("durable.control")
 S = types_pb2
@@ -57,110 +57,41 @@ KILLED = "KilledError"
 class KeyedControl:
     """What the control plane does for objects, workflows, Kill, Purge and retention."""
 
-    def __init__(self, plane: ControlPlane) -> None:
-        self._plane = plane
-
-    # -- accepting ----------------------------------------------------------------------
-
-    async def accept_exclusive(self, record: Record) -> Record | None:
-        """Create the record, queue it on its key, and enqueue it if it holds the key."""
-        p = self._plane
-        obj = record.handler.split("/", 1)[0]
-        if await p.records.create(record, reuse_purged_id=True) is None:
-            existing = await p.check_same_input(record)
-            # The Invoke that created it may have died (or timed out) before queueing it on
-            # the key, taking the key or enqueueing it (this is likely its client trying
-            # again): finish what it started. Queued once only: a second inbox entry would
-            # hand it the key twice.
-            if existing.status == S.INVOCATION_STATUS_PENDING:
-                await p.keys.ensure_queued(obj, existing.key, existing.id)
-                await p.waker.hand_key_on(obj, existing.key)
-            return existing
-        if await p.keys.enqueue(obj, record.key, record.id):
-            await p.work.enqueue_record(record, "invoke")
-        return None
-
-    async def accept_run(self, record: Record, id_conflict: int) -> Record | None:
-        """A workflow's run: once per workflow id."""
-        p = self._plane
-        if await p.records.create(record, reuse_purged_id=True) is None:
-            existing = await p.view_record(record.id)
-            if id_conflict == control_pb2.ID_CONFLICT_POLICY_FAIL:
-                raise RequestError(
-                    f"workflow {record.handler} with id {quote(record.key)} already exists as "
-                    f"{existing.id} ({status_name(existing.status)}); purge it to reuse the id",
-                    E.ERROR_REASON_WORKFLOW_ID_TAKEN,
-                    invocation_id=existing.id,
-                )
-            # The Invoke that created it may have died before enqueueing it.
-            await p.waker.ensure_item(existing, "invoke")
-            return existing
-        await p.work.enqueue_record(record, "invoke")
-        return None
+    def __init__(
+        self,
+        cfg: EngineConfig,
+        js: JetStreamContext,
+        store: Store,
+        waker: Waker,
+        invocations: Invocations,
+        signals: Signals,
+    ) -> None:
+        self._cfg = cfg
+        self._js = js
+        self._records = store.records
+        self._journal = store.journal
+        self._keys = store.keys
+        self._state = store.state
+        self._waker = waker
+        self._invocations = invocations
+        self._catalog = invocations.catalog
+        self._index = invocations.index
+        self._signals = signals
 
     async def may_run(self, record: Record) -> bool:
         """False for an exclusive invocation queued behind its key's holder."""
-        info = self._plane.catalog.handlers().get(record.handler)
+        info = self._catalog.handlers().get(record.handler)
         if info is None or info.kind != S.HANDLER_KIND_OBJECT_EXCLUSIVE:
             return True
         obj = record.handler.split("/", 1)[0]
-        return await self._plane.keys.holder(obj, record.key) == record.id
-
-    # -- promises -----------------------------------------------------------------------
-
-    async def complete_promise(
-        self, handler: str, key: str, promise: str, outcome: storage_pb2.JournalRecord
-    ) -> str:
-        info = self._plane.handler_info(handler)
-        if info.kind not in (S.HANDLER_KIND_WORKFLOW_RUN, S.HANDLER_KIND_WORKFLOW_SHARED):
-            raise invalid(
-                f"{handler} is not a workflow handler; only workflows have promises",
-                E.ERROR_REASON_HANDLER_KIND_MISMATCH,
-                handler=handler,
-            )
-        check_text("key", key, MAX_KEY_CHARS, required="the workflow id")
-        check_text(
-            "promise",
-            promise,
-            MAX_NAME_CHARS,
-            required="the name the handler passed to ctx.promise",
-        )
-        run_id = workflow_run_id(info.service, key)
-        try:
-            record = await self._plane.view_record(run_id)
-        except RequestError:
-            raise RequestError(
-                f"no workflow {info.service} with id {quote(key)} (never started, or purged)",
-                E.ERROR_REASON_INVOCATION_NOT_FOUND,
-                invocation_id=run_id,
-            ) from None
-        status = await self._plane.status_of(record)
-        if is_terminal(status):
-            raise RequestError(
-                f"workflow {info.service} {quote(key)} already ended "
-                f"({status_name(status)}); nothing awaits its promises",
-                E.ERROR_REASON_INVOCATION_ENDED,
-                invocation_id=run_id,
-                status=status_name(status),
-            )
-        try:
-            await self._plane.waker.complete_promise(run_id, token(promise), outcome)
-        except TooManyPromises as err:
-            raise RequestError(str(err), E.ERROR_REASON_TOO_MANY_PROMISES) from None
-        except AlreadyCompleted:
-            raise RequestError(
-                f"promise {quote(promise)} of workflow {info.service} {quote(key)} was "
-                "already resolved or rejected; the first completion stands",
-                E.ERROR_REASON_ALREADY_COMPLETED,
-            ) from None
-        return run_id
+        return await self._keys.holder(obj, record.key) == record.id
 
     # -- state --------------------------------------------------------------------------
 
     def _check_object(self, obj: str, key: str) -> None:
         if not obj:
             raise invalid("object is required: the virtual object or workflow name", field="object")
-        kinds = {h.kind for h in self._plane.catalog.handlers().values() if h.service == obj}
+        kinds = {h.kind for h in self._catalog.handlers().values() if h.service == obj}
         if not kinds & set(_STATEFUL):
             raise RequestError(
                 f"no virtual object or workflow named {quote(obj)} is registered",
@@ -171,7 +102,7 @@ class KeyedControl:
 
     async def get_state(self, obj: str, key: str) -> list[types_pb2.StateEntry]:
         self._check_object(obj, key)
-        return _entries(await self._plane.state.load(obj, key))
+        return _entries(await self._state.load(obj, key))
 
     async def set_state(
         self, request: control_pb2.SetObjectStateRequest
@@ -182,7 +113,7 @@ class KeyedControl:
         for e in request.set:
             check_text("a state entry's name", e.name, MAX_NAME_CHARS, required="every one")
             data, ct = payload_to_stored(
-                e.value, self._plane.cfg.max_payload_bytes, f"state {quote(e.name)}"
+                e.value, self._cfg.max_payload_bytes, f"state {quote(e.name)}"
             )
             values[e.name] = storage_pb2.StoredPayload(data=data, content_type=ct)
         for name in request.clear:
@@ -196,12 +127,12 @@ class KeyedControl:
             entries.update(values)
 
         try:
-            return _entries(await self._plane.state.edit(obj, key, change))
+            return _entries(await self._state.edit(obj, key, change))
         except StateTooLarge as err:
             raise RequestError(
                 str(err),
                 E.ERROR_REASON_STATE_TOO_LARGE,
-                limit_bytes=str(self._plane.cfg.max_state_bytes),
+                limit_bytes=str(self._cfg.max_state_bytes),
             ) from None
 
     # -- kill, purge, retention -----------------------------------------------------------
@@ -210,9 +141,8 @@ class KeyedControl:
         """End it CANCELLED now: a final entry appended through the journal's fence (so the
         worker driving it is fenced at its next append), then the record, then its key and
         its caller, as a worker would."""
-        p = self._plane
-        current = (await p.get_record(invocation_id)).record
-        status = await p.status_of(current)
+        current = (await self._invocations.get_record(invocation_id)).record
+        status = await self._invocations.status_of(current)
         if is_terminal(status):
             raise RequestError(
                 f"invocation {invocation_id} already ended ({status_name(status)})",
@@ -224,7 +154,7 @@ class KeyedControl:
         final = storage_pb2.FinalOutcome(status=S.INVOCATION_STATUS_CANCELLED, failure=failure)
         entry = None
         for _ in range(20):
-            loaded = await p.journal.load(invocation_id)
+            loaded = await self._journal.load(invocation_id)
             if loaded.entries and loaded.entries[-1].HasField("final"):
                 entry = loaded.entries[-1]  # it ended meanwhile, on its own
                 break
@@ -236,7 +166,7 @@ class KeyedControl:
             )
             entry.recorded_at.GetCurrentTime()
             try:
-                await p.journal.append(invocation_id, entry, loaded.last_seq)
+                await self._journal.append(invocation_id, entry, loaded.last_seq)
                 break
             except JournalFenced:
                 continue
@@ -251,16 +181,16 @@ class KeyedControl:
             del r.waiting_for[:]
 
         with contextlib.suppress(MutationRefused):
-            await p.records.mutate(invocation_id, change)
-        record = (await p.records.get(invocation_id)).record
+            await self._records.mutate(invocation_id, change)
+        record = (await self._records.get(invocation_id)).record
         await self._ended(record)
-        await p.signal(invocation_id, {"cancel": True, "reason": failure.message})
+        await self._signals.send(invocation_id, {"cancel": True, "reason": failure.message})
         return record
 
     async def _ended(self, record: Record) -> None:
-        info = self._plane.catalog.handlers().get(record.handler)
+        info = self._catalog.handlers().get(record.handler)
         exclusive = info is not None and info.kind == S.HANDLER_KIND_OBJECT_EXCLUSIVE
-        await self._plane.waker.ended(record, exclusive=exclusive)
+        await self._waker.ended(record, exclusive=exclusive)
 
     async def purge(self, invocation_id: str) -> None:
         """Delete an ended invocation's journal, work items and record; for a workflow's
@@ -273,9 +203,8 @@ class KeyedControl:
         on an unsealed journal. The record goes last, so anything written meanwhile from
         the invocation's own items is purged with it.
         """
-        p = self._plane
-        record = await p.view_record(invocation_id)
-        status = await p.status_of(record)
+        record = await self._invocations.view_record(invocation_id)
+        status = await self._invocations.status_of(record)
         if not is_terminal(status):
             raise RequestError(
                 f"invocation {invocation_id} is {status_name(status)}; only an ended one "
@@ -286,32 +215,31 @@ class KeyedControl:
             )
         # The worker that ended it may have died before passing its key on.
         await self._ended(record)
-        await p.journal.purge(invocation_id, record.created_at.ToNanoseconds())
-        js = p.nc.jetstream()
-        cfg = p.cfg
+        await self._journal.purge(invocation_id, record.created_at.ToNanoseconds())
+        cfg = self._cfg
         for stream, subject in (
             (cfg.work_stream, cfg.work_subject(invocation_id)),
             (cfg.work_stream, cfg.wake_subject(invocation_id)),
             (cfg.work_stream, f"{cfg.prefix}.work.timer.{invocation_id}.>"),
             (cfg.work_stream, cfg.delay_subject(invocation_id)),
         ):
-            await js.purge_stream(stream, subject=subject)
-        info = p.catalog.handlers().get(record.handler)
+            await self._js.purge_stream(stream, subject=subject)
+        info = self._catalog.handlers().get(record.handler)
         if info is not None and info.kind == S.HANDLER_KIND_WORKFLOW_RUN:
-            await p.state.delete(record.handler.split("/")[0], record.key)
+            await self._state.delete(record.handler.split("/")[0], record.key)
         with contextlib.suppress(RecordNotFound):
-            await p.records.purge(invocation_id)
-        p.index.remove(invocation_id)
+            await self._records.purge(invocation_id)
+        self._index.remove(invocation_id)
 
     async def retention_loop(self) -> None:
         """Purge invocations that ended more than ``retention`` seconds ago."""
-        retention = self._plane.cfg.retention
+        retention = self._cfg.retention
         if retention <= 0:
             return
         while True:
             await asyncio.sleep(min(60.0, max(0.2, retention / 4)))
             cutoff = time.time_ns() - int(retention * 1e9)
-            for invocation_id in self._plane.index.ended_before(cutoff):
+            for invocation_id in self._index.ended_before(cutoff):
                 try:
                     await self.purge(invocation_id)
                 except RequestError:

@@ -157,7 +157,7 @@ class DurableControlServicer(control_pb2_grpc.DurableControlServicer):
                 request.HasField("wait_timeout"), request.wait_timeout, "wait_timeout", context
             )
         with self._held(timeout or 0.0):
-            record, existed, ended = await self._plane.invoke(
+            record, existed, ended = await self._plane.invocations.invoke(
                 request.handler,
                 request.key,
                 request.input,
@@ -180,7 +180,7 @@ class DurableControlServicer(control_pb2_grpc.DurableControlServicer):
         invocation_id = check_invocation_id(request.invocation_id)
         timeout = self._timeout(request.HasField("timeout"), request.timeout, "timeout", context)
         with self._held(timeout):
-            record, done = await self._plane.await_result(invocation_id, timeout)
+            record, done = await self._plane.invocations.await_result(invocation_id, timeout)
         response = C.AwaitResultResponse(
             invocation_id=invocation_id, done=done, status=record.status
         )
@@ -193,8 +193,12 @@ class DurableControlServicer(control_pb2_grpc.DurableControlServicer):
         self, request: C.GetWorkflowRequest, context: ServicerContext
     ) -> C.GetWorkflowResponse:
         invocation_id = check_invocation_id(request.invocation_id)
-        record = await self._plane.view_record(invocation_id)
-        journal = None if request.skip_journal else await self._plane.load_journal(invocation_id)
+        record = await self._plane.invocations.view_record(invocation_id)
+        journal = (
+            None
+            if request.skip_journal
+            else await self._plane.invocations.load_journal(invocation_id)
+        )
         invocation, entries = invocation_view(
             record, journal, self._plane.progress.get(invocation_id)
         )
@@ -252,19 +256,19 @@ class DurableControlServicer(control_pb2_grpc.DurableControlServicer):
 
     @_rpc
     async def Pause(self, request: C.PauseRequest, context: ServicerContext) -> C.PauseResponse:
-        record = await self._plane.pause(
+        record = await self._plane.steering.pause(
             check_invocation_id(request.invocation_id), check_reason(request.reason)
         )
         return C.PauseResponse(invocation=_summary(record))
 
     @_rpc
     async def Resume(self, request: C.ResumeRequest, context: ServicerContext) -> C.ResumeResponse:
-        record = await self._plane.resume(check_invocation_id(request.invocation_id))
+        record = await self._plane.steering.resume(check_invocation_id(request.invocation_id))
         return C.ResumeResponse(invocation=_summary(record))
 
     @_rpc
     async def Cancel(self, request: C.CancelRequest, context: ServicerContext) -> C.CancelResponse:
-        record = await self._plane.cancel(
+        record = await self._plane.steering.cancel(
             check_invocation_id(request.invocation_id), check_reason(request.reason)
         )
         return C.CancelResponse(invocation=_summary(record))
@@ -274,7 +278,9 @@ class DurableControlServicer(control_pb2_grpc.DurableControlServicer):
         self, request: C.ResolveAwakeableRequest, context: ServicerContext
     ) -> C.ResolveAwakeableResponse:
         outcome = self._value_outcome(request.value)
-        invocation_id = await self._plane.complete_awakeable(request.awakeable_id, outcome)
+        invocation_id = await self._plane.completions.complete_awakeable(
+            request.awakeable_id, outcome
+        )
         return C.ResolveAwakeableResponse(invocation_id=invocation_id)
 
     @_rpc
@@ -282,7 +288,9 @@ class DurableControlServicer(control_pb2_grpc.DurableControlServicer):
         self, request: C.RejectAwakeableRequest, context: ServicerContext
     ) -> C.RejectAwakeableResponse:
         outcome = _failure_outcome(request.reason)
-        invocation_id = await self._plane.complete_awakeable(request.awakeable_id, outcome)
+        invocation_id = await self._plane.completions.complete_awakeable(
+            request.awakeable_id, outcome
+        )
         return C.RejectAwakeableResponse(invocation_id=invocation_id)
 
     def _value_outcome(self, value: types_pb2.Payload) -> storage_pb2.JournalRecord:
@@ -310,7 +318,7 @@ class DurableControlServicer(control_pb2_grpc.DurableControlServicer):
         self, request: C.ResolvePromiseRequest, context: ServicerContext
     ) -> C.ResolvePromiseResponse:
         outcome = self._value_outcome(request.value)
-        run_id = await self._plane.keyed.complete_promise(
+        run_id = await self._plane.completions.complete_promise(
             request.handler, request.key, request.promise, outcome
         )
         return C.ResolvePromiseResponse(invocation_id=run_id)
@@ -320,7 +328,7 @@ class DurableControlServicer(control_pb2_grpc.DurableControlServicer):
         self, request: C.RejectPromiseRequest, context: ServicerContext
     ) -> C.RejectPromiseResponse:
         outcome = _failure_outcome(request.reason)
-        run_id = await self._plane.keyed.complete_promise(
+        run_id = await self._plane.completions.complete_promise(
             request.handler, request.key, request.promise, outcome
         )
         return C.RejectPromiseResponse(invocation_id=run_id)

@@ -3,18 +3,32 @@ the record's state refuses it (with the reason a client is told).
 
 Each rule is a change function for ``RecordStore.mutate``, which applies it by CAS and
 calls it again on every retry, so a rule decides from the record it is handed alone, never
-from an earlier read. ``ControlPlane`` runs them and does what follows the write (signals,
-work items, schedules). Pure functions of a record: no I/O here.
+from an earlier read; the rules are pure functions of a record, with no I/O.
+``Steering`` below runs them and does what follows the write (signals, work items,
+schedules).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import TypeAlias
 
-from durable.contract import MutationRefused, Record, is_terminal, status_name
+from nats.aio.client import Client as NATS
+
+from durable.contract import (
+    EngineConfig,
+    MutationRefused,
+    Record,
+    Store,
+    Waker,
+    is_terminal,
+    status_name,
+)
 from durable.v1 import errors_pb2, types_pb2
+from durable_server.control.invocations import Invocations
+from durable_server.control.validation import RequestError
 
 S = types_pb2
 E = errors_pb2
@@ -158,3 +172,89 @@ class CancelChange:
             r.generation += 1
             r.status_reason = ""
             del r.waiting_for[:]
+
+
+class Signals:
+    """Tells the worker driving an invocation about a change at once."""
+
+    def __init__(self, nc: NATS, cfg: EngineConfig) -> None:
+        self._nc = nc
+        self._cfg = cfg
+
+    async def send(self, invocation_id: str, body: dict[str, object]) -> None:
+        """Tell the worker driving the invocation at once (core NATS, not stored: the record
+        holds the truth, this only saves waiting for the worker's next look)."""
+        await self._nc.publish(self._cfg.signal_subject(invocation_id), json.dumps(body).encode())
+
+
+class Steering:
+    """Pause, Resume and Cancel: each a CAS of the record by the rules above, then the
+    signal and the work item the new state needs."""
+
+    def __init__(
+        self, invocations: Invocations, store: Store, waker: Waker, signals: Signals
+    ) -> None:
+        self._invocations = invocations
+        self._records = store.records
+        self._work = store.work
+        self._waker = waker
+        self._signals = signals
+
+    async def _change(self, invocation_id: str, change: Callable[[Record], None]) -> Record:
+        current = await self._invocations.get_record(invocation_id)
+        status = await self._invocations.status_of(current.record)
+        if is_terminal(status) and not is_terminal(current.record.status):
+            raise RequestError(
+                f"invocation {invocation_id} already ended ({status_name(status)}); "
+                "nothing is left to change",
+                E.ERROR_REASON_INVOCATION_ENDED,
+                invocation_id=invocation_id,
+                status=status_name(status),
+            )
+        try:
+            written = await self._records.mutate(invocation_id, change, current=current)
+        except MutationRefused as err:
+            # Refused as already done (a client trying again after an error): the call that
+            # did it may have died before enqueueing what the record needs.
+            await self._waker.ensure_item(err.record, "steering")
+            reason = err.reason if isinstance(err, Refused) else E.ERROR_REASON_INVOCATION_ENDED
+            raise RequestError(
+                str(err),
+                reason,
+                invocation_id=invocation_id,
+                status=status_name(err.record.status),
+            ) from None
+        return written.record
+
+    async def pause(self, invocation_id: str, reason: str) -> Record:
+        record = await self._change(invocation_id, pause_change(reason))
+        # Always: a worker may be running a fresh invocation before writing its record.
+        await self._signals.send(invocation_id, {"pause": True})
+        return record
+
+    async def resume(self, invocation_id: str) -> Record:
+        record = await self._change(invocation_id, resume_change())
+        await self._signals.send(invocation_id, {"resume": True})
+        if record.status == S.INVOCATION_STATUS_PENDING:
+            await self._work.enqueue_record(record, "resume")
+        return record
+
+    async def cancel(self, invocation_id: str, reason: str) -> Record:
+        reason = reason or "cancelled by an operator"
+        change = CancelChange(reason)
+        before = (await self._invocations.get_record(invocation_id)).record.status
+        if before == S.INVOCATION_STATUS_SCHEDULED:
+            # It runs now, to see the cancellation: its delayed start must not come later.
+            await self._waker.drop_schedule(invocation_id)
+        record = await self._change(invocation_id, change)
+        woke_from = change.woke_from
+        if woke_from == S.INVOCATION_STATUS_SCHEDULED and before != woke_from:
+            await self._waker.drop_schedule(invocation_id)
+        await self._signals.send(invocation_id, {"cancel": True, "reason": reason})
+        # Decided by what the CAS wrote, not by a read before it: the record may have moved
+        # in between (a Pause, a Resume, a worker), and a PENDING record needs its item.
+        if woke_from != S.INVOCATION_STATUS_UNSPECIFIED:
+            await self._work.enqueue_record(record, "cancel")
+        else:
+            await self._waker.ensure_item(record, "cancel")
+        return record

@@ -41,8 +41,8 @@ async def watch(plane: ControlPlane, invocation_id: str) -> AsyncIterator[C.Watc
     plane.index.listen(invocation_id, queue.put_nowait)
     sub = None
     try:
-        record = await plane.view_record(invocation_id)
-        journal = await plane.load_journal(invocation_id)
+        record = await plane.invocations.view_record(invocation_id)
+        journal = await plane.invocations.load_journal(invocation_id)
         invocation, entries = invocation_view(record, journal, plane.progress.get(invocation_id))
         yield C.WatchWorkflowResponse(
             kind=C.WATCH_EVENT_KIND_SNAPSHOT, invocation=invocation, steps=entries
