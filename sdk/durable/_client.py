@@ -8,6 +8,10 @@ which the server completes when the outcome is pushed to it; the client never po
 The ``timeout`` parameters here are sent to the server as the wait bound of ``AwaitResult``
 and ``Invoke``; wrapping the calls in ``asyncio.timeout`` instead (what ASYNC109 suggests)
 would abandon the call without telling the server.
+
+Longer than our ~400-line norm because it is the client's whole public surface, one method
+per RPC with its docstring; the handle (``_handle``), payload codec (``_payloads``) and
+error details and retries (``_retrying``) already live apart.
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """``make bench``: workflow latency and throughput against the raw JetStream floor.
 
+(Over ~400 lines: the measurement and its report are one procedure; the processes it starts
+are ``bench_procs``, the handlers it runs ``bench_handlers``.)
+
 Each run starts a fresh embedded nats-server (temporary store, the given ``sync_interval``),
 measures the floor with nats-py on a scratch stream (sequential publish-with-ack latency,
 pipelined publish throughput), then runs the engine as in production, as separate OS

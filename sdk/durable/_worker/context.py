@@ -4,6 +4,12 @@ Step numbers are taken when a step is *called*, and entries are appended in that
 when steps finish out of order (``asyncio.gather`` over several ``ctx.run``), so a replay maps
 the same calls to the same entries. Before a new step it honours Pause (unwind, keep the
 journal) and Cancel (journal the cancellation as this step's outcome and raise it, once).
+
+Longer than our ~400-line norm on purpose: this is the one class every ``ctx`` method of every
+handler kind lands in, and the step-numbering, replay-or-run and deferred-append logic must
+be read together to see that a replay maps each call to its entry. What can stand alone
+already does: waits (``waits``), state and promises (``keyed``), encoding (``encoding``),
+the claim check (``lease``) and gRPC calls (``rpc``).
 """
 
 from __future__ import annotations

@@ -4,6 +4,11 @@ record the outcome, then ack, nak or (when fenced) leave the work item alone.
 The record is claimed with a CAS that bumps ``attempt``; the journal's per-entry fence decides
 which driver may write. Every final write is conditioned on our attempt still being the
 current one, so a worker that lost the invocation to another can change nothing.
+
+Longer than our ~400-line norm on purpose: one attempt's whole life (fresh or replayed
+start, the handler, the outcome, the object key and state, the ack) reads top to bottom here,
+and each ending path must be checked against the others for the fencing argument in
+docs/architecture.md. The record writes themselves are ``claim``'s, the lease ``lease``'s.
 """
 
 from __future__ import annotations
