@@ -57,6 +57,15 @@ async def wait_status(
         await asyncio.sleep(0.01)
 
 
+async def until(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Wait until ``check()`` holds: an event the engine records, never a time that passed."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never happened: {what}")
+        await asyncio.sleep(0.01)
+
+
 async def settled(
     stub: control_pb2_grpc.DurableControlStub,
     ids: Iterable[str] = (),

@@ -33,7 +33,7 @@ from durable import (
 from durable._client import is_terminal
 from durable.testing import LocalEngine
 from durable.v1 import control_pb2, control_pb2_grpc, types_pb2
-from tests.engine_support import EngineFactory, start_ready, wait_status
+from tests.engine_support import EngineFactory, start_ready, until, wait_status
 
 S = types_pb2
 
@@ -322,7 +322,8 @@ async def test_operator_acting_before_the_first_entry_fences_the_fast_path(
 
     if action == "pause":
         view = await wait_status(engine, handle.id, S.INVOCATION_STATUS_PAUSED)
-        await asyncio.sleep(0.3)  # room for a wrong append
+        # The released attempt ends (fenced): whatever it appended is in the journal now.
+        await until(lambda: not engine.worker.driving(handle.id), "the fenced attempt ends")
         view = await engine.client.get(handle.id)
         assert view.invocation.status == S.INVOCATION_STATUS_PAUSED
         assert list(view.journal) == [], "the fenced worker journaled its step"
@@ -354,7 +355,9 @@ async def test_pause_before_the_first_entry_holds_when_the_attempt_journals_noth
     summary = await engine.client.pause(handle.id, reason="hold on")
     assert summary.status == S.INVOCATION_STATUS_PAUSED
     release.set()
-    await asyncio.sleep(1.0)  # past the failure and its 0.5 s backoff
+    # The attempt fails and ends; a BACKING_OFF written over the Pause would be there now.
+    await until(lambda: RUNS[f"{tag}:flaky"] == 1, "the first step runs")
+    await until(lambda: not engine.worker.driving(handle.id), "the failed attempt ends")
     view = await engine.client.get(handle.id)
     assert view.invocation.status == S.INVOCATION_STATUS_PAUSED, view.invocation
     assert view.invocation.status_reason == "hold on"

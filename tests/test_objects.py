@@ -134,10 +134,12 @@ async def test_a_suspended_exclusive_handler_keeps_its_key(engine_factory: Engin
     # A shared handler is not queued: it reads the state the holder wrote before its sleep.
     assert await engine.client.execute("counter/peek", None, key="held", timeout=10) == 0
     assert (await engine.client.get_state("counter", "held"))["held"] is True
-    await asyncio.sleep(0.5)
-    assert (await engine.client.get(queued.id)).invocation.status == S.INVOCATION_STATUS_PENDING
     assert await holder.result(timeout=10) == "released"
     assert await queued.result(timeout=10) == 1
+    # The queued invocation started only once the holder had ended, as both records say.
+    held = (await engine.client.get(holder.id)).invocation
+    after = (await engine.client.get(queued.id)).invocation
+    assert after.started_at.ToNanoseconds() >= held.ended_at.ToNanoseconds(), (held, after)
 
 
 async def test_state_keys_clear_and_operator_edits(engine_factory: EngineFactory) -> None:

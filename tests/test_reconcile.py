@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections import Counter
 
@@ -14,7 +13,7 @@ from durable._store.ids import new_invocation_id
 from durable._store.records import now_ts
 from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
-from tests.engine_support import EngineFactory
+from tests.engine_support import EngineFactory, until
 
 S = types_pb2
 RUNS: Counter[str] = Counter()
@@ -56,9 +55,10 @@ async def test_record_without_its_work_item_is_enqueued_again(
     # As left by a control plane that died after writing the record of a Resume (gen 2)
     # but before enqueueing its item: the newest item is the older generation's.
     record = _pending_record(tag, generation=2)
+    handled = engine.worker.handled
     await plane.store.work.enqueue(record.id, 1, "invoke")
-    # Let a worker take (and ack) that stale generation-1 item before the record exists.
-    await asyncio.sleep(0.3)
+    # A worker takes (and acks) that stale generation-1 item before the record exists.
+    await until(lambda: engine.worker.handled > handled, "the stale item is handled")
     assert await plane.store.records.create(record) is not None
 
     assert await engine.client.result(record.id, timeout=10) == f"{tag}-done"
@@ -78,7 +78,8 @@ async def test_queued_item_of_the_records_generation_is_left_alone(
     record = _pending_record(uuid.uuid4().hex[:8], generation=1)
     assert await plane.store.records.create(record) is not None
     await plane.store.work.enqueue(record.id, 1, "invoke")
-    await asyncio.sleep(1.0)  # several reconcile rounds
+    rounds = plane.reconcile_rounds
+    await until(lambda: plane.reconcile_rounds >= rounds + 3, "three reconcile rounds")
     item = await plane.store.work.latest_item(record.id)
     assert item is not None and item.generation == 1 and item.reason == "invoke"
 

@@ -20,7 +20,7 @@ from durable.errors import RPCError, UnavailableError
 from durable.testing import LocalEngine, start_engine
 from durable.v1 import control_pb2, control_pb2_grpc
 from durable_server.natsd import EmbeddedNats
-from tests.engine_support import wait_for_handlers
+from tests.engine_support import until, wait_for_handlers
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -83,7 +83,11 @@ async def test_the_client_repeats_what_is_safe_to_repeat(
             again = asyncio.create_task(
                 patient.invoke("flaky/echo", "keyed", idempotency_key="k1", wait=True)
             )
-            await asyncio.sleep(4)  # both meet UNAVAILABLE at least once meanwhile
+            # Both reach the control plane, which holds them while JetStream is away.
+            servicer = engine.control.servicer
+            assert servicer is not None
+            for rpc in ("GetWorkflow", "Invoke"):
+                await until(lambda r=rpc: servicer.in_flight[r] > 0, f"{rpc} held")  # type: ignore[misc]
             assert not read.done() and not again.done()
         finally:
             await isolated_nats.astart()

@@ -19,7 +19,7 @@ from durable.errors import (
     NotFoundError,
 )
 from durable.v1 import control_pb2, types_pb2
-from tests.engine_support import EngineFactory, start_ready, wait_status
+from tests.engine_support import EngineFactory, start_ready, until, wait_status
 
 S = types_pb2
 C = control_pb2
@@ -283,8 +283,11 @@ async def test_paused_timer_waits_for_resume(engine_factory: EngineFactory) -> N
     engine = await start_ready(engine_factory, [waits])
     handle = await engine.client.start("waits/nap", 1.5)
     await wait_status(engine, handle.id, S.INVOCATION_STATUS_SUSPENDED)
+    await until(lambda: not engine.worker.driving(handle.id), "the attempt that suspended ends")
+    handled = engine.worker.handled
     await engine.client.pause(handle.id)
-    await asyncio.sleep(2.5)  # the timer fires meanwhile
+    # The timer fires while paused, and its wake-up is handled (and finds nothing to wake).
+    await until(lambda: engine.worker.handled > handled, "the timer's wake-up", timeout=10)
     view = await engine.client.get(handle.id)
     assert view.invocation.status == S.INVOCATION_STATUS_PAUSED
     await engine.client.resume(handle.id)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import timedelta
@@ -67,6 +68,9 @@ _DEADLINE_GRACE: Final = 5.0
 _DEFAULT_OPTIONS: Final[tuple[tuple[str, Any], ...]] = (
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
 )
+
+
+log = logging.getLogger("durable.client")
 
 
 class Client:
@@ -194,6 +198,12 @@ class Client:
                     pause = next_pause(exc, pause)
                     spent = loop.time() - start + pause
                     if spent < budget and (timeout is None or spent < timeout):
+                        log.debug(
+                            "%s: UNAVAILABLE (%s); sending again in %.2fs",
+                            type(request).__name__,
+                            exc.details(),
+                            pause,
+                        )
                         await asyncio.sleep(pause)
                         continue
                 raise rpc_error(exc) from exc

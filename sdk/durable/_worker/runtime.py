@@ -121,6 +121,9 @@ class Worker:
         self._grpc_endpoints = dict(grpc_endpoints or {})
         self._nats_server: NatsServer | None = None
         self._inflight: dict[str, tuple[Msg, ControlFlags, Lease]] = {}
+        #: Deliveries this worker has finished handling (attempts and timer wake-ups), for
+        #: whoever must know that a delivery was dealt with, not merely that time passed.
+        self.handled = 0
         self._requests: collections.deque[list[float]] = collections.deque()
         self._heard = time.monotonic()  # when the pull inbox last got anything
         self._wake = asyncio.Event()
@@ -311,10 +314,15 @@ class Worker:
                 await msg.nak(delay=1.0)
         finally:
             self._inflight.pop(invocation_id, None)
+            self.handled += 1
             task = asyncio.current_task()
             if task is not None:
                 self._tasks.discard(task)
             self._wake.set()
+
+    def driving(self, invocation_id: str) -> bool:
+        """Whether an attempt of this invocation runs on this worker now."""
+        return invocation_id in self._inflight
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -334,6 +342,7 @@ class Worker:
             with contextlib.suppress(Exception):
                 await msg.nak(delay=1.0)  # again soon, not only after ack_wait
         finally:
+            self.handled += 1
             self._wake.set()
 
     # -- liveness -------------------------------------------------------------------------

@@ -66,6 +66,8 @@ class ControlPlane:
         self.progress: dict[str, Progress] = {}
         self.started_at = now_ts()
         self._tasks: list[asyncio.Task[None]] = []
+        #: Rounds the reconciler has finished: what a test of it waits for.
+        self.reconcile_rounds = 0
 
     async def start(self) -> None:
         js = self.nc.jetstream()
@@ -187,3 +189,4 @@ class ControlPlane:
                     continue
                 except Exception:
                     log.exception("reconcile %s failed", invocation_id)
+            self.reconcile_rounds += 1

@@ -5,6 +5,7 @@ directly.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import time
@@ -81,12 +82,15 @@ def _rpc(
         remaining = context.time_remaining()
         if remaining is not None:
             patience.deadline.set(time.monotonic() + max(0.0, remaining - 0.5))
+        self.in_flight[fn.__name__] += 1
         try:
             return await fn(self, request, context)
         except grpc.aio.AbortError:
             raise
         except Exception as err:
             await _answer_error(err, context, fn.__name__)
+        finally:
+            self.in_flight[fn.__name__] -= 1
         raise AssertionError("unreachable")
 
     return wrapper
@@ -112,6 +116,9 @@ class DurableControlServicer(control_pb2_grpc.DurableControlServicer):
     """Implements every DurableControl RPC."""
 
     def __init__(self, plane: ControlPlane) -> None:
+        #: Unary calls being answered now, by RPC name (a call held through an election
+        #: shows here).
+        self.in_flight: collections.Counter[str] = collections.Counter()
         self._plane = plane
         self.waiting = 0
         """Requests held open right now (Invoke with wait, AwaitResult, WatchWorkflow)."""
