@@ -22,7 +22,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from durable import Context, Service, TerminalError, VirtualObject, Workflow
-from durable._payloads import to_payload
+from durable._codec import to_payload
 from durable.errors import InvocationFailedError
 from durable.testing import LocalEngine, start_engine
 from durable.v1 import control_pb2, control_pb2_grpc, types_pb2

@@ -16,7 +16,7 @@ import grpc.aio
 import pytest
 
 from durable import Context, Service, TerminalError, VirtualObject, Workflow
-from durable._payloads import from_payload, to_payload
+from durable._codec import from_payload, to_payload
 from durable.testing import LocalEngine, start_engine
 from durable.v1 import control_pb2, control_pb2_grpc, types_pb2
 from durable_server.natsd import EmbeddedNats

@@ -20,7 +20,7 @@ from google.protobuf.struct_pb2 import Value
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from durable import Context, Service
-from durable._payloads import to_payload, to_value
+from durable._codec import to_payload, to_value
 from durable.testing import LocalEngine, start_engine
 from durable.v1 import control_pb2, control_pb2_grpc, types_pb2
 from durable_server.natsd import EmbeddedNats

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from durable._payloads import to_payload
+from durable._codec import to_payload
 from durable.v1 import control_pb2, types_pb2
 from tests.chaos.evidence import Entry, Evidence, Run
 from tests.chaos.load import Driver, Job

@@ -22,7 +22,7 @@ import grpc
 import pytest
 
 from durable import Client, RPCError
-from durable._payloads import from_payload
+from durable._codec import from_payload
 from durable.v1 import types_pb2
 from durable_server.natsd import EmbeddedNats
 from tests.crash_handlers import STEPS

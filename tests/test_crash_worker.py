@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from durable import Client
-from durable._payloads import from_payload
+from durable._codec import from_payload
 from durable.v1 import types_pb2
 from durable_server.natsd import EmbeddedNats
 from tests.crash_handlers import STEPS

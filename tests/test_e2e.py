@@ -33,7 +33,7 @@ from durable import (
     Service,
     TerminalError,
 )
-from durable._payloads import from_payload
+from durable._codec import from_payload
 from durable.testing import start_engine
 from durable.v1 import types_pb2
 from durable_server.natsd import EmbeddedNats

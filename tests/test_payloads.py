@@ -13,7 +13,7 @@ import pytest
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
 from durable import errors
-from durable._payloads import (
+from durable._codec import (
     OCTET_STREAM,
     from_payload,
     from_value,
@@ -169,7 +169,7 @@ def test_protobuf_message_round_trip() -> None:
 
 def test_protobuf_type_mismatch_is_refused() -> None:
     payload = to_payload(timestamp_pb2.Timestamp(seconds=5))
-    with pytest.raises(TypeError, match=r"holds a google\.protobuf\.Timestamp"):
+    with pytest.raises(ValueError, match=r"holds a google\.protobuf\.Timestamp"):
         from_payload(payload, duration_pb2.Duration)
 
 

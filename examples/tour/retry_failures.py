@@ -13,7 +13,7 @@ import contextlib
 import json
 import uuid
 
-from durable._payloads import from_payload
+from durable._codec import from_payload
 from durable.errors import InvocationFailedError
 from durable_server._tables import format_table
 from examples.tour._common import client, main

@@ -10,7 +10,7 @@ and ``Invoke``; wrapping the calls in ``asyncio.timeout`` instead (what ASYNC109
 would abandon the call without telling the server.
 
 Longer than our ~400-line norm because it is the client's whole public surface, one method
-per RPC with its docstring; the handle (``_handle``), payload codec (``_payloads``) and
+per RPC with its docstring; the handle (``_handle``), codec (``_codec``) and
 error details and retries (``_retrying``) already live apart.
 """
 
@@ -29,6 +29,7 @@ import grpc
 import grpc.aio
 from google.protobuf.message import Message
 
+from durable._codec import from_payload, to_payload
 from durable._handle import (
     InvocationHandle,
     M,
@@ -39,7 +40,6 @@ from durable._handle import (
     status_name,
 )
 from durable._handlers import declared_result_type, handler_name
-from durable._payloads import from_payload, to_payload
 from durable._retrying import next_pause, rpc_error
 from durable.errors import ResultTimeoutError, RPCError, UnavailableError
 from durable.v1 import control_pb2, control_pb2_grpc, types_pb2

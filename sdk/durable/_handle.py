@@ -7,9 +7,7 @@ from typing import Any, Final, Protocol, TypeAlias, TypeVar, overload
 
 from google.protobuf.message import Message
 
-from durable import _serde
-from durable._payloads import from_payload, value_to_json_bytes
-from durable._serde import is_message_type
+from durable._codec import from_payload
 from durable.errors import InvocationCancelledError, InvocationFailedError
 from durable.v1 import control_pb2, types_pb2
 
@@ -93,16 +91,8 @@ def _seconds(timeout: Timeout) -> float | None:
 
 
 def decode_payload(payload: types_pb2.Payload, result_type: Any = None) -> Any:
-    """A payload as ``result_type``: a protobuf message class, or any type the handlers'
-    codec reads (a dataclass, ``list[Order]``, ...), or plain JSON values when ``None``."""
-    if result_type is None or is_message_type(result_type):
-        return from_payload(payload, result_type)
-    kind = payload.WhichOneof("value")
-    if kind == "json":
-        return _serde.decode(value_to_json_bytes(payload.json), _serde.JSON, result_type)
-    if kind == "data":
-        return _serde.decode(payload.data, payload.content_type, result_type)
-    return _serde.decode(b"null", _serde.JSON, result_type)
+    """A payload as ``result_type`` (see ``_codec.from_payload``), or plain JSON values."""
+    return from_payload(payload, result_type)
 
 
 def _unwrap(

@@ -1,7 +1,7 @@
 """Handler definitions: services now; virtual objects and workflows share the same shape.
 
 A handler is an ``async def`` taking ``ctx`` and, optionally, one input argument. Its type
-hints decide how the input is decoded and checked (see ``_serde``), and its full name,
+hints decide how the input is decoded and checked (see ``_codec``), and its full name,
 ``<service>/<handler>``, is what clients pass to Invoke.
 """
 
@@ -15,7 +15,7 @@ import typing
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, TypeVar, overload
 
-from durable import _serde
+from durable import _codec
 from durable._context import (
     Context,
     ObjectContext,
@@ -83,15 +83,15 @@ class HandlerDef:
         """The handler as announced to the control plane."""
         import json
 
-        schema = _serde.json_schema(self.input_type) if self.takes_input else {"type": "null"}
-        is_message = _serde.is_message_type(self.input_type)
+        schema = _codec.json_schema(self.input_type) if self.takes_input else {"type": "null"}
+        is_message = _codec.is_message_type(self.input_type)
         return types_pb2.HandlerInfo(
             name=self.full_name,
             service=self.service,
             handler=self.name,
             kind=self.kind,  # type: ignore[arg-type]
-            input_type=_serde.type_name(self.input_type) if self.takes_input else "none",
-            output_type=_serde.type_name(self.output_type),
+            input_type=_codec.type_name(self.input_type) if self.takes_input else "none",
+            output_type=_codec.type_name(self.output_type),
             input_schema=json.dumps(schema, sort_keys=True) if schema is not None else "",
             input_message=self.input_type.DESCRIPTOR.full_name if is_message else "",
             input_descriptor_set=_descriptor_set(self.input_type) if is_message else b"",

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import re
 
-from durable._jsonrules import MAX_DEPTH as MAX_JSON_DEPTH
-from durable._jsonrules import MAX_INTEGER as MAX_JSON_INTEGER
-from durable._jsonrules import MIN_INTEGER as MIN_JSON_INTEGER
+from durable._codec.jsonrules import MAX_DEPTH as MAX_JSON_DEPTH
+from durable._codec.jsonrules import MAX_INTEGER as MAX_JSON_INTEGER
+from durable._codec.jsonrules import MIN_INTEGER as MIN_JSON_INTEGER
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",

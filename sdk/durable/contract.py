@@ -12,9 +12,19 @@ Nothing here is stable for third parties: names may change in any release, toget
 the server that uses them.
 """
 
-from durable import _jsonrules as json_rules
-from durable import _serde as serde
+from durable import _codec as codec
 from durable._client import DEFAULT_TARGET, Client, parse_status
+from durable._codec import (
+    from_value,
+    is_message_type,
+    json_schema,
+    json_type,
+    preview,
+    to_payload,
+    to_value,
+    value_to_json_bytes,
+)
+from durable._codec import jsonrules as json_rules
 from durable._handlers import HandlerDef
 from durable._limits import (
     DEFAULT_PAGE_SIZE,
@@ -28,8 +38,6 @@ from durable._limits import (
     quote,
     text_problem,
 )
-from durable._payloads import from_value, preview, to_payload, to_value, value_to_json_bytes
-from durable._serde import is_message_type, json_schema, json_type
 from durable._store import Store, open_store, patience
 from durable._store.completions import NotAnAwakeable, TooFarAhead, TooManyPromises
 from durable._store.config import EngineConfig, redact_url
@@ -99,6 +107,7 @@ __all__ = [
     "add_engine_flags",
     "add_worker_flags",
     "at_start_up",
+    "codec",
     "connect_nats",
     "engine_config",
     "from_value",
@@ -123,7 +132,6 @@ __all__ = [
     "redact_url",
     "run",
     "run_worker",
-    "serde",
     "status_name",
     "text_problem",
     "to_payload",

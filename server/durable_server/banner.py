@@ -48,7 +48,7 @@ def durable_program() -> str:
 
 
 def example_value(schema: dict[str, Any] | None, name: str = "") -> Any:
-    """A small value that satisfies ``schema`` (the subset ``_serde.json_schema`` emits)."""
+    """A small value that satisfies ``schema`` (the subset ``durable._codec.json_schema`` emits)."""
     if not schema:
         return {}
     if "anyOf" in schema:

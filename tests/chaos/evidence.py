@@ -23,7 +23,7 @@ import nats
 from nats.js.api import DeliverPolicy
 
 from durable import Client, RPCError
-from durable._payloads import from_payload
+from durable._codec import from_payload
 from durable._store.config import EngineConfig
 from durable.internal.v1 import storage_pb2
 from durable.v1 import control_pb2, types_pb2

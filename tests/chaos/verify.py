@@ -31,7 +31,7 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from durable._payloads import from_payload
+from durable._codec import from_payload
 from durable.v1 import types_pb2
 from tests.chaos.evidence import Entry, Evidence, Run
 from tests.chaos.load import Driver

@@ -24,7 +24,7 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from durable import _serde
+from durable import _codec
 from durable._context import DurableFuture, DurablePromise, Duration, StubT, WorkflowContext
 from durable._handlers import handler_name
 from durable._retry import RetryPolicy
@@ -299,7 +299,7 @@ class InvocationContext(WorkflowContext):
     def _replay(entry: storage_pb2.JournalRecord, result_type: Any) -> Any:
         if entry.HasField("failure"):
             raise error_from_failure(entry.failure)
-        return _serde.decode(entry.value.data, entry.value.content_type, result_type)
+        return _codec.decode(entry.value.data, entry.value.content_type, result_type)
 
     async def run(
         self,
@@ -346,7 +346,7 @@ class InvocationContext(WorkflowContext):
         if failed is not None:
             raise failed
         # Hand back what a replay would, so the first run and the replays agree.
-        return _serde.decode(entry.value.data, entry.value.content_type, result_type)
+        return _codec.decode(entry.value.data, entry.value.content_type, result_type)
 
     async def now(self) -> dt.datetime:
         index, entry = self._take(types_pb2.STEP_KIND_NOW, "now")
@@ -356,7 +356,7 @@ class InvocationContext(WorkflowContext):
             raise self._cancellation(index, types_pb2.STEP_KIND_NOW, "now")
         value = dt.datetime.now(dt.UTC)
         entry = self._entry(index, types_pb2.STEP_KIND_NOW, "now")
-        data, ct = _serde.encode(value.isoformat())
+        data, ct = _codec.encode(value.isoformat())
         entry.value.CopyFrom(storage_pb2.StoredPayload(data=data, content_type=ct))
         self._complete(entry)
         return value
@@ -378,7 +378,7 @@ class InvocationContext(WorkflowContext):
 
     def _value_entry(self, index: int, kind: int, name: str, value: Any) -> None:
         entry = self._entry(index, kind, name)
-        data, ct = _serde.encode(value)
+        data, ct = _codec.encode(value)
         entry.value.CopyFrom(storage_pb2.StoredPayload(data=data, content_type=ct))
         self._complete(entry)
 

@@ -9,8 +9,8 @@ import typing
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from durable import _serde
-from durable._jsonrules import JsonRuleError
+from durable import _codec
+from durable._codec.jsonrules import JsonRuleError
 from durable._retry import RetryPolicy
 from durable._worker.signals import RetryAttempt
 from durable.errors import CancelledError, TerminalError
@@ -30,10 +30,10 @@ def failure_of(err: BaseException) -> types_pb2.Failure:
 
 def encode_bounded(value: Any, limit: int, what: str) -> storage_pb2.StoredPayload:
     """Encode a step result or handler output; a TerminalError when it cannot be stored:
-    not encodable, breaking the JSON rules (``durable._jsonrules``: what the API could not
+    not encodable, breaking the JSON rules (``durable._codec.jsonrules``: what the API could not
     hand back unchanged), or over the size limit. Retrying cannot change any of these."""
     try:
-        data, content_type = _serde.encode(value)
+        data, content_type = _codec.encode(value)
     except TypeError as err:
         raise TerminalError(f"{what}: {err}") from err
     except JsonRuleError as err:

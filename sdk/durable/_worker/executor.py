@@ -25,7 +25,7 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 from nats.aio.msg import Msg
 
-from durable import _serde
+from durable import _codec
 from durable._handlers import HandlerDef, Registry
 from durable._retry import DEFAULT_HANDLER_RETRY
 from durable._store.journal import Journal, LoadedJournal
@@ -481,9 +481,9 @@ class Executor:
             if hdef.takes_input:
                 try:
                     args.append(
-                        _serde.decode(rec.input.data, rec.input.content_type, hdef.input_type)
+                        _codec.decode(rec.input.data, rec.input.content_type, hdef.input_type)
                     )
-                except _serde.DecodeFailure as err:
+                except _codec.DecodeFailure as err:
                     raise TerminalError(
                         f"input does not decode for {hdef.full_name}: {err}"
                     ) from err

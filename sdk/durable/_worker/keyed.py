@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any, Protocol
 
-from durable import _serde
+from durable import _codec
 from durable._context import DurableFuture, DurablePromise
 from durable._limits import MAX_NAME_CHARS, quote, text_problem
 from durable._store.completions import CompletionRefused
@@ -157,7 +157,7 @@ class KeyedSteps:
             self._steps._complete(entry)
         if not entry.HasField("value") or not entry.value.content_type:
             return None
-        return _serde.decode(entry.value.data, entry.value.content_type, result_type or Any)
+        return _codec.decode(entry.value.data, entry.value.content_type, result_type or Any)
 
     def _write(self, op: str, name: str, value: StoredPayload | None) -> None:
         self._need_state(write=True)
@@ -189,10 +189,10 @@ class KeyedSteps:
         index, entry = self._steps._take(S.STEP_KIND_STATE, "keys")
         if entry is None:
             entry = self._steps._entry(index, S.STEP_KIND_STATE, "keys")
-            data, ct = _serde.encode(await self.view.keys())
+            data, ct = _codec.encode(await self.view.keys())
             entry.value.CopyFrom(StoredPayload(data=data, content_type=ct))
             self._steps._complete(entry)
-        return list(_serde.decode(entry.value.data, entry.value.content_type, list[str]))
+        return list(_codec.decode(entry.value.data, entry.value.content_type, list[str]))
 
     # -- promises ---------------------------------------------------------------------------
 
@@ -243,7 +243,7 @@ class KeyedSteps:
             raise TerminalError(entry.failure.message, entry.failure.code)
         if not entry.HasField("value") or not entry.value.content_type:
             return None
-        return _serde.decode(entry.value.data, entry.value.content_type, promise.result_type)
+        return _codec.decode(entry.value.data, entry.value.content_type, promise.result_type)
 
     async def complete(self, promise: _Promise, outcome: Entry, verb: str) -> None:
         name = token(promise.name)

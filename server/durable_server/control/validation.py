@@ -17,11 +17,11 @@ from durable.contract import (
     MAX_CONTENT_TYPE_CHARS,
     MAX_PAGE_TOKEN_CHARS,
     MAX_REASON_BYTES,
+    codec,
     from_value,
     is_valid_invocation_id,
     json_rules,
     quote,
-    serde,
     text_problem,
     to_value,
 )
@@ -129,7 +129,7 @@ def _human_size(n: int) -> str:
 def payload_to_stored(payload: types_pb2.Payload, limit: int, what: str) -> tuple[bytes, str]:
     """An API Payload as (data, content_type), enforcing the size limit and, for JSON (as
     ``json`` or as ``data`` with content type ``application/json``), the rules every stored
-    JSON value follows (``durable._jsonrules``), so that nothing stored is a value the API
+    JSON value follows (``durable._codec.jsonrules``), so that nothing stored is a value the API
     could not hand back unchanged. ``what`` names the payload in messages ("input")."""
     kind = payload.WhichOneof("value")
     if kind == "json":
@@ -148,13 +148,13 @@ def payload_to_stored(payload: types_pb2.Payload, limit: int, what: str) -> tupl
         data = json.dumps(
             value, ensure_ascii=False, separators=(",", ":"), allow_nan=False, sort_keys=True
         ).encode()
-        content_type = serde.JSON
+        content_type = codec.JSON
     elif kind == "data":
         data = payload.data
-        content_type = payload.content_type or serde.OCTET_STREAM
+        content_type = payload.content_type or codec.OCTET_STREAM
         check_text(f"the content_type of {what}", content_type, MAX_CONTENT_TYPE_CHARS)
     else:
-        data, content_type = b"null", serde.JSON
+        data, content_type = b"null", codec.JSON
     if len(data) > limit:
         raise RequestError(
             f"{what} is {_human_size(len(data))}; the limit is {_human_size(limit)} "
@@ -163,7 +163,7 @@ def payload_to_stored(payload: types_pb2.Payload, limit: int, what: str) -> tupl
             field=what,
             limit_bytes=str(limit),
         )
-    if kind == "data" and content_type == serde.JSON:
+    if kind == "data" and content_type == codec.JSON:
         try:
             json_rules.parse(data, what)
         except json_rules.JsonRuleError as err:
@@ -181,7 +181,7 @@ def stored_to_payload(data: bytes, content_type: str) -> types_pb2.Payload:
     than protobuf clients read) stays bytes with content type ``application/json``, and so
     does anything stored as JSON that does not parse (written by older versions): a read
     never alters a value, and never fails on one."""
-    if content_type == serde.JSON:
+    if content_type == codec.JSON:
         value = _exact_value(data)
         if value is not None:
             return types_pb2.Payload(json=value)
@@ -202,15 +202,15 @@ def _exact_value(data: bytes) -> struct_pb2.Value | None:
 def validate_input(handler: types_pb2.HandlerInfo, data: bytes, content_type: str) -> None:
     """Refuse input that the handler could not decode, before anything is stored."""
     if handler.input_message:
-        expected = serde.PROTOBUF_PREFIX + handler.input_message
-        if content_type != expected and content_type != serde.JSON:
+        expected = codec.PROTOBUF_PREFIX + handler.input_message
+        if content_type != expected and content_type != codec.JSON:
             raise invalid(
                 f"{handler.name} takes protobuf message {handler.input_message}; send it as "
                 f"bytes with content_type '{expected}' (got {quote(content_type)})",
                 E.ERROR_REASON_INPUT_INVALID,
                 handler=handler.name,
             )
-        if content_type == serde.JSON and not isinstance(_json_or_none(data), dict):
+        if content_type == codec.JSON and not isinstance(_json_or_none(data), dict):
             raise invalid(
                 f"{handler.name} takes protobuf message {handler.input_message}: send its JSON "
                 f"form, an object such as {{}} (got {_json_kind(data)})",
@@ -221,7 +221,7 @@ def validate_input(handler: types_pb2.HandlerInfo, data: bytes, content_type: st
         if message_class is None:
             return  # the worker registered no descriptors; it checks the input itself
         try:
-            serde.decode(data, content_type, message_class)
+            codec.decode(data, content_type, message_class)
         except (ValueError, TypeError, OverflowError) as err:  # DecodeFailure, and the
             # protobuf JSON parser's own errors on odd input
             raise invalid(
@@ -231,7 +231,7 @@ def validate_input(handler: types_pb2.HandlerInfo, data: bytes, content_type: st
                 handler=handler.name,
             ) from None
         return
-    if content_type != serde.JSON:
+    if content_type != codec.JSON:
         if handler.input_schema:
             raise invalid(
                 f"{handler.name} takes JSON ({handler.input_type}); got content_type "
@@ -301,7 +301,7 @@ def _message_class(handler: types_pb2.HandlerInfo) -> type[Message] | None:
 
 
 def schema_errors(schema: dict[str, Any], value: Any, path: str) -> list[str]:
-    """Errors of ``value`` against the JSON schema subset written by ``durable._serde``."""
+    """Errors of ``value`` against the JSON schema subset written by ``durable._codec``."""
     if "anyOf" in schema:
         options = [schema_errors(s, value, path) for s in schema["anyOf"]]
         if any(not errs for errs in options):

@@ -20,38 +20,23 @@ Everything here is pure (no I/O, no global state).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from collections.abc import Mapping
 from typing import Any, TypeVar, overload
 
-from google.protobuf import json_format, struct_pb2
-from google.protobuf.message import DecodeError, Message
+from google.protobuf import struct_pb2
+from google.protobuf.message import Message
 
+from durable._codec.values import (
+    JSON_CONTENT_TYPE,
+    OCTET_STREAM,
+    PROTOBUF_CONTENT_TYPE,
+    decode,
+    jsonable,
+    protobuf_message_type,
+)
 from durable.v1 import types_pb2
-
-__all__ = [
-    "JSON_CONTENT_TYPE",
-    "OCTET_STREAM",
-    "PROTOBUF_CONTENT_TYPE",
-    "from_payload",
-    "from_value",
-    "json_bytes_to_value",
-    "preview",
-    "protobuf_message_type",
-    "to_payload",
-    "to_value",
-    "value_to_json_bytes",
-]
-
-#: Content type of raw bytes.
-OCTET_STREAM = "application/octet-stream"
-#: Content type of JSON text sent as bytes (the server answers with it for JSON that a
-#: ``google.protobuf.Value`` cannot carry exactly, such as integers beyond 2**53).
-JSON_CONTENT_TYPE = "application/json"
-#: Content type prefix of a serialized protobuf message (followed by ``; messageType=<name>``).
-PROTOBUF_CONTENT_TYPE = "application/x-protobuf"
 
 #: Largest integer a double holds exactly; JSON numbers beyond it lose precision.
 MAX_SAFE_INTEGER = 2**53
@@ -189,20 +174,6 @@ def to_payload(value: Any) -> types_pb2.Payload:
     return types_pb2.Payload(json=to_value(jsonable(value)))
 
 
-def jsonable(value: Any) -> Any:
-    """``value`` with dataclasses turned into JSON objects, recursively: how the client and
-    the handlers' codec (``_serde``) both write a dataclass."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, dict):
-        # Keys stay as they are: a key that is not a string is refused where JSON is made,
-        # not silently turned into one.
-        return {k: jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    return value
-
-
 @overload
 def from_payload(payload: types_pb2.Payload, result_type: None = None) -> Any: ...
 
@@ -211,69 +182,40 @@ def from_payload(payload: types_pb2.Payload, result_type: None = None) -> Any: .
 def from_payload(payload: types_pb2.Payload, result_type: type[M]) -> M: ...
 
 
-def from_payload(payload: types_pb2.Payload, result_type: type[M] | None = None) -> Any:
+@overload
+def from_payload(payload: types_pb2.Payload, result_type: Any) -> Any: ...
+
+
+def from_payload(payload: types_pb2.Payload, result_type: Any = None) -> Any:
     """Decode a ``Payload`` into a Python value.
 
-    JSON becomes plain Python; bytes stay ``bytes``. With ``result_type`` (a protobuf message
-    class) the bytes are parsed into that message, or a JSON payload is read with the
-    protobuf JSON mapping, so handlers and grpcurl users can both send typed input.
-    An empty payload (neither set) is ``None``, as the protocol defines.
-    Raises ``TypeError`` when the payload declares another message type than
-    ``result_type``, and ``ValueError`` when it cannot be parsed.
+    Without ``result_type``: JSON becomes plain Python, bytes stay ``bytes``, and an empty
+    payload (neither set) is ``None``, as the protocol defines. With one (a protobuf message
+    class, a dataclass, ``list[Order]``, ...), the payload is read exactly as a worker reads
+    a stored value of that type (``values.decode``): one set of rules on both sides.
+    Raises ``DecodeFailure`` (a ``ValueError``) when it does not fit.
     """
     kind = payload.WhichOneof("value")
-    if result_type is not None:
-        return _to_message(payload, kind, result_type)
-    if kind == "json":
-        return from_value(payload.json)
-    if kind == "data":
-        if payload.content_type == JSON_CONTENT_TYPE:
-            # JSON a Value cannot carry exactly (integers beyond 2**53) comes as bytes.
-            return json.loads(payload.data) if payload.data else None
-        return payload.data
-    return None
-
-
-def _to_message(payload: types_pb2.Payload, kind: str | None, result_type: type[M]) -> M:
-    expected = result_type.DESCRIPTOR.full_name
-    if kind == "json":
-        message = result_type()
-        try:
-            json_format.ParseDict(from_value(payload.json), message)
-        except json_format.ParseError as exc:
-            raise ValueError(f"JSON payload is not a valid {expected}: {exc}") from exc
-        return message
-    if kind is None:
-        return result_type()
-    if payload.content_type == JSON_CONTENT_TYPE:
-        message = result_type()
-        try:
-            json_format.Parse(payload.data or b"{}", message)
-        except json_format.ParseError as exc:
-            raise ValueError(f"JSON payload is not a valid {expected}: {exc}") from exc
-        return message
-    declared = protobuf_message_type(payload.content_type)
-    if declared is not None and declared != expected:
-        raise TypeError(f"payload holds a {declared}, not a {expected}")
-    try:
-        return result_type.FromString(payload.data)
-    except DecodeError as exc:
-        raise ValueError(f"payload bytes are not a valid {expected}: {exc}") from exc
-
-
-def protobuf_message_type(content_type: str) -> str | None:
-    """Return the ``messageType`` parameter of a protobuf content type, else ``None``.
-
-    ``"application/x-protobuf; messageType=shop.v1.Order"`` gives ``"shop.v1.Order"``.
-    """
-    media, *params = (part.strip() for part in content_type.split(";"))
-    if media.lower() != PROTOBUF_CONTENT_TYPE:
+    if result_type is None:
+        if kind == "json":
+            return from_value(payload.json)
+        if kind == "data":
+            if payload.content_type == JSON_CONTENT_TYPE:
+                # JSON a Value cannot carry exactly (integers beyond 2**53) comes as bytes.
+                return json.loads(payload.data) if payload.data else None
+            return payload.data
         return None
-    for param in params:
-        name, _, val = param.partition("=")
-        if name.strip().lower() == "messagetype":
-            return val.strip().strip('"') or None
-    return None
+    return decode(*stored_form(payload), result_type)
+
+
+def stored_form(payload: types_pb2.Payload) -> tuple[bytes, str]:
+    """A payload as the engine stores values: bytes and their content type."""
+    kind = payload.WhichOneof("value")
+    if kind == "json":
+        return value_to_json_bytes(payload.json), JSON_CONTENT_TYPE
+    if kind == "data":
+        return payload.data, payload.content_type
+    return b"", JSON_CONTENT_TYPE
 
 
 def preview(payload: types_pb2.Payload, limit: int = 80) -> str:

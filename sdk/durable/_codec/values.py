@@ -17,13 +17,46 @@ from typing import Any
 
 from google.protobuf.message import DecodeError, Message
 
-from durable import _jsonrules
-from durable._payloads import OCTET_STREAM as OCTET_STREAM
-from durable._payloads import PROTOBUF_CONTENT_TYPE
-from durable._payloads import jsonable as to_jsonable
+from durable._codec import jsonrules as _jsonrules
 
-JSON = "application/json"
+#: Content type of raw bytes.
+OCTET_STREAM = "application/octet-stream"
+#: Content type of JSON text sent as bytes (the server answers with it for JSON that a
+#: ``google.protobuf.Value`` cannot carry exactly, such as integers beyond 2**53).
+JSON_CONTENT_TYPE = "application/json"
+#: Content type prefix of a serialized protobuf message (followed by ``; messageType=<name>``).
+PROTOBUF_CONTENT_TYPE = "application/x-protobuf"
+JSON = JSON_CONTENT_TYPE
 PROTOBUF_PREFIX = f"{PROTOBUF_CONTENT_TYPE}; messageType="
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with dataclasses turned into JSON objects, recursively: how the client and
+    the handlers' codec (``_serde``) both write a dataclass."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        # Keys stay as they are: a key that is not a string is refused where JSON is made,
+        # not silently turned into one.
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def protobuf_message_type(content_type: str) -> str | None:
+    """Return the ``messageType`` parameter of a protobuf content type, else ``None``.
+
+    ``"application/x-protobuf; messageType=shop.v1.Order"`` gives ``"shop.v1.Order"``.
+    """
+    media, *params = (part.strip() for part in content_type.split(";"))
+    if media.lower() != PROTOBUF_CONTENT_TYPE:
+        return None
+    for param in params:
+        name, _, val = param.partition("=")
+        if name.strip().lower() == "messagetype":
+            return val.strip().strip('"') or None
+    return None
 
 
 class DecodeFailure(ValueError):
@@ -36,19 +69,19 @@ def protobuf_content_type(message_type: type[Message] | Message) -> str:
 
 def encode(value: Any) -> tuple[bytes, str]:
     """Encode a value as (data, content_type). Raises TypeError when it cannot, and
-    :class:`~durable._jsonrules.JsonRuleError` when its JSON would break the rules every
+    :class:`~durable._codec.jsonrules.JsonRuleError` when its JSON would break the rules every
     stored JSON value follows (finite numbers, 64-bit integers, at most 32 levels)."""
     if isinstance(value, Message):
         return value.SerializeToString(), protobuf_content_type(value)
     if isinstance(value, bytes | bytearray):
         return bytes(value), OCTET_STREAM
     try:
-        jsonable = to_jsonable(value)
+        plain = jsonable(value)
     except RecursionError:  # nested far too deep, or a structure that contains itself
         raise _jsonrules.too_deep("value") from None
-    _jsonrules.check(jsonable, "value")
+    _jsonrules.check(plain, "value")
     try:
-        return json.dumps(jsonable, separators=(",", ":"), allow_nan=False).encode(), JSON
+        return json.dumps(plain, separators=(",", ":"), allow_nan=False).encode(), JSON
     except (TypeError, ValueError) as err:
         raise TypeError(
             f"cannot encode {type(value).__name__} as JSON: {err}; return JSON-able values, "
@@ -63,16 +96,18 @@ def is_message_type(tp: Any) -> bool:
 
 def decode(data: bytes, content_type: str, tp: Any = Any) -> Any:
     """Decode (data, content_type) into ``tp``; :class:`DecodeFailure` when it does not fit."""
+    declared = protobuf_message_type(content_type)
     if is_message_type(tp):
+        expected = tp.DESCRIPTOR.full_name
         msg = tp()
-        if content_type.startswith(PROTOBUF_PREFIX):
-            got = content_type[len(PROTOBUF_PREFIX) :]
-            if got != tp.DESCRIPTOR.full_name:
-                raise DecodeFailure(f"expected message {tp.DESCRIPTOR.full_name}, got {got}")
+        if declared is not None or content_type in (PROTOBUF_CONTENT_TYPE, OCTET_STREAM):
+            # Untyped bytes are read as the message asked for; typed ones must be it.
+            if declared is not None and declared != expected:
+                raise DecodeFailure(f"payload holds a {declared}, not a {expected}")
             try:
                 msg.ParseFromString(data)
             except DecodeError as err:
-                raise DecodeFailure(f"not a valid {got}: {err}") from err
+                raise DecodeFailure(f"payload bytes are not a valid {expected}: {err}") from err
             return msg
         if content_type in (JSON, ""):
             from google.protobuf import json_format
@@ -80,10 +115,10 @@ def decode(data: bytes, content_type: str, tp: Any = Any) -> Any:
             try:
                 json_format.Parse(data or b"{}", msg)
             except json_format.ParseError as err:
-                raise DecodeFailure(str(err)) from err
+                raise DecodeFailure(f"JSON payload is not a valid {expected}: {err}") from err
             return msg
-        raise DecodeFailure(f"cannot read {content_type!r} as {tp.DESCRIPTOR.full_name}")
-    if content_type == OCTET_STREAM or content_type.startswith(PROTOBUF_PREFIX):
+        raise DecodeFailure(f"cannot read {content_type!r} as {expected}")
+    if content_type == OCTET_STREAM or declared is not None:
         if tp in (bytes, Any):
             return data
         raise DecodeFailure(f"got {content_type} bytes where {_type_name(tp)} was expected")
