@@ -7,9 +7,9 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from durable import Service
+from durable import Invocation, InvocationStatus, Service
 from durable.testing import LocalEngine
-from durable.v1 import control_pb2, control_pb2_grpc, types_pb2
+from durable.v1 import control_pb2, control_pb2_grpc
 
 EngineFactory = Callable[..., Awaitable[LocalEngine]]
 
@@ -42,18 +42,16 @@ async def start_ready(
 
 async def wait_status(
     engine: LocalEngine, invocation_id: str, status: int, timeout: float = 5.0
-) -> control_pb2.GetWorkflowResponse:
+) -> Invocation:
     """Poll GetWorkflow until the invocation is in ``status``; return that view."""
     deadline = time.monotonic() + timeout
     while True:
         view = await engine.client.get(invocation_id)
-        if view.invocation.status == status:
+        if view.status == status:
             return view
         if time.monotonic() > deadline:
-            name = types_pb2.InvocationStatus.Name
-            raise AssertionError(
-                f"{invocation_id} still {name(view.invocation.status)}, wanted {name(status)}"  # type: ignore[arg-type]
-            )
+            wanted = InvocationStatus(status).name
+            raise AssertionError(f"{invocation_id} still {view.status.name}, wanted {wanted}")
         await asyncio.sleep(0.01)
 
 

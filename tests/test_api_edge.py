@@ -388,7 +388,7 @@ async def test_a_reason_at_the_limit_is_accepted(engine: LocalEngine, stub: Stub
         C.RejectAwakeableRequest(awakeable_id="awk_" + handle.id[4:] + "_0", reason=reason)
     )
     view = await wait_status(engine, handle.id, S.INVOCATION_STATUS_FAILED)
-    assert view.invocation.result.failure.message == reason
+    assert view.failure.message == reason
 
 
 @pytest.mark.parametrize(

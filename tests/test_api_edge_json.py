@@ -243,7 +243,7 @@ async def test_a_handler_output_that_breaks_a_rule_fails_it(
     """It used to be journaled, and GetWorkflow then answered INTERNAL."""
     handle = await engine.client.start("jsonedge/emit", what)
     view = await wait_status(engine, handle.id, S.INVOCATION_STATUS_FAILED)
-    failure = view.invocation.result.failure
+    failure = view.failure
     assert failure.error_type == "TerminalError"
     assert "the output of jsonedge/emit cannot be stored as JSON" in failure.message
     events = [e async for e in stub.WatchWorkflow(C.WatchWorkflowRequest(invocation_id=handle.id))]
@@ -262,7 +262,7 @@ async def test_a_state_value_that_breaks_a_rule_fails_the_handler(engine: LocalE
     await engine.client.set_state("jbox", "k2", {"v": "kept"})
     handle = await engine.client.start("jbox/put", "huge-int", key="k2")
     view = await wait_status(engine, handle.id, S.INVOCATION_STATUS_FAILED)
-    assert "state 'v' cannot be stored as JSON" in view.invocation.result.failure.message
+    assert "state 'v' cannot be stored as JSON" in view.failure.message
     assert await engine.client.get_state("jbox", "k2") == {"v": "kept"}
 
 

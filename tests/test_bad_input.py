@@ -468,7 +468,7 @@ async def test_engine_still_serves_after_bad_input(
     )
     for invocation_id in existing:
         view = await engine.client.get(invocation_id)
-        assert view.invocation.status == S.INVOCATION_STATUS_COMPLETED
+        assert view.status == S.INVOCATION_STATUS_COMPLETED
         assert len(view.journal) == 1
     stamp = Timestamp(seconds=86400)
     assert await engine.client.execute("bad/stamp", stamp, timeout=10) == "1970-01-02T00:00:00Z"

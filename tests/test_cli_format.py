@@ -590,7 +590,7 @@ async def test_cli_invoke_of_a_failing_handler_exits_1(nats_server: EmbeddedNats
         assert ran.field("result") == "failed: TerminalError: rejected: card declined (code 402)"
         inv_id = ran.field("invocation")
         view = await engine.client.get(inv_id)
-        assert view.invocation.status == S.INVOCATION_STATUS_FAILED
+        assert view.status == S.INVOCATION_STATUS_FAILED
 
         ran = await durable(engine.target, "--json", "invoke", "clif/reject", '"again"')
         assert ran.code == 1
@@ -1001,7 +1001,7 @@ async def test_client_list_all_stats_and_handlers(nats_server: EmbeddedNats) -> 
             order = {"order_id": f"o-{i}", "items": [], "amount": i}
             ids.append((await client.invoke("clif/checkout", order, wait=True)).id)
         await client.invoke("clif/reject", "x", wait=True)
-        listed = [s.invocation_id async for s in client.list_all(statuses="completed", page_size=2)]
+        listed = [s.id async for s in client.list_all(statuses="completed", page_size=2)]
         assert listed == ids[::-1]
         page = await client.list(page_size=3)
         assert (len(page.invocations), page.total_size) == (3, 6)

@@ -64,7 +64,7 @@ async def test_concurrent_steps_journal_in_call_order_and_replay(
     assert await handle.result(timeout=10) == ["a-done", "b-done", "c-done", "d-done"]
     view = await engine.client.get(handle.id)
     assert [(e.index, e.name) for e in view.journal] == [(0, "a"), (1, "b"), (2, "c"), (3, "d")]
-    assert view.invocation.attempt == 2
+    assert view.attempt == 2
     # The second attempt replayed the fan-out from the journal.
     assert [RUNS[f"{tag}:{n}"] for n in "abcd"] == [1, 1, 1, 1]
 

@@ -22,9 +22,11 @@ from durable import (
     CancelledError,
     Context,
     FailedPreconditionError,
+    Invocation,
     InvocationCancelledError,
     InvocationFailedError,
     InvocationHandle,
+    InvocationStatus,
     ResultTimeoutError,
     RetryPolicy,
     Service,
@@ -136,23 +138,25 @@ async def doomed(ctx: Context, tag: str) -> None:
 # -- helpers -------------------------------------------------------------------------------
 
 
-def _stable(view: control_pb2.GetWorkflowResponse) -> control_pb2.GetWorkflowResponse:
-    """The view without the in-memory progress hint (which may arrive at any time)."""
-    out = control_pb2.GetWorkflowResponse()
-    out.CopyFrom(view)
+def _stable(view: Invocation) -> control_pb2.GetWorkflowResponse:
+    """The view as the wire carried it, without the in-memory progress hint (which may
+    arrive at any time)."""
+    out = control_pb2.GetWorkflowResponse(
+        invocation=view.raw, journal=[e.raw for e in view.journal]
+    )
     out.invocation.current_step.ClearField("kind")
     out.invocation.current_step.ClearField("name")
     return out
 
 
-async def settled(engine: LocalEngine, invocation_id: str) -> control_pb2.GetWorkflowResponse:
+async def settled(engine: LocalEngine, invocation_id: str) -> Invocation:
     """The view once an ended invocation's record is written: a view taken between its
     journaled outcome and that write shows the outcome with the older ``updated_at``."""
     for _ in range(200):
         view = await engine.client.get(invocation_id)
-        inv = view.invocation
-        if not is_terminal(inv.status) or inv.updated_at.ToNanoseconds() >= (
-            inv.ended_at.ToNanoseconds()
+        inv = view
+        if not is_terminal(inv.status) or inv.raw.updated_at.ToNanoseconds() >= (
+            inv.raw.ended_at.ToNanoseconds()
         ):
             return view
         await asyncio.sleep(0.01)
@@ -195,8 +199,8 @@ async def test_idempotent_invoke_returns_the_same_invocation(
     assert "different input" in str(refused.value) and first.id in str(refused.value)
 
     view = await engine.client.get(first.id)
-    assert view.invocation.idempotency_key == "order-1"
-    assert view.invocation.attempt == 1
+    assert view.idempotency_key == "order-1"
+    assert view.attempt == 1
     assert RUNS[f"{tag}:work"] == 1
 
     # Another key is another invocation.
@@ -247,7 +251,7 @@ async def test_idempotency_outlives_the_duplicate_window(
     assert again.status == S.INVOCATION_STATUS_COMPLETED
     await engine.client.execute("ctl/counted", f"{tag}-marker", timeout=10)
     assert RUNS[f"{tag}:work"] == 1
-    assert (await engine.client.get(first.id)).invocation.attempt == 1
+    assert (await engine.client.get(first.id)).attempt == 1
 
 
 # -- pause / resume / cancel -----------------------------------------------------------------
@@ -263,25 +267,25 @@ async def test_pause_at_step_boundary_frees_the_slot_and_resume_continues(
         await wait_status(engine, handle.id, S.INVOCATION_STATUS_RUNNING)
 
     paused = await engine.client.pause(handle.id, reason="maintenance window")
-    assert paused.invocation_id == handle.id
+    assert paused.id == handle.id
     if when == "once-running-is-shown":
         assert paused.status == S.INVOCATION_STATUS_RUNNING, "it pauses at its next step"
-        assert (await engine.client.get(handle.id)).invocation.pause_requested
+        assert (await engine.client.get(handle.id)).pause_requested
 
     release.set()
     # The step in flight finished and was journaled; the next one was not started.
     view = await wait_status(engine, handle.id, S.INVOCATION_STATUS_PAUSED)
-    inv = view.invocation
+    inv = view
     assert not inv.pause_requested
     assert [e.name for e in view.journal] == ["one", "two"]
     assert inv.journal_length == 2 and inv.current_step.index == 2
-    assert not inv.HasField("ended_at")
+    assert inv.ended_at is None
     assert (RUNS[f"{tag}:one"], RUNS[f"{tag}:two"], RUNS[f"{tag}:three"]) == (1, 1, 0)
 
     # Paused, it holds no worker slot: with one slot, another invocation runs to the end.
     other = _tag()
     assert await engine.client.execute("ctl/counted", other, timeout=5) == "work-done"
-    assert (await engine.client.get(handle.id)).invocation.status == S.INVOCATION_STATUS_PAUSED
+    assert (await engine.client.get(handle.id)).status == S.INVOCATION_STATUS_PAUSED
     assert RUNS[f"{tag}:three"] == 0
 
     resumed = await engine.client.resume(handle.id)
@@ -299,8 +303,8 @@ async def test_pause_at_step_boundary_frees_the_slot_and_resume_continues(
         ("two", 1),
         ("three", 2),
     ]
-    assert final.invocation.attempt == 2
-    assert final.invocation.status_reason == ""
+    assert final.attempt == 2
+    assert final.status_reason == ""
 
 
 @pytest.mark.parametrize("action", ["pause", "cancel"])
@@ -325,7 +329,7 @@ async def test_operator_acting_before_the_first_entry_fences_the_fast_path(
         # The released attempt ends (fenced): whatever it appended is in the journal now.
         await until(lambda: not engine.worker.driving(handle.id), "the fenced attempt ends")
         view = await engine.client.get(handle.id)
-        assert view.invocation.status == S.INVOCATION_STATUS_PAUSED
+        assert view.status == S.INVOCATION_STATUS_PAUSED
         assert list(view.journal) == [], "the fenced worker journaled its step"
         assert RUNS[f"{tag}:two"] == 0
         await engine.client.resume(handle.id)
@@ -338,9 +342,7 @@ async def test_operator_acting_before_the_first_entry_fences_the_fast_path(
         assert info.value.failure_message == "not wanted"
         assert (RUNS[f"{tag}:one"], RUNS[f"{tag}:two"]) == (1, 0)
         view = await engine.client.get(handle.id)
-        assert [(e.name, e.result.failure.error_type) for e in view.journal] == [
-            ("one", "CancelledError")
-        ]
+        assert [(e.name, e.failure.error_type) for e in view.journal] == [("one", "CancelledError")]
 
 
 @pytest.mark.slow
@@ -359,8 +361,8 @@ async def test_pause_before_the_first_entry_holds_when_the_attempt_journals_noth
     await until(lambda: RUNS[f"{tag}:flaky"] == 1, "the first step runs")
     await until(lambda: not engine.worker.driving(handle.id), "the failed attempt ends")
     view = await engine.client.get(handle.id)
-    assert view.invocation.status == S.INVOCATION_STATUS_PAUSED, view.invocation
-    assert view.invocation.status_reason == "hold on"
+    assert view.status == S.INVOCATION_STATUS_PAUSED, view.invocation
+    assert view.status_reason == "hold on"
     assert RUNS[f"{tag}:flaky"] == 1
 
 
@@ -372,7 +374,7 @@ async def test_pause_reason_is_shown_while_paused(engine_factory: EngineFactory)
     await engine.client.pause(handle.id, reason="maintenance window")
     release.set()
     view = await wait_status(engine, handle.id, S.INVOCATION_STATUS_PAUSED)
-    assert "maintenance window" in view.invocation.status_reason
+    assert "maintenance window" in view.status_reason
     await engine.client.cancel(handle.id)
 
 
@@ -389,7 +391,7 @@ async def test_cancel_running_invocation_compensates(
     assert cancelling.status != S.INVOCATION_STATUS_CANCELLED, "the handler must see it first"
     if when == "once-running-is-shown":
         assert cancelling.status == S.INVOCATION_STATUS_RUNNING
-    assert (await engine.client.get(handle.id)).invocation.cancel_requested
+    assert (await engine.client.get(handle.id)).cancel_requested
 
     release.set()
     with pytest.raises(InvocationCancelledError) as info:
@@ -398,18 +400,18 @@ async def test_cancel_running_invocation_compensates(
     assert SEEN[tag] == "CancelledError: customer changed their mind"
 
     view = await engine.client.get(handle.id)
-    inv = view.invocation
+    inv = view
     assert inv.status == S.INVOCATION_STATUS_CANCELLED
     assert not inv.cancel_requested
-    assert inv.result.failure.error_type == "CancelledError"
-    assert inv.HasField("ended_at")
-    assert [(e.name, e.result.WhichOneof("outcome")) for e in view.journal] == [
+    assert inv.failure.error_type == "CancelledError"
+    assert inv.ended_at is not None
+    assert [(e.name, e.raw.result.WhichOneof("outcome")) for e in view.journal] == [
         ("reserve", "value"),
         ("wait", "value"),
         ("charge", "failure"),
         ("compensate", "value"),
     ]
-    assert view.journal[2].result.failure.error_type == "CancelledError"
+    assert view.journal[2].failure.error_type == "CancelledError"
     assert RUNS[f"{tag}:charge"] == 0
     assert (RUNS[f"{tag}:reserve"], RUNS[f"{tag}:wait"], RUNS[f"{tag}:compensate"]) == (1, 1, 1)
 
@@ -443,7 +445,7 @@ async def test_cancel_pending_invocation_never_runs_it(engine_factory: EngineFac
 
     tag = _tag()
     queued = await engine.client.start("ctl/counted", tag)
-    assert (await engine.client.get(queued.id)).invocation.status == S.INVOCATION_STATUS_PENDING
+    assert (await engine.client.get(queued.id)).status == S.INVOCATION_STATUS_PENDING
 
     summary = await engine.client.cancel(queued.id, reason="not needed")
     # Either ended at once, or cancel_requested until a worker delivers it to the handler.
@@ -460,15 +462,15 @@ async def test_cancel_pending_invocation_never_runs_it(engine_factory: EngineFac
     assert RUNS[f"{tag}:work"] == 0, "a step of a cancelled, never started invocation ran"
 
     view = await engine.client.get(queued.id)
-    inv = view.invocation
+    inv = view
     assert inv.status == S.INVOCATION_STATUS_CANCELLED
     assert not inv.cancel_requested
-    assert inv.result.failure.error_type == "CancelledError"
-    assert inv.result.failure.message == "not needed"
+    assert inv.failure.error_type == "CancelledError"
+    assert inv.failure.message == "not needed"
     assert inv.attempt <= 1
     # Nothing but the cancellation itself may be journaled.
     for entry in view.journal:
-        assert entry.result.failure.error_type == "CancelledError", entry
+        assert entry.failure.error_type == "CancelledError", entry
 
 
 async def test_failed_precondition_changes_nothing(engine_factory: EngineFactory) -> None:
@@ -580,11 +582,11 @@ async def test_list_workflows_filters_and_paging(engine_factory: EngineFactory) 
     doomed_ids = [i for h, i in reversed(created) if h == "ctl/doomed"]
 
     everything = await engine.client.list()
-    assert [s.invocation_id for s in everything.invocations] == newest_first
+    assert [s.id for s in everything.invocations] == newest_first
     assert everything.total_size == 8 and everything.next_page_token == ""
     first = everything.invocations[0]
     assert first.handler == "ctl/counted" and first.status == S.INVOCATION_STATUS_COMPLETED
-    assert first.attempt == 1 and first.HasField("created_at") and first.HasField("ended_at")
+    assert first.attempt == 1 and first.created_at is not None and first.ended_at is not None
 
     # Every page through next_page_token, newest first, total_size on each.
     seen, token, pages = [], "", 0
@@ -593,7 +595,7 @@ async def test_list_workflows_filters_and_paging(engine_factory: EngineFactory) 
         pages += 1
         assert page.total_size == 8
         assert len(page.invocations) <= 3
-        seen += [s.invocation_id for s in page.invocations]
+        seen += [s.id for s in page.invocations]
         token = page.next_page_token
         if not token:
             break
@@ -603,18 +605,18 @@ async def test_list_workflows_filters_and_paging(engine_factory: EngineFactory) 
     exact = await engine.client.list(page_size=8)
     assert len(exact.invocations) == 8 and exact.next_page_token == ""
 
-    by_handler = [s.invocation_id async for s in engine.client.list_all(handler="ctl/counted")]
+    by_handler = [s.id async for s in engine.client.list_all(handler="ctl/counted")]
     assert by_handler == counted_ids
     page = await engine.client.list(handler="ctl/counted", page_size=4)
     assert page.total_size == 6 and len(page.invocations) == 4 and page.next_page_token
     rest = await engine.client.list(
         handler="ctl/counted", page_size=4, page_token=page.next_page_token
     )
-    assert [s.invocation_id for s in [*page.invocations, *rest.invocations]] == counted_ids
+    assert [s.id for s in [*page.invocations, *rest.invocations]] == counted_ids
     assert rest.next_page_token == ""
 
     failed = await engine.client.list(statuses=["failed"])
-    assert [s.invocation_id for s in failed.invocations] == doomed_ids
+    assert [s.id for s in failed.invocations] == doomed_ids
     assert failed.total_size == 2
     both = await engine.client.list(statuses=["completed", "failed"], page_size=5)
     assert both.total_size == 8 and len(both.invocations) == 5
@@ -632,8 +634,8 @@ async def test_stats_counts_by_status_and_handler(engine_factory: EngineFactory)
     engine = await start_ready(engine_factory, [ctl])
     empty = await engine.client.stats()
     assert empty.total == 0
-    assert [c.status for c in empty.by_status] == list(range(1, 10))
-    assert all(c.count == 0 for c in empty.by_status) and list(empty.by_handler) == []
+    assert list(empty.by_status) == list(range(1, 10))
+    assert all(n == 0 for n in empty.by_status.values()) and empty.by_handler == {}
 
     for i in range(3):
         await engine.client.execute("ctl/counted", f"s{i}", timeout=10)
@@ -643,21 +645,17 @@ async def test_stats_counts_by_status_and_handler(engine_factory: EngineFactory)
 
     stats = await engine.client.stats()
     assert stats.total == 5
-    counts = {c.status: c.count for c in stats.by_status}
+    counts = stats.by_status
     assert len(counts) == 9 and S.INVOCATION_STATUS_UNSPECIFIED not in counts
     assert counts[S.INVOCATION_STATUS_COMPLETED] == 3
     assert counts[S.INVOCATION_STATUS_FAILED] == 2
     assert sum(counts.values()) == 5
-    assert [(h.handler, h.total) for h in stats.by_handler] == [
+    assert [(name, h.total) for name, h in stats.by_handler.items()] == [
         ("ctl/counted", 3),
         ("ctl/doomed", 2),
     ]
-    assert [(c.status, c.count) for c in stats.by_handler[0].by_status] == [
-        (S.INVOCATION_STATUS_COMPLETED, 3)
-    ]
-    assert [(c.status, c.count) for c in stats.by_handler[1].by_status] == [
-        (S.INVOCATION_STATUS_FAILED, 2)
-    ]
+    assert stats.by_handler["ctl/counted"].by_status == {InvocationStatus.COMPLETED: 3}
+    assert stats.by_handler["ctl/doomed"].by_status == {InvocationStatus.FAILED: 2}
 
 
 async def test_list_handlers(engine_factory: EngineFactory) -> None:
@@ -679,7 +677,7 @@ async def test_list_handlers(engine_factory: EngineFactory) -> None:
         assert h.input_type == "str"
         assert h.input_message == ""
         assert h.live_workers == 1
-        assert h.HasField("last_seen")
+        assert h.last_seen is not None
     assert by_name["ctl/counted"].output_type == "str"
     assert by_name["ctl/gated"].output_type == "list[str]"
     assert by_name["ctl/counted"].description == "Counts how often it runs."

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from durable import Client
+from durable import Client, Invocation
 from durable.v1 import types_pb2
 from durable_server.natsd import EmbeddedNats
 from tests.procs import FAST_RECONNECT, EngineProc, ProcGroup, free_port, read_ledger, wait_healthy
@@ -26,10 +26,10 @@ S = types_pb2
 
 async def _wait_status(
     client: Client, invocation_id: str, status: int, within: float = 20.0
-) -> types_pb2.Invocation:
+) -> Invocation:
     deadline = time.monotonic() + within
     while True:
-        view = (await client.get(invocation_id)).invocation
+        view = await client.get(invocation_id)
         if view.status == status:
             return view
         if time.monotonic() > deadline:
@@ -132,7 +132,7 @@ async def test_delayed_send_is_made_once_across_a_crash_right_after_it(
         assert e.worker.runs >= 2, "the worker never died"
         assert await e.client.result(child, timeout=30) == 42
         children = await e.client.list(handler="waitcrash/target")
-        assert [s.invocation_id for s in children.invocations] == [child]
+        assert [s.id for s in children.invocations] == [child]
         assert _runs(e.ledger, child) == {0: 1}
 
 
@@ -143,11 +143,11 @@ async def test_call_chain_with_a_crash_in_the_middle(
         a = await e.client.start("waitcrash/chain_a", 4)
         assert await a.result(timeout=60) == 5 * 10 + 1
         assert e.worker.runs >= 2, "B's worker never died"
-        ids = {s.handler: s.invocation_id for s in (await e.client.list()).invocations}
+        ids = {s.handler: s.id for s in (await e.client.list()).invocations}
         for handler in ("waitcrash/chain_a", "waitcrash/chain_b"):
             assert _runs(e.ledger, ids[handler]) == {0: 1, 1: 1}, read_ledger(e.ledger)
         assert _runs(e.ledger, ids["waitcrash/chain_c"]) == {0: 1}
-        b = (await e.client.get(ids["waitcrash/chain_b"])).invocation
+        b = await e.client.get(ids["waitcrash/chain_b"])
         assert b.caller_id == a.id and b.status == S.INVOCATION_STATUS_COMPLETED
 
 

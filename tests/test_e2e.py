@@ -293,29 +293,29 @@ async def test_multi_step_workflow_from_python(engine_factory: EngineFactory) ->
         assert RUNS[f"{tag}:{step}"] == 1, step
 
     view = await engine.client.get(handle.id)
-    inv = view.invocation
-    assert inv.invocation_id == handle.id
+    inv = view
+    assert inv.id == handle.id
     assert inv.handler == "e2e/checkout"
     assert inv.key == "" and inv.idempotency_key == ""
     assert inv.status == S.INVOCATION_STATUS_COMPLETED
-    assert from_payload(inv.input) == _order(tag)
-    assert inv.result.WhichOneof("outcome") == "value"
-    assert from_payload(inv.result.value) == _expected_receipt(tag)
+    assert inv.input == _order(tag)
+    assert inv.failure is None
+    assert inv.output == _expected_receipt(tag)
     assert inv.attempt == 1
     assert inv.journal_length == 4
     assert inv.current_step.index == 4
     assert inv.status_reason == ""
-    assert not inv.HasField("last_failure") and not inv.HasField("next_attempt_at")
+    assert inv.last_failure is None and inv.next_attempt_at is None
     assert not inv.pause_requested and not inv.cancel_requested
 
     for name in ("created_at", "updated_at", "started_at", "ended_at"):
-        assert inv.HasField(name), name
+        assert getattr(inv, name) is not None, name
     created, started, ended = (
-        inv.created_at.ToNanoseconds(),
-        inv.started_at.ToNanoseconds(),
-        inv.ended_at.ToNanoseconds(),
+        inv.raw.created_at.ToNanoseconds(),
+        inv.raw.started_at.ToNanoseconds(),
+        inv.raw.ended_at.ToNanoseconds(),
     )
-    assert created <= started <= ended <= inv.updated_at.ToNanoseconds()
+    assert created <= started <= ended <= inv.raw.updated_at.ToNanoseconds()
     assert abs(time.time_ns() - created) < 60 * 10**9
 
     expected_values = [
@@ -333,15 +333,15 @@ async def test_multi_step_workflow_from_python(engine_factory: EngineFactory) ->
     previous = started
     for entry, value in zip(view.journal, expected_values, strict=True):
         assert json.loads(entry.summary) == value, entry.summary
-        assert from_payload(entry.result.value) == value
-        recorded = entry.recorded_at.ToNanoseconds()
+        assert from_payload(entry.raw.result.value) == value
+        recorded = entry.raw.recorded_at.ToNanoseconds()
         assert previous <= recorded <= ended
         previous = recorded
 
     brief = await engine.client.get(handle.id, skip_journal=True)
     assert list(brief.journal) == []
-    assert brief.invocation.journal_length == 4
-    assert brief.invocation.status == S.INVOCATION_STATUS_COMPLETED
+    assert brief.journal_length == 4
+    assert brief.status == S.INVOCATION_STATUS_COMPLETED
 
     # The same through execute(), and a second invocation is independent of the first.
     tag2 = _tag()
@@ -452,12 +452,12 @@ async def test_now_random_uuid_are_the_same_on_replay(engine_factory: EngineFact
     # now() is journaled (a NOW step), then the run step; both from attempt 1.
     handles = [s async for s in engine.client.list_all(handler="e2e/clocks")]
     assert len(handles) == 1
-    view = await engine.client.get(handles[0].invocation_id)
+    view = await engine.client.get(handles[0].id)
     assert [(e.kind, e.name, e.attempt) for e in view.journal] == [
         (S.STEP_KIND_NOW, "now", 1),
         (S.STEP_KIND_RUN, "record", 1),
     ]
-    assert view.invocation.attempt == 2
+    assert view.attempt == 2
 
     # A different invocation gets different random values (seeded per invocation).
     FAILED_ONCE.add(tag + "-b")
@@ -482,17 +482,17 @@ async def test_terminal_error_in_a_step_fails_the_invocation(
     assert "card expired" in str(err)
 
     view = await engine.client.get(handle.id)
-    inv = view.invocation
+    inv = view
     assert inv.status == S.INVOCATION_STATUS_FAILED
     assert inv.attempt == 1, "a TerminalError is not retried"
-    assert inv.result.failure.message == "card expired"
-    assert inv.result.failure.code == 402
-    assert inv.HasField("ended_at")
-    assert [(e.name, e.result.WhichOneof("outcome")) for e in view.journal] == [
+    assert inv.failure.message == "card expired"
+    assert inv.failure.code == 402
+    assert inv.ended_at is not None
+    assert [(e.name, e.raw.result.WhichOneof("outcome")) for e in view.journal] == [
         ("lookup", "value"),
         ("refund", "failure"),
     ]
-    assert view.journal[1].result.failure.code == 402
+    assert view.journal[1].failure.code == 402
     assert "card expired" in view.journal[1].summary
     assert (RUNS[f"{tag}:lookup"], RUNS[f"{tag}:refund"], RUNS[f"{tag}:notify"]) == (1, 1, 0)
 
@@ -504,7 +504,7 @@ async def test_run_retry_policy_retries_in_place(engine_factory: EngineFactory) 
     assert await handle.result(timeout=10) == {"value": "fetched", "attempt": 1}
     assert RUNS[f"{tag}:fetch"] == 3
     view = await engine.client.get(handle.id)
-    assert view.invocation.attempt == 1, "the step retried in place, not the invocation"
+    assert view.attempt == 1, "the step retried in place, not the invocation"
     assert [(e.name, e.attempt, e.summary) for e in view.journal] == [("fetch", 1, '"fetched"')]
 
 
@@ -525,13 +525,13 @@ async def test_run_retry_policy_exhausted_journals_a_terminal_failure(
 
     view = await engine.client.get(handle.id)
     fetch, after = view.journal
-    assert (fetch.name, fetch.attempt, fetch.result.WhichOneof("outcome")) == (
+    assert (fetch.name, fetch.attempt, fetch.raw.result.WhichOneof("outcome")) == (
         "fetch",
         1,
         "failure",
     )
-    assert fetch.result.failure.error_type == "TerminalError"
-    assert fetch.result.failure.message == out["message"]
+    assert fetch.failure.error_type == "TerminalError"
+    assert fetch.failure.message == out["message"]
     assert "gave up after 3 attempts" in fetch.summary
     assert (after.name, after.attempt) == ("after", 2)
 
@@ -542,13 +542,13 @@ async def test_handler_retry_policy_backs_off_then_fails(engine_factory: EngineF
     handle = await engine.client.start("e2e/always_fails", tag)
 
     backing_off = await wait_status(engine, handle.id, S.INVOCATION_STATUS_BACKING_OFF)
-    inv = backing_off.invocation
+    inv = backing_off
     assert inv.attempt in (1, 2)
     assert inv.last_failure.error_type == "ValueError"
     assert inv.last_failure.message.startswith("broken attempt ")
-    assert inv.HasField("next_attempt_at")
-    assert inv.next_attempt_at.ToNanoseconds() > inv.updated_at.ToNanoseconds()
-    assert not inv.HasField("ended_at")
+    assert inv.next_attempt_at is not None
+    assert inv.raw.next_attempt_at.ToNanoseconds() > inv.raw.updated_at.ToNanoseconds()
+    assert inv.ended_at is None
 
     with pytest.raises(InvocationFailedError) as info:
         await handle.result(timeout=10)
@@ -557,11 +557,11 @@ async def test_handler_retry_policy_backs_off_then_fails(engine_factory: EngineF
     assert "broken attempt 3" in info.value.failure_message
     assert RUNS[f"{tag}:attempt"] == 3
 
-    final = (await engine.client.get(handle.id)).invocation
+    final = await engine.client.get(handle.id)
     assert final.status == S.INVOCATION_STATUS_FAILED
     assert final.attempt == 3
-    assert final.result.failure.error_type == "ValueError"
-    assert not final.HasField("last_failure")
+    assert final.failure is not None and final.failure.error_type == "ValueError"
+    assert final.last_failure is None
 
 
 async def test_protobuf_message_input_and_output(engine_factory: EngineFactory) -> None:
@@ -572,16 +572,16 @@ async def test_protobuf_message_input_and_output(engine_factory: EngineFactory) 
     assert (out.seconds, out.nanos) == (1_700_000_060, 123_000)
 
     [summary] = [s async for s in engine.client.list_all(handler="e2e/later")]
-    view = await engine.client.get(summary.invocation_id)
-    inv = view.invocation
+    view = await engine.client.get(summary.id)
+    inv = view
     ct = "application/x-protobuf; messageType=google.protobuf.Timestamp"
-    assert inv.input.content_type == ct
-    assert Timestamp.FromString(inv.input.data) == ts
-    assert inv.result.value.content_type == ct
-    assert Timestamp.FromString(inv.result.value.data) == out
+    assert inv.raw.input.content_type == ct
+    assert Timestamp.FromString(inv.raw.input.data) == ts
+    assert inv.raw.result.value.content_type == ct
+    assert Timestamp.FromString(inv.raw.result.value.data) == out
     [step] = view.journal
     assert step.name == "add-minute"
-    assert step.result.value.content_type == ct
+    assert step.raw.result.value.content_type == ct
     assert "google.protobuf.Timestamp" in step.summary
 
     # A Struct-typed handler takes a Struct message, and JSON read through the protobuf
@@ -606,10 +606,10 @@ async def test_bytes_payloads(engine_factory: EngineFactory) -> None:
     out = await engine.client.execute("e2e/reverse", data, timeout=10)
     assert out == data[::-1]
     [summary] = [s async for s in engine.client.list_all(handler="e2e/reverse")]
-    view = await engine.client.get(summary.invocation_id)
-    assert view.invocation.input.data == data
-    assert view.invocation.input.content_type == "application/octet-stream"
-    assert view.invocation.result.value.data == data[::-1]
+    view = await engine.client.get(summary.id)
+    assert view.raw.input.data == data
+    assert view.raw.input.content_type == "application/octet-stream"
+    assert view.raw.result.value.data == data[::-1]
     assert view.journal[0].summary == f"<{len(data)} bytes application/octet-stream>"
 
 

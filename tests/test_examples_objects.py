@@ -84,7 +84,7 @@ async def test_travel_booking_saga(engine_factory: EngineFactory) -> None:
         "undone": ["cancelled car-t1", "cancelled flight-t1"],
         "failure": "the hotel has no rooms left",
     }
-    view = await c.get((await c.list(handler="travel/book")).invocations[0].invocation_id)
+    view = await c.get((await c.list(handler="travel/book")).invocations[0].id)
     names = [e.name for e in view.journal]
     assert names == ["book flight", "book car", "book hotel", "cancel car", "cancel flight"]
     ok = await c.execute("travel/book", {"trip_id": "t2", "hotel_has_rooms": True}, timeout=20)

@@ -25,7 +25,7 @@ async def test_delayed_execution(engine_factory: EngineFactory) -> None:
         "scheduler/schedule", {"name": "Ada", "delay_seconds": 2}, timeout=10
     )
     view = await engine.client.get(greeting)
-    assert view.invocation.status == S.INVOCATION_STATUS_SCHEDULED
+    assert view.status == S.INVOCATION_STATUS_SCHEDULED
     assert await engine.client.result(greeting, timeout=20) == "Hello, Ada!"
     assert time.monotonic() - started >= 2.0
 
@@ -35,7 +35,7 @@ async def test_approval_workflow(engine_factory: EngineFactory) -> None:
     expense = {"employee": "bo", "amount": 120.0, "reason": "train"}
     approved = await engine.client.start("expenses/submit", expense)
     view = await wait_status(engine, approved.id, S.INVOCATION_STATUS_SUSPENDED)
-    await engine.client.resolve_awakeable(view.invocation.waiting_for[0].awakeable_id, True)
+    await engine.client.resolve_awakeable(view.waiting_for[0].awakeable_id, True)
     assert await approved.result(timeout=10) == {
         "employee": "bo",
         "amount": 120.0,
@@ -44,7 +44,7 @@ async def test_approval_workflow(engine_factory: EngineFactory) -> None:
     }
     rejected = await engine.client.start("expenses/submit", expense)
     view = await wait_status(engine, rejected.id, S.INVOCATION_STATUS_SUSPENDED)
-    await engine.client.reject_awakeable(view.invocation.waiting_for[0].awakeable_id, "no")
+    await engine.client.reject_awakeable(view.waiting_for[0].awakeable_id, "no")
     assert (await rejected.result(timeout=10))["note"] == "rejected: no"
 
 
@@ -53,7 +53,7 @@ async def test_payment_webhook_race(engine_factory: EngineFactory) -> None:
     engine = await start_ready(engine_factory, SERVICES)
     paid = await engine.client.start("payments/charge", {"order_id": "o1", "amount": 5})
     view = await wait_status(engine, paid.id, S.INVOCATION_STATUS_SUSPENDED)
-    callback = next(w.awakeable_id for w in view.invocation.waiting_for if w.awakeable_id)
+    callback = next(w.awakeable_id for w in view.waiting_for if w.awakeable_id)
     await engine.client.resolve_awakeable(callback, "tx-1")
     assert await paid.result(timeout=10) == {
         "order_id": "o1",

@@ -148,7 +148,7 @@ async def test_two_workers_one_invocation(
             b.start()
             await b.wait_for_log("serving")
             # B takes it over after the ack wait: a second attempt, by another worker.
-            await wait_view(client, inv, lambda v: v.invocation.attempt >= 2, "taken over")
+            await wait_view(client, inv, lambda v: v.attempt >= 2, "taken over")
             if thaw == "mid_step":
                 a.thaw()  # A's sleep is over: it appends at once, while B is mid-step
             result = await client.result(inv, timeout=30)
@@ -260,10 +260,7 @@ async def test_thawed_worker_runs_no_step_another_journaled(
                 await wait_view(
                     client,
                     inv,
-                    lambda v: (
-                        v.invocation.attempt >= 2
-                        and v.invocation.status == types_pb2.INVOCATION_STATUS_RUNNING
-                    ),
+                    lambda v: v.attempt >= 2 and v.status == types_pb2.INVOCATION_STATUS_RUNNING,
                     "claimed by B",
                 )
             else:

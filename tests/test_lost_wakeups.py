@@ -153,8 +153,8 @@ async def test_repeated_resolve_repairs_a_lost_wake_up(engine_factory: EngineFac
     tag = _tag()
     handle = await engine.client.start("lost/ask", tag)
     view = await wait_status(engine, handle.id, S.INVOCATION_STATUS_SUSPENDED)
-    awakeable_id = view.invocation.waiting_for[0].awakeable_id
-    index = view.invocation.waiting_for[0].step_index
+    awakeable_id = view.waiting_for[0].awakeable_id
+    index = view.waiting_for[0].step_index
     resolution = storage_pb2.JournalRecord()
     resolution.value.data = b'"yes"'
     resolution.value.content_type = "application/json"

@@ -40,9 +40,9 @@ async def test_pending_with_no_worker_says_since_when(nats_server: EmbeddedNats)
             await asyncio.sleep(0.1)
 
         handle = await client.invoke("lonely/hello", "ada", wait=False)
-        view = (await client.get(handle.id)).invocation
+        view = await client.get(handle.id)
         assert view.status == types_pb2.INVOCATION_STATUS_PENDING
-        assert view.HasField("no_worker_since")
+        assert view.no_worker_since is not None
         # The worker was last heard from before the invocation existed: since its creation.
         assert view.no_worker_since == view.created_at
 
@@ -54,8 +54,8 @@ async def test_pending_with_no_worker_says_since_when(nats_server: EmbeddedNats)
 
         async with Worker(engine.config, [lonely], slots=2):
             assert await handle.result(timeout=30) == "hello ada"
-            view = (await client.get(handle.id)).invocation
-            assert not view.HasField("no_worker_since")
+            view = await client.get(handle.id)
+            assert not view.no_worker_since is not None
             ran = await durable(engine.target, "get", handle.id)
             assert "no worker" not in ran.out
 
@@ -63,6 +63,6 @@ async def test_pending_with_no_worker_says_since_when(nats_server: EmbeddedNats)
 async def test_a_hosted_pending_invocation_has_no_such_line(nats_server: EmbeddedNats) -> None:
     async with start_engine([lonely], nats_url=nats_server.url) as engine:
         handle = await engine.client.invoke("lonely/hello", "bo", wait=False)
-        view = (await engine.client.get(handle.id)).invocation
-        assert not view.HasField("no_worker_since")
+        view = await engine.client.get(handle.id)
+        assert view.no_worker_since is None
         assert await handle.result(timeout=30) == "hello bo"

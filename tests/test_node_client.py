@@ -67,4 +67,4 @@ async def test_node_client_invokes_and_reads_the_journal(
         "metadata": {"invocation_id": "bogus"},
     }
     view = await engine.client.get(answer["invocation_id"])
-    assert view.invocation.handler == "greeter/greet"
+    assert view.handler == "greeter/greet"

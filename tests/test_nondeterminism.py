@@ -88,13 +88,13 @@ async def test_changed_step_name_pauses_with_both_steps_named(
     monkeypatch.setattr(THIS, "VERSION", "v2")  # a deploy while it backs off
 
     view = await wait_status(engine, invocation_id, S.INVOCATION_STATUS_PAUSED)
-    inv = view.invocation
+    inv = view
     reason = inv.status_reason
     assert "non-determinis" in reason, reason
     assert "'reserve-v1'" in reason and "'reserve-v2'" in reason, reason
     assert "step 0" in reason, reason
     assert inv.attempt == 2
-    assert not inv.HasField("result") and not inv.HasField("ended_at")
+    assert not inv.raw.HasField("result") and inv.ended_at is None
     assert inv.journal_length == 1
     # The journal is what attempt 1 wrote, untouched.
     [entry] = view.journal
@@ -107,14 +107,14 @@ async def test_changed_step_name_pauses_with_both_steps_named(
     assert entry.summary == '"reserve-done"'
     assert (RUNS[f"{tag}:reserve"], RUNS[f"{tag}:ship"]) == (1, 0)
     paused = await engine.client.list(statuses=["paused"], handler="nd/renamed")
-    assert [s.invocation_id for s in paused.invocations] == [invocation_id]
+    assert [s.id for s in paused.invocations] == [invocation_id]
 
     # Resumed with the new code still deployed: detected again, journal byte-for-byte equal.
     await engine.client.resume(invocation_id)
     again = await wait_status(engine, invocation_id, S.INVOCATION_STATUS_PAUSED)
-    assert again.invocation.attempt == 3
+    assert again.attempt == 3
     assert list(again.journal) == list(view.journal)
-    assert "'reserve-v2'" in again.invocation.status_reason
+    assert "'reserve-v2'" in again.status_reason
 
     # With the old code back, it continues where it stopped; no step runs twice.
     monkeypatch.setattr(THIS, "VERSION", "v1")
@@ -136,10 +136,10 @@ async def test_fewer_steps_than_the_journal_holds_pauses(
     monkeypatch.setattr(THIS, "STEPS", 2)
 
     view = await wait_status(engine, invocation_id, S.INVOCATION_STATUS_PAUSED)
-    inv = view.invocation
+    inv = view
     assert "non-determinis" in inv.status_reason
     assert "2 steps" in inv.status_reason and "holds 3" in inv.status_reason
-    assert not inv.HasField("result")
+    assert not inv.raw.HasField("result")
     assert inv.journal_length == 3
     assert [(e.name, e.attempt, e.summary) for e in view.journal] == [
         ("step-0", 1, '"step-0-done"'),
@@ -166,7 +166,7 @@ async def test_changed_step_kind_is_detected(
     monkeypatch.setattr(THIS, "CLOCK_FIRST", True)
 
     view = await wait_status(engine, invocation_id, S.INVOCATION_STATUS_PAUSED)
-    reason = view.invocation.status_reason
+    reason = view.status_reason
     assert "non-determinis" in reason
     assert "run 'charge'" in reason and "now" in reason, reason
     assert [(e.kind, e.name) for e in view.journal] == [(S.STEP_KIND_RUN, "charge")]
@@ -184,13 +184,13 @@ async def test_cancel_ends_an_invocation_stopped_by_non_determinism(
     invocation_id = await _start_then_fail_once(engine, "nd/renamed", tag)
     monkeypatch.setattr(THIS, "VERSION", "v2")
     view = await wait_status(engine, invocation_id, S.INVOCATION_STATUS_PAUSED)
-    assert "cancel it" in view.invocation.status_reason
+    assert "cancel it" in view.status_reason
 
     await engine.client.cancel(invocation_id, reason="abandon the old version")
     with pytest.raises(InvocationCancelledError):
         await engine.client.result(invocation_id, timeout=2)
     final = await engine.client.get(invocation_id)
-    assert final.invocation.status == S.INVOCATION_STATUS_CANCELLED
+    assert final.status == S.INVOCATION_STATUS_CANCELLED
     assert final.journal[0] == view.journal[0]
     assert RUNS[f"{tag}:ship"] == 0
 
@@ -211,7 +211,7 @@ async def test_cancel_ends_an_invocation_whose_code_returns_before_its_journal_e
     with pytest.raises(InvocationCancelledError):
         await engine.client.result(invocation_id, timeout=5)
     final = await engine.client.get(invocation_id)
-    assert final.invocation.status == S.INVOCATION_STATUS_CANCELLED
-    assert not final.invocation.cancel_requested
+    assert final.status == S.INVOCATION_STATUS_CANCELLED
+    assert not final.cancel_requested
     assert list(final.journal) == list(view.journal)
     assert [RUNS[f"{tag}:step-{i}"] for i in range(3)] == [1, 1, 1]

@@ -137,9 +137,9 @@ async def test_a_suspended_exclusive_handler_keeps_its_key(engine_factory: Engin
     assert await holder.result(timeout=10) == "released"
     assert await queued.result(timeout=10) == 1
     # The queued invocation started only once the holder had ended, as both records say.
-    held = (await engine.client.get(holder.id)).invocation
-    after = (await engine.client.get(queued.id)).invocation
-    assert after.started_at.ToNanoseconds() >= held.ended_at.ToNanoseconds(), (held, after)
+    held = await engine.client.get(holder.id)
+    after = await engine.client.get(queued.id)
+    assert after.raw.started_at.ToNanoseconds() >= held.raw.ended_at.ToNanoseconds(), (held, after)
 
 
 async def test_state_keys_clear_and_operator_edits(engine_factory: EngineFactory) -> None:
@@ -266,7 +266,7 @@ async def test_retention_purges_ended_invocations(engine_factory: EngineFactory)
             break
         await asyncio.sleep(0.2)
     with pytest.raises(NotFoundError):
-        await engine.client.get(summary.invocation_id)
+        await engine.client.get(summary.id)
 
 
 def test_handler_kinds() -> None:

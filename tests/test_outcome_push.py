@@ -91,7 +91,7 @@ async def test_await_answers_from_the_journaled_outcome_alone(
         RELEASE.setdefault(tag, asyncio.Event()).set()
     assert result == "journaled"
     still = await engine.client.get(handle.id)
-    assert still.invocation.status == S.INVOCATION_STATUS_COMPLETED  # the journal's outcome
+    assert still.status == S.INVOCATION_STATUS_COMPLETED  # the journal's outcome
 
 
 async def test_start_up_adds_the_republish_to_an_older_store(nats_server: EmbeddedNats) -> None:

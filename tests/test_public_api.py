@@ -27,10 +27,19 @@ EXPECTED_ALL = [
     "DurableFuture",
     "DurablePromise",
     "FailedPreconditionError",
+    "Failure",
+    "HandlerInfo",
+    "HandlerKind",
+    "HandlerStats",
     "InvalidArgumentError",
+    "Invocation",
     "InvocationCancelledError",
     "InvocationFailedError",
     "InvocationHandle",
+    "InvocationPage",
+    "InvocationStatus",
+    "InvocationSummary",
+    "JournalEntry",
     "NatsChannel",
     "NatsServer",
     "NotFoundError",
@@ -41,10 +50,18 @@ EXPECTED_ALL = [
     "ResultTimeoutError",
     "RetryPolicy",
     "RpcStatusError",
+    "ServerInfo",
     "Service",
+    "Stats",
+    "StepKind",
+    "StepRef",
     "TerminalError",
     "UnavailableError",
     "VirtualObject",
+    "WaitKind",
+    "WaitTarget",
+    "WatchEvent",
+    "WatchEventKind",
     "Workflow",
     "WorkflowContext",
     "WorkflowSharedContext",
@@ -121,3 +138,19 @@ def test_py_typed_markers_exist() -> None:
         assert package.__file__ is not None
         marker = Path(package.__file__).parent / "py.typed"
         assert marker.is_file(), f"{marker} is missing"
+
+
+def test_the_sdk_enums_are_the_wire_enums() -> None:
+    """Each IntEnum of the read types names exactly the proto enum's values."""
+    from durable import HandlerKind, InvocationStatus, StepKind, WaitKind, WatchEventKind
+    from durable.v1 import control_pb2, types_pb2
+
+    for ours, theirs, prefix in (
+        (InvocationStatus, types_pb2.InvocationStatus, "INVOCATION_STATUS_"),
+        (StepKind, types_pb2.StepKind, "STEP_KIND_"),
+        (WaitKind, types_pb2.WaitKind, "WAIT_KIND_"),
+        (HandlerKind, types_pb2.HandlerKind, "HANDLER_KIND_"),
+        (WatchEventKind, control_pb2.WatchEventKind, "WATCH_EVENT_KIND_"),
+    ):
+        wire = {name.removeprefix(prefix): value for name, value in theirs.items()}
+        assert {m.name: m.value for m in ours} == wire, ours

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from durable import Client, Context, Service, VirtualObject
+from durable import Client, Context, Invocation, Service, VirtualObject
 from durable._store.ids import new_invocation_id
 from durable._store.records import now_ts
 from durable.errors import FailedPreconditionError, NotFoundError
@@ -125,12 +125,12 @@ def _settled(inv: types_pb2.Invocation) -> bool:
 
 async def _until(
     engine: LocalEngine, invocation_id: str, done: object, within: float = 20.0
-) -> types_pb2.Invocation:
+) -> Invocation:
     """Poll GetWorkflow until ``done(invocation)``; fail after ``within`` seconds (only a lost
     work item takes that long: the reconciler is off)."""
     deadline = time.monotonic() + within
     while True:
-        inv = (await engine.client.get(invocation_id, skip_journal=True)).invocation
+        inv = await engine.client.get(invocation_id, skip_journal=True)
         if done(inv):  # type: ignore[operator]
             return inv
         if time.monotonic() > deadline:
@@ -250,7 +250,7 @@ async def test_a_purged_invocation_never_comes_back(engine_factory: EngineFactor
         else:
             raise AssertionError(f"purged {invocation_id} came back: {view.invocation}")
         assert EFFECTS[tag] == effects == 1, (invocation_id, EFFECTS[tag], effects)
-    listed = {s.invocation_id for s in (await engine.client.list()).invocations}
+    listed = {s.id for s in (await engine.client.list()).invocations}
     assert not listed & set(purged)
 
 

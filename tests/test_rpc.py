@@ -106,9 +106,9 @@ async def test_durable_calls_are_journaled_once_with_an_idempotency_key(
     assert out.startswith("Hello, ada!")
     assert [name for name, _ in hello.calls] == ["ada"], "replay must not call again"
     (handle,) = (await engine.client.list(handler="rpcs/greet_then_flake")).invocations
-    view = await engine.client.get(handle.invocation_id)
+    view = await engine.client.get(handle.id)
     assert view.journal[0].name.startswith("rpc /examples.v1.HelloService/SayHello #")
-    assert hello.calls[0][1] == f"{handle.invocation_id}:0"
+    assert hello.calls[0][1] == f"{handle.id}:0"
 
     welcome = await engine.client.execute(
         "concierge/welcome", {"name": "bo", "seat": "s1"}, timeout=20
@@ -128,8 +128,8 @@ async def test_a_different_request_on_replay_is_non_determinism(
     engine = await start_ready(engine_factory, [rpc_svc], servicers=servicers)
     handle = await engine.client.start("rpcs/changing_request", "zed")
     view = await wait_status(engine, handle.id, S.INVOCATION_STATUS_PAUSED, timeout=15)
-    assert "non-deterministic" in view.invocation.status_reason
-    assert "rpc /examples.v1.HelloService/SayHello" in view.invocation.status_reason
+    assert "non-deterministic" in view.status_reason
+    assert "rpc /examples.v1.HelloService/SayHello" in view.status_reason
 
 
 async def test_unavailable_is_retried_until_the_service_comes(
@@ -139,7 +139,7 @@ async def test_unavailable_is_retried_until_the_service_comes(
     handle = await engine.client.start("rpcs/greet_then_flake", "late-service")
     await asyncio.sleep(0.3)  # NATS says no responders: UNAVAILABLE, retried
     view = await engine.client.get(handle.id)
-    assert view.invocation.status in (
+    assert view.status in (
         S.INVOCATION_STATUS_BACKING_OFF,
         S.INVOCATION_STATUS_RUNNING,
         S.INVOCATION_STATUS_PENDING,

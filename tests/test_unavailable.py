@@ -92,6 +92,6 @@ async def test_the_client_repeats_what_is_safe_to_repeat(
         finally:
             await isolated_nats.astart()
         view = await read
-        assert view.invocation.invocation_id == done.id
+        assert view.id == done.id
         handle = await again
         assert await handle.result(timeout=30) == "keyed"

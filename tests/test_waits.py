@@ -161,8 +161,8 @@ async def test_sleep_suspends_and_wakes_after_the_duration(engine_factory: Engin
     engine = await start_ready(engine_factory, [waits])
     handle = await engine.client.start("waits/nap", 1.5)
     view = await wait_status(engine, handle.id, S.INVOCATION_STATUS_SUSPENDED)
-    (target,) = view.invocation.waiting_for
-    assert target.kind == S.WAIT_KIND_TIMER and target.due_at.seconds > 0
+    (target,) = view.waiting_for
+    assert target.kind == S.WAIT_KIND_TIMER and target.due_at is not None
     slept = await handle.result(timeout=15)
     assert 1.5 <= slept < 5
     kinds = [e.kind for e in (await engine.client.get(handle.id)).journal]
@@ -173,7 +173,7 @@ async def test_awakeable_resolved_from_outside(engine_factory: EngineFactory) ->
     engine = await start_ready(engine_factory, [waits])
     handle = await engine.client.start("waits/approval", "t1")
     view = await wait_status(engine, handle.id, S.INVOCATION_STATUS_SUSPENDED)
-    (target,) = view.invocation.waiting_for
+    (target,) = view.waiting_for
     assert target.kind == S.WAIT_KIND_AWAKEABLE and target.awakeable_id.startswith("awk_")
     assert await engine.client.resolve_awakeable(target.awakeable_id, "yes") == handle.id
     assert await handle.result(timeout=10) == "approved: yes"
@@ -186,7 +186,7 @@ async def test_double_resolve_keeps_the_first(engine_factory: EngineFactory) -> 
     engine = await start_ready(engine_factory, [waits])
     handle = await engine.client.start("waits/two_awakeables", None)
     view = await wait_status(engine, handle.id, S.INVOCATION_STATUS_SUSPENDED)
-    second = view.invocation.waiting_for[0].awakeable_id
+    second = view.waiting_for[0].awakeable_id
     first = second[: second.rindex("_")] + "_0"
     await engine.client.resolve_awakeable(first, "one")  # early: the handler awaits `second`
     with pytest.raises(AlreadyExistsError, match="first completion stands"):
@@ -199,7 +199,7 @@ async def test_awakeable_rejected_and_bad_ids(engine_factory: EngineFactory) -> 
     engine = await start_ready(engine_factory, [waits])
     handle = await engine.client.start("waits/approval", "t2")
     view = await wait_status(engine, handle.id, S.INVOCATION_STATUS_SUSPENDED)
-    awk = view.invocation.waiting_for[0].awakeable_id
+    awk = view.waiting_for[0].awakeable_id
     await engine.client.reject_awakeable(awk, "over budget")
     assert await handle.result(timeout=10) == "rejected: over budget"
     with pytest.raises(InvalidArgumentError, match="not an awakeable id"):
@@ -215,7 +215,7 @@ async def test_early_resolve_is_kept(engine_factory: EngineFactory) -> None:
     engine = await start_ready(engine_factory, [waits])
     handle = await engine.client.start("waits/race", 30.0)
     view = await wait_status(engine, handle.id, S.INVOCATION_STATUS_SUSPENDED)
-    awk = next(t.awakeable_id for t in view.invocation.waiting_for if t.awakeable_id)
+    awk = next(t.awakeable_id for t in view.waiting_for if t.awakeable_id)
     await engine.client.resolve_awakeable(awk, "42 EUR")
     assert await handle.result(timeout=10) == "paid 42 EUR"
 
@@ -225,12 +225,12 @@ async def test_select_times_out(engine_factory: EngineFactory) -> None:
     engine = await start_ready(engine_factory, [waits])
     handle = await engine.client.start("waits/race", 1.2)
     view = await wait_status(engine, handle.id, S.INVOCATION_STATUS_SUSPENDED)
-    assert {t.kind for t in view.invocation.waiting_for} == {
+    assert {t.kind for t in view.waiting_for} == {
         S.WAIT_KIND_AWAKEABLE,
         S.WAIT_KIND_TIMER,
     }
     assert await handle.result(timeout=10) == "timed out"
-    awk = view.invocation.waiting_for[0].awakeable_id
+    awk = view.waiting_for[0].awakeable_id
     with pytest.raises(FailedPreconditionError, match="already ended"):
         await engine.client.resolve_awakeable(awk, "late")
 
@@ -250,7 +250,7 @@ async def test_a_handler_resolves_another_invocations_awakeable(
     engine = await start_ready(engine_factory, [waits])
     waiting = await engine.client.start("waits/approval", "t3")
     view = await wait_status(engine, waiting.id, S.INVOCATION_STATUS_SUSPENDED)
-    awk = view.invocation.waiting_for[0].awakeable_id
+    awk = view.waiting_for[0].awakeable_id
     assert await engine.client.execute("waits/resolver", awk, timeout=10) == "done"
     assert await waiting.result(timeout=10) == "approved: from another handler"
 
@@ -260,8 +260,8 @@ async def test_delayed_send_is_scheduled(engine_factory: EngineFactory) -> None:
     engine = await start_ready(engine_factory, [waits])
     child = await engine.client.execute("waits/sender", 1.5, timeout=10)
     view = await engine.client.get(child)
-    assert view.invocation.status == S.INVOCATION_STATUS_SCHEDULED
-    assert view.invocation.scheduled_at.seconds > 0
+    assert view.status == S.INVOCATION_STATUS_SCHEDULED
+    assert view.raw.scheduled_at.seconds > 0
     assert await engine.client.result(child, timeout=15) == 42
 
 
@@ -275,7 +275,7 @@ async def test_cancel_wakes_a_suspended_invocation_into_its_compensation(
     # The awakeable's await raises the cancellation, which approval catches as a
     # TerminalError and returns; the invocation still ends CANCELLED.
     view = await wait_status(engine, handle.id, S.INVOCATION_STATUS_CANCELLED, timeout=10)
-    assert view.invocation.result.failure.error_type == "CancelledError"
+    assert view.failure.error_type == "CancelledError"
 
 
 @pytest.mark.slow
@@ -289,7 +289,7 @@ async def test_paused_timer_waits_for_resume(engine_factory: EngineFactory) -> N
     # The timer fires while paused, and its wake-up is handled (and finds nothing to wake).
     await until(lambda: engine.worker.handled > handled, "the timer's wake-up", timeout=10)
     view = await engine.client.get(handle.id)
-    assert view.invocation.status == S.INVOCATION_STATUS_PAUSED
+    assert view.status == S.INVOCATION_STATUS_PAUSED
     await engine.client.resume(handle.id)
     assert await handle.result(timeout=10) >= 1.5
 
@@ -305,7 +305,7 @@ async def test_watch_streams_steps_and_statuses(engine_factory: EngineFactory) -
 
     task = asyncio.create_task(follow())
     view = await wait_status(engine, handle.id, S.INVOCATION_STATUS_SUSPENDED)
-    await engine.client.resolve_awakeable(view.invocation.waiting_for[0].awakeable_id, "ok")
+    await engine.client.resolve_awakeable(view.waiting_for[0].awakeable_id, "ok")
     await asyncio.wait_for(task, 10)
     kinds = [e.kind for e in events]
     assert kinds[0] == C.WATCH_EVENT_KIND_SNAPSHOT and kinds[-1] == C.WATCH_EVENT_KIND_ENDED
@@ -348,7 +348,7 @@ async def test_resolve_after_cancel_is_refused(engine_factory: EngineFactory) ->
     engine = await start_ready(engine_factory, [waits])
     handle = await engine.client.start("waits/race", 60.0)
     view = await wait_status(engine, handle.id, S.INVOCATION_STATUS_SUSPENDED)
-    awk = next(t.awakeable_id for t in view.invocation.waiting_for if t.awakeable_id)
+    awk = next(t.awakeable_id for t in view.waiting_for if t.awakeable_id)
     await engine.client.cancel(handle.id)
     await wait_status(engine, handle.id, S.INVOCATION_STATUS_CANCELLED, timeout=10)
     with pytest.raises(FailedPreconditionError, match="already ended"):
@@ -363,7 +363,7 @@ async def test_cli_get_watch_resolve_reject(engine_factory: EngineFactory) -> No
     target = engine.target
     handle = await engine.client.start("waits/approval", "cli")
     view = await wait_status(engine, handle.id, S.INVOCATION_STATUS_SUSPENDED)
-    awk = view.invocation.waiting_for[0].awakeable_id
+    awk = view.waiting_for[0].awakeable_id
     got = await durable(target, "get", handle.id)
     assert got.code == 0 and f"awakeable {awk}" in got.out and "SUSPENDED" in got.out
     watcher = asyncio.create_task(durable(target, "watch", handle.id))
@@ -385,7 +385,7 @@ async def test_cli_get_watch_resolve_reject(engine_factory: EngineFactory) -> No
 
     second = await engine.client.start("waits/approval", "cli2")
     view = await wait_status(engine, second.id, S.INVOCATION_STATUS_SUSPENDED)
-    awk2 = view.invocation.waiting_for[0].awakeable_id
+    awk2 = view.waiting_for[0].awakeable_id
     rejected = await durable(target, "reject", awk2, "no budget")
     assert rejected.code == 0
     assert await second.result(timeout=10) == "rejected: no budget"
@@ -399,7 +399,7 @@ async def test_cancel_and_pause_of_a_scheduled_invocation(engine_factory: Engine
     later = await engine.client.execute("waits/sender", 60.0, timeout=10)
     await engine.client.cancel(later, "not needed")
     view = await wait_status(engine, later, S.INVOCATION_STATUS_CANCELLED, timeout=10)
-    assert view.invocation.result.failure.message == "not needed"
+    assert view.failure.message == "not needed"
 
     soon = await engine.client.execute("waits/sender", 2.0, timeout=10)
     started = time.monotonic()
@@ -416,8 +416,8 @@ async def test_select_replays_its_journaled_winner(engine_factory: EngineFactory
     engine = await start_ready(engine_factory, [waits])
     handle = await engine.client.start("waits/race_replayed", None)
     view = await wait_status(engine, handle.id, S.INVOCATION_STATUS_SUSPENDED, timeout=10)
-    assert [w.kind for w in view.invocation.waiting_for] == [S.WAIT_KIND_TIMER]
-    awk = (await engine.client.get(handle.id)).journal[0].result.value.json.string_value
+    assert [w.kind for w in view.waiting_for] == [S.WAIT_KIND_TIMER]
+    awk = (await engine.client.get(handle.id)).journal[0].output
     await engine.client.resolve_awakeable(awk, "late")
     assert await handle.result(timeout=15) == 1
     kinds = [e.kind for e in (await engine.client.get(handle.id)).journal]
@@ -448,7 +448,7 @@ async def test_a_callee_purged_before_its_caller_took_the_result(
     engine = await start_ready(engine_factory, [waits])
     caller = await engine.client.start("waits/calls_slow_leaf", None)
     view = await wait_status(engine, caller.id, S.INVOCATION_STATUS_SUSPENDED)
-    callee = view.invocation.waiting_for[0].invocation_id
+    callee = view.waiting_for[0].invocation_id
     await engine.client.pause(caller.id)  # it will not take the result when it comes
     await wait_status(engine, callee, S.INVOCATION_STATUS_COMPLETED, timeout=10)
     await engine.client.purge(callee)

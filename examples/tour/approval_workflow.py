@@ -18,7 +18,7 @@ async def run() -> None:
         awakeable = ""
         for _ in range(200):
             view = await c.get(handle.id, skip_journal=True)
-            waits = [w.awakeable_id for w in view.invocation.waiting_for if w.awakeable_id]
+            waits = [w.awakeable_id for w in view.waiting_for if w.awakeable_id]
             if waits:
                 awakeable = waits[0]
                 break

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import time
 
-from durable._client import status_name
 from examples.tour._common import client, main
 
 
@@ -21,7 +20,7 @@ async def run() -> None:
             "scheduler/schedule", {"name": "Ada", "delay_seconds": delay}, timeout=30
         )
         view = await c.get(greeting_id, skip_journal=True)
-        print(f"greeting {greeting_id} is {status_name(view.invocation.status)}")
+        print(f"greeting {greeting_id} is {view.status.name}")
         print(f"waiting {delay:.0f}s for it (DELAY=<seconds> changes that)...", flush=True)
         result = await c.result(greeting_id, timeout=delay + 60)
         print(f"after {time.monotonic() - started:.1f}s: {result}")

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import asyncio
 
-from durable._client import status_name
+from durable import Client
 from durable.errors import InvocationCancelledError
 from examples.tour._common import client, main
 
 
-async def wait_for(c: object, invocation_id: str, status: str) -> None:
+async def wait_for(c: Client, invocation_id: str, status: str) -> None:
     for _ in range(200):
-        view = await c.get(invocation_id, skip_journal=True)  # type: ignore[attr-defined]
-        if status_name(view.invocation.status) == status:
+        view = await c.get(invocation_id, skip_journal=True)
+        if view.status.name == status:
             return
         await asyncio.sleep(0.05)
     raise SystemExit(f"{invocation_id} never became {status}")
@@ -29,10 +29,10 @@ async def run() -> None:
         handle = await c.start("expenses/submit", expense)
         await wait_for(c, handle.id, "SUSPENDED")
         print(f"{handle.id}: SUSPENDED, waiting for a manager")
-        print(f"pause  -> {status_name((await c.pause(handle.id, 'audit')).status)}")
-        print(f"resume -> {status_name((await c.resume(handle.id)).status)}")
+        print(f"pause  -> {(await c.pause(handle.id, 'audit')).status.name}")
+        print(f"resume -> {(await c.resume(handle.id)).status.name}")
         await wait_for(c, handle.id, "SUSPENDED")
-        print(f"cancel -> {status_name((await c.cancel(handle.id, 'trip called off')).status)}")
+        print(f"cancel -> {(await c.cancel(handle.id, 'trip called off')).status.name}")
         try:
             await handle.result(timeout=30)
         except InvocationCancelledError as err:

@@ -22,7 +22,7 @@ async def run() -> None:
         print(f"add_ticket: {await c.execute('cart/add_ticket', add, key=user, timeout=30)}")
         print(f"{seat}: {await c.execute('ticket/status', None, key=seat, timeout=30)}")
         expiries = await c.list(handler="cart/expire_ticket", key=user)
-        print(f"expiry scheduled: {[s.invocation_id for s in expiries.invocations]}")
+        print(f"expiry scheduled: {[s.id for s in expiries.invocations]}")
         print(f"waiting {expiry:.0f}s for the expiry...")
         for _ in range(int(expiry * 20) + 200):
             if await c.execute("ticket/status", None, key=seat, timeout=30) == "AVAILABLE":

@@ -13,7 +13,6 @@ import contextlib
 import json
 import uuid
 
-from durable._codec import from_payload
 from durable.errors import InvocationFailedError
 from durable_server._tables import format_table
 from examples.tour._common import client, main
@@ -28,19 +27,19 @@ async def run() -> None:
         rows = []
         failed = [s async for s in c.list_all(statuses="failed", handler="orders/checkout")]
         for summary in failed:
-            view = await c.get(summary.invocation_id, skip_journal=True)
-            order = from_payload(view.invocation.input)
+            view = await c.get(summary.id, skip_journal=True)
+            order = view.input
             if order.get("amount", 0) > 0:
                 continue
             fixed = {**order, "amount": 1.0}
             retry = await c.invoke(
                 "orders/checkout",
                 fixed,
-                idempotency_key=f"retry-of-{summary.invocation_id}",
+                idempotency_key=f"retry-of-{summary.id}",
                 wait=True,
                 wait_timeout=30,
             )
-            rows.append((summary.invocation_id, retry.id, json.dumps(await retry.result())[:40]))
+            rows.append((summary.id, retry.id, json.dumps(await retry.result())[:40]))
         print(format_table(("FAILED", "RETRIED AS", "RESULT"), rows))
         print(f"{len(rows)} failed invocation(s) retried")
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import datetime
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -41,6 +42,17 @@ from durable._handle import (
 )
 from durable._handlers import declared_result_type, handler_name
 from durable._retrying import next_pause, rpc_error
+from durable._views import (
+    HandlerInfo,
+    Invocation,
+    InvocationPage,
+    InvocationSummary,
+    JournalEntry,
+    ServerInfo,
+    Stats,
+    WatchEvent,
+    WatchEventKind,
+)
 from durable.errors import ResultTimeoutError, RPCError, UnavailableError
 from durable.v1 import control_pb2, control_pb2_grpc, types_pb2
 
@@ -416,16 +428,15 @@ class Client:
 
     # -------------------------------------------------------------------------- inspecting
 
-    async def get(
-        self, invocation_id: str, *, skip_journal: bool = False
-    ) -> control_pb2.GetWorkflowResponse:
+    async def get(self, invocation_id: str, *, skip_journal: bool = False) -> Invocation:
         """Return one invocation with its journal and current step (``GetWorkflow``)."""
         request = control_pb2.GetWorkflowRequest(
             invocation_id=invocation_id, skip_journal=skip_journal
         )
-        return await self._call(
+        response = await self._call(
             self._stub().GetWorkflow, request, self._rpc_timeout, repeatable=True
         )
+        return Invocation.of(response.invocation, response.journal)
 
     async def list(
         self,
@@ -435,7 +446,7 @@ class Client:
         key: str = "",
         page_size: int = 0,
         page_token: str = "",
-    ) -> control_pb2.ListWorkflowsResponse:
+    ) -> InvocationPage:
         """Return one page of invocations, newest first (``ListWorkflows``).
 
         ``statuses`` are names (``"running"``) or values; empty means any. ``page_size`` is
@@ -451,8 +462,14 @@ class Client:
             page_size=page_size,
             page_token=page_token,
         )
-        return await self._call(
+        response = await self._call(
             self._stub().ListWorkflows, request, self._rpc_timeout, repeatable=True
+        )
+        return InvocationPage(
+            invocations=[InvocationSummary.of(s) for s in response.invocations],
+            next_page_token=response.next_page_token,
+            total_size=response.total_size,
+            raw=response,
         )
 
     async def list_all(
@@ -462,7 +479,7 @@ class Client:
         handler: str = "",
         key: str = "",
         page_size: int = 0,
-    ) -> AsyncIterator[types_pb2.InvocationSummary]:
+    ) -> AsyncIterator[InvocationSummary]:
         """Iterate over every matching invocation, newest first, fetching pages as needed."""
         if isinstance(statuses, str | int):
             statuses = [statuses]
@@ -478,22 +495,35 @@ class Client:
             if not token:
                 return
 
-    async def server_info(self) -> control_pb2.GetServerInfoResponse:
+    async def server_info(self) -> ServerInfo:
         """Which engine answers: its version, its nats-server's, its settings."""
-        return await self._call(
+        r = await self._call(
             self._stub().GetServerInfo,
             control_pb2.GetServerInfoRequest(),
             self._rpc_timeout,
             repeatable=True,
         )
-
-    async def stats(self) -> control_pb2.StatsResponse:
-        """Return invocation counts by status and by handler (``Stats``)."""
-        return await self._call(
-            self._stub().Stats, control_pb2.StatsRequest(), self._rpc_timeout, repeatable=True
+        return ServerInfo(
+            version=r.version,
+            nats_server_version=r.nats_server_version,
+            started_at=r.started_at.ToDatetime(tzinfo=datetime.UTC)
+            if r.started_at.seconds
+            else None,
+            prefix=r.prefix,
+            replicas=r.replicas,
+            max_payload_bytes=r.max_payload_bytes,
+            ack_wait_seconds=r.ack_wait_seconds,
+            raw=r,
         )
 
-    async def handlers(self) -> builtins.list[types_pb2.HandlerInfo]:
+    async def stats(self) -> Stats:
+        """Return invocation counts by status and by handler (``Stats``)."""
+        response = await self._call(
+            self._stub().Stats, control_pb2.StatsRequest(), self._rpc_timeout, repeatable=True
+        )
+        return Stats.of(response)
+
+    async def handlers(self) -> builtins.list[HandlerInfo]:
         """Return the handlers the running workers registered, sorted by name."""
         response = await self._call(
             self._stub().ListHandlers,
@@ -501,35 +531,35 @@ class Client:
             self._rpc_timeout,
             repeatable=True,
         )
-        return builtins.list(response.handlers)
+        return [HandlerInfo.of(h) for h in response.handlers]
 
     # ---------------------------------------------------------------------------- steering
 
-    async def pause(self, invocation_id: str, reason: str = "") -> types_pb2.InvocationSummary:
+    async def pause(self, invocation_id: str, reason: str = "") -> InvocationSummary:
         """Pause an invocation at its next step boundary; it then holds no worker slot.
 
         Returns the invocation: PAUSED, or still RUNNING until it reaches that boundary.
         """
         request = control_pb2.PauseRequest(invocation_id=invocation_id, reason=reason)
         response = await self._call(self._stub().Pause, request, self._rpc_timeout, repeatable=True)
-        return response.invocation
+        return InvocationSummary.of(response.invocation)
 
-    async def resume(self, invocation_id: str) -> types_pb2.InvocationSummary:
+    async def resume(self, invocation_id: str) -> InvocationSummary:
         """Resume a paused invocation from the same journal position; returns it."""
         request = control_pb2.ResumeRequest(invocation_id=invocation_id)
         response = await self._call(
             self._stub().Resume, request, self._rpc_timeout, repeatable=True
         )
-        return response.invocation
+        return InvocationSummary.of(response.invocation)
 
-    async def cancel(self, invocation_id: str, reason: str = "") -> types_pb2.InvocationSummary:
+    async def cancel(self, invocation_id: str, reason: str = "") -> InvocationSummary:
         """Cancel an invocation: its handler sees a cancellation at its next step and can
         compensate. Returns it: CANCELLED, or still running until the handler sees it."""
         request = control_pb2.CancelRequest(invocation_id=invocation_id, reason=reason)
         response = await self._call(
             self._stub().Cancel, request, self._rpc_timeout, repeatable=True
         )
-        return response.invocation
+        return InvocationSummary.of(response.invocation)
 
     # ----------------------------------------------------------------- waits from outside
 
@@ -549,7 +579,7 @@ class Client:
         response = await self._call(self._stub().RejectAwakeable, request, self._rpc_timeout)
         return response.invocation_id
 
-    async def watch(self, invocation_id: str) -> AsyncIterator[control_pb2.WatchWorkflowResponse]:
+    async def watch(self, invocation_id: str) -> AsyncIterator[WatchEvent]:
         """Follow one invocation: a snapshot, then each journaled step and status change as
         they happen (pushed by the server), ending with its outcome."""
         call = self._stub().WatchWorkflow(
@@ -557,7 +587,12 @@ class Client:
         )
         try:
             async for event in call:
-                yield event
+                yield WatchEvent(
+                    kind=WatchEventKind(event.kind),
+                    invocation=Invocation.of(event.invocation),
+                    steps=[JournalEntry.of(e) for e in event.steps],
+                    raw=event,
+                )
         except grpc.aio.AioRpcError as exc:
             raise rpc_error(exc) from exc
         finally:
@@ -612,11 +647,11 @@ class Client:
         response = await self._call(self._stub().SetObjectState, request, self._rpc_timeout)
         return {e.name: from_payload(e.value) for e in response.entries}
 
-    async def kill(self, invocation_id: str, reason: str = "") -> types_pb2.InvocationSummary:
+    async def kill(self, invocation_id: str, reason: str = "") -> InvocationSummary:
         """End an invocation CANCELLED at once, without running its compensations."""
         request = control_pb2.KillRequest(invocation_id=invocation_id, reason=reason)
         response = await self._call(self._stub().Kill, request, self._rpc_timeout, repeatable=True)
-        return response.invocation
+        return InvocationSummary.of(response.invocation)
 
     async def purge(self, invocation_id: str) -> None:
         """Delete an ended invocation (and a workflow run's state, freeing its id)."""

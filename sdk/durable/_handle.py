@@ -8,6 +8,7 @@ from typing import Any, Final, Protocol, TypeAlias, TypeVar, overload
 from google.protobuf.message import Message
 
 from durable._codec import from_payload
+from durable._views import Invocation, InvocationStatus, InvocationSummary
 from durable.errors import InvocationCancelledError, InvocationFailedError
 from durable.v1 import control_pb2, types_pb2
 
@@ -28,15 +29,13 @@ class InvocationCalls(Protocol):
         self, invocation_id: str, timeout: float | None = None
     ) -> control_pb2.AwaitResultResponse: ...
 
-    async def get(
-        self, invocation_id: str, *, skip_journal: bool = False
-    ) -> control_pb2.GetWorkflowResponse: ...
+    async def get(self, invocation_id: str, *, skip_journal: bool = False) -> Invocation: ...
 
-    async def pause(self, invocation_id: str, reason: str = "") -> types_pb2.InvocationSummary: ...
+    async def pause(self, invocation_id: str, reason: str = "") -> InvocationSummary: ...
 
-    async def resume(self, invocation_id: str) -> types_pb2.InvocationSummary: ...
+    async def resume(self, invocation_id: str) -> InvocationSummary: ...
 
-    async def cancel(self, invocation_id: str, reason: str = "") -> types_pb2.InvocationSummary: ...
+    async def cancel(self, invocation_id: str, reason: str = "") -> InvocationSummary: ...
 
 
 _STATUS_PREFIX: Final = "INVOCATION_STATUS_"
@@ -155,9 +154,9 @@ class InvocationHandle:
         return f"InvocationHandle({self.id!r}, status={status_name(self._status)})"
 
     @property
-    def status(self) -> _Status:
+    def status(self) -> InvocationStatus:
         """The last status this handle saw (``UNSPECIFIED`` before any)."""
-        return self._status
+        return InvocationStatus(self._status)
 
     @property
     def done(self) -> bool:
@@ -192,24 +191,24 @@ class InvocationHandle:
         assert self._outcome is not None
         return _unwrap(self.id, self._status, self._outcome, result_type)
 
-    async def get(self, *, skip_journal: bool = False) -> control_pb2.GetWorkflowResponse:
+    async def get(self, *, skip_journal: bool = False) -> Invocation:
         """Fetch the invocation with its journal (see :meth:`Client.get`)."""
-        response = await self._client.get(self.id, skip_journal=skip_journal)
-        self._status = response.invocation.status
-        return response
+        invocation = await self._client.get(self.id, skip_journal=skip_journal)
+        self._status = invocation.raw.status
+        return invocation
 
-    async def pause(self, reason: str = "") -> types_pb2.InvocationSummary:
+    async def pause(self, reason: str = "") -> InvocationSummary:
         """Pause the invocation at its next step (see :meth:`Client.pause`)."""
         return self._seen(await self._client.pause(self.id, reason))
 
-    async def resume(self) -> types_pb2.InvocationSummary:
+    async def resume(self) -> InvocationSummary:
         """Resume the paused invocation (see :meth:`Client.resume`)."""
         return self._seen(await self._client.resume(self.id))
 
-    async def cancel(self, reason: str = "") -> types_pb2.InvocationSummary:
+    async def cancel(self, reason: str = "") -> InvocationSummary:
         """Cancel the invocation (see :meth:`Client.cancel`)."""
         return self._seen(await self._client.cancel(self.id, reason))
 
-    def _seen(self, summary: types_pb2.InvocationSummary) -> types_pb2.InvocationSummary:
-        self._status = summary.status
+    def _seen(self, summary: InvocationSummary) -> InvocationSummary:
+        self._status = summary.raw.status
         return summary

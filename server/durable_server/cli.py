@@ -403,7 +403,7 @@ async def _cmd_invoke(client: Client, args: argparse.Namespace) -> int:
         response = control_pb2.InvokeResponse(
             invocation_id=handle.id,
             already_existed=handle.already_existed,
-            status=handle.status,
+            status=types_pb2.InvocationStatus.ValueType(handle.status),
             result=outcome,
         )
         _print_json(response)
@@ -435,19 +435,19 @@ def _invoke_exit(args: argparse.Namespace, status: int, failed: bool) -> int:
 
 
 async def _cmd_pause(client: Client, args: argparse.Namespace) -> int:
-    summary = await client.pause(args.invocation_id, args.reason)
+    summary = (await client.pause(args.invocation_id, args.reason)).raw
     if summary.status == types_pb2.INVOCATION_STATUS_PAUSED:
         return _report(args, summary, "paused")
     return _report(args, summary, "pause requested; it stops at its next step")
 
 
 async def _cmd_resume(client: Client, args: argparse.Namespace) -> int:
-    summary = await client.resume(args.invocation_id)
+    summary = (await client.resume(args.invocation_id)).raw
     return _report(args, summary, "resumed")
 
 
 async def _cmd_cancel(client: Client, args: argparse.Namespace) -> int:
-    summary = await client.cancel(args.invocation_id, args.reason)
+    summary = (await client.cancel(args.invocation_id, args.reason)).raw
     if summary.status == types_pb2.INVOCATION_STATUS_CANCELLED:
         return _report(args, summary, "cancelled")
     return _report(args, summary, "cancel requested; the handler sees it at its next step")

@@ -98,7 +98,7 @@ async def _cmd_reject_promise(client: Client, args: argparse.Namespace) -> int:
 
 
 async def _cmd_kill(client: Client, args: argparse.Namespace) -> int:
-    summary = await client.kill(args.invocation_id, args.reason)
+    summary = (await client.kill(args.invocation_id, args.reason)).raw
     return report(
         args,
         control_pb2.KillResponse(invocation=summary),

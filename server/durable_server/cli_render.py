@@ -191,7 +191,8 @@ async def _cmd_watch(client: Client, args: argparse.Namespace) -> int:
     """Each line is stamped with when it happened: a step when it was journaled, a status
     when the record changed (``updated_at``), the end when it ended; the end once, last."""
     failed = False
-    async for event in client.watch(args.invocation_id):
+    async for seen in client.watch(args.invocation_id):
+        event = seen.raw
         if args.json:
             print(json_format.MessageToJson(event, indent=None))
             continue

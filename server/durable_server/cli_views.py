@@ -31,7 +31,7 @@ MAX_PAGE = 1000
 
 
 async def cmd_info(client: Client, args: argparse.Namespace) -> int:
-    info = await client.server_info()
+    info = (await client.server_info()).raw
     if args.json:
         _print_json(info)
         return 0
@@ -50,7 +50,11 @@ async def cmd_info(client: Client, args: argparse.Namespace) -> int:
 
 
 async def cmd_get(client: Client, args: argparse.Namespace) -> int:
-    response = await client.get(args.invocation_id)
+    view = await client.get(args.invocation_id)
+    # Rendered from the messages, as --json prints them.
+    response = control_pb2.GetWorkflowResponse(
+        invocation=view.raw, journal=[e.raw for e in view.journal]
+    )
     if args.json:
         _print_json(response)
         return 0
@@ -140,7 +144,7 @@ async def cmd_list(client: Client, args: argparse.Namespace) -> int:
         "key": args.key,
     }
     if not args.all:
-        page = await client.list(**filters, page_size=args.limit, page_token=args.page_token)
+        page = (await client.list(**filters, page_size=args.limit, page_token=args.page_token)).raw
         if args.json:
             _print_json(page)
             return 0
@@ -154,7 +158,9 @@ async def cmd_list(client: Client, args: argparse.Namespace) -> int:
     token = args.page_token
     progress = Progress(sys.stderr)
     while True:
-        page = await client.list(**filters, page_size=args.limit or MAX_PAGE, page_token=token)
+        page = (
+            await client.list(**filters, page_size=args.limit or MAX_PAGE, page_token=token)
+        ).raw
         found.extend(page.invocations)
         token = page.next_page_token
         if not token:
@@ -171,7 +177,7 @@ async def cmd_list(client: Client, args: argparse.Namespace) -> int:
 
 
 async def cmd_stats(client: Client, args: argparse.Namespace) -> int:
-    stats = await client.stats()
+    stats = (await client.stats()).raw
     if args.json:
         _print_json(stats)
         return 0
@@ -190,7 +196,7 @@ async def cmd_stats(client: Client, args: argparse.Namespace) -> int:
 
 
 async def cmd_handlers(client: Client, args: argparse.Namespace) -> int:
-    handlers = await client.handlers()
+    handlers = [h.raw for h in await client.handlers()]
     if args.json:
         _print_json(control_pb2.ListHandlersResponse(handlers=handlers))
         return 0

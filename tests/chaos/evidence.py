@@ -161,7 +161,7 @@ async def gather(driver: Driver, cfg: EngineConfig, ledger: Path, within: float)
         async with gate:
             try:
                 views[inv] = await driver.call(
-                    "GetWorkflow", lambda c: c.get(inv), until, READ_FINAL
+                    "GetWorkflow", lambda c: _get(c, inv), until, READ_FINAL
                 )
             except RPCError as err:
                 if err.code is not None and err.code.name == "NOT_FOUND":
@@ -196,4 +196,12 @@ async def gather(driver: Driver, cfg: EngineConfig, ledger: Path, within: float)
 
 
 async def _list_all(client: Client) -> list[types_pb2.InvocationSummary]:
-    return [s async for s in client.list_all(page_size=1000)]
+    # The checks read the wire messages (as any client in any language would see them).
+    return [s.raw async for s in client.list_all(page_size=1000)]
+
+
+async def _get(client: Client, invocation_id: str) -> control_pb2.GetWorkflowResponse:
+    view = await client.get(invocation_id)
+    return control_pb2.GetWorkflowResponse(
+        invocation=view.raw, journal=[e.raw for e in view.journal]
+    )
