@@ -16,14 +16,18 @@ and what a Purge leaves behind: see :meth:`Journal.purge`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
+from typing import Any
 
 from nats.js import JetStreamContext
+from nats.js.api import RawStreamMsg
 from nats.js.errors import APIError, NotFoundError
 
 from durable._store.config import EngineConfig
+from durable._store.patience import until_answered
 from durable.internal.v1 import storage_pb2
 
 Entry = storage_pb2.JournalRecord
@@ -75,6 +79,21 @@ class Journal:
         self._js = js
         self._cfg = cfg
 
+    async def _read(self, **query: Any) -> RawStreamMsg:
+        """One read of the journal stream, tried again in short tries while its leader is
+        elected (``patience.until_answered``): a read sent to a dead leader is never
+        answered, and one try as long as the JetStream timeout (5 s) made the attempt or
+        wake-up behind it wait that long after the election was over (a timer ran 5.4 s
+        late in the chaos profile, seed 343000)."""
+
+        async def once(timeout: float) -> RawStreamMsg:
+            return await asyncio.wait_for(
+                self._js.get_msg(self._cfg.journal_stream, direct=self._cfg.direct_reads, **query),
+                timeout,
+            )
+
+        return await until_answered(once, "reading a journal")
+
     async def append(self, invocation_id: str, entry: Entry, expected_last_seq: int) -> int:
         """Append ``entry`` if the journal's last entry is still ``expected_last_seq``.
 
@@ -97,9 +116,7 @@ class Journal:
             raise
         if ack.duplicate:
             # Our own earlier publish of this very entry landed; find its sequence.
-            msg = await self._js.get_msg(
-                self._cfg.journal_stream, subject=subject, direct=self._cfg.direct_reads
-            )
+            msg = await self._read(subject=subject)
             return int(msg.seq or 0)
         return int(ack.seq)
 
@@ -132,13 +149,7 @@ class Journal:
         seq = 0
         while True:
             try:
-                msg = await self._js.get_msg(
-                    self._cfg.journal_stream,
-                    seq=seq + 1,
-                    subject=subject,
-                    next=True,
-                    direct=self._cfg.direct_reads,
-                )
+                msg = await self._read(seq=seq + 1, subject=subject, next=True)
             except NotFoundError:
                 return
             seq = int(msg.seq or 0)
@@ -157,12 +168,7 @@ class Journal:
             # seq=0 with a subject makes nats-py send last_by_subj in the request's body:
             # the other form puts the subject in the request subject, where a wildcard
             # cannot go.
-            msg = await self._js.get_msg(
-                self._cfg.journal_stream,
-                seq=0,
-                subject=self._cfg.journal_filter(invocation_id),
-                direct=self._cfg.direct_reads,
-            )
+            msg = await self._read(seq=0, subject=self._cfg.journal_filter(invocation_id))
         except NotFoundError:
             return JournalEnd(0, None)
         if msg.subject == self._cfg.journal_seal_subject(invocation_id):
@@ -191,9 +197,7 @@ class Journal:
     async def _last_on(self, subject: str) -> Entry | None:
         """The newest message on one subject of the journal stream, parsed, if any."""
         try:
-            msg = await self._js.get_msg(
-                self._cfg.journal_stream, subject=subject, direct=self._cfg.direct_reads
-            )
+            msg = await self._read(subject=subject)
         except NotFoundError:
             return None
         entry = Entry()
