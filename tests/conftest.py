@@ -22,6 +22,7 @@ from hypothesis import settings
 from nats.aio.client import Client as NATS
 
 from durable import Service
+from durable.contract import Store, open_store
 from durable.testing import LocalEngine, start_engine
 from durable_server.natsd import EmbeddedNats
 
@@ -102,6 +103,23 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 # --- engine fixtures below are added by the engine team ---
+
+
+@pytest.fixture
+async def engine_store() -> AsyncIterator[Callable[[LocalEngine], Awaitable[Store]]]:
+    """Opens the store of a running engine as each of its processes does
+    (``durable.contract.open_store``, on a NATS connection of its own): how a test sets up or
+    inspects stored state without reaching into the control plane's objects."""
+    conns: list[NATS] = []
+
+    async def open_for(engine: LocalEngine) -> Store:
+        nc = await nats.connect(engine.nats_url, name="pytest-store")
+        conns.append(nc)
+        return await open_store(nc, engine.config)
+
+    yield open_for
+    for nc in conns:
+        await nc.close()
 
 
 @pytest.fixture

@@ -8,10 +8,13 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from durable import Invocation, InvocationStatus, Service
+from durable.contract import Store
 from durable.testing import LocalEngine
 from durable.v1 import control_pb2, control_pb2_grpc
 
 EngineFactory = Callable[..., Awaitable[LocalEngine]]
+#: The ``engine_store`` fixture: a running engine's store, opened as its processes open it.
+StoreOpener = Callable[[LocalEngine], Awaitable[Store]]
 
 
 async def wait_for_handlers(

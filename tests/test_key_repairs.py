@@ -18,11 +18,10 @@ from durable import Context, VirtualObject
 from durable._store.ids import idempotent_invocation_id, token
 from durable._store.objects import lock_key
 from durable._store.records import now_ts
+from durable.contract import EngineConfig, Store
 from durable.internal.v1 import storage_pb2
-from durable.testing import LocalEngine
 from durable.v1 import types_pb2
-from durable_server.control.plane import ControlPlane
-from tests.engine_support import EngineFactory, start_ready
+from tests.engine_support import EngineFactory, StoreOpener, start_ready
 
 S = types_pb2
 NEVER = 1e6
@@ -37,12 +36,7 @@ async def bump(ctx: Context, n: int) -> int:
     return total
 
 
-def _plane(engine: LocalEngine) -> ControlPlane:
-    assert engine.control.plane is not None
-    return engine.control.plane
-
-
-async def _accepted_record(plane: ControlPlane, key: str, idem: str, n: int) -> str:
+async def _accepted_record(store: Store, key: str, idem: str, n: int) -> str:
     """What Invoke writes first for an exclusive invocation (records.create)."""
     now = now_ts()
     record = storage_pb2.InvocationRecord(
@@ -56,14 +50,13 @@ async def _accepted_record(plane: ControlPlane, key: str, idem: str, n: int) -> 
         updated_at=now,
         generation=1,
     )
-    assert await plane.store.records.create(record) is not None
+    assert await store.records.create(record) is not None
     return record.id
 
 
-async def _publish_inbox(plane: ControlPlane, key: str, invocation_id: str) -> None:
+async def _publish_inbox(store: Store, cfg: EngineConfig, key: str, invocation_id: str) -> None:
     """The inbox message KeyQueue.enqueue publishes before it tries to take the lock."""
-    cfg = plane.cfg
-    await plane.nc.jetstream().publish(
+    await store.js.publish(
         cfg.inbox_subject("tally", token(key)),
         invocation_id.encode(),
         headers={"Nats-Msg-Id": f"inbox:{invocation_id}"},
@@ -72,14 +65,14 @@ async def _publish_inbox(plane: ControlPlane, key: str, invocation_id: str) -> N
 
 @pytest.mark.parametrize("died_after", ["record", "inbox message"])
 async def test_repeated_exclusive_invoke_finishes_what_the_first_started(
-    engine_factory: EngineFactory, died_after: str
+    engine_factory: EngineFactory, died_after: str, engine_store: StoreOpener
 ) -> None:
     engine = await start_ready(engine_factory, [tally], reconcile_after=NEVER)
-    plane = _plane(engine)
+    store = await engine_store(engine)
     key, idem = uuid.uuid4().hex[:8], "once"
-    inv = await _accepted_record(plane, key, idem, 5)
+    inv = await _accepted_record(store, key, idem, 5)
     if died_after == "inbox message":
-        await _publish_inbox(plane, key, inv)
+        await _publish_inbox(store, engine.config, key, inv)
 
     again = await engine.client.invoke("tally/bump", 5, key=key, idempotency_key=idem)
     assert again.already_existed and again.id == inv
@@ -90,15 +83,17 @@ async def test_repeated_exclusive_invoke_finishes_what_the_first_started(
 
 
 @pytest.mark.slow
-async def test_reconciler_hands_on_a_free_key_with_a_line(engine_factory: EngineFactory) -> None:
+async def test_reconciler_hands_on_a_free_key_with_a_line(
+    engine_factory: EngineFactory, engine_store: StoreOpener
+) -> None:
     engine = await start_ready(engine_factory, [tally], reconcile_after=0.5)
-    plane = _plane(engine)
+    store = await engine_store(engine)
     key = uuid.uuid4().hex[:8]
-    first = await _accepted_record(plane, key, "a", 2)
-    await _publish_inbox(plane, key, first)
+    first = await _accepted_record(store, key, "a", 2)
+    await _publish_inbox(store, engine.config, key, first)
     # Queued behind the first in the inbox; the key is free, so nobody enqueues either.
-    second = await _accepted_record(plane, key, "b", 3)
-    await _publish_inbox(plane, key, second)
+    second = await _accepted_record(store, key, "b", 3)
+    await _publish_inbox(store, engine.config, key, second)
 
     assert await engine.client.result(first, timeout=30) == 2
     assert await engine.client.result(second, timeout=30) == 5
@@ -106,17 +101,19 @@ async def test_reconciler_hands_on_a_free_key_with_a_line(engine_factory: Engine
 
 @pytest.mark.slow
 async def test_reconciler_passes_on_a_key_its_ended_holder_kept(
-    engine_factory: EngineFactory,
+    engine_factory: EngineFactory, engine_store: StoreOpener
 ) -> None:
     engine = await start_ready(engine_factory, [tally], reconcile_after=0.5)
-    plane = _plane(engine)
+    store = await engine_store(engine)
     key = uuid.uuid4().hex[:8]
     done = await engine.client.invoke("tally/bump", 1, key=key, wait=True, wait_timeout=15)
     assert await done.result(timeout=15) == 1
     # The holder's worker died after its record said COMPLETED, before passing the key on.
-    waiting = await _accepted_record(plane, key, "w", 4)
-    await _publish_inbox(plane, key, waiting)
+    waiting = await _accepted_record(store, key, "w", 4)
+    await _publish_inbox(store, engine.config, key, waiting)
     lock = storage_pb2.KeyLock(holder=done.id, inbox_seq=1)
-    await plane.store.keys._locks.create(lock_key("tally", key), lock.SerializeToString())
+    await store.js.publish(
+        f"$KV.{engine.config.locks_bucket}.{lock_key('tally', key)}", lock.SerializeToString()
+    )
 
     assert await engine.client.result(waiting, timeout=30) == 5

@@ -30,7 +30,7 @@ from durable.internal.v1 import storage_pb2
 from durable.testing import LocalEngine
 from durable.v1 import types_pb2
 from durable_server.control.plane import ControlPlane
-from tests.engine_support import EngineFactory, start_ready, wait_status
+from tests.engine_support import EngineFactory, StoreOpener, start_ready, wait_status
 
 pytestmark = pytest.mark.slow  # real processes or long waits: not in make test-fast
 
@@ -96,21 +96,21 @@ async def _dead_queue(engine: LocalEngine) -> AsyncIterator[WorkQueue]:
 
 
 async def test_timer_wake_up_repairs_a_waker_that_died_before_enqueueing(
-    engine_factory: EngineFactory,
+    engine_factory: EngineFactory, engine_store: StoreOpener
 ) -> None:
     """A wake-up's CAS (SUSPENDED -> PENDING) landed but its item did not: the timer's own
     wake-up, finding the record PENDING with no item of its generation, enqueues it."""
     engine = await start_ready(engine_factory, [lost], reconcile_after=NEVER)
-    plane = _plane(engine)
+    store = await engine_store(engine)
     tag = _tag()
     handle = await engine.client.start("lost/nap", tag)
     await wait_status(engine, handle.id, S.INVOCATION_STATUS_SUSPENDED)
     async with _dead_queue(engine) as dead:
-        dying = Waker(plane.nc.jetstream(), engine.config, plane.store.records, dead)
+        dying = Waker(store.js, engine.config, store.records, dead)
         with pytest.raises(ConnectionClosedError):
             await dying.wake(handle.id, "completed")
-    record = (await plane.store.records.get(handle.id)).record
-    item = await plane.store.work.latest_item(handle.id)
+    record = (await store.records.get(handle.id)).record
+    item = await store.work.latest_item(handle.id)
     assert record.status == S.INVOCATION_STATUS_PENDING
     assert item is not None and item.generation < record.generation
 
@@ -121,13 +121,13 @@ async def test_timer_wake_up_repairs_a_waker_that_died_before_enqueueing(
 
 
 async def test_a_wake_up_that_failed_to_enqueue_is_tried_again_soon(
-    engine_factory: EngineFactory,
+    engine_factory: EngineFactory, engine_store: StoreOpener
 ) -> None:
     """The worker taking the timer's wake-up fails to enqueue after its CAS (NATS trouble):
     the wake-up comes back a second later, not after ack_wait (30 s here), and finds the
     record PENDING without its item."""
     engine = await start_ready(engine_factory, [lost], reconcile_after=NEVER)
-    plane = _plane(engine)
+    store = await engine_store(engine)
     tag = _tag()
     handle = await engine.client.start("lost/nap", tag)
     await wait_status(engine, handle.id, S.INVOCATION_STATUS_SUSPENDED)
@@ -140,16 +140,18 @@ async def test_a_wake_up_that_failed_to_enqueue_is_tried_again_soon(
             await wait_status(engine, handle.id, S.INVOCATION_STATUS_PENDING, timeout=10)
         finally:
             waker._work = queue
-    item = await plane.store.work.latest_item(handle.id)
+    item = await store.work.latest_item(handle.id)
     assert item is not None and item.reason != "timer"
     assert await handle.result(timeout=10) == tag
 
 
-async def test_repeated_resolve_repairs_a_lost_wake_up(engine_factory: EngineFactory) -> None:
+async def test_repeated_resolve_repairs_a_lost_wake_up(
+    engine_factory: EngineFactory, engine_store: StoreOpener
+) -> None:
     """ResolveAwakeable stored the resolution and woke the record, then died before the
     item: the client's retry is told ALREADY_EXISTS, and the invocation goes on."""
     engine = await start_ready(engine_factory, [lost], reconcile_after=NEVER)
-    plane = _plane(engine)
+    store = await engine_store(engine)
     tag = _tag()
     handle = await engine.client.start("lost/ask", tag)
     view = await wait_status(engine, handle.id, S.INVOCATION_STATUS_SUSPENDED)
@@ -159,7 +161,7 @@ async def test_repeated_resolve_repairs_a_lost_wake_up(engine_factory: EngineFac
     resolution.value.data = b'"yes"'
     resolution.value.content_type = "application/json"
     async with _dead_queue(engine) as dead:
-        dying = Waker(plane.nc.jetstream(), engine.config, plane.store.records, dead)
+        dying = Waker(store.js, engine.config, store.records, dead)
         with pytest.raises(ConnectionClosedError):
             await dying.complete_awakeable(handle.id, index, resolution)
 
@@ -169,12 +171,12 @@ async def test_repeated_resolve_repairs_a_lost_wake_up(engine_factory: EngineFac
 
 
 async def test_repeated_idempotent_invoke_enqueues_what_the_first_did_not(
-    engine_factory: EngineFactory,
+    engine_factory: EngineFactory, engine_store: StoreOpener
 ) -> None:
     """An idempotent Invoke created the record and died before its item: the client's
     retry is told the invocation exists, and that invocation runs."""
     engine = await start_ready(engine_factory, [lost], reconcile_after=NEVER)
-    plane = _plane(engine)
+    store = await engine_store(engine)
     tag, key = _tag(), _tag()
     now = now_ts()
     # What Invoke writes first (records.create), before its enqueue.
@@ -188,7 +190,7 @@ async def test_repeated_idempotent_invoke_enqueues_what_the_first_did_not(
         updated_at=now,
         generation=1,
     )
-    assert await plane.store.records.create(record) is not None
+    assert await store.records.create(record) is not None
 
     again = await engine.client.invoke("lost/counted", tag, idempotency_key=key)
     assert again.already_existed and again.id == record.id
@@ -198,12 +200,13 @@ async def test_repeated_idempotent_invoke_enqueues_what_the_first_did_not(
 
 @pytest.mark.parametrize("call", ["cancel", "resume"])
 async def test_repeated_steering_enqueues_what_the_first_did_not(
-    engine_factory: EngineFactory, call: str
+    engine_factory: EngineFactory, call: str, engine_store: StoreOpener
 ) -> None:
     """Cancel (or Resume) of a paused invocation moved it to PENDING and died before the
     item: the client's retry is refused as already done, and the invocation goes on."""
     engine = await start_ready(engine_factory, [lost], reconcile_after=NEVER)
     plane = _plane(engine)
+    store = await engine_store(engine)
     tag = _tag()
     handle = await engine.client.start("lost/held", tag)
     await wait_status(engine, handle.id, S.INVOCATION_STATUS_RUNNING)
@@ -222,7 +225,7 @@ async def test_repeated_steering_enqueues_what_the_first_did_not(
                 )
         finally:
             plane.steering._work = queue
-    assert (await plane.store.records.get(handle.id)).record.status == S.INVOCATION_STATUS_PENDING
+    assert (await store.records.get(handle.id)).record.status == S.INVOCATION_STATUS_PENDING
 
     retry = engine.client.cancel if call == "cancel" else engine.client.resume
     with pytest.raises(FailedPreconditionError):

@@ -17,12 +17,13 @@ from durable import Context, Service
 from durable._store.ids import child_invocation_id, new_invocation_id
 from durable._store.journal import LoadedJournal
 from durable._store.records import Record, is_terminal, now_ts
+from durable._store.waking import HandlerKinds, Waker
 from durable._worker.runtime import Worker
 from durable.errors import NotFoundError
 from durable.internal.v1 import storage_pb2
 from durable.testing import LocalEngine
 from durable.v1 import types_pb2
-from tests.engine_support import EngineFactory, start_ready
+from tests.engine_support import EngineFactory, StoreOpener, start_ready
 
 S = types_pb2
 EFFECTS: Counter[str] = Counter()
@@ -52,7 +53,7 @@ async def _done_with(worker: Worker, invocation_id: str) -> None:
     """Wait until the worker no longer drives the invocation."""
     deadline = time.monotonic() + 10
     while True:
-        if invocation_id not in worker._inflight:
+        if not worker.driving(invocation_id):
             return
         assert time.monotonic() < deadline, f"{invocation_id} still driven"
         await asyncio.sleep(0.005)
@@ -131,7 +132,7 @@ async def test_a_redelivered_fresh_item_of_a_purged_invocation_does_not_run_it(
 
 
 async def test_a_record_written_as_the_purge_runs_does_not_run_it_again(
-    engine_factory: EngineFactory,
+    engine_factory: EngineFactory, engine_store: StoreOpener
 ) -> None:
     """A worker journaled the outcome and died before the record; a Pause (``get_record``)
     writes the record from the fresh item while Purge runs, after the journal was deleted
@@ -140,6 +141,7 @@ async def test_a_record_written_as_the_purge_runs_does_not_run_it_again(
     engine = await start_ready(engine_factory, [gone])
     plane = engine.control.plane
     assert plane is not None
+    store = await engine_store(engine)
     await engine.worker.stop()  # nothing takes the items until the second worker below
     tag = _tag()
     now = now_ts()
@@ -153,12 +155,12 @@ async def test_a_record_written_as_the_purge_runs_does_not_run_it_again(
         generation=1,
     )
     invocation_id = initial.id
-    await plane.store.work.enqueue(invocation_id, 1, "invoke", initial=initial)
+    await store.work.enqueue(invocation_id, 1, "invoke", initial=initial)
     # As left by a worker that journaled the outcome and died before writing the record.
     final = storage_pb2.JournalRecord(index=0, worker_id="dead", attempt=1)
     final.final.status = S.INVOCATION_STATUS_COMPLETED
-    await plane.store.journal.append(invocation_id, final, 0)
-    late = await plane.store.work.fresh_record(invocation_id)  # what get_record writes
+    await store.journal.append(invocation_id, final, 0)
+    late = await store.work.fresh_record(invocation_id)  # what get_record writes
     assert late is not None
 
     purge_record = plane.store.records.purge
@@ -169,18 +171,19 @@ async def test_a_record_written_as_the_purge_runs_does_not_run_it_again(
         await release.wait()
         await purge_record(target)
 
+    # Fault injection: the control plane's own record store pauses before the record goes.
     plane.store.records.purge = held_purge  # type: ignore[method-assign]
-    purging = asyncio.create_task(plane.keyed.purge(invocation_id))
+    purging = asyncio.create_task(engine.client.purge(invocation_id))
     await asyncio.wait_for(at_record.wait(), 10)
-    assert await plane.store.records.create(late) is not None
-    await plane.store.work.enqueue_record(late, "operator")
+    assert await store.records.create(late) is not None
+    await store.work.enqueue_record(late, "operator")
 
     second = Worker(engine.config, [gone], worker_id=f"second-{tag}")
     await second.start()
     try:
         deadline = time.monotonic() + 10
         while True:  # until the item is handled (acked)
-            info = await plane.nc.jetstream().consumer_info(
+            info = await store.js.consumer_info(
                 engine.config.work_stream, engine.config.work_consumer
             )
             if not info.num_pending and not info.num_ack_pending:
@@ -196,14 +199,13 @@ async def test_a_record_written_as_the_purge_runs_does_not_run_it_again(
 
 
 async def test_a_replay_does_not_start_a_purged_callee_again(
-    engine_factory: EngineFactory,
+    engine_factory: EngineFactory, engine_store: StoreOpener
 ) -> None:
     """A caller's replay runs ctx.call's start again when the attempt that started the
     callee died before journaling the call. If the callee has ended and been purged by
     then, it stays purged (the caller's await then says so)."""
     engine = await start_ready(engine_factory, [gone])
-    plane = engine.control.plane
-    assert plane is not None
+    store = await engine_store(engine)
     tag = _tag()
     caller = new_invocation_id()
 
@@ -223,7 +225,9 @@ async def test_a_replay_does_not_start_a_purged_callee_again(
             caller_id=caller,
         )
 
-    waker = engine.worker._waker
+    # The Waker a worker's ctx.call uses, over the same store.
+    kinds = HandlerKinds({}, store.workers)  # as the worker knows them: registrations
+    waker = Waker(store.js, engine.config, store.records, store.work, keys=store.keys, kinds=kinds)
     started = await waker.start(callee())
     assert await engine.client.result(started, timeout=10) == tag
     await engine.client.purge(started)
@@ -231,5 +235,5 @@ async def test_a_replay_does_not_start_a_purged_callee_again(
     assert await waker.start(callee()) == started  # the replay
     # Nothing was written that could run it: no record, no work item.
     await _not_found(engine, started)
-    assert await plane.store.work.latest_item(started) is None
+    assert await store.work.latest_item(started) is None
     assert EFFECTS[tag] == 1

@@ -13,11 +13,13 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 
+import nats
 import pytest
 
 from durable import Client, Context, Invocation, Service, VirtualObject
 from durable._store.ids import new_invocation_id
 from durable._store.records import now_ts
+from durable.contract import open_store
 from durable.errors import FailedPreconditionError, NotFoundError
 from durable.internal.v1 import storage_pb2
 from durable.testing import LocalEngine
@@ -219,11 +221,16 @@ async def _after_delayed_writers(engine: LocalEngine) -> None:
         updated_at=now,
         generation=1,
     )
-    assert await plane.store.records.create(record) is not None
-    deadline = time.monotonic() + 20
-    while await plane.store.work.latest_item(record.id) is None:
-        assert time.monotonic() < deadline, "the reconciler never ran"
-        await asyncio.sleep(0.02)
+    nc = await nats.connect(engine.nats_url)
+    try:
+        store = await open_store(nc, engine.config)
+        assert await store.records.create(record) is not None
+        deadline = time.monotonic() + 20
+        while await store.work.latest_item(record.id) is None:
+            assert time.monotonic() < deadline, "the reconciler never ran"
+            await asyncio.sleep(0.02)
+    finally:
+        await nc.close()
 
 
 async def test_a_purged_invocation_never_comes_back(engine_factory: EngineFactory) -> None:
