@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from pathlib import Path
 
 import pytest
@@ -68,7 +69,14 @@ async def test_state_is_never_half_applied_when_the_worker_dies(
         watcher = asyncio.create_task(watch_state())
         handle = await e.client.start("objcrash/set_three", 2, key="k")
         queued = await e.client.start("objcrash/increment", 5, key="k")
-        await asyncio.sleep(0.7)  # inside the slow step, with a and b journaled
+        # Inside the slow step: a and b journaled, the step started (the worker says so).
+        deadline = time.monotonic() + 20
+        while True:
+            view = await e.client.get(handle.id)
+            if len(view.journal) >= 2 and view.current_step and view.current_step.name == "slow":
+                break
+            assert time.monotonic() < deadline, view
+            await asyncio.sleep(0.02)
         e.worker.kill()
         await asyncio.sleep(0.3)
         e.worker.start()
