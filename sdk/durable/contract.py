@@ -46,6 +46,7 @@ from durable._store.ids import (
     is_valid_invocation_id,
     new_invocation_id,
     parse_awakeable_id,
+    service_of,
     token,
     workflow_run_id,
 )
@@ -132,6 +133,7 @@ __all__ = [
     "redact_url",
     "run",
     "run_worker",
+    "service_of",
     "status_name",
     "text_problem",
     "to_payload",

@@ -94,3 +94,9 @@ def workflow_run_id(handler: str, workflow_id: str) -> str:
     """The id of a workflow's run invocation: one per (workflow run handler, id), so a second
     Invoke finds the first instead of starting another run."""
     return idempotent_invocation_id(handler, workflow_id, "\x01run")
+
+
+def service_of(handler: str) -> str:
+    """The service, virtual object or workflow a full handler name belongs to:
+    ``"orders/checkout"`` gives ``"orders"``."""
+    return handler.split("/", 1)[0]

@@ -28,7 +28,7 @@ from nats.js.kv import KeyValue
 from durable._limits import MAX_KEY_CHARS, text_problem
 from durable._store.completions import check_awakeable_step, check_promise_room
 from durable._store.config import EngineConfig
-from durable._store.ids import awakeable_id, workflow_run_id
+from durable._store.ids import awakeable_id, service_of, workflow_run_id
 from durable._store.journal import Journal
 from durable._store.objects import KeyQueue
 from durable._store.records import (
@@ -196,7 +196,7 @@ class Waker:
                 f"handler {record.handler} is not registered by any worker; check the name, "
                 "or start a worker that hosts it"
             )
-        obj = record.handler.split("/", 1)[0]
+        obj = service_of(record.handler)
         if kind != S.HANDLER_KIND_SERVICE and not record.key:
             raise TerminalError(f"{record.handler} needs a key (ctx.call/ctx.send key=...)")
         if kind == S.HANDLER_KIND_SERVICE and record.key:
@@ -231,7 +231,7 @@ class Waker:
         if current.status != S.INVOCATION_STATUS_PENDING:
             return
         if kind == S.HANDLER_KIND_OBJECT_EXCLUSIVE and self.keys is not None:
-            obj = current.handler.split("/", 1)[0]
+            obj = service_of(current.handler)
             if await self.keys.holder(obj, current.key) != invocation_id:
                 return  # queued behind the key's holder, which passes it on
         await self.ensure_item(current, "call")
@@ -264,7 +264,7 @@ class Waker:
         invocation waiting for its result. Idempotent, so whoever finds an invocation ended
         may call it again (a worker that died after the record write left it undone)."""
         if exclusive and self.keys is not None:
-            nxt = await self.keys.release(record.handler.split("/")[0], record.key, record.id)
+            nxt = await self.keys.release(service_of(record.handler), record.key, record.id)
             if nxt is not None:
                 await self.enqueue_current(nxt, "key free")
         for caller in [record.caller_id, *record.more_callers]:

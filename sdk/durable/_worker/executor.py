@@ -28,6 +28,7 @@ from nats.aio.msg import Msg
 from durable import _codec
 from durable._handlers import HandlerDef, Registry
 from durable._retry import DEFAULT_HANDLER_RETRY
+from durable._store.ids import service_of
 from durable._store.journal import Journal, LoadedJournal
 from durable._store.objects import KeyQueue, StateStore, StateTooLarge
 from durable._store.records import (
@@ -313,7 +314,7 @@ class Executor:
                 assert self._state is not None
                 # With the journal, before the record: readers see all changes or none.
                 await self._state.apply(
-                    rec.handler.split("/")[0], rec.key, view.changes, view.cleared_all
+                    service_of(rec.handler), rec.key, view.changes, view.cleared_all
                 )
             for target in outcome.waits:
                 if target.kind == S.WAIT_KIND_TIMER:
@@ -406,7 +407,7 @@ class Executor:
         if view.touched and self._state is not None:
             rec = claim.record
             await self._state.apply(
-                rec.handler.split("/")[0], rec.key, view.changes, view.cleared_all
+                service_of(rec.handler), rec.key, view.changes, view.cleared_all
             )
         return await self._settle(msg, claim, outcome, steps, journaled=True)
 
@@ -422,7 +423,7 @@ class Executor:
         """
         if self._kind(rec) != S.HANDLER_KIND_OBJECT_EXCLUSIVE or self._keys is None:
             return True
-        obj = rec.handler.split("/")[0]
+        obj = service_of(rec.handler)
         if await self._keys.holder(obj, rec.key) == rec.id:
             return True
         if rec.status != S.INVOCATION_STATUS_SCHEDULED:
@@ -447,7 +448,7 @@ class Executor:
         assert self._state is not None
         try:
             await self._state.check(
-                rec.handler.split("/")[0], rec.key, view.changes, view.cleared_all
+                service_of(rec.handler), rec.key, view.changes, view.cleared_all
             )
         except StateTooLarge:
             return False

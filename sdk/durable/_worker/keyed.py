@@ -16,7 +16,7 @@ from durable import _codec
 from durable._context import DurableFuture, DurablePromise
 from durable._limits import MAX_NAME_CHARS, quote, text_problem
 from durable._store.completions import CompletionRefused
-from durable._store.ids import token, workflow_run_id
+from durable._store.ids import service_of, token, workflow_run_id
 from durable._store.objects import Changes, StateStore
 from durable._store.waking import AlreadyCompleted, Waker
 from durable._worker.encoding import encode_bounded
@@ -119,7 +119,7 @@ class KeyedSteps:
         self._steps = steps
         self._kind = kind
         self._handler = handler
-        self._object = handler.split("/", 1)[0]
+        self._object = service_of(handler)
         self._key = key
         self._invocation_id = invocation_id
         self._waker = waker

@@ -28,6 +28,7 @@ from durable.contract import (
     new_invocation_id,
     now_ts,
     quote,
+    service_of,
     status_name,
     workflow_run_id,
 )
@@ -356,7 +357,7 @@ class Invocations:
 
     async def _accept_exclusive(self, record: Record) -> Record | None:
         """Create the record, queue it on its key, and enqueue it if it holds the key."""
-        obj = record.handler.split("/", 1)[0]
+        obj = service_of(record.handler)
         if await self.records.create(record, reuse_purged_id=True) is None:
             existing = await self.check_same_input(record)
             # The Invoke that created it may have died (or timed out) before queueing it on

@@ -26,6 +26,7 @@ from durable.contract import (
     Waker,
     is_terminal,
     quote,
+    service_of,
     status_name,
 )
 from durable.internal.v1 import storage_pb2
@@ -83,7 +84,7 @@ class KeyedControl:
         info = self._catalog.handlers().get(record.handler)
         if info is None or info.kind != S.HANDLER_KIND_OBJECT_EXCLUSIVE:
             return True
-        obj = record.handler.split("/", 1)[0]
+        obj = service_of(record.handler)
         return await self._keys.holder(obj, record.key) == record.id
 
     # -- state --------------------------------------------------------------------------
@@ -226,7 +227,7 @@ class KeyedControl:
             await self._js.purge_stream(stream, subject=subject)
         info = self._catalog.handlers().get(record.handler)
         if info is not None and info.kind == S.HANDLER_KIND_WORKFLOW_RUN:
-            await self._state.delete(record.handler.split("/")[0], record.key)
+            await self._state.delete(service_of(record.handler), record.key)
         with contextlib.suppress(RecordNotFound):
             await self._records.purge(invocation_id)
         self._index.remove(invocation_id)

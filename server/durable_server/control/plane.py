@@ -36,6 +36,7 @@ from durable.contract import (
     at_start_up,
     now_ts,
     open_store,
+    service_of,
 )
 from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
@@ -177,7 +178,7 @@ class ControlPlane:
                         # Queued behind its key's holder, which passes the key on; unless
                         # that holder ended, or nobody holds it, when a process died in
                         # between: move the line on.
-                        line = (current.record.handler.split("/", 1)[0], current.record.key)
+                        line = (service_of(current.record.handler), current.record.key)
                         if line not in keys_seen:
                             keys_seen.add(line)
                             await self.waker.hand_key_on(*line)
