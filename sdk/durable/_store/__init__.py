@@ -79,7 +79,7 @@ async def open_store(nc: NATS, cfg: EngineConfig) -> Store:
     return Store(
         js=js,
         records=RecordStore(records_kv, nc, cfg.invocations_bucket, direct_reads=cfg.direct_reads),
-        journal=Journal(js, cfg),
+        journal=Journal(js, cfg, nc),
         work=WorkQueue(js, cfg),
         keys=keys,
         state=state,

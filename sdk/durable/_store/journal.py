@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
+import functools
+import json
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
 from nats.js.errors import APIError, NotFoundError
@@ -72,12 +76,26 @@ class JournalEnd:
         return self.entry.index + 1 if self.entry is not None else 0
 
 
-class Journal:
-    """Reads and appends journal entries."""
+#: Messages and bytes one batched read asks for at most; a longer journal takes more.
+BATCH = 1024
+BATCH_BYTES = 8 * 1024 * 1024
 
-    def __init__(self, js: JetStreamContext, cfg: EngineConfig) -> None:
+
+class Journal:
+    """Reads and appends journal entries.
+
+    With ``nc`` on a single-node store (``cfg.direct_reads``), a whole journal is read with
+    batched direct gets (nats-server 2.11+): one request answers up to :data:`BATCH`
+    entries, so a replay or GetWorkflow costs requests in proportion to the journal's length
+    over a thousand, not one per entry. On a replicated store reads go to the stream's
+    leader one entry at a time: any replica answers a direct get, possibly one that lacks
+    the newest entries, and a replay of a short journal would run a journaled step again.
+    """
+
+    def __init__(self, js: JetStreamContext, cfg: EngineConfig, nc: NATS | None = None) -> None:
         self._js = js
         self._cfg = cfg
+        self._nc = nc if cfg.direct_reads else None
 
     async def _read(self, **query: Any) -> RawStreamMsg:
         """One read of the journal stream, tried again in short tries while its leader is
@@ -141,11 +159,15 @@ class Journal:
         self, invocation_id: str
     ) -> AsyncGenerator[tuple[int, Entry | None, int, int], None]:
         """(stream sequence, entry, purged, stored) of every message of one journal, in
-        order, one direct get each; the entry is None for the seal, whose ``purged`` is the
-        creation time (ns) of the invocation a Purge sealed it for (0 for an operator's
-        seal); ``stored`` is when JetStream stored the message (ns, 0 when not told)."""
-        subject = self._cfg.journal_filter(invocation_id)
+        order; the entry is None for the seal, whose ``purged`` is the creation time (ns) of
+        the invocation a Purge sealed it for (0 for an operator's seal); ``stored`` is when
+        JetStream stored the message (ns, 0 when not told)."""
         seal = self._cfg.journal_seal_subject(invocation_id)
+        if self._nc is not None:
+            async for subject, seq, headers, data, stored in self._batched(invocation_id):
+                yield _parsed(subject == seal, seq, headers, data, stored)
+            return
+        subject = self._cfg.journal_filter(invocation_id)
         seq = 0
         while True:
             try:
@@ -154,12 +176,66 @@ class Journal:
                 return
             seq = int(msg.seq or 0)
             stored = int(msg.time.timestamp() * 1e9) if msg.time is not None else 0
-            if msg.subject == seal:
-                yield seq, None, int((msg.headers or {}).get(PURGED_HEADER, 0)), stored
-                continue
-            entry = Entry()
-            entry.ParseFromString(msg.data or b"")
-            yield seq, entry, 0, stored
+            yield _parsed(msg.subject == seal, seq, msg.headers or {}, msg.data or b"", stored)
+
+    async def _batched(
+        self, invocation_id: str
+    ) -> AsyncGenerator[tuple[str, int, dict[str, str], bytes, int], None]:
+        """Every message of one journal through batched direct gets, each batch tried
+        again in short tries while JetStream does not answer."""
+        subject = self._cfg.journal_filter(invocation_id)
+        seq = 1
+        while True:
+            batch, more = await until_answered(
+                functools.partial(self._one_batch, subject, seq), "reading a journal"
+            )
+            for message in batch:
+                yield message
+            if not more or not batch:
+                return
+            seq = batch[-1][1] + 1
+
+    async def _one_batch(
+        self, subject: str, seq: int, timeout: float
+    ) -> tuple[list[tuple[str, int, dict[str, str], bytes, int]], bool]:
+        """One batched direct get from ``seq`` on: the messages, and whether more match."""
+        assert self._nc is not None
+        inbox = self._nc.new_inbox()
+        sub = await self._nc.subscribe(inbox)
+        try:
+            request = {
+                "seq": seq,
+                "next_by_subj": subject,
+                "batch": BATCH,
+                "max_bytes": BATCH_BYTES,
+            }
+            await self._nc.publish(
+                f"$JS.API.DIRECT.GET.{self._cfg.journal_stream}",
+                json.dumps(request).encode(),
+                reply=inbox,
+            )
+            found: list[tuple[str, int, dict[str, str], bytes, int]] = []
+            while True:
+                msg = await sub.next_msg(timeout=timeout)
+                headers = msg.headers or {}
+                status = headers.get("Status")
+                if status == "404":  # nothing (more) on the journal's subjects
+                    return found, False
+                if status == "204":  # end of this batch
+                    return found, int(headers.get("Nats-Num-Pending", "0")) > 0
+                if status is not None:
+                    raise APIError(description=f"direct get answered {status}")
+                found.append(
+                    (
+                        headers["Nats-Subject"],
+                        int(headers["Nats-Sequence"]),
+                        headers,
+                        msg.data,
+                        _nanos(headers.get("Nats-Time-Stamp", "")),
+                    )
+                )
+        finally:
+            await sub.unsubscribe()
 
     async def end(self, invocation_id: str) -> JournalEnd:
         """The newest message on any of the journal's subjects: one read, whatever the
@@ -260,3 +336,27 @@ class Journal:
         """The entry that carries the invocation's outcome, once journaled (the fence
         admits one)."""
         return await self._last_on(self._cfg.journal_subject(invocation_id, final=True))
+
+
+def _parsed(
+    is_seal: bool, seq: int, headers: dict[str, str], data: bytes, stored: int
+) -> tuple[int, Entry | None, int, int]:
+    if is_seal:
+        return seq, None, int(headers.get(PURGED_HEADER, 0)), stored
+    entry = Entry()
+    entry.ParseFromString(data)
+    return seq, entry, 0, stored
+
+
+def _nanos(stamp: str) -> int:
+    """An RFC 3339 time with up to nanoseconds (``Nats-Time-Stamp``) as ns since the epoch;
+    0 when absent or unreadable."""
+    if not stamp:
+        return 0
+    whole, _, rest = stamp.rstrip("Z").partition(".")
+    try:
+        seconds = dt.datetime.fromisoformat(whole).replace(tzinfo=dt.UTC).timestamp()
+    except ValueError:
+        return 0
+    digits = "".join(c for c in rest if c.isdigit())[:9].ljust(9, "0")
+    return int(seconds) * 1_000_000_000 + int(digits)
