@@ -52,6 +52,7 @@ EXPECTED_ALL = [
     "RpcStatusError",
     "ServerInfo",
     "Service",
+    "ServiceStats",
     "Stats",
     "StepKind",
     "StepRef",

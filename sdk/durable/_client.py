@@ -277,6 +277,11 @@ class Client:
             already_existed=response.already_existed,
             status=response.status,
             outcome=response.result if response.HasField("result") else None,
+            no_worker_since=(
+                response.no_worker_since.ToDatetime(tzinfo=datetime.UTC)
+                if response.HasField("no_worker_since")
+                else None
+            ),
         )
 
     async def start(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Final, Protocol, TypeAlias, TypeVar, overload
 
 from google.protobuf.message import Message
@@ -141,8 +141,12 @@ class InvocationHandle:
         already_existed: bool = False,
         status: _Status = types_pb2.INVOCATION_STATUS_UNSPECIFIED,
         outcome: types_pb2.Result | None = None,
+        no_worker_since: datetime | None = None,
     ) -> None:
         self._client = client
+        #: Set by Invoke when no live worker hosted the handler then: the invocation waits
+        #: in the queue for one (since that time); None when one did.
+        self.no_worker_since = no_worker_since
         self.id = invocation_id
         self.handler = handler
         self.key = key

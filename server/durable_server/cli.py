@@ -406,6 +406,8 @@ async def _cmd_invoke(client: Client, args: argparse.Namespace) -> int:
             status=types_pb2.InvocationStatus.ValueType(handle.status),
             result=outcome,
         )
+        if handle.no_worker_since is not None:
+            response.no_worker_since.FromDatetime(handle.no_worker_since)
         _print_json(response)
         return _invoke_exit(args, handle.status, failed)
     fields: list[tuple[str, object]] = [
@@ -413,6 +415,8 @@ async def _cmd_invoke(client: Client, args: argparse.Namespace) -> int:
         ("status", status_name(handle.status)),
         ("already existed", "yes (idempotency key matched)" if handle.already_existed else ""),
     ]
+    if outcome is None and handle.no_worker_since is not None:
+        fields.append(("worker", "none serves it right now; it waits in the queue for one"))
     if outcome is not None:
         fields.append(("result", _result_text(outcome, full=True)))
     elif args.wait:

@@ -192,6 +192,25 @@ async def cmd_stats(client: Client, args: argparse.Namespace) -> int:
             rows.append((h.handler, h.total, *(counts.get(s, 0) for s in used)))
         print()
         print(format_table(("HANDLER", "TOTAL", *(status_name(s) for s in used)), rows))
+    if stats.by_service:
+        # The backlog each service waits on, beside who serves it: queued work with no
+        # live worker runs only once a worker for it comes back.
+        waiting = (
+            types_pb2.INVOCATION_STATUS_PENDING,
+            types_pb2.INVOCATION_STATUS_RUNNING,
+            types_pb2.INVOCATION_STATUS_SUSPENDED,
+        )
+        rows = []
+        for s in stats.by_service:
+            counts = {c.status: c.count for c in s.by_status}
+            serving = str(s.live_workers)
+            if not s.live_workers and s.HasField("no_worker_since"):
+                serving += f" (none since {_ts(s, 'no_worker_since')})"
+            rows.append((s.service, s.total, *(counts.get(w, 0) for w in waiting), serving))
+        print()
+        print(
+            format_table(("SERVICE", "TOTAL", "PENDING", "RUNNING", "SUSPENDED", "WORKERS"), rows)
+        )
     return 0
 
 

@@ -140,6 +140,7 @@ class InvokeResponse(_message.Message):
     ALREADY_EXISTED_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
+    NO_WORKER_SINCE_FIELD_NUMBER: _builtins.int
     invocation_id: _builtins.str
     """Id of the invocation, to pass to the other RPCs."""
     already_existed: _builtins.bool
@@ -150,6 +151,12 @@ class InvokeResponse(_message.Message):
     def result(self) -> _types_pb2.Result:
         """The outcome, when wait was set and the invocation ended in time."""
 
+    @_builtins.property
+    def no_worker_since(self) -> _timestamp_pb2.Timestamp:
+        """Set when no live worker hosts the handler right now: the invocation is accepted and
+        waits in the queue until one comes (a worker that hosts it picks it up then).
+        """
+
     def __init__(
         self,
         *,
@@ -157,10 +164,11 @@ class InvokeResponse(_message.Message):
         already_existed: _builtins.bool = ...,
         status: _types_pb2.InvocationStatus.ValueType = ...,
         result: _types_pb2.Result | None = ...,
+        no_worker_since: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["no_worker_since", b"no_worker_since", "result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_existed", b"already_existed", "invocation_id", b"invocation_id", "result", b"result", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_existed", b"already_existed", "invocation_id", b"invocation_id", "no_worker_since", b"no_worker_since", "result", b"result", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -442,6 +450,7 @@ class StatsResponse(_message.Message):
     TOTAL_FIELD_NUMBER: _builtins.int
     BY_STATUS_FIELD_NUMBER: _builtins.int
     BY_HANDLER_FIELD_NUMBER: _builtins.int
+    BY_SERVICE_FIELD_NUMBER: _builtins.int
     total: _builtins.int
     """All invocations the engine holds."""
     @_builtins.property
@@ -452,20 +461,72 @@ class StatsResponse(_message.Message):
     def by_handler(self) -> _containers.RepeatedCompositeFieldContainer[Global___HandlerStats]:
         """Counts by handler, sorted by name."""
 
+    @_builtins.property
+    def by_service(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServiceStats]:
+        """Counts by service (or virtual object, or workflow) with the workers serving it now,
+        sorted by name: every service that has invocations or that a worker registered.
+        """
+
     def __init__(
         self,
         *,
         total: _builtins.int = ...,
         by_status: _abc.Iterable[Global___StatusCount] | None = ...,
         by_handler: _abc.Iterable[Global___HandlerStats] | None = ...,
+        by_service: _abc.Iterable[Global___ServiceStats] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_handler", b"by_handler", "by_status", b"by_status", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_handler", b"by_handler", "by_service", b"by_service", "by_status", b"by_status", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StatsResponse: _TypeAlias = StatsResponse  # noqa: Y015
+
+@_typing.final
+class ServiceStats(_message.Message):
+    """ServiceStats counts the invocations of one service, virtual object or workflow, and the
+    workers that serve it: a backlog with no live worker is one nobody will run until a
+    worker for it comes back.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    BY_STATUS_FIELD_NUMBER: _builtins.int
+    LIVE_WORKERS_FIELD_NUMBER: _builtins.int
+    NO_WORKER_SINCE_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    """Service, virtual object or workflow name (the part of a handler name before "/")."""
+    total: _builtins.int
+    """Invocations of its handlers."""
+    live_workers: _builtins.int
+    """Live workers that host at least one of its handlers now (0: nobody runs its work)."""
+    @_builtins.property
+    def by_status(self) -> _containers.RepeatedCompositeFieldContainer[Global___StatusCount]:
+        """Counts by status (statuses with no invocation are left out)."""
+
+    @_builtins.property
+    def no_worker_since(self) -> _timestamp_pb2.Timestamp:
+        """Since when no live worker has hosted it, while none does; unset while one does."""
+
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+        total: _builtins.int = ...,
+        by_status: _abc.Iterable[Global___StatusCount] | None = ...,
+        live_workers: _builtins.int = ...,
+        no_worker_since: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["no_worker_since", b"no_worker_since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_status", b"by_status", "live_workers", b"live_workers", "no_worker_since", b"no_worker_since", "service", b"service", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServiceStats: _TypeAlias = ServiceStats  # noqa: Y015
 
 @_typing.final
 class PauseRequest(_message.Message):

@@ -13,6 +13,7 @@ import time
 from google.protobuf.timestamp_pb2 import Timestamp
 from nats.js import JetStreamContext
 
+from durable.contract import service_of
 from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
 from durable_server.control.follow import BucketFollower
@@ -60,6 +61,20 @@ class HandlerCatalog:
                     out[h.name] = info
                 if live:
                     info.live_workers += 1
+        return out
+
+    def services(self) -> dict[str, tuple[int, Timestamp | None]]:
+        """Every registered service with the number of live workers hosting any of its
+        handlers, and when a worker hosting it was last heard from."""
+        now = time.time()
+        out: dict[str, tuple[int, Timestamp | None]] = {}
+        for reg in self._workers.values():
+            live = now - reg.heartbeat_at.ToNanoseconds() / 1e9 <= self._live_after
+            for service in {service_of(h.name) for h in reg.handlers}:
+                count, seen = out.get(service, (0, None))
+                if seen is None or reg.heartbeat_at.ToNanoseconds() > seen.ToNanoseconds():
+                    seen = reg.heartbeat_at
+                out[service] = (count + (1 if live else 0), seen)
         return out
 
     def get(self, name: str) -> types_pb2.HandlerInfo | None:

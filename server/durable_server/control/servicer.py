@@ -15,7 +15,14 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
-from durable.contract import DEFAULT_PAGE_SIZE, MAX_KEY_CHARS, MAX_PAGE_SIZE, Record, patience
+from durable.contract import (
+    DEFAULT_PAGE_SIZE,
+    MAX_KEY_CHARS,
+    MAX_PAGE_SIZE,
+    Record,
+    patience,
+    service_of,
+)
 from durable.internal.v1 import storage_pb2
 from durable.v1 import control_pb2, control_pb2_grpc, types_pb2
 from durable_server.control.errors import (
@@ -178,6 +185,10 @@ class DurableControlServicer(control_pb2_grpc.DurableControlServicer):
         )
         if ended:
             response.result.CopyFrom(result_of(record))
+        else:
+            since = self._plane.catalog.unserved_since(record.handler, record.created_at)
+            if since is not None:
+                response.no_worker_since.CopyFrom(since)
         return response
 
     @_rpc
@@ -255,10 +266,22 @@ class DurableControlServicer(control_pb2_grpc.DurableControlServicer):
         for st in S.InvocationStatus.values():
             if st != S.INVOCATION_STATUS_UNSPECIFIED:
                 response.by_status.add(status=st, count=by_status.get(st, 0))
+        by_service: dict[str, collections.Counter[int]] = {}
         for handler, counts in by_handler.items():
             hs = response.by_handler.add(handler=handler, total=sum(counts.values()))
             for code, count in sorted(counts.items()):
                 hs.by_status.add(status=S.InvocationStatus.ValueType(code), count=count)
+            by_service.setdefault(service_of(handler), collections.Counter()).update(counts)
+        serving = self._plane.catalog.services()
+        for service in sorted(set(by_service) | set(serving)):
+            counts = by_service.get(service, collections.Counter())
+            ss = response.by_service.add(service=service, total=sum(counts.values()))
+            for code, count in sorted(counts.items()):
+                ss.by_status.add(status=S.InvocationStatus.ValueType(code), count=count)
+            live, last_seen = serving.get(service, (0, None))
+            ss.live_workers = live
+            if live == 0 and last_seen is not None:
+                ss.no_worker_since.CopyFrom(last_seen)
         return response
 
     @_rpc
