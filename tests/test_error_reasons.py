@@ -147,3 +147,27 @@ def test_each_reason_is_answered_with_the_code_its_proto_comment_names() -> None
     assert sorted(documented) == sorted(reasons)
     for name in reasons:
         assert STATUS_OF[errors_pb2.ErrorReason.Value(name)].name == documented[name], name
+
+
+def test_a_called_services_error_details_read_as_the_clients_do() -> None:
+    """RpcStatusError (a gRPC service over NATS) reads the same google.rpc details as
+    RPCError: ErrorInfo's reason and metadata, by the bytes any gRPC server sends."""
+    import grpc
+    from google.protobuf import any_pb2
+    from google.rpc import error_details_pb2, status_pb2
+
+    from durable import RpcStatusError
+
+    info = error_details_pb2.ErrorInfo(reason="CARD_DECLINED", domain="shop", metadata={"k": "v"})
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    status = status_pb2.Status(code=9, message="declined", details=[detail])
+    err = RpcStatusError(
+        grpc.StatusCode.FAILED_PRECONDITION, "declined", status.SerializeToString()
+    )
+    assert (err.status, err.reason, err.metadata) == (
+        "FAILED_PRECONDITION",
+        "CARD_DECLINED",
+        {"k": "v"},
+    )
+    assert RpcStatusError(grpc.StatusCode.INTERNAL, "x", b"\xff").reason == ""

@@ -70,6 +70,8 @@ async def test_adapter_serves_a_servicer_in_a_queue_group(nc: NATS, unique: str)
         with pytest.raises(RpcStatusError) as bad:
             await stub.SayHello(hello_pb2.SayHelloRequest(name=""))
         assert bad.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert bad.value.status == "INVALID_ARGUMENT"  # the shape of RPCError
+        assert (bad.value.reason, bad.value.metadata) == ("", {})  # the service sent none
         assert bad.value.message == "name is required"
         with pytest.raises(RpcStatusError) as none:
             await hello_pb2_grpc.HelloServiceStub(NatsChannel(nc, prefix=unique + "x")).SayHello(

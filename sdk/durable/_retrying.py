@@ -11,56 +11,25 @@ idempotency key: a second invocation; a resolve: ALREADY_EXISTS) are never repea
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 import grpc.aio
-from google.protobuf.message import DecodeError
 
+from durable._status_details import DETAILS_KEY, StatusDetails, read_details
 from durable.errors import RPCError
-from durable.internal.v1.rpc_status_pb2 import RpcErrorInfo, RpcRetryInfo, RpcStatus
 
 #: Longest pause between two sends, whatever the server suggests.
 MAX_PAUSE = 2.0
 FIRST_PAUSE = 0.1
-
-_DETAILS_KEY = "grpc-status-details-bin"
-# The details are read by type URL into wire-compatible copies of google.rpc's messages
-# (proto/durable/internal/v1/rpc_status.proto), so the client needs no googleapis package.
-_ERROR_INFO = "google.rpc.ErrorInfo"
-_RETRY_INFO = "google.rpc.RetryInfo"
-
-
-@dataclass(frozen=True)
-class StatusDetails:
-    """What a status's ``google.rpc.Status`` details say, beyond its code and message."""
-
-    reason: str = ""
-    metadata: dict[str, str] = field(default_factory=dict)
-    retry_delay: float | None = None
 
 
 def status_details(err: grpc.aio.AioRpcError) -> StatusDetails:
     """The ``google.rpc.ErrorInfo`` and ``RetryInfo`` details of ``err``, if it has any."""
     pairs: Any = err.trailing_metadata() or ()  # grpc-stubs types the pairs as opaque
     for key, value in pairs:
-        if key != _DETAILS_KEY or not isinstance(value, bytes):
-            continue
-        reason, metadata, delay = "", {}, None
-        try:
-            status = RpcStatus.FromString(value)
-            for detail in status.details:
-                kind = detail.type_url.rpartition("/")[2]
-                if kind == _ERROR_INFO:
-                    info = RpcErrorInfo.FromString(detail.value)
-                    reason, metadata = info.reason, dict(info.metadata)
-                elif kind == _RETRY_INFO:
-                    retry = RpcRetryInfo.FromString(detail.value)
-                    delay = float(retry.retry_delay.ToTimedelta().total_seconds())
-        except DecodeError:
-            return StatusDetails()
-        return StatusDetails(reason, metadata, delay)
+        if key == DETAILS_KEY and isinstance(value, bytes):
+            return read_details(value)
     return StatusDetails()
 
 

@@ -20,7 +20,8 @@ Every error the SDK raises, on the handler side and on the client side, is one o
         ├── InvocationFailedError        the awaited invocation ended in a failure
         │   └── InvocationCancelledError the awaited invocation ended cancelled
         └── RpcStatusError               a gRPC service called over NATS (or gRPC) answered
-                                         with a non-OK status (code, message, details)
+                                         with a non-OK status (status, message, reason,
+                                         metadata as RPCError; code, details bytes)
 
     BaseException
     └── _RuntimeSignal                   private: runtime control flow, not errors
@@ -44,6 +45,8 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+
+from durable._status_details import read_details
 
 __all__ = [
     "AlreadyExistsError",
@@ -389,6 +392,21 @@ class RpcStatusError(DurableError):
         self.code = code
         self.message = message
         self.details = details
+
+    @property
+    def status(self) -> str:
+        """The status code's name, e.g. ``"UNAVAILABLE"`` (as ``RPCError.status``)."""
+        return self.code.name
+
+    @property
+    def reason(self) -> str:
+        """The ``google.rpc.ErrorInfo`` reason in ``details``, if the service sent one."""
+        return read_details(self.details).reason
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The ``google.rpc.ErrorInfo`` metadata in ``details`` (empty when none)."""
+        return read_details(self.details).metadata
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.code, self.message, self.details))
