@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from durable._codec import to_payload
 from durable.v1 import control_pb2, types_pb2
 from tests.chaos.evidence import Entry, Evidence, Run
@@ -120,3 +122,30 @@ def test_timer_lateness_leaves_out_nats_downtime() -> None:
     assert f.timer_lateness == [4.0] and not f.late_timers
     f = check(driver, ev, Context(set(), set(), [], late_bound=5.0))
     assert [t["late_s"] for t in f.late_timers] == [8.0]
+
+
+async def test_a_pause_of_the_whole_machine_is_an_outage_not_lateness(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Wall time that moves on while monotonic time does not (the host paused the machine)
+    is recorded as an outage, which timer lateness does not count."""
+    import asyncio
+    import time
+
+    from tests.chaos import topology
+    from tests.chaos.topology import Shape, Topology
+
+    topo = Topology("single", tmp_path, Shape(1, 1, 1, 3.0), tmp_path / "ledger.jsonl")
+    jump = {"ns": 0}
+    real = time.time_ns
+    monkeypatch.setattr(topology.time, "time_ns", lambda: real() + jump["ns"])
+    done = asyncio.Event()
+    watch = asyncio.create_task(topo.watch_machine_stalls(done))
+    await asyncio.sleep(0.25)
+    jump["ns"] = 6_000_000_000  # the machine stood still for 6 s
+    await asyncio.sleep(0.25)
+    done.set()
+    await watch
+    [(start, end)] = topo.outages_ns
+    assert 5.9e9 < end - start < 6.5e9
+    assert [e["action"] for e in topo.events] == ["machine-stall"]

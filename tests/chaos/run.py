@@ -129,6 +129,7 @@ async def run_phase(
             asyncio.create_task(topo.supervise(done)),
             asyncio.create_task(driver.resolve_awakeables(done)),
             asyncio.create_task(_ticker(phase, topo, driver, seconds, progress)),
+            asyncio.create_task(topo.watch_machine_stalls(done)),
         ]
         actions = plan(seed, phase, seconds, profile.shape, profile.mean_gap)
         await asyncio.gather(driver.run(seconds, rate, stop), unleash(topo, actions, seed, stop))

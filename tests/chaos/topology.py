@@ -52,6 +52,12 @@ class Shape:
     ack_wait: float
 
 
+#: How often the machine-stall watch samples the clocks, and the least wall-clock time a
+#: sample may gain over monotonic time before it counts as a stall.
+STALL_SAMPLE = 0.1
+STALL_MIN_NS = 250_000_000
+
+
 @dataclass
 class Topology:
     kind: str  # "single" or "cluster"
@@ -230,6 +236,25 @@ class Topology:
             proc.start()
         finally:
             self.down.discard(proc.name)
+
+    async def watch_machine_stalls(self, done: asyncio.Event) -> None:
+        """Record the moments the whole machine stood still as outages.
+
+        A shared host can pause this machine (a VM or sandbox suspended for seconds): wall
+        time moves on while monotonic time does not, and nothing runs, neither the engine
+        nor nats-server nor this monkey. Timers that fell due then are late by the pause,
+        which is no process's doing; like an election, the pause is not counted as lateness
+        (seen: a 6.3 s pause, every step start of both workers 6.3 s apart, seed 13079).
+        """
+        wall, mono = time.time_ns(), time.monotonic_ns()
+        while not done.is_set():
+            await asyncio.sleep(STALL_SAMPLE)
+            now_wall, now_mono = time.time_ns(), time.monotonic_ns()
+            stalled = (now_wall - wall) - (now_mono - mono)
+            if stalled > STALL_MIN_NS:
+                self.outages_ns.append((wall, now_wall))
+                self._event("machine-stall", "host", stalled_s=round(stalled / 1e9, 3))
+            wall, mono = now_wall, now_mono
 
     async def freeze(self, proc: EngineProc, down: float) -> None:
         self.down.add(proc.name)
