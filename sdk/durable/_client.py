@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import datetime
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -52,6 +51,7 @@ from durable._views import (
     Stats,
     WatchEvent,
     WatchEventKind,
+    utc,
 )
 from durable.errors import ResultTimeoutError, RPCError, UnavailableError
 from durable.v1 import control_pb2, control_pb2_grpc, types_pb2
@@ -277,11 +277,7 @@ class Client:
             already_existed=response.already_existed,
             status=response.status,
             outcome=response.result if response.HasField("result") else None,
-            no_worker_since=(
-                response.no_worker_since.ToDatetime(tzinfo=datetime.UTC)
-                if response.HasField("no_worker_since")
-                else None
-            ),
+            no_worker_since=utc(response.no_worker_since),
         )
 
     async def start(
@@ -508,21 +504,10 @@ class Client:
             self._rpc_timeout,
             repeatable=True,
         )
-        return ServerInfo(
-            version=r.version,
-            nats_server_version=r.nats_server_version,
-            started_at=r.started_at.ToDatetime(tzinfo=datetime.UTC)
-            if r.started_at.seconds
-            else None,
-            prefix=r.prefix,
-            replicas=r.replicas,
-            max_payload_bytes=r.max_payload_bytes,
-            ack_wait_seconds=r.ack_wait_seconds,
-            raw=r,
-        )
+        return ServerInfo.of(r)
 
     async def stats(self) -> Stats:
-        """Return invocation counts by status and by handler (``Stats``)."""
+        """Return invocation counts by status, handler and service (``Stats``)."""
         response = await self._call(
             self._stub().Stats, control_pb2.StatsRequest(), self._rpc_timeout, repeatable=True
         )

@@ -89,11 +89,6 @@ def _seconds(timeout: Timeout) -> float | None:
     return None if timeout is None else float(timeout)
 
 
-def decode_payload(payload: types_pb2.Payload, result_type: Any = None) -> Any:
-    """A payload as ``result_type`` (see ``_codec.from_payload``), or plain JSON values."""
-    return from_payload(payload, result_type)
-
-
 def _unwrap(
     invocation_id: str,
     status: _Status,
@@ -103,7 +98,7 @@ def _unwrap(
     """Turn a finished invocation's ``Result`` into its value, or raise its failure."""
     outcome = result.WhichOneof("outcome")
     if outcome == "value":
-        return decode_payload(result.value, result_type)
+        return from_payload(result.value, result_type)
     failure = result.failure
     if status == types_pb2.INVOCATION_STATUS_CANCELLED or failure.error_type == "CancelledError":
         raise InvocationCancelledError(
@@ -116,7 +111,7 @@ def _unwrap(
             failure.code,
             invocation_id,
         )
-    return decode_payload(types_pb2.Payload(), result_type)
+    return from_payload(types_pb2.Payload(), result_type)
 
 
 class InvocationHandle:

@@ -98,7 +98,8 @@ class WatchEventKind(enum.IntEnum):
     ENDED = 4
 
 
-def _time(ts: Timestamp) -> dt.datetime | None:
+def utc(ts: Timestamp) -> dt.datetime | None:
+    """A wire timestamp as a UTC datetime; None when unset."""
     if ts.seconds == 0 and ts.nanos == 0:
         return None
     return ts.ToDatetime(tzinfo=dt.UTC)
@@ -113,6 +114,10 @@ class Failure:
     error_type: str
     #: The application code a TerminalError carried (0 when none).
     code: int = 0
+
+
+def _counts(counts: Any) -> dict[InvocationStatus, int]:
+    return {InvocationStatus(c.status): c.count for c in counts}
 
 
 def _failure(f: types_pb2.Failure) -> Failure:
@@ -181,9 +186,9 @@ class JournalEntry:
             output=output,
             failure=failure,
             attempt=e.attempt,
-            recorded_at=_time(e.recorded_at),
-            stored_at=_time(e.stored_at),
-            started_at=_time(e.started_at),
+            recorded_at=utc(e.recorded_at),
+            stored_at=utc(e.stored_at),
+            started_at=utc(e.started_at),
             awaited=_step_ref(e.awaited) if e.HasField("awaited") else None,
             raw=e,
         )
@@ -245,7 +250,7 @@ class Invocation:
                 WaitTarget(
                     kind=WaitKind(w.kind),
                     step_index=w.step_index,
-                    due_at=_time(w.due_at),
+                    due_at=utc(w.due_at),
                     awakeable_id=w.awakeable_id,
                     invocation_id=w.invocation_id,
                     promise=w.promise,
@@ -253,13 +258,13 @@ class Invocation:
                 for w in inv.waiting_for
             ],
             caller_id=inv.caller_id,
-            created_at=_time(inv.created_at),
-            updated_at=_time(inv.updated_at),
-            started_at=_time(inv.started_at),
-            ended_at=_time(inv.ended_at),
-            next_attempt_at=_time(inv.next_attempt_at),
-            scheduled_at=_time(inv.scheduled_at),
-            no_worker_since=_time(inv.no_worker_since),
+            created_at=utc(inv.created_at),
+            updated_at=utc(inv.updated_at),
+            started_at=utc(inv.started_at),
+            ended_at=utc(inv.ended_at),
+            next_attempt_at=utc(inv.next_attempt_at),
+            scheduled_at=utc(inv.scheduled_at),
+            no_worker_since=utc(inv.no_worker_since),
             journal=[JournalEntry.of(e) for e in journal],
             raw=inv,
         )
@@ -287,9 +292,9 @@ class InvocationSummary:
             key=s.key,
             status=InvocationStatus(s.status),
             attempt=s.attempt,
-            created_at=_time(s.created_at),
-            updated_at=_time(s.updated_at),
-            ended_at=_time(s.ended_at),
+            created_at=utc(s.created_at),
+            updated_at=utc(s.updated_at),
+            ended_at=utc(s.ended_at),
             raw=s,
         )
 
@@ -339,20 +344,20 @@ class Stats:
     def of(cls, r: control_pb2.StatsResponse) -> Stats:
         return cls(
             total=r.total,
-            by_status={InvocationStatus(c.status): c.count for c in r.by_status},
+            by_status=_counts(r.by_status),
             by_handler={
                 h.handler: HandlerStats(
                     total=h.total,
-                    by_status={InvocationStatus(c.status): c.count for c in h.by_status},
+                    by_status=_counts(h.by_status),
                 )
                 for h in r.by_handler
             },
             by_service={
                 s.service: ServiceStats(
                     total=s.total,
-                    by_status={InvocationStatus(c.status): c.count for c in s.by_status},
+                    by_status=_counts(s.by_status),
                     live_workers=s.live_workers,
-                    no_worker_since=_time(s.no_worker_since),
+                    no_worker_since=utc(s.no_worker_since),
                 )
                 for s in r.by_service
             },
@@ -393,7 +398,7 @@ class HandlerInfo:
             input_schema=h.input_schema,
             input_message=h.input_message,
             live_workers=h.live_workers,
-            last_seen=_time(h.last_seen),
+            last_seen=utc(h.last_seen),
             raw=h,
         )
 
@@ -410,6 +415,19 @@ class ServerInfo:
     max_payload_bytes: int
     ack_wait_seconds: float
     raw: control_pb2.GetServerInfoResponse = field(repr=False, compare=False)
+
+    @classmethod
+    def of(cls, r: control_pb2.GetServerInfoResponse) -> ServerInfo:
+        return cls(
+            version=r.version,
+            nats_server_version=r.nats_server_version,
+            started_at=utc(r.started_at),
+            prefix=r.prefix,
+            replicas=r.replicas,
+            max_payload_bytes=r.max_payload_bytes,
+            ack_wait_seconds=r.ack_wait_seconds,
+            raw=r,
+        )
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import collections
 import contextlib
 import functools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import grpc
@@ -101,6 +101,12 @@ def _rpc(
         raise AssertionError("unreachable")
 
     return wrapper
+
+
+def _add_counts(out: Any, counts: Mapping[int, int]) -> None:
+    """Counts by status into a repeated ``StatusCount``, in status order."""
+    for code, count in sorted(counts.items()):
+        out.add(status=S.InvocationStatus.ValueType(code), count=count)
 
 
 def _failure_outcome(reason: str) -> storage_pb2.JournalRecord:
@@ -269,15 +275,13 @@ class DurableControlServicer(control_pb2_grpc.DurableControlServicer):
         by_service: dict[str, collections.Counter[int]] = {}
         for handler, counts in by_handler.items():
             hs = response.by_handler.add(handler=handler, total=sum(counts.values()))
-            for code, count in sorted(counts.items()):
-                hs.by_status.add(status=S.InvocationStatus.ValueType(code), count=count)
+            _add_counts(hs.by_status, counts)
             by_service.setdefault(service_of(handler), collections.Counter()).update(counts)
         serving = self._plane.catalog.services()
         for service in sorted(set(by_service) | set(serving)):
             counts = by_service.get(service, collections.Counter())
             ss = response.by_service.add(service=service, total=sum(counts.values()))
-            for code, count in sorted(counts.items()):
-                ss.by_status.add(status=S.InvocationStatus.ValueType(code), count=count)
+            _add_counts(ss.by_status, counts)
             live, last_seen = serving.get(service, (0, None))
             ss.live_workers = live
             if live == 0 and last_seen is not None:
