@@ -158,15 +158,15 @@ def engine_streams(cfg: EngineConfig) -> list[str]:
 
 
 async def leaders(js: JetStreamContext, cfg: EngineConfig) -> dict[str, str]:
-    """Which node leads each of the engine's replicated streams and its work consumer."""
+    """Which node leads each of the engine's replicated streams and work consumers."""
     out: dict[str, str] = {}
     for name in engine_streams(cfg):
         info = await js.stream_info(name)
         assert info.cluster is not None and info.cluster.leader, info
         out[name] = info.cluster.leader
-    ci = await js.consumer_info(cfg.work_stream, cfg.work_consumer)
-    assert ci.cluster is not None and ci.cluster.leader, ci
-    out[f"{cfg.work_stream}/{cfg.work_consumer}"] = ci.cluster.leader
+    for ci in await js.consumers_info(cfg.work_stream):
+        assert ci.cluster is not None and ci.cluster.leader, ci
+        out[f"{cfg.work_stream}/{ci.name}"] = ci.cluster.leader
     return out
 
 

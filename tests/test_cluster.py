@@ -37,7 +37,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 
 from durable import Client, Context, Service
-from durable._store.config import EngineConfig
+from durable._store.config import ANY_LANE, EngineConfig
 from durable._store.workqueue import WorkQueue
 from durable._worker.runtime import Worker
 from durable.internal.v1 import storage_pb2
@@ -45,7 +45,7 @@ from durable.testing import start_engine
 from durable.v1 import types_pb2
 from durable_server.control.server import ControlServer
 from durable_server.natsd import EmbeddedNats
-from durable_server.provision import ensure_resources
+from durable_server.provision import ensure_resources, ensure_run_consumer
 from tests.cluster_handlers import LEDGER_ENV, STEPS
 from tests.nats_cluster import (
     CLUSTER,
@@ -173,7 +173,9 @@ async def test_engine_on_three_node_cluster(nats_cluster: Cluster) -> None:
                 assert peers == names, (stream, info.cluster)
             jinfo = await js.stream_info(engine.config.journal_stream)
             assert jinfo.state.messages >= len(ns) * len(ARITH_STEPS), jinfo.state
-            ci = await js.consumer_info(engine.config.work_stream, engine.config.work_consumer)
+            ci = await js.consumer_info(
+                engine.config.work_stream, engine.config.run_consumer(cluster.name)
+            )
             assert ci.cluster is not None, ci
             assert {ci.cluster.leader, *(r.name for r in ci.cluster.replicas or [])} == names
         finally:
@@ -227,16 +229,17 @@ async def test_queued_work_item_is_readable_right_after_enqueue_on_cluster(
     stop = asyncio.Event()
     try:
         await ensure_resources(control.jetstream(timeout=5.0), cfg)
+        await ensure_run_consumer(control.jetstream(timeout=5.0), cfg, "wq", ANY_LANE)
         queue = WorkQueue(control.jetstream(timeout=5.0), cfg)
         other = WorkQueue(busy.jetstream(timeout=5.0), cfg)
         sub = await busy.jetstream(timeout=5.0).pull_subscribe_bind(
-            cfg.work_consumer, stream=cfg.work_stream
+            cfg.run_consumer("wq"), stream=cfg.work_stream
         )
 
         async def work_elsewhere() -> None:
             i = 0
             while not stop.is_set():
-                await other.enqueue(f"other{i}", 1, "invoke")
+                await other.enqueue(f"other{i}", "wq/h", 1, "invoke")
                 i += 1
                 with contextlib.suppress(TimeoutError):  # nats raises both kinds
                     for msg in await sub.fetch(100, timeout=0.001):
@@ -249,8 +252,8 @@ async def test_queued_work_item_is_readable_right_after_enqueue_on_cluster(
         async def one(i: int) -> None:
             await asyncio.sleep(i * 0.004)
             invocation_id = f"checked{i}"
-            await queue.enqueue(invocation_id, 1, "invoke")
-            if await queue.latest_item(invocation_id) is None:
+            await queue.enqueue(invocation_id, "wq/h", 1, "invoke")
+            if await queue.latest_item(invocation_id, "wq/h") is None:
                 missing.append(invocation_id)
 
         await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(WQ_ITEMS))), 30)

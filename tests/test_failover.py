@@ -61,11 +61,11 @@ async def _connect_to(cl: Cluster, first: EmbeddedNats) -> NATS:
 async def _lead_consumer_on(nc: NATS, cfg: EngineConfig, node: str, within: float = 20) -> None:
     """Step the work consumer's leadership down until ``node`` leads it."""
     js = nc.jetstream(timeout=5.0)
-    api = f"$JS.API.CONSUMER.LEADER.STEPDOWN.{cfg.work_stream}.{cfg.work_consumer}"
+    api = f"$JS.API.CONSUMER.LEADER.STEPDOWN.{cfg.work_stream}.{cfg.run_consumer('failover')}"
     body = json.dumps({"placement": {"preferred": node}}).encode()
     deadline = time.monotonic() + within
     while True:
-        info = await js.consumer_info(cfg.work_stream, cfg.work_consumer)
+        info = await js.consumer_info(cfg.work_stream, cfg.run_consumer("failover"))
         if info.cluster is not None and info.cluster.leader == node:
             return
         assert time.monotonic() < deadline, f"{node} never led the work consumer: {info}"

@@ -67,9 +67,17 @@ async def test_a_worker_waits_for_the_store_and_never_creates_it(
             + [f"KV_{b}" for b in (cfg.invocations_bucket, cfg.workers_bucket,
                                    cfg.locks_bucket, cfg.state_bucket)]
         )  # fmt: skip
-        await asyncio.wait_for(starting, 30)
+        # Registered now, it waits for its service's work consumer, which only a control
+        # plane creates (once it has seen the registration).
+        for _ in range(600):
+            if "the work consumer run_early of service early does not exist yet" in caplog.text:
+                break
+            await asyncio.sleep(0.05)
+        assert "a control plane creates it when it sees this worker's registration" in (caplog.text)
+        assert not starting.done()
 
         async with start_engine([], nats_url=isolated_nats.url, prefix=prefix) as engine:
+            await asyncio.wait_for(starting, 30)
             assert await engine.client.execute("early/hello", "ada", timeout=30) == "hello ada"
     finally:
         if not starting.done():

@@ -155,7 +155,7 @@ async def test_a_record_written_as_the_purge_runs_does_not_run_it_again(
         generation=1,
     )
     invocation_id = initial.id
-    await store.work.enqueue(invocation_id, 1, "invoke", initial=initial)
+    await store.work.enqueue(invocation_id, initial.handler, 1, "invoke", initial=initial)
     # As left by a worker that journaled the outcome and died before writing the record.
     final = storage_pb2.JournalRecord(index=0, worker_id="dead", attempt=1)
     final.final.status = S.INVOCATION_STATUS_COMPLETED
@@ -184,7 +184,7 @@ async def test_a_record_written_as_the_purge_runs_does_not_run_it_again(
         deadline = time.monotonic() + 10
         while True:  # until the item is handled (acked)
             info = await store.js.consumer_info(
-                engine.config.work_stream, engine.config.work_consumer
+                engine.config.work_stream, engine.config.run_consumer("gone")
             )
             if not info.num_pending and not info.num_ack_pending:
                 break

@@ -55,7 +55,7 @@ async def test_record_without_its_work_item_is_enqueued_again(
     # but before enqueueing its item: the newest item is the older generation's.
     record = _pending_record(tag, generation=2)
     handled = engine.worker.handled
-    await store.work.enqueue(record.id, 1, "invoke")
+    await store.work.enqueue(record.id, record.handler, 1, "invoke")
     # A worker takes (and acks) that stale generation-1 item before the record exists.
     await until(lambda: engine.worker.handled > handled, "the stale item is handled")
     assert await store.records.create(record) is not None
@@ -77,7 +77,7 @@ async def test_queued_item_of_the_records_generation_is_left_alone(
     await engine.worker.stop()  # nobody takes the item: it stays queued
     record = _pending_record(uuid.uuid4().hex[:8], generation=1)
     assert await store.records.create(record) is not None
-    await store.work.enqueue(record.id, 1, "invoke")
+    await store.work.enqueue(record.id, record.handler, 1, "invoke")
     rounds = plane.reconcile_rounds
     await until(lambda: plane.reconcile_rounds >= rounds + 3, "three reconcile rounds")
     item = await store.work.latest_item(record.id)

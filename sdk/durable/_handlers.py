@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import inspect
+import pathlib
 import re
+import sys
 import typing
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, TypeVar, overload
@@ -74,6 +77,7 @@ class HandlerDef:
     takes_input: bool
     retry: RetryPolicy | None
     description: str
+    pinned: bool = False
 
     @property
     def full_name(self) -> str:
@@ -96,6 +100,7 @@ class HandlerDef:
             input_message=self.input_type.DESCRIPTOR.full_name if is_message else "",
             input_descriptor_set=_descriptor_set(self.input_type) if is_message else b"",
             description=self.description,
+            pinned=self.pinned,
         )
 
 
@@ -142,11 +147,23 @@ class Service:
     kind_label = "service"
 
     def __init__(
-        self, name: str, *, retry: RetryPolicy | None = None, description: str = ""
+        self,
+        name: str,
+        *,
+        retry: RetryPolicy | None = None,
+        description: str = "",
+        pin_version: bool = False,
     ) -> None:
+        """``pin_version=True`` keeps each invocation on workers running the code version
+        that started it (``durable worker --version``), as Restate keeps an invocation on
+        its deployment: a deploy then never replays an in-flight invocation on changed
+        code, and new invocations go to the newest version. Without it, any version may
+        continue an invocation, and a replay that meets changed steps fails it as
+        non-deterministic (check with ``durable replay`` before deploying)."""
         self.name = _check_name("service", name)
         self.retry = retry
         self.description = description
+        self.pin_version = pin_version
         self._handlers: dict[str, HandlerDef] = {}
 
     @property
@@ -198,6 +215,7 @@ class Service:
             takes_input=takes_input,
             retry=retry or self.retry,
             description=doc.split("\n\n", 1)[0],
+            pinned=self.pin_version,
         )
         self._handlers[hname] = hdef
         # ctx.call and ctx.send accept the function itself in place of its name.
@@ -380,6 +398,37 @@ class Registry:
 
     def get(self, full_name: str) -> HandlerDef | None:
         return self._by_name.get(full_name)
+
+    @property
+    def services(self) -> list[str]:
+        """The services (objects, workflows) of its handlers, sorted."""
+        return sorted({h.service for h in self._by_name.values()})
+
+    @property
+    def pinned_services(self) -> list[str]:
+        """The services that keep each invocation on the version that started it."""
+        return sorted({h.service for h in self._by_name.values() if h.pinned})
+
+    def code_version(self) -> str:
+        """A version derived from the code itself: a digest of the source files that define
+        the handlers (``src-`` and 12 hex digits), so a deploy that changes any of them is
+        a new version without anyone naming it. A handler whose source cannot be read adds
+        its qualified name instead."""
+        digest = hashlib.sha256()
+        files: set[str] = set()
+        for h in self:
+            module = sys.modules.get(getattr(h.fn, "__module__", "") or "")
+            path = getattr(module, "__file__", None)
+            if path:
+                files.add(path)
+            else:
+                digest.update(f"{h.full_name}:{getattr(h.fn, '__qualname__', '')}".encode())
+        for path in sorted(files):
+            try:
+                digest.update(pathlib.Path(path).read_bytes())
+            except OSError:
+                digest.update(path.encode())
+        return f"src-{digest.hexdigest()[:12]}"
 
     def __iter__(self) -> typing.Iterator[HandlerDef]:
         return iter(sorted(self._by_name.values(), key=lambda h: h.full_name))

@@ -173,6 +173,8 @@ class JournalEntry:
     stored_at: dt.datetime | None
     started_at: dt.datetime | None
     awaited: StepRef | None
+    #: Code version of the worker that journaled it.
+    version: str
     raw: types_pb2.JournalEntry = field(repr=False, compare=False)
 
     @classmethod
@@ -190,6 +192,7 @@ class JournalEntry:
             stored_at=utc(e.stored_at),
             started_at=utc(e.started_at),
             awaited=_step_ref(e.awaited) if e.HasField("awaited") else None,
+            version=e.version,
             raw=e,
         )
 
@@ -224,6 +227,12 @@ class Invocation:
     scheduled_at: dt.datetime | None
     #: Since when no live worker serves its handler, while it waits for one.
     no_worker_since: dt.datetime | None
+    #: Code version of the worker that started it (for a pinned one, the version it stays on).
+    version: str
+    #: Whether it stays on workers of ``version``.
+    pinned: bool
+    #: Code version of the worker that claimed the current (or last) attempt.
+    attempt_version: str
     journal: list[JournalEntry]
     raw: types_pb2.Invocation = field(repr=False, compare=False)
 
@@ -265,6 +274,9 @@ class Invocation:
             next_attempt_at=utc(inv.next_attempt_at),
             scheduled_at=utc(inv.scheduled_at),
             no_worker_since=utc(inv.no_worker_since),
+            version=inv.version,
+            pinned=inv.pinned,
+            attempt_version=inv.attempt_version,
             journal=[JournalEntry.of(e) for e in journal],
             raw=inv,
         )
@@ -383,6 +395,10 @@ class HandlerInfo:
     #: Workers that registered it and are alive now.
     live_workers: int
     last_seen: dt.datetime | None
+    #: Whether its service keeps each invocation on the version that started it.
+    pinned: bool
+    #: Code versions of the registered workers hosting it, newest first.
+    versions: list[str]
     raw: types_pb2.HandlerInfo = field(repr=False, compare=False)
 
     @classmethod
@@ -399,6 +415,8 @@ class HandlerInfo:
             input_message=h.input_message,
             live_workers=h.live_workers,
             last_seen=utc(h.last_seen),
+            pinned=h.pinned,
+            versions=list(h.versions),
             raw=h,
         )
 

@@ -40,7 +40,7 @@ from durable._limits import (
 )
 from durable._store import Store, open_store, patience
 from durable._store.completions import NotAnAwakeable, TooFarAhead, TooManyPromises
-from durable._store.config import EngineConfig, redact_url
+from durable._store.config import ANY_LANE, EngineConfig, lane_of, redact_url
 from durable._store.ids import (
     idempotent_invocation_id,
     is_valid_invocation_id,
@@ -57,12 +57,14 @@ from durable._store.records import (
     MutationRefused,
     Record,
     RecordNotFound,
+    RecordStore,
     Versioned,
     is_terminal,
     now_ts,
     status_name,
 )
 from durable._store.waking import AlreadyCompleted, Waker
+from durable._store.workqueue import lane_of_record
 from durable._worker.cli import (
     ShowDefaults,
     add_engine_flags,
@@ -78,6 +80,7 @@ from durable._worker.cli import (
 from durable._worker.runtime import Worker, connect_nats
 
 __all__ = [
+    "ANY_LANE",
     "DEFAULT_PAGE_SIZE",
     "DEFAULT_TARGET",
     "MAX_CONTENT_TYPE_CHARS",
@@ -97,6 +100,7 @@ __all__ = [
     "NotAnAwakeable",
     "Record",
     "RecordNotFound",
+    "RecordStore",
     "ShowDefaults",
     "StateTooLarge",
     "Store",
@@ -121,6 +125,8 @@ __all__ = [
     "json_rules",
     "json_schema",
     "json_type",
+    "lane_of",
+    "lane_of_record",
     "load_modules",
     "new_invocation_id",
     "now_ts",

@@ -168,7 +168,8 @@ async def _setup(args: argparse.Namespace) -> None:
     )
     print(
         f"ready on {redact_url(cfg.nats_url)} (replicas {cfg.replicas}): streams {streams}; "
-        f"consumer {cfg.work_consumer}; buckets {buckets}",
+        f"buckets {buckets} (each service's work consumer is created when a worker "
+        "hosting it registers with a control plane)",
         flush=True,
     )
 

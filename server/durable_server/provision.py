@@ -8,12 +8,13 @@ plane (at its start) and ``durable setup`` call this; workers open what exists
   fence. Once stored, a final entry is republished on core NATS as ``<p>.journaled.<id>``, so
   control planes hear of every outcome from the server itself, one message per invocation.
 - ``<P>_WORK``: "drive invocation X" items, one subject per invocation keeping its newest
-  item, consumed by the shared durable pull consumer ``workers``; unacked items are
-  redelivered after ack_wait, so a dead worker's invocation moves on. Message ids dedupe
-  repeated enqueues. It also holds the message schedules of durable timers
-  (``<p>.work.timer.<id>.<step>``, firing a wake-up onto ``<p>.work.wake.<id>``) and of
-  delayed sends (``<p>.work.delay.<id>``, firing the work item itself); the consumer
-  filters the schedules out.
+  item, routed by service (``<p>.work.run.<service>.<lane>.<id>``); each (service, lane)
+  has a durable pull consumer, created by :func:`ensure_run_consumer` when a worker hosting
+  it registers (control/routes.py); unacked items are redelivered after ack_wait, so a dead
+  worker's invocation moves on. Message ids dedupe repeated enqueues. It also holds the
+  message schedules of durable timers (``<p>.work.timer.<id>.<step>``, firing a wake-up
+  onto ``<p>.work.wake.<service>.<id>``) and of delayed sends (``<p>.work.delay.<id>``,
+  firing the work item itself); no consumer takes the schedules.
 - KV ``<p>_invocations``: the mutable record of each invocation, changed only by CAS.
 - KV ``<p>_workers``: live workers and the handlers they serve, refreshed by heartbeats.
 - ``<P>_INBOX``: exclusive invocations of each virtual object key, in arrival order
@@ -133,31 +134,52 @@ async def provision(nc: NATS, cfg: EngineConfig) -> None:
 
 
 async def _ensure_work_consumer(js: JetStreamContext, cfg: EngineConfig) -> None:
+    """The one shared consumer of stores made before routing by service exists only there
+    (control/routes.py drains it); a store made before timers gets the schedules filtered
+    out of it."""
     try:
-        info = await js.consumer_info(cfg.work_stream, cfg.work_consumer)
-        if sorted(info.config.filter_subjects or []) == sorted(cfg.work_filters):
-            return
-        # A store made before timers: the schedules must not reach the workers.
-        info.config.filter_subjects = cfg.work_filters
-        info.config.filter_subject = None
-        await js.add_consumer(cfg.work_stream, info.config)
+        info = await js.consumer_info(cfg.work_stream, cfg.legacy_consumer)
+    except NotFoundError:
+        return
+    if sorted(info.config.filter_subjects or []) == sorted(cfg.legacy_filters):
+        return
+    info.config.filter_subjects = cfg.legacy_filters
+    info.config.filter_subject = None
+    await js.add_consumer(cfg.work_stream, info.config)
+
+
+def run_consumer_config(cfg: EngineConfig, service: str, lane: str) -> ConsumerConfig:
+    """The consumer of one (service, lane), shared by the workers that host it."""
+    return ConsumerConfig(
+        durable_name=cfg.run_consumer(service, lane),
+        filter_subjects=cfg.run_filters(service, lane),
+        ack_policy=AckPolicy.EXPLICIT,
+        # Items queued before the first worker of a service registered are delivered too.
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=cfg.ack_wait,
+        # Never give up on an invocation: redelivery is how a dead worker's work moves on.
+        max_deliver=-1,
+        max_ack_pending=100_000,
+        max_waiting=4096,
+    )
+
+
+async def ensure_run_consumer(
+    js: JetStreamContext, cfg: EngineConfig, service: str, lane: str
+) -> None:
+    """Create the consumer of one (service, lane) unless it exists; one that exists is left
+    as it is (its ack wait is the one it was created with, which workers read)."""
+    name = cfg.run_consumer(service, lane)
+    try:
+        await js.consumer_info(cfg.work_stream, name)
         return
     except NotFoundError:
         pass
-    await js.add_consumer(
-        cfg.work_stream,
-        ConsumerConfig(
-            durable_name=cfg.work_consumer,
-            filter_subjects=cfg.work_filters,
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
-            ack_wait=cfg.ack_wait,
-            # Never give up on an invocation: redelivery is how a dead worker's work moves on.
-            max_deliver=-1,
-            max_ack_pending=100_000,
-            max_waiting=4096,
-        ),
-    )
+    try:
+        await js.add_consumer(cfg.work_stream, run_consumer_config(cfg, service, lane))
+    except BadRequestError:
+        # Another control plane created it first, with its own settings.
+        await js.consumer_info(cfg.work_stream, name)
 
 
 async def _bucket(

@@ -34,7 +34,7 @@ async def diagnose(
         locks = await js.key_value(cfg.locks_bucket)
         consumer: dict[str, Any] = {}
         with contextlib.suppress(Exception):
-            ci = await js.consumer_info(cfg.work_stream, cfg.work_consumer)
+            ci = await js.consumer_info(cfg.work_stream, cfg.run_consumer("chaos"))
             consumer = {
                 "pending": ci.num_pending,
                 "ack_pending": ci.num_ack_pending,
@@ -58,7 +58,7 @@ async def diagnose(
             except KeyNotFoundError:
                 d["record"] = None
             try:
-                msg = await js.get_msg(cfg.work_stream, subject=cfg.work_subject(inv))
+                msg = await js.get_msg(cfg.work_stream, subject=cfg.run_subject_any_lane("*", inv))
                 item = storage_pb2.WorkItem()
                 item.ParseFromString(msg.data or b"")
                 d["work_item"] = {

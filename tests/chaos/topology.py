@@ -322,7 +322,7 @@ class Topology:
             f"KV_{cfg.locks_bucket}",
             f"KV_{cfg.state_bucket}",
         ]
-        return [(s, "") for s in streams] + [(cfg.work_stream, cfg.work_consumer)]
+        return [(s, "") for s in streams] + [(cfg.work_stream, cfg.run_consumer("chaos"))]
 
     async def _leader(self, js: Any, stream: str, consumer: str) -> str | None:
         info = await (js.consumer_info(stream, consumer) if consumer else js.stream_info(stream))
@@ -390,7 +390,7 @@ class Topology:
                 try:
                     js = nc.jetstream(timeout=3.0)
                     if leader_of == "work":
-                        info = await js.consumer_info(cfg.work_stream, cfg.work_consumer)
+                        info = await js.consumer_info(cfg.work_stream, cfg.run_consumer("chaos"))
                     else:
                         stream = (
                             cfg.journal_stream

@@ -5,7 +5,7 @@ and the one place that opens them for the control plane and workers.
 ``open_store`` is the composition root of storage: it builds, once per process, every store
 the engine keeps in JetStream (invocation records, journals, the work queue, object keys and
 their state, worker registrations) from one ``EngineConfig``, and hands them over as one
-``Store``. It never creates anything: the streams, the work consumer and the buckets are
+``Store``. It never creates anything: the streams, the work consumers and the buckets are
 provisioned by the control plane (``durable_server.provision``, at its start) or by
 ``durable setup``. Until they exist, ``open_store`` raises ``patience.NotProvisioned`` (the
 caller waits and tries again), so a worker needs no right to create or change streams.
@@ -16,11 +16,12 @@ its upper case):
 * publish ``<p>.journal.>``, ``<p>.work.>`` and ``<p>.inbox.>`` (journal entries, work items
   and timers, object inboxes), ``$KV.<p>_invocations.>``, ``$KV.<p>_workers.>``,
   ``$KV.<p>_keys.>`` and ``$KV.<p>_state.>`` (bucket writes);
-* the JetStream API for reads and its consumer: ``$JS.API.DIRECT.GET.>`` and
+* the JetStream API for reads and its consumers: ``$JS.API.DIRECT.GET.>`` and
   ``$JS.API.STREAM.MSG.GET.>`` (reads), ``$JS.API.STREAM.INFO.>`` and
-  ``$JS.API.CONSUMER.INFO.>`` (opening), ``$JS.API.CONSUMER.MSG.NEXT.<P>_WORK.workers``
-  (pull requests), ``$JS.API.CONSUMER.CREATE.>`` (the ephemeral ordered consumers that
-  read one journal or inbox), and acks on ``$JS.ACK.<P>_WORK.>``;
+  ``$JS.API.CONSUMER.INFO.>`` (opening), ``$JS.API.CONSUMER.MSG.NEXT.<P>_WORK.run_<s>`` and
+  ``...run_<s>@<lane>`` for each service ``<s>`` it hosts (pull requests),
+  ``$JS.API.CONSUMER.CREATE.>`` (the ephemeral ordered consumers that read one journal or
+  inbox), and acks on ``$JS.ACK.<P>_WORK.>``;
 * subscribe ``<p>.signal.>`` and its own ``_INBOX.>``; publish ``<p>.progress.>``.
 
 It never needs ``$JS.API.STREAM.CREATE``/``UPDATE``/``DELETE`` or the durable consumer's
@@ -55,8 +56,6 @@ class Store:
     keys: KeyQueue
     state: StateStore
     workers: KeyValue
-    #: The work consumer's ack wait as stored (fixed when it was created), in seconds.
-    work_ack_wait: float
 
 
 async def open_store(nc: NATS, cfg: EngineConfig) -> Store:
@@ -64,7 +63,7 @@ async def open_store(nc: NATS, cfg: EngineConfig) -> Store:
     caller tries again at start-up)."""
     js = nc.jetstream()
     try:
-        consumer = await js.consumer_info(cfg.work_stream, cfg.work_consumer)
+        await js.stream_info(cfg.work_stream)
         await js.stream_info(cfg.journal_stream)
         await js.stream_info(cfg.inbox_stream)
         records_kv = await open_bucket(js, cfg, cfg.invocations_bucket)
@@ -84,7 +83,6 @@ async def open_store(nc: NATS, cfg: EngineConfig) -> Store:
         keys=keys,
         state=state,
         workers=workers,
-        work_ack_wait=consumer.config.ack_wait or cfg.ack_wait,
     )
 
 

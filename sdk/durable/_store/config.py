@@ -7,12 +7,26 @@ from one prefix, and so tests can run several isolated engines on one nats-serve
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 import urllib.parse
 
 _PREFIX_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")  # fullmatch: "$" matches before a newline
 
 MiB = 1024 * 1024
+
+#: The lane of invocations any version of their service's code may run.
+ANY_LANE = "_"
+_LANE_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")
+
+
+def lane_of(version: str) -> str:
+    """The subject token of a code version's lane: ``v`` and the version when it is a plain
+    token (``v2024-06-01``), else ``h`` and a digest of it (a version like ``1.4.2``)."""
+    if _LANE_RE.fullmatch(version):
+        return f"v{version}"
+    digest = hashlib.sha256(version.encode()).hexdigest()[:20]
+    return f"h{digest}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,28 +132,69 @@ class EngineConfig:
     def work_stream(self) -> str:
         return f"{self.prefix.upper()}_WORK"
 
-    def work_subject(self, invocation_id: str) -> str:
-        return f"{self.prefix}.work.{invocation_id}"
+    # Work is routed by service: an invocation's items go to a subject that names its
+    # service and its lane (``ANY_LANE``, or the code version a pinned invocation stays on),
+    # and each (service, lane) has its own consumer, shared by the workers that host it.
+    # See "Routing" in docs/architecture.md.
 
-    def wake_subject(self, invocation_id: str) -> str:
+    def run_subject(self, service: str, invocation_id: str, lane: str = "") -> str:
+        """Where an invocation's work items go: ``<p>.work.run.<service>.<lane>.<id>``."""
+        return f"{self.prefix}.work.run.{service}.{lane or ANY_LANE}.{invocation_id}"
+
+    def run_subject_any_lane(self, service: str, invocation_id: str) -> str:
+        """Every lane of one invocation's items, to read its newest (direct get takes a
+        wildcard) or to purge them."""
+        return f"{self.prefix}.work.run.{service}.*.{invocation_id}"
+
+    def wake_subject(self, service: str, invocation_id: str) -> str:
         """Where a fired timer lands: "look at invocation X", never "drive X" (``wake``)."""
-        return f"{self.prefix}.work.wake.{invocation_id}"
+        return f"{self.prefix}.work.wake.{service}.{invocation_id}"
 
     def timer_subject(self, invocation_id: str, index: int) -> str:
         """The message schedule of one durable timer; fires onto :meth:`wake_subject`."""
         return f"{self.prefix}.work.timer.{invocation_id}.{index}"
 
     def delay_subject(self, invocation_id: str) -> str:
-        """The message schedule of a delayed send; fires onto :meth:`work_subject`."""
+        """The message schedule of a delayed send; fires onto :meth:`run_subject`."""
         return f"{self.prefix}.work.delay.{invocation_id}"
 
+    def run_filters(self, service: str, lane: str = "") -> list[str]:
+        """What the consumer of one (service, lane) takes: its items and, on the shared lane,
+        the service's wake-ups."""
+        lane = lane or ANY_LANE
+        filters = [f"{self.prefix}.work.run.{service}.{lane}.*"]
+        if lane == ANY_LANE:
+            filters.append(f"{self.prefix}.work.wake.{service}.*")
+        return filters
+
+    def run_consumer(self, service: str, lane: str = "") -> str:
+        """The durable consumer of one (service, lane): ``run_<service>`` for the shared
+        lane, ``run_<service>@<lane>`` for a pinned version's."""
+        lane = lane or ANY_LANE
+        return f"run_{service}" if lane == ANY_LANE else f"run_{service}@{lane}"
+
     @property
-    def work_filters(self) -> list[str]:
-        """What the workers consume: work items and wake-ups, never the schedules."""
+    def run_filter_all(self) -> str:
+        """Every work item of every service and lane."""
+        return f"{self.prefix}.work.run.>"
+
+    # Before routing by service (stores made by engine 0.1), every item went to
+    # ``<p>.work.<id>`` and every wake-up to ``<p>.work.wake.<id>``, consumed by one shared
+    # consumer, ``workers``. A control plane moves what is left there (and what schedules
+    # made then still fire there) onto the routed subjects: control/routes.py.
+
+    def legacy_work_subject(self, invocation_id: str) -> str:
+        return f"{self.prefix}.work.{invocation_id}"
+
+    def legacy_wake_subject(self, invocation_id: str) -> str:
+        return f"{self.prefix}.work.wake.{invocation_id}"
+
+    @property
+    def legacy_filters(self) -> list[str]:
         return [f"{self.prefix}.work.*", f"{self.prefix}.work.wake.*"]
 
     @property
-    def work_consumer(self) -> str:
+    def legacy_consumer(self) -> str:
         return "workers"
 
     @property

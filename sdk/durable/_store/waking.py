@@ -38,7 +38,7 @@ from durable._store.records import (
     RecordStore,
     is_terminal,
 )
-from durable._store.workqueue import WorkQueue
+from durable._store.workqueue import WorkQueue, lane_of_record
 from durable.errors import TerminalError
 from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
@@ -144,7 +144,7 @@ class Waker:
         """
         if record.status != S.INVOCATION_STATUS_PENDING:
             return False
-        item = await self._work.latest_item(record.id)
+        item = await self._work.latest_item(record.id, record.handler)
         if item is not None and item.generation >= record.generation:
             return False
         log.info("enqueueing %s at generation %d (%s)", record.id, record.generation, reason)
@@ -159,6 +159,20 @@ class Waker:
             return False
         return True
 
+    async def to_own_lane(self, record: Record, *, fresh: bool = False) -> None:
+        """Enqueue a pinned invocation's item in its version's lane (it was found in
+        another); ``fresh``: the item carries ``record`` as not yet written."""
+        await self._work.enqueue(
+            record.id,
+            record.handler,
+            max(record.generation, 1),
+            "its version's lane",
+            initial=record if fresh else None,
+            lane=lane_of_record(record),
+            dedupe=":lane",
+            incarnation=record.created_at.ToNanoseconds(),
+        )
+
     async def enqueue_current(self, invocation_id: str, reason: str) -> None:
         """Enqueue an invocation at its record's generation (one that just got its key)."""
         try:
@@ -167,16 +181,19 @@ class Waker:
             return
         await self._work.enqueue_record(current.record, reason, dedupe=":key")
 
-    async def schedule_timer(self, invocation_id: str, index: int, due: Timestamp) -> None:
-        """Have the server wake the invocation at ``due``. Publishing again replaces the
-        schedule (one per subject), so suspending twice on one timer keeps one."""
+    async def schedule_timer(
+        self, invocation_id: str, handler: str, index: int, due: Timestamp
+    ) -> None:
+        """Have the server wake the invocation at ``due`` (a wake-up on its service's
+        subject). Publishing again replaces the schedule (one per subject), so suspending
+        twice on one timer keeps one."""
         item = storage_pb2.WorkItem(invocation_id=invocation_id, reason=f"timer #{index}")
         await self._js.publish(
             self._cfg.timer_subject(invocation_id, index),
             item.SerializeToString(),
             headers={
                 "Nats-Schedule": _at(due),
-                "Nats-Schedule-Target": self._cfg.wake_subject(invocation_id),
+                "Nats-Schedule-Target": self._cfg.wake_subject(service_of(handler), invocation_id),
             },
         )
 
@@ -254,7 +271,9 @@ class Waker:
             item.SerializeToString(),
             headers={
                 "Nats-Schedule": _at(at),
-                "Nats-Schedule-Target": self._cfg.work_subject(record.id),
+                "Nats-Schedule-Target": self._cfg.run_subject(
+                    service_of(record.handler), record.id, lane_of_record(record)
+                ),
                 "Nats-Msg-Id": f"{record.id}:scheduled",
             },
         )

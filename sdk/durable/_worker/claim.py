@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass
 
+from durable._store.ids import service_of
 from durable._store.records import (
     MutationRefused,
     Record,
@@ -27,6 +29,26 @@ from durable._worker.signals import ControlFlags
 from durable.v1 import types_pb2
 
 S = types_pb2
+
+
+@dataclass(frozen=True)
+class Version:
+    """The code version a worker runs, and the services it pins to it."""
+
+    name: str = ""
+    pinned_services: frozenset[str] = frozenset()
+
+    def stamp(self, r: Record) -> None:
+        """Mark ``r`` as claimed by this version: the attempt's version, and, on its first
+        attempt, the version that started it (which a pinned invocation stays on)."""
+        r.attempt_version = self.name
+        if not r.version:
+            r.version = self.name
+            r.pinned = service_of(r.handler) in self.pinned_services
+
+    def foreign(self, r: Record) -> bool:
+        """Whether ``r`` is pinned to another version, which alone may run it."""
+        return r.pinned and bool(r.version) and r.version != self.name
 
 
 class Claim:
@@ -47,7 +69,14 @@ class Claim:
         self._lock = asyncio.Lock()
 
     @classmethod
-    def fresh(cls, records: RecordStore, initial: Record, attempt: int, worker_id: str) -> Claim:
+    def fresh(
+        cls,
+        records: RecordStore,
+        initial: Record,
+        attempt: int,
+        worker_id: str,
+        version: Version,
+    ) -> Claim:
         """Claim of a fresh invocation whose record does not exist yet."""
         record = Record()
         record.CopyFrom(initial)
@@ -55,6 +84,7 @@ class Claim:
         record.attempt = attempt
         record.worker_id = worker_id
         record.started_at.CopyFrom(now_ts())
+        version.stamp(record)
         return cls(records, record, worker_id)
 
     @property
@@ -111,6 +141,10 @@ class Claim:
                 r.status = S.INVOCATION_STATUS_RUNNING
                 r.attempt = self.attempt
                 r.worker_id = self._worker_id
+                r.attempt_version = self.record.attempt_version
+                if not r.version:
+                    r.version = self.record.version
+                    r.pinned = self.record.pinned
                 if not r.HasField("started_at"):
                     r.started_at.CopyFrom(self.record.started_at)
 

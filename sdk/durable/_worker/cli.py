@@ -120,6 +120,12 @@ def add_worker_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--module", action="append", required=True, help="module with handlers")
     p.add_argument("--slots", type=int, default=64, help="concurrent invocations")
     p.add_argument("--worker-id", default=None, help="stable id (default: random)")
+    p.add_argument(
+        "--code-version",
+        default=None,
+        help="the version of the handler code this worker runs, shown per attempt and kept "
+        "by pinned services (default: a digest of the handler modules' source files)",
+    )
     add_engine_flags(p)
 
 
@@ -164,8 +170,9 @@ async def run_worker(args: argparse.Namespace) -> None:
         worker_id=args.worker_id,
         servicers=servicers,
         grpc_endpoints=grpc_endpoints(args),
+        version=args.code_version,
     ) as w:
-        print(f"durable worker {w.worker_id}: {handler_names(w)}", flush=True)
+        print(f"durable worker {w.worker_id} ({w.version}): {handler_names(w)}", flush=True)
         await until_signalled()
 
 

@@ -284,6 +284,7 @@ class InvocationContext(WorkflowContext):
             recorded_at=now_ts(),
             attempt=self._record.attempt,
             worker_id=self._worker_id,
+            version=self._record.attempt_version,
         )
 
     def _cancellation(self, index: int, kind: int, name: str) -> CancelledError:

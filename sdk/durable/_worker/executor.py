@@ -42,7 +42,7 @@ from durable._store.records import (
     now_ts,
 )
 from durable._store.waking import Waker
-from durable._worker.claim import Claim
+from durable._worker.claim import Claim, Version
 from durable._worker.context import InvocationContext
 from durable._worker.encoding import encode_bounded, failure_of
 from durable._worker.keyed import StateView, changes_in
@@ -125,8 +125,10 @@ class Executor:
         keys: KeyQueue | None = None,
         state: StateStore | None = None,
         rpc: TransportRouter | None = None,
+        version: Version | None = None,
     ) -> None:
         self._rpc = rpc
+        self._version = version or Version()
         self._records = records
         self._keys = keys
         self._state = state
@@ -153,6 +155,9 @@ class Executor:
         if fresh:
             if not await self._serves(msg, item.initial.handler, invocation_id):
                 return
+            if self._version.foreign(item.initial):
+                await self._to_own_lane(msg, item.initial, fresh=True)
+                return
             # Fast path: if nobody wrote the record, nobody claimed it. A first delivery of a
             # young item has none unless an operator acted as it started, and then the
             # control plane sealed its journal first (Journal.seal): the first append is
@@ -161,7 +166,9 @@ class Executor:
             if not young:
                 current = await self._find(invocation_id)
             if current is None:
-                claim = Claim.fresh(self._records, item.initial, floor + 1, self._worker_id)
+                claim = Claim.fresh(
+                    self._records, item.initial, floor + 1, self._worker_id, self._version
+                )
                 if await self._attempt(msg, claim, flags, lease, load_journal=floor > 0):
                     return
                 # Fenced at once (another driver or a seal came first), or paused for a
@@ -216,6 +223,9 @@ class Executor:
             await msg.ack()
             return None
         if not await self._serves(msg, rec.handler, invocation_id):
+            return None
+        if self._version.foreign(rec):
+            await self._to_own_lane(msg, rec)
             return None
         if not await self._holds_key(rec):
             await msg.ack()  # queued behind the key's holder: it is enqueued when its turn comes
@@ -319,7 +329,9 @@ class Executor:
             for target in outcome.waits:
                 if target.kind == S.WAIT_KIND_TIMER:
                     # Before the record says SUSPENDED: a suspended timer always has one.
-                    await self._waker.schedule_timer(rec.id, target.step_index, target.due_at)
+                    await self._waker.schedule_timer(
+                        rec.id, rec.handler, target.step_index, target.due_at
+                    )
             if final is not None:
                 outcome.journaled_at = ctx.last_recorded_at
             elif shortcut and ctx.journal_length == 0 and await self._journal.sealed(rec.id):
@@ -466,9 +478,20 @@ class Executor:
         await msg.nak(delay=1.0)
         return False
 
+    async def _to_own_lane(self, msg: Msg, rec: Record, *, fresh: bool = False) -> None:
+        """An item of an invocation pinned to another version reached this one through
+        the shared lane (queued before it was pinned): send it to its version's lane,
+        where only that version's workers take it."""
+        log.info("invocation %s stays on version %s; moving its item there", rec.id, rec.version)
+        await self._waker.to_own_lane(rec, fresh=fresh)
+        await msg.ack()
+
     def _claim(self, r: Record, floor: int) -> None:
         if is_terminal(r.status) or r.status == S.INVOCATION_STATUS_PAUSED:
             raise MutationRefused(f"not runnable ({r.status})", r)
+        if self._version.foreign(r):
+            raise MutationRefused(f"pinned to version {r.version}", r)
+        self._version.stamp(r)
         r.status = S.INVOCATION_STATUS_RUNNING
         r.attempt = max(r.attempt, floor) + 1
         r.worker_id = self._worker_id

@@ -1,9 +1,11 @@
 """The worker process: pulls work items, runs up to ``slots`` invocations at once, keeps their
-items alive while they run, and announces its handlers.
+items alive while they run, and announces its handlers and code version.
 
-Work is pulled with raw JetStream pull requests sized to the free slots, and every delivered
-item starts at once (nats-py's ``fetch`` would hold the first item back until the whole batch
-arrived). Several worker processes share the one durable consumer and so share the work.
+Work is pulled with raw JetStream pull requests on the work consumers of the services it
+hosts (``pulling``), sized to the free slots, and every delivered item starts at once
+(nats-py's ``fetch`` would hold the first item back until the whole batch arrived). The
+workers hosting a service share its consumer and so share its work; no worker is handed an
+item of a service it does not host.
 """
 
 from __future__ import annotations
@@ -26,16 +28,19 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from durable._handlers import Registry, Service
 from durable._rpc import NatsServer, NatsTransport
 from durable._store import open_store
-from durable._store.config import EngineConfig, redact_url
-from durable._store.patience import at_start_up
+from durable._store.config import ANY_LANE, EngineConfig, lane_of, redact_url
+from durable._store.patience import NotProvisioned, at_start_up
 from durable._store.records import now_ts
 from durable._store.waking import HandlerKinds, Waker
+from durable._worker.claim import Version
 from durable._worker.executor import Executor
 from durable._worker.lease import Lease, stored_at
+from durable._worker.pulling import PULL_HEARTBEAT, Lane, Lanes
 from durable._worker.rpc import TransportRouter
 from durable._worker.signals import ControlFlags
 from durable.internal.v1 import storage_pb2
@@ -44,21 +49,6 @@ log = logging.getLogger("durable.worker")
 
 #: A generated ``add_<Service>Servicer_to_server`` and the servicer to serve with it.
 Servicer = tuple[Callable[[Any, Any], None], Any]
-
-#: Longest life of a pull request. A worker frozen (SIGSTOP, a long GC, a partition) keeps
-#: its open pull requests on the server, which still delivers into them: an item redelivered
-#: after the ack wait could land in the frozen worker's request and wait again. So a request
-#: lives at most a third of the ack wait (``Worker._pull_expires``), and a redelivery finds
-#: only live workers' requests.
-_PULL_EXPIRES = 5.0
-#: The server sends an idle heartbeat on an open pull request this often when it has nothing
-#: to deliver. A pull request lives on the consumer's leader: when that node dies, or after a
-#: reconnect, the request is gone without a word, and only the missing heartbeats tell.
-_PULL_HEARTBEAT = 0.5
-#: Silence after which the open pull requests count as lost and a new one is sent: three
-#: heartbeats missed, so a new consumer leader gets work flowing again within about 1.5 s of
-#: its election instead of at the old request's expiry.
-_PULL_SILENCE = 3 * _PULL_HEARTBEAT
 
 
 async def _log_nats_error(err: Exception) -> None:
@@ -108,11 +98,16 @@ class Worker:
         nc: NATS | None = None,
         servicers: Iterable[Servicer] = (),
         grpc_endpoints: Mapping[str, str] | None = None,
+        version: str | None = None,
     ) -> None:
+        """``version`` names the code this worker runs (what GetWorkflow shows for each
+        attempt, and what pinned services keep their invocations on); by default a digest
+        of the source files that define its handlers."""
         if slots < 1:
             raise ValueError("slots must be at least 1")
         self.cfg = cfg
         self.registry = Registry(services)
+        self.version = version or self.registry.code_version()
         self.slots = slots
         self.worker_id = worker_id or f"w{uuid.uuid4().hex[:12]}"
         self._nc = nc
@@ -121,11 +116,13 @@ class Worker:
         self._grpc_endpoints = dict(grpc_endpoints or {})
         self._nats_server: NatsServer | None = None
         self._inflight: dict[str, tuple[Msg, ControlFlags, Lease]] = {}
+        #: Items delivered while every slot was busy (at most one per lane), in order.
+        self._backlog: collections.deque[tuple[Msg, str]] = collections.deque()
         #: Deliveries this worker has finished handling (attempts and timer wake-ups), for
         #: whoever must know that a delivery was dealt with, not merely that time passed.
         self.handled = 0
-        self._requests: collections.deque[list[float]] = collections.deque()
-        self._heard = time.monotonic()  # when the pull inbox last got anything
+        #: Items delivered to this worker, by service: what a test of routing counts.
+        self.deliveries: collections.Counter[str] = collections.Counter()
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._main: asyncio.Task[None] | None = None
@@ -142,7 +139,6 @@ class Worker:
             self._nc = await connect_nats(self.cfg, f"durable-worker-{self.worker_id}")
         js = self.nc.jetstream()
         await at_start_up(self.nc, lambda: self._open_stores(js), "the engine's streams")
-        self._wake_prefix = self.cfg.wake_subject("")
         self._executor = Executor(
             records=self._records,
             journal=self._journal,
@@ -155,6 +151,7 @@ class Worker:
             keys=self._keys,
             state=self._state,
             rpc=self._router,
+            version=Version(self.version, frozenset(self.registry.pinned_services)),
         )
         if self._servicers:
             self._nats_server = NatsServer(self.nc, prefix=self.cfg.prefix)
@@ -162,14 +159,20 @@ class Worker:
                 self._nats_server.add(add_to_server, servicer)
             await self._nats_server.start()
         await self.nc.subscribe(f"{self.cfg.prefix}.signal.>", cb=self._on_signal)
-        self._inbox = self.nc.new_inbox()
-        await self.nc.subscribe(self._inbox, cb=self._on_delivery)
+        self._lanes = Lanes(self._make_lanes(), self.slots)
+        for lane in self._lanes.lanes:
+            lane.inbox = self.nc.new_inbox()
+            await self.nc.subscribe(lane.inbox, cb=functools.partial(self._on_delivery, lane))
+        # Registering is what makes a control plane create the consumers of our services.
         await at_start_up(self.nc, self._register, "the worker registration")
+        await at_start_up(self.nc, self._open_lanes, "the work consumers of its services")
         self._main = asyncio.create_task(self._run_loops(), name=f"worker-{self.worker_id}")
         log.info(
-            "worker %s serving %d handlers with %d slots",
+            "worker %s (version %s) serving %d handlers of %s with %d slots",
             self.worker_id,
+            self.version,
             len(self.registry),
+            ", ".join(self.registry.services),
             self.slots,
         )
 
@@ -186,6 +189,10 @@ class Worker:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        while self._backlog:
+            msg, _ = self._backlog.popleft()
+            with contextlib.suppress(Exception):
+                await msg.nak()
         if hasattr(self, "_router"):
             await self._router.close()
         if graceful and self._nc is not None and self._nc.is_connected:
@@ -217,10 +224,7 @@ class Worker:
         them: a worker never creates or changes streams (idempotent: tried again at start-up
         while JetStream elects leaders)."""
         store = await open_store(self.nc, self.cfg)
-        # Renewals and leases go by the consumer's own ack wait, which the store kept from
-        # its creation whatever this process was told (--ack-wait).
-        self._ack_wait = min(self.cfg.ack_wait, store.work_ack_wait)
-        self._pull_expires = max(2 * _PULL_HEARTBEAT, min(_PULL_EXPIRES, self._ack_wait / 3))
+        self._ack_wait = self.cfg.ack_wait
         self._records = store.records
         self._journal = store.journal
         self._workers_kv = store.workers
@@ -232,62 +236,74 @@ class Worker:
         self._waker = Waker(js, self.cfg, self._records, store.work, keys=self._keys, kinds=kinds)
         self._state = store.state
 
-    def _requested(self) -> int:
-        return int(sum(r[1] for r in self._requests))
+    def _make_lanes(self) -> list[Lane]:
+        """A lane per hosted service, plus one per pinned service for this version."""
+        cfg = self.cfg
+        pinned = set(self.registry.pinned_services)
+        lanes: list[Lane] = []
+        for service in self.registry.services:
+            for lane in [ANY_LANE] + ([lane_of(self.version)] if service in pinned else []):
+                consumer = cfg.run_consumer(service, lane)
+                api = f"$JS.API.CONSUMER.MSG.NEXT.{cfg.work_stream}.{consumer}"
+                lanes.append(Lane(service, lane, consumer, api))
+        return lanes
+
+    async def _open_lanes(self) -> None:
+        """Wait until every lane's consumer exists (a control plane creates them once it
+        has seen our registration) and take its ack wait, fixed at its creation whatever
+        this process was told (--ack-wait): renewals and leases go by it."""
+        js = self.nc.jetstream()
+        for lane in self._lanes.lanes:
+            if lane.ack_wait:
+                continue
+            try:
+                info = await js.consumer_info(self.cfg.work_stream, lane.consumer)
+            except NotFoundError:
+                raise NotProvisioned(
+                    f"the work consumer {lane.consumer} of service {lane.service} does not "
+                    "exist yet: a control plane creates it when it sees this worker's "
+                    "registration (is `durable server` running on this prefix?)"
+                ) from None
+            lane.ack_wait = min(self.cfg.ack_wait, info.config.ack_wait or self.cfg.ack_wait)
+        self._ack_wait = min([lane.ack_wait for lane in self._lanes.lanes] or [self.cfg.ack_wait])
+        self._lanes.expires = max(2 * PULL_HEARTBEAT, min(self._lanes.expires, self._ack_wait / 3))
 
     async def _run_loops(self) -> None:
         await asyncio.gather(self._pull_loop(), self._heartbeat_loop())
 
     async def _pull_loop(self) -> None:
-        api = f"$JS.API.CONSUMER.MSG.NEXT.{self.cfg.work_stream}.{self.cfg.work_consumer}"
+        lanes = self._lanes
         while not self._stopping:
             now = time.monotonic()
-            # Requests the server should have expired by now are gone even if we missed
-            # the status message (e.g. across a reconnect).
-            while self._requests and self._requests[0][0] < now - 1.0:
-                self._requests.popleft()
-            if self._requests and now - self._heard > _PULL_SILENCE:
-                log.info(
-                    "no heartbeat on the pull requests for %.1f s; asking again", now - self._heard
-                )
-                self._requests.clear()
-            want = self.slots - len(self._tasks) - self._requested()
-            # Ask again once half the slots are free (or none is requested at all), not
-            # after every finished invocation: a pull request is a message for the server to
-            # handle, and one per invocation is measurable on a busy machine.
-            enough = want >= max(1, self.slots // 2) or (want > 0 and not self._requests)
-            if enough and self.nc.is_connected:
-                body = {
-                    "batch": want,
-                    "expires": int(self._pull_expires * 1e9),
-                    "idle_heartbeat": int(_PULL_HEARTBEAT * 1e9),
-                }
-                if not self._requests:
-                    self._heard = now  # the silence of a new request counts from now
-                self._requests.append([now + self._pull_expires, want])
-                await self.nc.publish(api, json.dumps(body).encode(), reply=self._inbox)
+            for lane in lanes.lanes:
+                if lane.tidy(now):
+                    log.info("no heartbeat on the pull requests of %s; asking again", lane.consumer)
+            busy = len(self._tasks) + len(self._backlog)
+            free = self.slots - busy - lanes.requested
+            if self.nc.is_connected:
+                for lane, batch in lanes.plan(free, now):
+                    body = {
+                        "batch": batch,
+                        "expires": int(lanes.expires * 1e9),
+                        "idle_heartbeat": int(PULL_HEARTBEAT * 1e9),
+                    }
+                    lanes.asked(lane, batch, now)
+                    await self.nc.publish(lane.api, json.dumps(body).encode(), reply=lane.inbox)
             self._wake.clear()
-            timeout = self._pull_expires + 0.5
-            if self._requests:
-                timeout = max(0.05, self._requests[0][0] - time.monotonic() + 1.05)
-                timeout = min(timeout, _PULL_HEARTBEAT)  # to notice a silence in time
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                await asyncio.wait_for(self._wake.wait(), lanes.next_deadline(time.monotonic()))
 
-    async def _on_delivery(self, msg: Msg) -> None:
-        self._heard = time.monotonic()
+    async def _on_delivery(self, lane: Lane, msg: Msg) -> None:
         status = msg.headers.get("Status") if msg.headers else None
         if status is not None:
-            if status in ("408", "409") and self._requests:
-                self._requests.popleft()
+            lane.ended(status)
+            if status != "100":
                 self._wake.set()
             return
-        if self._requests:
-            self._requests[0][1] -= 1
-            if self._requests[0][1] <= 0:
-                self._requests.popleft()
+        lane.delivered()
+        self.deliveries[lane.service] += 1
         invocation_id = msg.subject.rsplit(".", 1)[-1]
-        if msg.subject.startswith(self._wake_prefix):
+        if msg.subject.startswith(f"{self.cfg.prefix}.work.wake."):
             self._spawn(self._wake_up(msg, invocation_id))
             return
         if invocation_id in self._inflight:
@@ -295,8 +311,15 @@ class Worker:
             await msg.nak(delay=1.0)
             return
         flags = ControlFlags()
-        lease = Lease(self._ack_wait, functools.partial(self._renew, msg), stored_at(msg))
+        lease = Lease(lane.ack_wait, functools.partial(self._renew, msg), stored_at(msg))
         self._inflight[invocation_id] = (msg, flags, lease)
+        if len(self._tasks) >= self.slots:
+            self._backlog.append((msg, invocation_id))  # its lease is renewed meanwhile
+            return
+        self._start(msg, invocation_id)
+
+    def _start(self, msg: Msg, invocation_id: str) -> None:
+        _, flags, lease = self._inflight[invocation_id]
         task = asyncio.create_task(self._drive(msg, invocation_id, flags, lease))
         self._tasks.add(task)
 
@@ -318,6 +341,8 @@ class Worker:
             task = asyncio.current_task()
             if task is not None:
                 self._tasks.discard(task)
+            while self._backlog and len(self._tasks) < self.slots and not self._stopping:
+                self._start(*self._backlog.popleft())
             self._wake.set()
 
     def driving(self, invocation_id: str) -> bool:
@@ -376,6 +401,8 @@ class Worker:
             started_at=self._started_at,
             heartbeat_at=now_ts(),
             slots=self.slots,
+            version=self.version,
+            pinned_services=self.registry.pinned_services,
         )
         await self._workers_kv.put(self.worker_id, reg.SerializeToString())
 

@@ -421,6 +421,7 @@ class JournalEntry(_message.Message):
     STORED_AT_FIELD_NUMBER: _builtins.int
     STARTED_AT_FIELD_NUMBER: _builtins.int
     AWAITED_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """Zero-based position in the journal."""
     kind: Global___StepKind.ValueType
@@ -431,6 +432,10 @@ class JournalEntry(_message.Message):
     """Short, human-readable preview of the recorded outcome."""
     attempt: _builtins.int
     """The invocation attempt that journaled the step (1 is the first attempt)."""
+    version: _builtins.str
+    """Code version of the worker that journaled the step (the attempt's version); empty for
+    steps journaled before versions were recorded.
+    """
     @_builtins.property
     def result(self) -> Global___Result:
         """Recorded outcome of the step."""
@@ -475,10 +480,11 @@ class JournalEntry(_message.Message):
         stored_at: _timestamp_pb2.Timestamp | None = ...,
         started_at: _timestamp_pb2.Timestamp | None = ...,
         awaited: Global___StepRef | None = ...,
+        version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["awaited", b"awaited", "recorded_at", b"recorded_at", "result", b"result", "started_at", b"started_at", "stored_at", b"stored_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "awaited", b"awaited", "index", b"index", "kind", b"kind", "name", b"name", "recorded_at", b"recorded_at", "result", b"result", "started_at", b"started_at", "stored_at", b"stored_at", "summary", b"summary"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "awaited", b"awaited", "index", b"index", "kind", b"kind", "name", b"name", "recorded_at", b"recorded_at", "result", b"result", "started_at", b"started_at", "stored_at", b"stored_at", "summary", b"summary", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -571,6 +577,9 @@ class Invocation(_message.Message):
     SCHEDULED_AT_FIELD_NUMBER: _builtins.int
     CALLER_ID_FIELD_NUMBER: _builtins.int
     NO_WORKER_SINCE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    PINNED_FIELD_NUMBER: _builtins.int
+    ATTEMPT_VERSION_FIELD_NUMBER: _builtins.int
     invocation_id: _builtins.str
     """Invocation id."""
     handler: _builtins.str
@@ -595,6 +604,16 @@ class Invocation(_message.Message):
     """True when Cancel was requested and the handler has not yet seen it."""
     caller_id: _builtins.str
     """The invocation that called it and waits for its result, if any."""
+    version: _builtins.str
+    """Code version of the worker that started it; for a pinned invocation, the version it
+    stays on.
+    """
+    pinned: _builtins.bool
+    """Whether it stays on workers of `version` (its service was registered with
+    pin_version=True): no other version runs it, and it waits while none is alive.
+    """
+    attempt_version: _builtins.str
+    """Code version of the worker that claimed the current (or last) attempt."""
     @_builtins.property
     def input(self) -> Global___Payload:
         """The input it was invoked with."""
@@ -673,10 +692,13 @@ class Invocation(_message.Message):
         scheduled_at: _timestamp_pb2.Timestamp | None = ...,
         caller_id: _builtins.str = ...,
         no_worker_since: _timestamp_pb2.Timestamp | None = ...,
+        version: _builtins.str = ...,
+        pinned: _builtins.bool = ...,
+        attempt_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "current_step", b"current_step", "ended_at", b"ended_at", "input", b"input", "last_failure", b"last_failure", "next_attempt_at", b"next_attempt_at", "no_worker_since", b"no_worker_since", "result", b"result", "scheduled_at", b"scheduled_at", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "caller_id", b"caller_id", "cancel_requested", b"cancel_requested", "created_at", b"created_at", "current_step", b"current_step", "ended_at", b"ended_at", "handler", b"handler", "idempotency_key", b"idempotency_key", "input", b"input", "invocation_id", b"invocation_id", "journal_length", b"journal_length", "key", b"key", "last_failure", b"last_failure", "next_attempt_at", b"next_attempt_at", "no_worker_since", b"no_worker_since", "pause_requested", b"pause_requested", "result", b"result", "scheduled_at", b"scheduled_at", "started_at", b"started_at", "status", b"status", "status_reason", b"status_reason", "updated_at", b"updated_at", "waiting_for", b"waiting_for"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempt_version", b"attempt_version", "caller_id", b"caller_id", "cancel_requested", b"cancel_requested", "created_at", b"created_at", "current_step", b"current_step", "ended_at", b"ended_at", "handler", b"handler", "idempotency_key", b"idempotency_key", "input", b"input", "invocation_id", b"invocation_id", "journal_length", b"journal_length", "key", b"key", "last_failure", b"last_failure", "next_attempt_at", b"next_attempt_at", "no_worker_since", b"no_worker_since", "pause_requested", b"pause_requested", "pinned", b"pinned", "result", b"result", "scheduled_at", b"scheduled_at", "started_at", b"started_at", "status", b"status", "status_reason", b"status_reason", "updated_at", b"updated_at", "version", b"version", "waiting_for", b"waiting_for"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -700,6 +722,8 @@ class HandlerInfo(_message.Message):
     LAST_SEEN_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     INPUT_DESCRIPTOR_SET_FIELD_NUMBER: _builtins.int
+    PINNED_FIELD_NUMBER: _builtins.int
+    VERSIONS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Full name, "<service>/<handler>", as passed to Invoke."""
     service: _builtins.str
@@ -724,9 +748,17 @@ class HandlerInfo(_message.Message):
     """google.protobuf.FileDescriptorSet defining input_message and its dependencies, so the
     control plane can check protobuf inputs before accepting them; empty for JSON inputs.
     """
+    pinned: _builtins.bool
+    """Whether its service pins each invocation to the code version that started it."""
     @_builtins.property
     def last_seen(self) -> _timestamp_pb2.Timestamp:
         """When a worker last registered or heartbeated for this handler."""
+
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Code versions the live workers hosting it run, newest first (the first is where new
+        invocations of a pinned service go).
+        """
 
     def __init__(
         self,
@@ -743,10 +775,12 @@ class HandlerInfo(_message.Message):
         last_seen: _timestamp_pb2.Timestamp | None = ...,
         description: _builtins.str = ...,
         input_descriptor_set: _builtins.bytes = ...,
+        pinned: _builtins.bool = ...,
+        versions: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_seen", b"last_seen"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "handler", b"handler", "input_descriptor_set", b"input_descriptor_set", "input_message", b"input_message", "input_schema", b"input_schema", "input_type", b"input_type", "kind", b"kind", "last_seen", b"last_seen", "live_workers", b"live_workers", "name", b"name", "output_type", b"output_type", "service", b"service"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "handler", b"handler", "input_descriptor_set", b"input_descriptor_set", "input_message", b"input_message", "input_schema", b"input_schema", "input_type", b"input_type", "kind", b"kind", "last_seen", b"last_seen", "live_workers", b"live_workers", "name", b"name", "output_type", b"output_type", "pinned", b"pinned", "service", b"service", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import logging
 import time
+from collections.abc import Callable
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from nats.js import JetStreamContext
@@ -27,12 +28,23 @@ class HandlerCatalog:
     def __init__(self, live_after: float) -> None:
         self._workers: dict[str, storage_pb2.WorkerRegistration] = {}
         self._live_after = live_after
+        self._listeners: list[Callable[[storage_pb2.WorkerRegistration], None]] = []
         self._follower = BucketFollower(
             "handler-catalog",
             storage_pb2.WorkerRegistration,
-            on_put=self._workers.__setitem__,
+            on_put=self._put,
             on_delete=self._forget,
         )
+
+    def listen(self, listener: Callable[[storage_pb2.WorkerRegistration], None]) -> None:
+        """Call ``listener`` with every registration as it arrives (those stored already,
+        once the follow starts, then each heartbeat)."""
+        self._listeners.append(listener)
+
+    def _put(self, worker_id: str, reg: storage_pb2.WorkerRegistration) -> None:
+        self._workers[worker_id] = reg
+        for listener in self._listeners:
+            listener(reg)
 
     def _forget(self, worker_id: str) -> None:
         self._workers.pop(worker_id, None)
@@ -61,6 +73,8 @@ class HandlerCatalog:
                     out[h.name] = info
                 if live:
                     info.live_workers += 1
+        for info in out.values():
+            info.versions[:] = self.versions(info.service)
         return out
 
     def services(self) -> dict[str, tuple[int, Timestamp | None]]:
@@ -76,6 +90,29 @@ class HandlerCatalog:
                     seen = reg.heartbeat_at
                 out[service] = (count + (1 if live else 0), seen)
         return out
+
+    def versions(self, service: str) -> list[str]:
+        """The code versions of the registered workers hosting ``service``, newest first:
+        ordered by when the first worker of each version that is still registered started
+        (a registration lasts a day after its worker's last heartbeat)."""
+        first: dict[str, int] = {}
+        for reg in self._workers.values():
+            if any(service_of(h.name) == service for h in reg.handlers):
+                started = reg.started_at.ToNanoseconds()
+                first[reg.version] = min(first.get(reg.version, started), started)
+        return sorted(first, key=lambda v: (-first[v], v))
+
+    def pinned_version(self, handler: str) -> str | None:
+        """Where a new invocation of ``handler`` goes when its service is pinned: the newest
+        version (as :meth:`versions` orders them) of the workers that pin it; None when
+        none does."""
+        service = service_of(handler)
+        first: dict[str, int] = {}
+        for reg in self._workers.values():
+            if service in reg.pinned_services:
+                started = reg.started_at.ToNanoseconds()
+                first[reg.version] = min(first.get(reg.version, started), started)
+        return max(first, key=lambda v: (first[v], v)) if first else None
 
     def get(self, name: str) -> types_pb2.HandlerInfo | None:
         return self.handlers().get(name)

@@ -25,6 +25,7 @@ from durable.contract import (
     Waker,
     idempotent_invocation_id,
     is_terminal,
+    lane_of_record,
     new_invocation_id,
     now_ts,
     quote,
@@ -193,6 +194,11 @@ class Invocations:
         )
         if info.kind == S.HANDLER_KIND_WORKFLOW_RUN:
             record.id = workflow_run_id(info.service, key)
+        pinned_to = self.catalog.pinned_version(handler)
+        if pinned_to is not None:
+            # New invocations of a pinned service go to its newest version, and stay there.
+            record.version = pinned_to
+            record.pinned = True
         accept = functools.partial(self._accept_kind, info.kind, id_conflict)
         if not wait:
             existing = await accept(record)
@@ -230,7 +236,14 @@ class Invocations:
         # A fresh id cannot exist yet, so the work item alone accepts the invocation: one
         # write. The worker creates the record as it claims it; if no worker does so soon,
         # we create it PENDING so that every control plane lists it.
-        await self.work.enqueue(record.id, 1, "invoke", initial=record)
+        await self.work.enqueue(
+            record.id,
+            record.handler,
+            1,
+            "invoke",
+            initial=record,
+            lane=lane_of_record(record),
+        )
         self.index.apply_if_absent(record)
         asyncio.get_running_loop().call_later(
             self.cfg.pending_record_after, self._spawn_create_pending, record
@@ -328,7 +341,7 @@ class Invocations:
             # A worker may be starting it without reading the record: fence it off first.
             await self.journal.seal(invocation_id)
             if (rev := await self.records.create(record)) is not None:
-                await self.work.retire_fresh_item(invocation_id)
+                await self.work.retire_fresh_item(record)
                 return Versioned(record, rev)
         raise no_invocation(invocation_id)
 

@@ -218,13 +218,16 @@ class KeyedControl:
         await self._ended(record)
         await self._journal.purge(invocation_id, record.created_at.ToNanoseconds())
         cfg = self._cfg
-        for stream, subject in (
-            (cfg.work_stream, cfg.work_subject(invocation_id)),
-            (cfg.work_stream, cfg.wake_subject(invocation_id)),
-            (cfg.work_stream, f"{cfg.prefix}.work.timer.{invocation_id}.>"),
-            (cfg.work_stream, cfg.delay_subject(invocation_id)),
+        service = service_of(record.handler)
+        for subject in (
+            cfg.run_subject_any_lane(service, invocation_id),
+            cfg.wake_subject(service, invocation_id),
+            f"{cfg.prefix}.work.timer.{invocation_id}.>",
+            cfg.delay_subject(invocation_id),
+            cfg.legacy_work_subject(invocation_id),
+            cfg.legacy_wake_subject(invocation_id),
         ):
-            await self._js.purge_stream(stream, subject=subject)
+            await self._js.purge_stream(cfg.work_stream, subject=subject)
         info = self._catalog.handlers().get(record.handler)
         if info is not None and info.kind == S.HANDLER_KIND_WORKFLOW_RUN:
             await self._state.delete(service_of(record.handler), record.key)

@@ -45,6 +45,7 @@ from durable_server.control.completions import Completions
 from durable_server.control.index import InvocationIndex
 from durable_server.control.invocations import Invocations
 from durable_server.control.keyed import KeyedControl
+from durable_server.control.routes import Routes
 from durable_server.control.steering import Signals, Steering
 from durable_server.control.views import Progress, with_final
 from durable_server.provision import provision
@@ -64,6 +65,7 @@ class ControlPlane:
         self.nc = nc
         self.index = InvocationIndex()
         self.catalog = HandlerCatalog(live_after=3 * cfg.heartbeat_interval + 1)
+        self.catalog.listen(lambda reg: self.routes.registered(reg))
         self.progress: dict[str, Progress] = {}
         self.started_at = now_ts()
         self._tasks: list[asyncio.Task[None]] = []
@@ -81,6 +83,7 @@ class ControlPlane:
             lambda: self.catalog.start(js, self.cfg.workers_bucket),
             "the handler catalog",
         )
+        self._tasks.append(asyncio.create_task(self.routes.run(), name="routes"))
         await at_start_up(
             self.nc,
             lambda: self.index.start(js, self.cfg.invocations_bucket),
@@ -104,6 +107,7 @@ class ControlPlane:
         store = await open_store(self.nc, self.cfg)
         self.store = store
         self.waker = Waker(js, self.cfg, store.records, store.work, keys=store.keys)
+        self.routes = Routes(js, self.cfg, store.records)
         signals = Signals(self.nc, self.cfg)
         self.invocations = Invocations(self.cfg, store, self.waker, self.index, self.catalog)
         self.steering = Steering(self.invocations, store, self.waker, signals)

@@ -57,6 +57,7 @@ def journal_entry(
         summary=_summary(entry),
         recorded_at=entry.recorded_at,
         attempt=entry.attempt,
+        version=entry.version,
     )
     if entry.HasField("started_at"):
         out.started_at.CopyFrom(entry.started_at)
@@ -102,6 +103,9 @@ def with_final(
     ended.ended_at.CopyFrom(last.recorded_at)
     if not ended.HasField("started_at") and last.final.HasField("started_at"):
         ended.started_at.CopyFrom(last.final.started_at)
+    if last.attempt >= ended.attempt and last.version:
+        ended.attempt_version = last.version
+        ended.version = ended.version or last.version
     ended.attempt = max(ended.attempt, last.attempt)
     ended.status_reason = ""
     ended.pause_requested = False
@@ -132,6 +136,9 @@ def invocation_view(
         status_reason=r.status_reason,
         pause_requested=r.pause_requested,
         cancel_requested=r.cancel_requested,
+        version=r.version,
+        pinned=r.pinned,
+        attempt_version=r.attempt_version,
     )
     for name in (
         "created_at",

@@ -83,6 +83,9 @@ class InvocationRecord(_message.Message):
     SCHEDULED_AT_FIELD_NUMBER: _builtins.int
     CONTINUATIONS_FIELD_NUMBER: _builtins.int
     MORE_CALLERS_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    PINNED_FIELD_NUMBER: _builtins.int
+    ATTEMPT_VERSION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Invocation id."""
     handler: _builtins.str
@@ -115,6 +118,16 @@ class InvocationRecord(_message.Message):
     """Attempts that began because it was woken from SUSPENDED (or resumed from PAUSED): they
     continue after a wait and are no failure, so the retry policy does not count them.
     """
+    version: _builtins.str
+    """Code version of the worker that started it (its first attempt); for a pinned invocation
+    the control plane accepted, the version it was routed to (the newest one then).
+    """
+    pinned: _builtins.bool
+    """Whether it stays on workers of `version` (its service is pinned): its work items then
+    go to that version's lane, and no other version ever runs it.
+    """
+    attempt_version: _builtins.str
+    """Code version of the worker that claimed the current attempt."""
     @_builtins.property
     def input(self) -> Global___StoredPayload:
         """Input."""
@@ -195,10 +208,13 @@ class InvocationRecord(_message.Message):
         scheduled_at: _timestamp_pb2.Timestamp | None = ...,
         continuations: _builtins.int = ...,
         more_callers: _abc.Iterable[_builtins.str] | None = ...,
+        version: _builtins.str = ...,
+        pinned: _builtins.bool = ...,
+        attempt_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "ended_at", b"ended_at", "failure", b"failure", "input", b"input", "last_failure", b"last_failure", "next_attempt_at", b"next_attempt_at", "output", b"output", "scheduled_at", b"scheduled_at", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "caller_id", b"caller_id", "cancel_reason", b"cancel_reason", "cancel_requested", b"cancel_requested", "continuations", b"continuations", "created_at", b"created_at", "ended_at", b"ended_at", "failure", b"failure", "generation", b"generation", "handler", b"handler", "id", b"id", "idempotency_key", b"idempotency_key", "input", b"input", "journal_length", b"journal_length", "key", b"key", "last_failure", b"last_failure", "more_callers", b"more_callers", "next_attempt_at", b"next_attempt_at", "output", b"output", "pause_requested", b"pause_requested", "scheduled_at", b"scheduled_at", "started_at", b"started_at", "status", b"status", "status_reason", b"status_reason", "updated_at", b"updated_at", "waiting_for", b"waiting_for", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempt_version", b"attempt_version", "caller_id", b"caller_id", "cancel_reason", b"cancel_reason", "cancel_requested", b"cancel_requested", "continuations", b"continuations", "created_at", b"created_at", "ended_at", b"ended_at", "failure", b"failure", "generation", b"generation", "handler", b"handler", "id", b"id", "idempotency_key", b"idempotency_key", "input", b"input", "journal_length", b"journal_length", "key", b"key", "last_failure", b"last_failure", "more_callers", b"more_callers", "next_attempt_at", b"next_attempt_at", "output", b"output", "pause_requested", b"pause_requested", "pinned", b"pinned", "scheduled_at", b"scheduled_at", "started_at", b"started_at", "status", b"status", "status_reason", b"status_reason", "updated_at", b"updated_at", "version", b"version", "waiting_for", b"waiting_for", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -222,6 +238,7 @@ class JournalRecord(_message.Message):
     WORKER_ID_FIELD_NUMBER: _builtins.int
     FINAL_FIELD_NUMBER: _builtins.int
     STARTED_AT_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """Zero-based position."""
     kind: _types_pb2.StepKind.ValueType
@@ -232,6 +249,8 @@ class JournalRecord(_message.Message):
     """Attempt that journaled it."""
     worker_id: _builtins.str
     """Worker that journaled it."""
+    version: _builtins.str
+    """Code version of the worker that journaled it."""
     @_builtins.property
     def value(self) -> Global___StoredPayload:
         """Value the step produced."""
@@ -271,10 +290,11 @@ class JournalRecord(_message.Message):
         worker_id: _builtins.str = ...,
         final: Global___FinalOutcome | None = ...,
         started_at: _timestamp_pb2.Timestamp | None = ...,
+        version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "final", b"final", "outcome", b"outcome", "recorded_at", b"recorded_at", "started_at", b"started_at", "value", b"value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "failure", b"failure", "final", b"final", "index", b"index", "kind", b"kind", "name", b"name", "outcome", b"outcome", "recorded_at", b"recorded_at", "started_at", b"started_at", "value", b"value", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "failure", b"failure", "final", b"final", "index", b"index", "kind", b"kind", "name", b"name", "outcome", b"outcome", "recorded_at", b"recorded_at", "started_at", b"started_at", "value", b"value", "version", b"version", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["value", "failure"]  # noqa: Y015
     _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
@@ -388,6 +408,8 @@ class WorkerRegistration(_message.Message):
     STARTED_AT_FIELD_NUMBER: _builtins.int
     HEARTBEAT_AT_FIELD_NUMBER: _builtins.int
     SLOTS_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    PINNED_SERVICES_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     """Unique id of the worker process."""
     host: _builtins.str
@@ -396,6 +418,8 @@ class WorkerRegistration(_message.Message):
     """Process id."""
     slots: _builtins.int
     """Concurrent invocation slots."""
+    version: _builtins.str
+    """Version of the code it runs: given (--version) or a digest of its handler modules."""
     @_builtins.property
     def handlers(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.HandlerInfo]:
         """Handlers it serves."""
@@ -408,6 +432,10 @@ class WorkerRegistration(_message.Message):
     def heartbeat_at(self) -> _timestamp_pb2.Timestamp:
         """Last heartbeat."""
 
+    @_builtins.property
+    def pinned_services(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The services it hosts whose invocations stay on the version that started them."""
+
     def __init__(
         self,
         *,
@@ -418,10 +446,12 @@ class WorkerRegistration(_message.Message):
         started_at: _timestamp_pb2.Timestamp | None = ...,
         heartbeat_at: _timestamp_pb2.Timestamp | None = ...,
         slots: _builtins.int = ...,
+        version: _builtins.str = ...,
+        pinned_services: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_at", b"heartbeat_at", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["handlers", b"handlers", "heartbeat_at", b"heartbeat_at", "host", b"host", "pid", b"pid", "slots", b"slots", "started_at", b"started_at", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["handlers", b"handlers", "heartbeat_at", b"heartbeat_at", "host", b"host", "pid", b"pid", "pinned_services", b"pinned_services", "slots", b"slots", "started_at", b"started_at", "version", b"version", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
