@@ -160,6 +160,7 @@ class ProcGroup:
         ledger: Path,
         module: str = HANDLER_MODULE,
         replicas: int = 1,
+        heartbeat_interval: float | None = None,
     ) -> None:
         self.log_dir = log_dir
         self.nats_url = nats_url
@@ -168,6 +169,7 @@ class ProcGroup:
         self.ledger = ledger
         self.module = module
         self.replicas = replicas
+        self.heartbeat_interval = heartbeat_interval
         self.procs: list[EngineProc] = []
         log_dir.mkdir(parents=True, exist_ok=True)
         self.env = {
@@ -180,7 +182,9 @@ class ProcGroup:
         }
 
     def _common(self) -> list[str]:
+        beat = self.heartbeat_interval
         return [
+            *(["--heartbeat-interval", str(beat)] if beat else []),
             "--nats",
             self.nats_url,
             "--prefix",
@@ -200,9 +204,16 @@ class ProcGroup:
         return proc
 
     def worker(
-        self, name: str = "worker", *, slots: int = 64, worker_id: str | None = None
+        self,
+        name: str = "worker",
+        *,
+        slots: int = 64,
+        worker_id: str | None = None,
+        modules: list[str] | None = None,
+        extra: list[str] | None = None,
     ) -> EngineProc:
-        args = ["worker", "--module", self.module, "--slots", str(slots), *self._common()]
+        hosted = [arg for m in modules or [self.module] for arg in ("--module", m)]
+        args = ["worker", *hosted, "--slots", str(slots), *self._common(), *(extra or [])]
         if worker_id:
             args += ["--worker-id", worker_id]
         proc = EngineProc(name, args, self.log_dir, self.env)

@@ -496,6 +496,7 @@ async def test_cli_handlers_table(nats_server: EmbeddedNats) -> None:
             "WORKERS",
             "LAST",
             "SEEN",
+            "VERSIONS",
             "DESCRIPTION",
         ]
         rows = {row[0]: row for row in ran.table("NAME")}

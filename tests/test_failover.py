@@ -26,7 +26,7 @@ from nats.aio.msg import Msg
 from durable import Client, Context, Service
 from durable._store import open_bucket
 from durable._store.config import EngineConfig
-from durable._worker import runtime
+from durable._worker import pulling
 from durable._worker.runtime import Worker
 from durable_server.control.server import ControlServer
 from durable_server.natsd import EmbeddedNats
@@ -78,7 +78,7 @@ async def test_an_idle_worker_asks_again_when_the_work_consumer_leader_dies(
     nats_cluster: Cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Without the heartbeat check the worker would wait for its open request to expire.
-    monkeypatch.setattr(runtime, "_PULL_EXPIRES", 60.0)
+    monkeypatch.setattr(pulling, "PULL_EXPIRES", 60.0)
     cl = nats_cluster
     meta_name = cl.meta_leader()
     assert meta_name is not None, cl.logs()

@@ -25,7 +25,7 @@ from durable._codec import (
     value_to_json_bytes,
 )
 from durable._codec import jsonrules as json_rules
-from durable._handlers import HandlerDef
+from durable._handlers import HandlerDef, Registry
 from durable._limits import (
     DEFAULT_PAGE_SIZE,
     MAX_CONTENT_TYPE_CHARS,
@@ -77,6 +77,7 @@ from durable._worker.cli import (
     run_worker,
     until_signalled,
 )
+from durable._worker.replayer import Verdict, replay_one
 from durable._worker.runtime import Worker, connect_nats
 
 __all__ = [
@@ -101,11 +102,13 @@ __all__ = [
     "Record",
     "RecordNotFound",
     "RecordStore",
+    "Registry",
     "ShowDefaults",
     "StateTooLarge",
     "Store",
     "TooFarAhead",
     "TooManyPromises",
+    "Verdict",
     "Versioned",
     "Waker",
     "Worker",
@@ -137,6 +140,7 @@ __all__ = [
     "preview",
     "quote",
     "redact_url",
+    "replay_one",
     "run",
     "run_worker",
     "service_of",

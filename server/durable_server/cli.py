@@ -45,6 +45,7 @@ from durable_server.cli_objects import add_object_commands
 from durable_server.cli_render import add_wait_commands, json_arg
 from durable_server.cli_render import print_json as _print_json
 from durable_server.cli_render import result_text as _result_text
+from durable_server.cli_replay import add_replay_flags, cmd_replay
 from durable_server.cli_views import (
     MAX_PAGE,
     cmd_get,
@@ -290,6 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("--all", action="store_true", help="follow every page to the end")
 
     command("stats", cmd_stats, "count invocations by status and by handler")
+
+    replay = command(
+        "replay", cmd_replay, "replay stored journals against code, before deploying it"
+    )
+    add_replay_flags(replay)
 
     pause = command("pause", _cmd_pause, "pause an invocation at its next step")
     pause.add_argument("invocation_id", metavar="ID")

@@ -38,3 +38,13 @@ def no_worker_text(inv: types_pb2.Invocation) -> str:
         f"no running worker hosts {inv.handler} (since {ts(inv, 'no_worker_since', ms=True)}, "
         f"{ago(inv, 'no_worker_since')}); start one with `durable worker --module <module>`"
     )
+
+
+def version_text(inv: types_pb2.Invocation) -> str:
+    """Which code started it, whether it stays there, and which runs the current attempt."""
+    if not inv.version:
+        return ""
+    text = f"{inv.version} (pinned)" if inv.pinned else f"started on {inv.version}"
+    if inv.attempt_version and inv.attempt_version != inv.version:
+        text += f"; attempt {inv.attempt} on {inv.attempt_version}"
+    return text

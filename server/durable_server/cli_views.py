@@ -23,7 +23,13 @@ from durable_server.cli_render import result_text as _result_text
 from durable_server.cli_render import step_text as _step_text
 from durable_server.cli_render import ts as _ts
 from durable_server.cli_render import waits_text
-from durable_server.cli_steps import no_worker_text, step_name, step_summary, step_took
+from durable_server.cli_steps import (
+    no_worker_text,
+    step_name,
+    step_summary,
+    step_took,
+    version_text,
+)
 from durable_server.version import engine_version
 
 #: Most invocations one ListWorkflows page holds.
@@ -71,6 +77,7 @@ async def cmd_get(client: Client, args: argparse.Namespace) -> int:
         ("status", status),
         ("status reason", inv.status_reason),
         ("attempt", inv.attempt),
+        ("version", version_text(inv)),
         ("idempotency key", inv.idempotency_key),
         ("created", _ts(inv, "created_at", ms=True)),
         ("started", _ts(inv, "started_at", ms=True)),
@@ -230,11 +237,14 @@ async def cmd_handlers(client: Client, args: argparse.Namespace) -> int:
             h.output_type,
             h.live_workers,
             _ago(h, "last_seen"),
+            ", ".join(h.versions) + (" (pinned)" if h.pinned else ""),
             h.description,
         )
         for h in handlers
     ]
-    headers = ("NAME", "KIND", "INPUT", "OUTPUT", "WORKERS", "LAST SEEN", "DESCRIPTION")
+    headers = (
+        "NAME", "KIND", "INPUT", "OUTPUT", "WORKERS", "LAST SEEN", "VERSIONS", "DESCRIPTION"
+    )  # fmt: skip
     print(format_table(headers, rows))
     return 0
 

@@ -54,6 +54,7 @@ def engine_config(args: argparse.Namespace, nats_url: str | None = None) -> Engi
         max_payload_bytes=args.max_payload_bytes,
         max_state_bytes=args.max_state_bytes,
         retention=args.retention,
+        heartbeat_interval=args.heartbeat_interval,
         # Control-plane settings: a worker has no such flags.
         max_waiters=getattr(args, "max_waiters", EngineConfig.max_waiters),
         max_wait=getattr(args, "max_wait", EngineConfig.max_wait),
@@ -86,6 +87,13 @@ def add_engine_flags(p: argparse.ArgumentParser, *, with_nats: bool = True) -> N
         type=float,
         default=7 * 24 * 3600.0,
         help="seconds an ended invocation is kept before it is purged; 0 keeps it forever",
+    )
+    p.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=EngineConfig.heartbeat_interval,
+        help="seconds between a worker's heartbeats; the control plane counts a worker "
+        "silent for three of them (plus a second) as gone",
     )
     p.add_argument(
         "--grpc-endpoint",

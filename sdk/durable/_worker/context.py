@@ -46,7 +46,7 @@ from durable._worker.encoding import (
 from durable._worker.keyed import KeyedSteps
 from durable._worker.lease import ClaimGuard
 from durable._worker.rpc import TERMINAL_CODES, DurableChannel, TransportRouter
-from durable._worker.signals import ControlFlags, Fenced, RetryAttempt
+from durable._worker.signals import ControlFlags, Fenced, ReplayDone, RetryAttempt
 from durable._worker.waits import (
     IN_PROCESS_WAIT,
     StepFuture,
@@ -81,7 +81,11 @@ class InvocationContext(WorkflowContext):
         state: StateStore | None = None,
         rpc: TransportRouter | None = None,
         guard: ClaimGuard | None = None,
+        replay_only: bool = False,
     ) -> None:
+        """``replay_only``: check the code against the journal and stop (``ReplayDone``)
+        where it would take a step the journal does not hold; nothing runs or is written
+        (``durable replay``)."""
         self._rpc = rpc
         self._guard = guard
         # Held while an append is in flight, so the claim check compares the journal with
@@ -108,6 +112,10 @@ class InvocationContext(WorkflowContext):
         self._last_recorded_at: Timestamp | None = None
         self._aborted: RetryAttempt | None = None
         self._rng = _random.Random(record.id)
+        self._draws = 0
+        #: Draws made before each new step was taken, until its entry is made.
+        self._draws_at: dict[int, int] = {}
+        self._replay_only = replay_only
         self.keyed = KeyedSteps(
             self,
             kind=kind,
@@ -173,6 +181,16 @@ class InvocationContext(WorkflowContext):
         self._next_index += 1
         if index < len(self._entries):
             entry = self._entries[index]
+            if entry.HasField("draws") and entry.draws != self._draws:
+                raise NonDeterminismError(
+                    f"non-deterministic replay at step {index}: the code had drawn "
+                    f"{self._draws} values from ctx.random()/ctx.uuid() before it, the "
+                    f"journal says {entry.draws}; the handler's code changed since this "
+                    "invocation started (deploy the old code, or cancel it)",
+                    index=index,
+                    expected=f"{entry.draws} random draws",
+                    actual=f"{self._draws} random draws",
+                )
             if entry.kind != kind or entry.name != name:
                 expected = describe_step(entry.kind, entry.name)
                 actual = describe_step(kind, name)
@@ -185,6 +203,9 @@ class InvocationContext(WorkflowContext):
                     actual=actual,
                 )
             return index, entry
+        if self._replay_only:
+            raise ReplayDone(index)
+        self._draws_at[index] = self._draws
         return index, None
 
     def _before_new_step(self, index: int, kind: int, name: str) -> bool:
@@ -285,6 +306,7 @@ class InvocationContext(WorkflowContext):
             attempt=self._record.attempt,
             worker_id=self._worker_id,
             version=self._record.attempt_version,
+            draws=self._draws_at.pop(index, self._draws),
         )
 
     def _cancellation(self, index: int, kind: int, name: str) -> CancelledError:
@@ -363,9 +385,11 @@ class InvocationContext(WorkflowContext):
         return value
 
     def random(self) -> float:
+        self._draws += 1
         return self._rng.random()
 
     def uuid(self) -> _uuid.UUID:
+        self._draws += 1
         return _uuid.UUID(int=self._rng.getrandbits(128), version=4)
 
     # -- waiting without holding anything ------------------------------------------------

@@ -27,6 +27,7 @@ import nats
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
@@ -160,9 +161,12 @@ class Worker:
             await self._nats_server.start()
         await self.nc.subscribe(f"{self.cfg.prefix}.signal.>", cb=self._on_signal)
         self._lanes = Lanes(self._make_lanes(), self.slots)
+        self._lane_subs: list[Subscription] = []
         for lane in self._lanes.lanes:
             lane.inbox = self.nc.new_inbox()
-            await self.nc.subscribe(lane.inbox, cb=functools.partial(self._on_delivery, lane))
+            self._lane_subs.append(
+                await self.nc.subscribe(lane.inbox, cb=functools.partial(self._on_delivery, lane))
+            )
         # Registering is what makes a control plane create the consumers of our services.
         await at_start_up(self.nc, self._register, "the worker registration")
         await at_start_up(self.nc, self._open_lanes, "the work consumers of its services")
@@ -179,6 +183,12 @@ class Worker:
     async def stop(self, *, graceful: bool = True) -> None:
         """Stop pulling; hand running invocations back (nak) so another worker continues."""
         self._stopping = True
+        # First stop listening: the server drops pull requests nobody listens to, so what
+        # this worker hands back below (nak) goes to another worker, not to its own
+        # requests still open until the connection closes.
+        for sub in getattr(self, "_lane_subs", []):
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
         if self._nats_server is not None:
             await self._nats_server.stop()
         if self._main:

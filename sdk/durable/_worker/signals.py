@@ -24,6 +24,15 @@ class RetryAttempt(_RuntimeSignal):
         self.cause = cause
 
 
+class ReplayDone(_RuntimeSignal):
+    """A replay-only run (``durable replay``) reached a step the journal does not hold:
+    everything before it matched, and nothing after it may run."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(f"replayed up to step {index}")
+        self.index = index
+
+
 @dataclass
 class ControlFlags:
     """What the control plane asked of a running invocation; read at every new step."""

@@ -117,16 +117,27 @@ class HandlerCatalog:
     def get(self, name: str) -> types_pb2.HandlerInfo | None:
         return self.handlers().get(name)
 
-    def unserved_since(self, name: str, created_at: Timestamp) -> Timestamp | None:
-        """Since when no live worker has hosted handler ``name``, for an invocation created
-        at ``created_at`` that waits for one; None while a live worker hosts it."""
-        info = self.get(name)
-        if info is not None and info.live_workers > 0:
+    def unserved_since(
+        self, name: str, created_at: Timestamp, version: str = ""
+    ) -> Timestamp | None:
+        """Since when no live worker has hosted handler ``name`` (of code ``version``, for
+        an invocation pinned to one), for an invocation created at ``created_at`` that
+        waits for one; None while a live worker hosts it."""
+        now = time.time()
+        live = False
+        seen = 0
+        for reg in self._workers.values():
+            if version and reg.version != version:
+                continue
+            if not any(h.name == name for h in reg.handlers):
+                continue
+            beat = reg.heartbeat_at.ToNanoseconds()
+            seen = max(seen, beat)
+            live = live or now - beat / 1e9 <= self._live_after
+        if live:
             return None
         since = Timestamp()
-        since.CopyFrom(created_at)
-        if info is not None and info.last_seen.ToNanoseconds() > since.ToNanoseconds():
-            since.CopyFrom(info.last_seen)
+        since.FromNanoseconds(max(created_at.ToNanoseconds(), seen))
         return since
 
 

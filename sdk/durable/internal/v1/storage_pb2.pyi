@@ -239,6 +239,7 @@ class JournalRecord(_message.Message):
     FINAL_FIELD_NUMBER: _builtins.int
     STARTED_AT_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    DRAWS_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """Zero-based position."""
     kind: _types_pb2.StepKind.ValueType
@@ -251,6 +252,11 @@ class JournalRecord(_message.Message):
     """Worker that journaled it."""
     version: _builtins.str
     """Code version of the worker that journaled it."""
+    draws: _builtins.int
+    """How many values the handler had drawn from ctx.random()/ctx.uuid() when it took this
+    step: a replay that drew a different number changed its code (non-determinism). Unset
+    in entries journaled before draws were counted.
+    """
     @_builtins.property
     def value(self) -> Global___StoredPayload:
         """Value the step produced."""
@@ -291,13 +297,19 @@ class JournalRecord(_message.Message):
         final: Global___FinalOutcome | None = ...,
         started_at: _timestamp_pb2.Timestamp | None = ...,
         version: _builtins.str = ...,
+        draws: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "final", b"final", "outcome", b"outcome", "recorded_at", b"recorded_at", "started_at", b"started_at", "value", b"value"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_draws", b"_draws", "draws", b"draws", "failure", b"failure", "final", b"final", "outcome", b"outcome", "recorded_at", b"recorded_at", "started_at", b"started_at", "value", b"value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "failure", b"failure", "final", b"final", "index", b"index", "kind", b"kind", "name", b"name", "outcome", b"outcome", "recorded_at", b"recorded_at", "started_at", b"started_at", "value", b"value", "version", b"version", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_draws", b"_draws", "attempt", b"attempt", "draws", b"draws", "failure", b"failure", "final", b"final", "index", b"index", "kind", b"kind", "name", b"name", "outcome", b"outcome", "recorded_at", b"recorded_at", "started_at", b"started_at", "value", b"value", "version", b"version", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__draws: _TypeAlias = _typing.Literal["draws"]  # noqa: Y015
+    _WhichOneofArgType__draws: _TypeAlias = _typing.Literal["_draws", b"_draws"]  # noqa: Y015
     _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["value", "failure"]  # noqa: Y015
     _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__draws) -> _WhichOneofReturnType__draws | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
 
 Global___JournalRecord: _TypeAlias = JournalRecord  # noqa: Y015
