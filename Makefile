@@ -13,6 +13,8 @@ LISTEN      ?= 127.0.0.1:50051
 NATS_PORT   ?= 4222
 MODULE      ?=
 PYTEST_ARGS ?=
+# make bench-scale: how many stored invocations to measure the control plane with.
+SCALE_SIZES ?= 100000 1000000
 # make chaos: seconds of chaos per phase, the seed (empty: a fresh one, printed), invocations
 # per second, the phases, and where the JSON report goes (empty: beside the logs, printed).
 CHAOS_SECONDS ?= 150
@@ -30,7 +32,7 @@ comma := ,
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv setup run test test-fast chaos fuzz lint breaking proto check-proto bench examples fmt clean distclean
+.PHONY: help venv setup run test test-fast chaos fuzz lint breaking proto check-proto bench bench-scale examples fmt clean distclean
 
 help: ## List the targets
 	@echo "Usage: make <target> [VAR=value ...]"
@@ -138,6 +140,9 @@ check-proto: setup ## Fail if the committed stubs differ from what proto/ genera
 
 bench: setup ## Run the benchmark; SYNC=always|2m is reported with every figure
 	$(BIN)/python -m durable_server.bench --sync $(SYNC)
+
+bench-scale: setup ## Costs with 100k/1M stored invocations, long journals, 1-4 workers (SCALE_SIZES)
+	$(BIN)/python -m durable_server.bench_scale --sync $(SYNC) --sizes $(SCALE_SIZES)
 
 # The examples tour (examples/README.md): each runs against `make run` in another terminal.
 TOUR := simple async typed local multi-service concurrent-workflows retry-failures \

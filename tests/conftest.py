@@ -25,6 +25,7 @@ from durable import Service
 from durable.contract import Store, open_store
 from durable.testing import LocalEngine, start_engine
 from durable_server.natsd import EmbeddedNats
+from tests.nats_cluster import Cluster, running_cluster
 
 
 @pytest.fixture
@@ -136,3 +137,10 @@ async def engine_factory(
             )
 
         yield start
+
+
+@pytest.fixture
+async def nats_cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    """A fresh three-node nats-server cluster (JetStream, R3-capable) for one test."""
+    async with running_cluster(tmp_path) as cl:
+        yield cl

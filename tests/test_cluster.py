@@ -25,7 +25,6 @@ import contextlib
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,7 +50,6 @@ from tests.nats_cluster import (
     CLUSTER,
     NODES,
     Cluster,
-    running_cluster,
 )
 from tests.nats_cluster import connect as _connect
 from tests.nats_cluster import engine_streams as _engine_streams
@@ -96,12 +94,6 @@ ARITH_STEPS = ["double", "plus1", "plus10", "plus100"]
 
 def expected_value(n: int) -> int:
     return 2 * n + 111
-
-
-@pytest.fixture
-async def nats_cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    async with running_cluster(tmp_path) as cl:
-        yield cl
 
 
 async def _wait_for_handler(

@@ -15,8 +15,6 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import nats
 import pytest
@@ -31,7 +29,7 @@ from durable._worker.runtime import Worker
 from durable_server.control.server import ControlServer
 from durable_server.natsd import EmbeddedNats
 from durable_server.provision import ensure_resources
-from tests.nats_cluster import NODES, Cluster, running_cluster
+from tests.nats_cluster import NODES, Cluster
 from tests.nats_cluster import connect as _connect
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -42,12 +40,6 @@ failover = Service("failover", description="handlers for the failover tests")
 @failover.handler()
 async def echo(ctx: Context, text: str) -> str:
     return await ctx.run("echo", lambda: text)
-
-
-@pytest.fixture
-async def nats_cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    async with running_cluster(tmp_path) as cl:
-        yield cl
 
 
 async def _connect_to(cl: Cluster, first: EmbeddedNats) -> NATS:

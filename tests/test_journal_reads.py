@@ -18,6 +18,7 @@ from durable._store.journal import BATCH, Journal
 from durable.internal.v1 import storage_pb2
 from durable_server.natsd import EmbeddedNats
 from durable_server.provision import provision
+from tests.nats_cluster import NODES, Cluster, connect
 
 
 class _ElectingStream:
@@ -90,6 +91,54 @@ async def test_a_long_journal_is_read_in_a_few_requests(nats_server: EmbeddedNat
         await journal.purge(invocation_id, 12345)
         gone = await journal.load(invocation_id)
         assert gone.entries == [] and gone.sealed and gone.purged == 12345
+    finally:
+        await spy.close()
+        await nc.close()
+
+
+@pytest.mark.slow
+async def test_a_long_journal_on_a_cluster_is_read_through_one_ordered_consumer(
+    nats_cluster: Cluster,
+) -> None:
+    """On a replicated store a 2,000-step journal costs a handful of JetStream API requests
+    (the leader's newest sequence, the ordered consumer's creation), not one per entry, and
+    reads exactly as the leader's per-entry reads do."""
+    cfg = EngineConfig(
+        nats_url=nats_cluster.url, prefix=f"jc{uuid.uuid4().hex[:8]}", replicas=NODES
+    )
+    nc = await connect(nats_cluster)
+    spy = await connect(nats_cluster)
+    try:
+        await provision(nc, cfg)
+        js = nc.jetstream(timeout=10.0)
+        journal = Journal(js, cfg, nc)
+        invocation_id = "inv_" + "b" * 26
+        last = 0
+        for index in range(2000):
+            entry = storage_pb2.JournalRecord(index=index, name=f"step-{index}", attempt=1)
+            last = await journal.append(invocation_id, entry, last)
+
+        requests: list[str] = []
+
+        async def count(msg: Msg) -> None:
+            requests.append(msg.subject)
+
+        await spy.subscribe("$JS.API.>", cb=count)
+        await spy.flush()
+        ordered = await journal.load(invocation_id)
+        await nc.flush()
+        await spy.flush()
+        assert [e.index for e in ordered.entries] == list(range(2000))
+        assert ordered.last_seq == last and not ordered.sealed
+        assert len(requests) <= 4, requests
+        assert all(ns > 0 for ns in ordered.stored_ns)
+
+        # The leader's per-entry reads, which the ordered read replaces, agree.
+        by_entry = Journal(js, cfg)
+        by_entry._ordered_reads = False
+        one_by_one = await by_entry.load(invocation_id)
+        assert one_by_one.entries == ordered.entries and one_by_one.last_seq == last
+        assert (await journal.load("inv_" + "c" * 26)).entries == []
     finally:
         await spy.close()
         await nc.close()

@@ -42,6 +42,7 @@ from durable._store import Store, open_store, patience
 from durable._store.completions import NotAnAwakeable, TooFarAhead, TooManyPromises
 from durable._store.config import ANY_LANE, EngineConfig, lane_of, redact_url
 from durable._store.ids import (
+    awakeable_id,
     idempotent_invocation_id,
     is_valid_invocation_id,
     new_invocation_id,
@@ -115,6 +116,7 @@ __all__ = [
     "add_engine_flags",
     "add_worker_flags",
     "at_start_up",
+    "awakeable_id",
     "codec",
     "connect_nats",
     "engine_config",

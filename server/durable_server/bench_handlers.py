@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from durable import Context, Service
 
-__all__ = ["HANDLER", "STEPS", "bench", "three_steps"]
+__all__ = ["HANDLER", "LONG_HANDLER", "STEPS", "bench", "long_wait", "three_steps"]
 
 bench = Service("bench", description="Benchmark workload: three trivial durable steps")
 
@@ -30,3 +30,19 @@ async def three_steps(ctx: Context, x: int) -> int:
     a = await ctx.run("one", _add_one, x)
     b = await ctx.run("two", _add_one, a)
     return await ctx.run("three", _add_one, b)
+
+
+#: Full name of :func:`long_wait`.
+LONG_HANDLER = "bench/long_wait"
+
+
+@bench.handler()
+async def long_wait(ctx: Context, steps: int) -> int:
+    """Journals ``steps`` trivial steps, then waits for an awakeable (step ``steps``, id
+    ``awk_<invocation>_<steps>``): its wake-up reads the whole journal and replays it."""
+    x = 0
+    for i in range(steps):
+        x = await ctx.run(f"s{i}", _add_one, x)
+    _, woken = ctx.awakeable(int)
+    woke: int = await woken
+    return x + woke

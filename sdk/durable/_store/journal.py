@@ -21,20 +21,23 @@ import contextlib
 import datetime as dt
 import functools
 import json
+import logging
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js.api import RawStreamMsg
+from nats.js.api import ConsumerConfig, DeliverPolicy, RawStreamMsg
 from nats.js.errors import APIError, NotFoundError
 
 from durable._store.config import EngineConfig
-from durable._store.patience import until_answered
+from durable._store.patience import TRY_TIMEOUT, until_answered
 from durable.internal.v1 import storage_pb2
 
 Entry = storage_pb2.JournalRecord
+log = logging.getLogger("durable.journal")
 
 _WRONG_LAST_SEQUENCE = (10071, 10164)
 # On a purge's seal: the creation time (ns) of the invocation that was purged.
@@ -87,15 +90,18 @@ class Journal:
     With ``nc`` on a single-node store (``cfg.direct_reads``), a whole journal is read with
     batched direct gets (nats-server 2.11+): one request answers up to :data:`BATCH`
     entries, so a replay or GetWorkflow costs requests in proportion to the journal's length
-    over a thousand, not one per entry. On a replicated store reads go to the stream's
-    leader one entry at a time: any replica answers a direct get, possibly one that lacks
-    the newest entries, and a replay of a short journal would run a journaled step again.
+    over a thousand, not one per entry. On a replicated store any replica answers a direct
+    get, possibly one that lacks the newest entries (a replay would run a journaled step
+    again), so a journal is read through an ordered consumer up to the sequence the leader
+    reports as its newest (:meth:`_ordered`): two requests, whatever its length.
     """
 
     def __init__(self, js: JetStreamContext, cfg: EngineConfig, nc: NATS | None = None) -> None:
         self._js = js
         self._cfg = cfg
         self._nc = nc if cfg.direct_reads else None
+        #: On a replicated store, whole journals are read through an ordered consumer.
+        self._ordered_reads = not cfg.direct_reads
 
     async def _read(self, **query: Any) -> RawStreamMsg:
         """One read of the journal stream, tried again in short tries while its leader is
@@ -167,8 +173,14 @@ class Journal:
             async for subject, seq, headers, data, stored in self._batched(invocation_id):
                 yield _parsed(subject == seal, seq, headers, data, stored)
             return
-        subject = self._cfg.journal_filter(invocation_id)
         seq = 0
+        if self._ordered_reads:
+            async for message in self._ordered(invocation_id):
+                if message is None:
+                    return  # read to the end
+                seq = message[0]
+                yield message
+        subject = self._cfg.journal_filter(invocation_id)
         while True:
             try:
                 msg = await self._read(seq=seq + 1, subject=subject, next=True)
@@ -177,6 +189,46 @@ class Journal:
             seq = int(msg.seq or 0)
             stored = int(msg.time.timestamp() * 1e9) if msg.time is not None else 0
             yield _parsed(msg.subject == seal, seq, msg.headers or {}, msg.data or b"", stored)
+
+    async def _ordered(
+        self, invocation_id: str
+    ) -> AsyncGenerator[tuple[int, Entry | None, int, int] | None, None]:
+        """Every message of one journal on a replicated store, through one ordered consumer:
+        a request for the newest message's sequence (the leader's: it knows every committed
+        entry), a request creating the consumer, then the messages pushed in order up to
+        that sequence, whatever the journal's length. Wherever the consumer is placed, it
+        delivers every message up to that sequence, so the read is complete. A consumer
+        that stalls (a node died) hands over to one leader read per remaining entry, from
+        where it stopped (the caller's loop). Ends with None once it read to the end."""
+        end = await self.end(invocation_id)
+        if end.seq == 0:
+            yield None
+            return
+        seal = self._cfg.journal_seal_subject(invocation_id)
+        sub = await self._js.subscribe(
+            self._cfg.journal_filter(invocation_id),
+            stream=self._cfg.journal_stream,
+            ordered_consumer=True,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+        )
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=TRY_TIMEOUT * 2)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    log.info("journal read of %s stalled; reading the rest by entry", invocation_id)
+                    return
+                meta = msg.metadata
+                seq = int(meta.sequence.stream)
+                stamp = meta.timestamp
+                stored = int(stamp.timestamp() * 1e9) if stamp is not None else 0
+                yield _parsed(msg.subject == seal, seq, msg.headers or {}, msg.data or b"", stored)
+                if seq >= end.seq:
+                    yield None
+                    return
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def _batched(
         self, invocation_id: str

@@ -3,6 +3,15 @@
 ListWorkflows, Stats and AwaitResult answer from here, never by reading the records per
 request: the watch replays the latest value of each key once at start-up, then pushes every
 change as it is written. Each control plane process keeps its own view, so they scale out.
+
+Costs, with n invocations stored (docs/benchmarks.md has the measured figures): memory is
+a slotted ``Summary`` per invocation (no payloads; handler names and keys shared) plus its
+place in the creation order and in one status set; Stats is O(handlers); a List page is
+O(page) when its filters match a fair share of the invocations (it walks the creation
+order), and O(m log m) over the m matching ones when they are few (it sorts just them: a
+status, handler or key set), so a page never walks the whole order; the reconciler visits
+only PENDING and SCHEDULED invocations, and retention only those ended before its cutoff
+(a heap by end time).
 """
 
 from __future__ import annotations
@@ -11,9 +20,12 @@ import asyncio
 import bisect
 import builtins
 import collections
+import heapq
 import logging
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from nats.js import JetStreamContext
 
@@ -26,9 +38,14 @@ log = logging.getLogger("durable.control")
 
 Record = storage_pb2.InvocationRecord
 _NEEDS_ITEM = (types_pb2.INVOCATION_STATUS_PENDING, types_pb2.INVOCATION_STATUS_SCHEDULED)
+#: A filtered page sorts the matching invocations themselves when there are at most this
+#: many (or they are rarer than one in this many): walking the creation order for them
+#: would visit more entries than sorting them costs.
+_SORT_AT_MOST = 20_000
+_RARER_THAN = 20
 
 
-@dataclass
+@dataclass(slots=True)
 class Summary:
     """What the index keeps per invocation (no payloads)."""
 
@@ -45,8 +62,8 @@ class Summary:
     def of(cls, r: Record) -> Summary:
         return cls(
             id=r.id,
-            handler=r.handler,
-            key=r.key,
+            handler=sys.intern(r.handler),
+            key=sys.intern(r.key) if r.key else "",
             status=r.status,
             attempt=r.attempt,
             created_ns=r.created_at.ToNanoseconds(),
@@ -87,6 +104,14 @@ class InvocationIndex:
         self._by_handler: dict[str, collections.Counter[int]] = collections.defaultdict(
             collections.Counter
         )
+        # The ids in each status, of each handler and of each key: what a filtered page
+        # sorts when its matches are few.
+        self._status_ids: dict[int, set[str]] = collections.defaultdict(set)
+        self._handler_ids: dict[str, set[str]] = collections.defaultdict(set)
+        self._key_ids: dict[str, set[str]] = collections.defaultdict(set)
+        # (ended_ns, id) of ended invocations, oldest first; stale entries (purged, or
+        # ended again later) are skipped when popped.
+        self._ended: builtins.list[tuple[int, str]] = []
         self._waiters: dict[str, builtins.list[asyncio.Future[Record]]] = {}
         self._listeners: dict[str, builtins.list[Callable[[Record], None]]] = {}
         self._follower = BucketFollower(
@@ -110,9 +135,14 @@ class InvocationIndex:
                 return  # an older revision, arriving after the outcome was announced
             self._count(old, -1)
         else:
-            bisect.insort(self._order, (new.created_ns, new.id))
+            _insert_ordered(self._order, (new.created_ns, new.id))
+            self._handler_ids[new.handler].add(new.id)
+            if new.key:
+                self._key_ids[new.key].add(new.id)
         self._by_id[new.id] = new
         self._count(new, +1)
+        if new.ended_ns and (old is None or old.ended_ns != new.ended_ns):
+            heapq.heappush(self._ended, (new.ended_ns, new.id))
         for listener in self._listeners.get(new.id, ()):
             listener(record)
         if is_terminal(record.status):
@@ -129,6 +159,7 @@ class InvocationIndex:
         old.status, old.ended_ns, old.updated_ns = ended.status, ended_ns, ended_ns
         old.attempt = max(old.attempt, ended.attempt)
         self._count(old, +1)
+        heapq.heappush(self._ended, (ended_ns, old.id))
 
     def resolve_waiters(self, record: Record) -> None:
         """Hand an ended invocation's record to whoever awaits its result."""
@@ -146,11 +177,18 @@ class InvocationIndex:
         if old is None:
             return
         self._count(old, -1)
+        _discard(self._handler_ids, old.handler, old.id)
+        if old.key:
+            _discard(self._key_ids, old.key, old.id)
         i = bisect.bisect_left(self._order, (old.created_ns, old.id))
         if i < len(self._order) and self._order[i] == (old.created_ns, old.id):
             del self._order[i]
 
     def _count(self, s: Summary, delta: int) -> None:
+        if delta > 0:
+            self._status_ids[s.status].add(s.id)
+        else:
+            _discard(self._status_ids, s.status, s.id)
         self._by_status[s.status] += delta
         self._by_handler[s.handler][s.status] += delta
         if self._by_handler[s.handler][s.status] == 0:
@@ -207,25 +245,53 @@ class InvocationIndex:
             )
 
         total = self._count_matches(wanted, handler, key, match)
+        few = self._few(wanted, handler, key, total)
+        if few is not None:
+            page, nxt = self._sorted_page(few, match, page_size, after)
+            return page, nxt, total
         start = len(self._order)
         if after is not None:
             start = bisect.bisect_left(self._order, (after.created_ns, after.id))
-        page: builtins.list[Summary] = []
+        page = []
         i = start - 1
         while i >= 0 and len(page) < page_size:
             s = self._by_id[self._order[i][1]]
             if match(s):
                 page.append(s)
             i -= 1
+        # Matches are common here (not few): the next one is near.
         more = any(match(self._by_id[self._order[j][1]]) for j in range(i, -1, -1))
         nxt = Cursor(page[-1].created_ns, page[-1].id) if page and more else None
         return page, nxt, total
+
+    def _few(
+        self, wanted: set[int], handler: str, key: str, total: int
+    ) -> builtins.list[str] | set[str] | None:
+        """The smallest id set holding every match, when the matches are few enough to
+        sort; None when walking the creation order is cheaper."""
+        if not (wanted or handler or key):
+            return None
+        if total > _SORT_AT_MOST and total * _RARER_THAN > len(self._by_id):
+            return None
+        sizes: builtins.list[tuple[int, str]] = []
+        if key:
+            sizes.append((len(self._key_ids.get(key, ())), "key"))
+        if handler:
+            sizes.append((len(self._handler_ids.get(handler, ())), "handler"))
+        if wanted:
+            sizes.append((sum(len(self._status_ids.get(st, ())) for st in wanted), "status"))
+        smallest = min(sizes)[1]
+        if smallest == "key":
+            return self._key_ids.get(key, set())
+        if smallest == "handler":
+            return self._handler_ids.get(handler, set())
+        return [i for st in wanted for i in self._status_ids.get(st, ())]
 
     def _count_matches(
         self, wanted: set[int], handler: str, key: str, match: Callable[[Summary], bool]
     ) -> int:
         if key:
-            return sum(1 for s in self._by_id.values() if match(s))
+            return sum(1 for i in self._key_ids.get(key, ()) if match(self._by_id[i]))
         if handler:
             counts = self._by_handler.get(handler, collections.Counter())
             return sum(c for st, c in counts.items() if not wanted or st in wanted)
@@ -235,26 +301,68 @@ class InvocationIndex:
         by_handler = {h: dict(c) for h, c in sorted(self._by_handler.items())}
         return dict(self._by_status), by_handler
 
+    def _sorted_page(
+        self,
+        candidates: set[str] | builtins.list[str],
+        match: Callable[[Summary], bool],
+        page_size: int,
+        after: Cursor | None,
+    ) -> tuple[builtins.list[Summary], Cursor | None]:
+        """A page of the few ``candidates`` that match, sorted newest first."""
+        found = [s for s in (self._by_id[i] for i in candidates) if match(s)]
+        if after is not None:
+            found = [s for s in found if (s.created_ns, s.id) < (after.created_ns, after.id)]
+        found.sort(key=lambda s: (s.created_ns, s.id), reverse=True)
+        page = found[:page_size]
+        nxt = Cursor(page[-1].created_ns, page[-1].id) if len(found) > page_size else None
+        return page, nxt
+
     def stale(self, older_than_ns: int, limit: int = 1000) -> builtins.list[str]:
         """PENDING and SCHEDULED invocations unchanged since ``older_than_ns``: the ones the
-        reconciler checks for a missing work item."""
+        reconciler checks for a missing work item (only those statuses are visited)."""
         out: builtins.list[str] = []
-        for s in self._by_id.values():
-            if s.status in _NEEDS_ITEM and s.updated_ns < older_than_ns:
-                out.append(s.id)
-                if len(out) >= limit:
-                    break
+        for status in _NEEDS_ITEM:
+            for invocation_id in self._status_ids.get(status, ()):
+                if self._by_id[invocation_id].updated_ns < older_than_ns:
+                    out.append(invocation_id)
+                    if len(out) >= limit:
+                        return out
         return out
 
     def ended_before(self, cutoff_ns: int, limit: int = 1000) -> builtins.list[str]:
-        """Ended invocations whose end is older than ``cutoff_ns`` (retention)."""
+        """Ended invocations whose end is older than ``cutoff_ns`` (retention), oldest
+        first: popped from the heap by end time, so only those are visited."""
         out: builtins.list[str] = []
-        for s in self._by_id.values():
-            if is_terminal(s.status) and s.ended_ns and s.ended_ns < cutoff_ns:
-                out.append(s.id)
-                if len(out) >= limit:
-                    break
+        seen: set[str] = set()
+        while self._ended and self._ended[0][0] < cutoff_ns and len(out) < limit:
+            ended_ns, invocation_id = heapq.heappop(self._ended)
+            s = self._by_id.get(invocation_id)
+            if s is None or s.ended_ns != ended_ns or not is_terminal(s.status):
+                continue  # purged, or not this end any more
+            if invocation_id not in seen:
+                seen.add(invocation_id)
+                out.append(invocation_id)
+        # Until purged they stay due: put them back for the next round.
+        for invocation_id in out:
+            heapq.heappush(self._ended, (self._by_id[invocation_id].ended_ns, invocation_id))
         return out
 
     def __len__(self) -> int:
         return len(self._by_id)
+
+
+def _insert_ordered(order: builtins.list[tuple[int, str]], item: tuple[int, str]) -> None:
+    """Insert keeping ``order`` sorted; new invocations are almost always the newest, which
+    an append covers without a search."""
+    if not order or order[-1] < item:
+        order.append(item)
+    else:
+        bisect.insort(order, item)
+
+
+def _discard(sets: dict[Any, set[str]], name: Any, invocation_id: str) -> None:
+    ids = sets.get(name)
+    if ids is not None:
+        ids.discard(invocation_id)
+        if not ids:
+            del sets[name]
