@@ -52,10 +52,17 @@ def _pages(idx: InvocationIndex, **filters: object) -> tuple[list[str], int]:
             return out, total
 
 
-@pytest.mark.parametrize("sort_at_most", [0, 10**9])
-def test_pages_and_counts_match_a_scan(monkeypatch: pytest.MonkeyPatch, sort_at_most: int) -> None:
-    monkeypatch.setattr(index_module, "_SORT_AT_MOST", sort_at_most)
-    monkeypatch.setattr(index_module, "_RARER_THAN", 1 if sort_at_most else 10**9)
+@pytest.mark.parametrize(
+    ("sort_cost", "walk_slack"),
+    [(10**9, 10**9), (0, 10**9), (10**9, 1)],
+    ids=["walk", "sort", "walk-gives-up"],
+)
+def test_pages_and_counts_match_a_scan(
+    monkeypatch: pytest.MonkeyPatch, sort_cost: int, walk_slack: int
+) -> None:
+    monkeypatch.setattr(index_module, "_SORT_COST", sort_cost)
+    monkeypatch.setattr(index_module, "_WALK_SLACK", walk_slack)
+    monkeypatch.setattr(index_module, "_WALK_AT_LEAST", 0)
     rng = random.Random(7)
     idx = InvocationIndex()
     records = {r.id: r for r in (_record(rng, i) for i in range(1500))}
