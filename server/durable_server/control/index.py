@@ -9,9 +9,9 @@ a slotted ``Summary`` per invocation (no payloads; handler names and keys shared
 place in the creation order and in one status set; Stats is O(handlers); a List page is
 O(page) when its filters match a fair share of the invocations (it walks the creation
 order), and O(m log m) over the m matching ones when they are few (it sorts just them: a
-status, handler or key set), choosing by which visits less; a walk that finds the matches
-bunched far back gives up early and sorts, so a page never walks the whole order; the reconciler visits
-only PENDING and SCHEDULED invocations, and retention only those ended before its cutoff
+status, handler or key set), choosing by which costs less; a walk that finds the
+matches bunched far back gives up early and sorts, so a page never walks the whole order;
+the reconciler visits only PENDING and SCHEDULED invocations, and retention only those ended before its cutoff
 (a heap by end time).
 """
 
@@ -256,7 +256,9 @@ class InvocationIndex:
         start = len(self._order)
         if after is not None:
             start = bisect.bisect_left(self._order, (after.created_ns, after.id))
-        budget = max(_WALK_AT_LEAST, _WALK_SLACK * page_size * n // max(total, 1)) if filtered else n
+        budget = n
+        if filtered:
+            budget = max(_WALK_AT_LEAST, _WALK_SLACK * page_size * n // max(total, 1))
         page = []
         i = start - 1
         while i >= 0 and len(page) <= page_size:  # one more than a page: is there a next?
