@@ -11,8 +11,8 @@ O(page) when its filters match a fair share of the invocations (it walks the cre
 order), and O(m log m) over the m matching ones when they are few (it sorts just them: a
 status, handler or key set), choosing by which costs less; a walk that finds the
 matches bunched far back gives up early and sorts, so a page never walks the whole order;
-the reconciler visits only PENDING and SCHEDULED invocations, and retention only those ended before its cutoff
-(a heap by end time).
+the reconciler visits only PENDING and SCHEDULED invocations, and retention only those
+ended before its cutoff (a heap by end time).
 """
 
 from __future__ import annotations
