@@ -22,4 +22,6 @@ RUN useradd --create-home --uid 10001 durable
 USER durable
 
 EXPOSE 50051
-CMD ["durable", "server", "--nats", "nats://n1:4222,nats://n2:4222,nats://n3:4222", "--listen", "0.0.0.0:50051"]
+# Beyond loopback the control plane wants TLS and keys (README, Security); this default
+# command is for a private network and says so.
+CMD ["durable", "server", "--nats", "nats://n1:4222,nats://n2:4222,nats://n3:4222", "--listen", "0.0.0.0:50051", "--insecure"]

@@ -85,6 +85,32 @@ _DEFAULT_OPTIONS: Final[tuple[tuple[str, Any], ...]] = (
 log = logging.getLogger("durable.client")
 
 
+def _with_token(details: Any, token: str) -> Any:
+    metadata = list(details.metadata or ())
+    metadata.append(("authorization", f"Bearer {token}"))
+    return details._replace(metadata=metadata)
+
+
+class _Bearer(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
+    """Adds the bearer token to every unary call."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(_with_token(details, self._token), request)
+
+
+class _BearerStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
+    """Adds the bearer token to every server-streaming call (WatchWorkflow)."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(_with_token(details, self._token), request)
+
+
 class Client:
     """Async client of the durable engine's control plane (``durable.v1.DurableControl``).
 
@@ -94,7 +120,9 @@ class Client:
     raises a :class:`~durable.errors.RPCError` subclass carrying the gRPC status.
 
     ``rpc_timeout`` bounds every call that does not wait for an invocation; ``options`` are
-    extra gRPC channel options; ``credentials`` switch to a TLS channel.
+    extra gRPC channel options; ``credentials`` switch to a TLS channel
+    (``grpc.ssl_channel_credentials(ca, key, cert)``, with a client key and certificate for
+    mutual TLS); ``token`` is sent as ``authorization: Bearer <token>`` with every call.
 
     ``unavailable_retry``: for how many seconds a call that is safe to repeat (reads,
     Pause, Resume, Cancel, Kill, and Invoke with an idempotency key) is sent again after an
@@ -110,8 +138,10 @@ class Client:
         options: Sequence[tuple[str, Any]] = (),
         rpc_timeout: float | None = 30.0,
         unavailable_retry: float | None = 30.0,
+        token: str | None = None,
     ) -> None:
         self._target = target
+        self._interceptors: list[Any] = [_Bearer(token), _BearerStream(token)] if token else []
         self._unavailable_retry = unavailable_retry
         self._credentials = credentials
         self._options = [*_DEFAULT_OPTIONS, *options]
@@ -129,6 +159,7 @@ class Client:
         options: Sequence[tuple[str, Any]] = (),
         rpc_timeout: float | None = 30.0,
         unavailable_retry: float | None = 30.0,
+        token: str | None = None,
     ) -> Self:
         """Create a client and wait until its channel is connected.
 
@@ -141,6 +172,7 @@ class Client:
             options=options,
             rpc_timeout=rpc_timeout,
             unavailable_retry=unavailable_retry,
+            token=token,
         )
         client._stub()
         assert client._channel is not None
@@ -179,10 +211,15 @@ class Client:
     def _stub(self) -> control_pb2_grpc.DurableControlAsyncStub:
         if self._stub_ is None:
             if self._credentials is None:
-                channel = grpc.aio.insecure_channel(self._target, options=self._options)
+                channel = grpc.aio.insecure_channel(
+                    self._target, options=self._options, interceptors=self._interceptors
+                )
             else:
                 channel = grpc.aio.secure_channel(
-                    self._target, self._credentials, options=self._options
+                    self._target,
+                    self._credentials,
+                    options=self._options,
+                    interceptors=self._interceptors,
                 )
             self._channel = channel
             self._stub_ = control_pb2_grpc.DurableControlStub(channel)

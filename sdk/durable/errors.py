@@ -14,6 +14,8 @@ Every error the SDK raises, on the handler side and on the client side, is one o
         │   │   ├── AlreadyExistsError       ALREADY_EXISTS
         │   │   ├── FailedPreconditionError  FAILED_PRECONDITION
         │   │   ├── ResourceExhaustedError   RESOURCE_EXHAUSTED
+        │   │   ├── UnauthenticatedError     UNAUTHENTICATED: no or unknown credentials
+        │   │   ├── PermissionDeniedError    PERMISSION_DENIED: the credentials lack the role
         │   │   └── UnavailableError         UNAVAILABLE: try again (retry_delay)
         │   └── ResultTimeoutError       the awaited invocation had not ended in time
         │                                (also a builtin TimeoutError)
@@ -59,12 +61,14 @@ __all__ = [
     "InvocationFailedError",
     "NonDeterminismError",
     "NotFoundError",
+    "PermissionDeniedError",
     "RPCError",
     "ResourceExhaustedError",
     "ResultTimeoutError",
     "RpcStatusError",
     "SuspendInvocation",
     "TerminalError",
+    "UnauthenticatedError",
     "UnavailableError",
 ]
 
@@ -217,6 +221,20 @@ class ResourceExhaustedError(RPCError):
     status_code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class UnauthenticatedError(RPCError):
+    """The control plane requires credentials: none were sent, or it does not accept them
+    (``Client(token=...)``, ``DURABLE_TOKEN``, or a client certificate it lists)."""
+
+    status_code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDeniedError(RPCError):
+    """The credentials are valid but lack the role this call needs, or may not touch this
+    service; ``metadata["role"]`` names the role."""
+
+    status_code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class UnavailableError(RPCError):
     """The engine could not answer now (a JetStream leader election, a control plane
     restarting): the call may be sent again as it is, after ``retry_delay`` seconds. The
@@ -233,6 +251,8 @@ _BY_CODE: dict[grpc.StatusCode, type[RPCError]] = {
         AlreadyExistsError,
         FailedPreconditionError,
         ResourceExhaustedError,
+        UnauthenticatedError,
+        PermissionDeniedError,
         UnavailableError,
     )
 }

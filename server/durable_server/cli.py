@@ -46,6 +46,7 @@ from durable_server.cli_render import add_wait_commands, json_arg
 from durable_server.cli_render import print_json as _print_json
 from durable_server.cli_render import result_text as _result_text
 from durable_server.cli_replay import add_replay_flags, cmd_replay
+from durable_server.cli_security import add_client_security_flags, client_security
 from durable_server.cli_views import (
     MAX_PAGE,
     cmd_get,
@@ -158,7 +159,7 @@ async def _run_client(args: argparse.Namespace) -> int:
     command: _Command = args.run
     try:
         # A person at a terminal retries; a script gets the answer at once.
-        async with Client(args.target, unavailable_retry=None) as client:
+        async with Client(args.target, unavailable_retry=None, **client_security(args)) as client:
             return await command(client, args)
     except RPCError as exc:
         unreachable = _unreachable(exc, args.target)
@@ -326,6 +327,7 @@ def _add_global_flags(parser: argparse.ArgumentParser, target: Any, as_json: Any
         default=as_json,
         help="print machine-readable JSON instead of tables",
     )
+    add_client_security_flags(parser, target is argparse.SUPPRESS)
 
 
 def _add_engine_commands(sub: argparse._SubParsersAction[_Parser]) -> None:

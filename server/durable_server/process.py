@@ -32,6 +32,7 @@ from durable.contract import (
     until_signalled,
 )
 from durable_server.banner import banner
+from durable_server.cli_security import add_keys_command, add_security_flags, security_options
 from durable_server.control.server import ControlServer
 from durable_server.natsd import EmbeddedNats
 from durable_server.preflight import check_port_free, lock_data_dir, release
@@ -95,6 +96,7 @@ def add_engine_commands(sub: argparse._SubParsersAction[Any]) -> None:
     dev.add_argument("--slots", type=int, default=64, help="concurrent invocations")
     add_engine_flags(dev, with_nats=False)
     _control_flags(dev)
+    add_security_flags(dev, dev=True)
     dev.set_defaults(func=lambda a: run(_dev(a), a), parser=dev)
 
     server = sub.add_parser(
@@ -112,6 +114,7 @@ def add_engine_commands(sub: argparse._SubParsersAction[Any]) -> None:
     server.add_argument("--slots", type=int, default=64, help="concurrent invocations")
     add_engine_flags(server)
     _control_flags(server)
+    add_security_flags(server)
     server.set_defaults(func=lambda a: run(_server(a), a), parser=server)
 
     worker = sub.add_parser(
@@ -134,12 +137,14 @@ def add_engine_commands(sub: argparse._SubParsersAction[Any]) -> None:
     )
     add_engine_flags(setup)
     setup.set_defaults(func=lambda a: run(_setup(a), a), parser=setup)
+    add_keys_command(sub)
 
 
 async def _server(args: argparse.Namespace) -> None:
     cfg = engine_config(args)
+    secure = security_options(args)
     async with contextlib.AsyncExitStack() as stack:
-        server = await stack.enter_async_context(ControlServer(cfg, args.listen))
+        server = await stack.enter_async_context(ControlServer(cfg, args.listen, **secure))
         print(f"durable control plane on {server.target}", flush=True)
         if args.module:
             services, servicers = load_modules(args.module)
@@ -176,6 +181,7 @@ async def _setup(args: argparse.Namespace) -> None:
 
 async def _dev(args: argparse.Namespace) -> None:
     services, servicers = load_modules(args.module or DEFAULT_MODULES)
+    secure = security_options(args)
     data = _prepare_data_dir(args.data)
     # Before the store is touched or a server started: one store, one engine, one port each.
     lock = lock_data_dir(data)
@@ -191,7 +197,7 @@ async def _dev(args: argparse.Namespace) -> None:
     try:
         cfg = engine_config(args, natsd.url)
         async with (
-            ControlServer(cfg, args.listen) as server,
+            ControlServer(cfg, args.listen, **secure) as server,
             Worker(
                 cfg,
                 services,

@@ -120,6 +120,16 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """NOT_FOUND: the invocation exists, but the step the awakeable id names is not an
     awakeable. Metadata: awakeable_id.
     """
+    ERROR_REASON_UNAUTHENTICATED: _ErrorReason.ValueType  # 30
+    """UNAUTHENTICATED: the control plane requires credentials and the call carried none, or
+    ones it does not accept (an unknown or revoked token, an unlisted client certificate).
+    Send "authorization: Bearer <token>" or connect with a listed client certificate.
+    """
+    ERROR_REASON_PERMISSION_DENIED: _ErrorReason.ValueType  # 31
+    """PERMISSION_DENIED: the caller's credentials lack the role this RPC needs, or may not
+    touch this service. Metadata: role (invoke, read or operate), principal, and service
+    when the credentials are limited to other services.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason says why DurableControl refused a request, for programs to act on.
@@ -230,5 +240,15 @@ ERROR_REASON_INTERNAL_ERROR: ErrorReason.ValueType  # 28
 ERROR_REASON_AWAKEABLE_NOT_FOUND: ErrorReason.ValueType  # 29
 """NOT_FOUND: the invocation exists, but the step the awakeable id names is not an
 awakeable. Metadata: awakeable_id.
+"""
+ERROR_REASON_UNAUTHENTICATED: ErrorReason.ValueType  # 30
+"""UNAUTHENTICATED: the control plane requires credentials and the call carried none, or
+ones it does not accept (an unknown or revoked token, an unlisted client certificate).
+Send "authorization: Bearer <token>" or connect with a listed client certificate.
+"""
+ERROR_REASON_PERMISSION_DENIED: ErrorReason.ValueType  # 31
+"""PERMISSION_DENIED: the caller's credentials lack the role this RPC needs, or may not
+touch this service. Metadata: role (invoke, read or operate), principal, and service
+when the credentials are limited to other services.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -12,12 +12,15 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from nats.aio.client import Client as NATS
 
-from durable.contract import EngineConfig, connect_nats
+from durable.contract import EngineConfig, connect_nats, service_of
 from durable.v1 import control_pb2, control_pb2_grpc
+from durable_server.control.auth import Authenticator, AuthInterceptor
 from durable_server.control.errors import RequestBodyCheck
 from durable_server.control.plane import ControlPlane
 from durable_server.control.reflection import enable_reflection
 from durable_server.control.servicer import DurableControlServicer
+from durable_server.control.tls import TlsFiles
+from durable_server.control.validation import RequestError
 
 log = logging.getLogger("durable.control")
 
@@ -45,10 +48,23 @@ class ControlServer:
     """Runs the gRPC server over a :class:`ControlPlane`."""
 
     def __init__(
-        self, cfg: EngineConfig, listen: str = "127.0.0.1:50051", *, nc: NATS | None = None
+        self,
+        cfg: EngineConfig,
+        listen: str = "127.0.0.1:50051",
+        *,
+        nc: NATS | None = None,
+        tls: TlsFiles | None = None,
+        authenticators: list[Authenticator] | None = None,
+        reflection: bool = True,
     ) -> None:
+        """``tls``: serve TLS (mutual with a client CA); ``authenticators``: require every
+        DurableControl call to authenticate (see ``control/auth.py``), None: no auth;
+        ``reflection``: serve gRPC server reflection."""
         self.cfg = cfg
         self.listen = listen
+        self.tls = tls
+        self.authenticators = authenticators
+        self.reflection = reflection
         self._nc = nc
         self._own_nc = nc is None
         self.port = 0
@@ -64,8 +80,11 @@ class ControlServer:
         # Accept messages well over the payload limit so the limit is reported precisely
         # (RESOURCE_EXHAUSTED with the numbers) instead of by grpc's generic size check.
         max_message = 4 * self.cfg.max_payload_bytes + 1024 * 1024
+        interceptors: list[grpc.aio.ServerInterceptor] = [RequestBodyCheck()]  # type: ignore[type-arg]
+        if self.authenticators is not None:
+            interceptors.append(AuthInterceptor(self.authenticators, self._service_of))
         server = grpc.aio.server(
-            interceptors=[RequestBodyCheck()],
+            interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", max_message),
                 ("grpc.max_send_message_length", max_message * 2),
@@ -78,9 +97,13 @@ class ControlServer:
         control_pb2_grpc.add_DurableControlServicer_to_server(self.servicer, server)
         health_servicer = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        enable_reflection(server, (SERVICE_NAME, health.SERVICE_NAME))
+        if self.reflection:
+            enable_reflection(server, (SERVICE_NAME, health.SERVICE_NAME))
         try:
-            self.port = server.add_insecure_port(self.listen)
+            if self.tls is not None:
+                self.port = server.add_secure_port(self.listen, self.tls.credentials())
+            else:
+                self.port = server.add_insecure_port(self.listen)
         except RuntimeError:  # grpcio raises when the bind fails
             self.port = 0
         if self.port == 0:
@@ -93,6 +116,18 @@ class ControlServer:
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._server = server
         log.info("control plane listening on %s (port %d)", self.listen, self.port)
+
+    async def _service_of(self, invocation_id: str) -> str | None:
+        """The service of an invocation, for credentials limited to some services."""
+        assert self.plane is not None
+        summary = self.plane.index.get(invocation_id)
+        if summary is not None:
+            return service_of(summary.handler)
+        try:
+            record = await self.plane.invocations.view_record(invocation_id)
+        except RequestError:
+            return None
+        return service_of(record.handler)
 
     @property
     def target(self) -> str:
