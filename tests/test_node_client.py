@@ -7,12 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
+from durable.testing import start_engine
+from durable_server.control.auth import KeyFile, token_digest
+from durable_server.control.server import ControlServer
+from durable_server.control.tls import TlsFiles
+from durable_server.natsd import EmbeddedNats
 from examples.hello import greeter
+from tests.certs import CertificateAuthority
 from tests.engine_support import EngineFactory, start_ready
 
 pytestmark = pytest.mark.slow  # real processes or long waits: not in make test-fast
@@ -20,10 +27,13 @@ pytestmark = pytest.mark.slow  # real processes or long waits: not in make test-
 NODE_DIR = Path(__file__).parent / "node"
 
 
-async def _run(*argv: str, cwd: Path, timeout: float) -> tuple[int, str, str]:
+async def _run(
+    *argv: str, cwd: Path, timeout: float, env: dict[str, str] | None = None
+) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         *argv,
         cwd=cwd,
+        env={**os.environ, **(env or {})},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -68,3 +78,33 @@ async def test_node_client_invokes_and_reads_the_journal(
     }
     view = await engine.client.get(answer["invocation_id"])
     assert view.handler == "greeter/greet"
+
+
+async def test_node_client_speaks_tls_with_a_token(
+    nats_server: EmbeddedNats, node_modules: Path, tmp_path: Path
+) -> None:
+    ca = CertificateAuthority(tmp_path / "ca")
+    served = ca.issue("server", "localhost", server=True)
+    keys = tmp_path / "keys.toml"
+    digest = token_digest("dk_node")
+    keys.write_text(f'[[key]]\nname = "node"\nroles = ["invoke", "read"]\nsha256 = "{digest}"\n')
+    async with (
+        start_engine([greeter], nats_url=nats_server.url) as engine,
+        ControlServer(
+            engine.config,
+            "127.0.0.1:0",
+            tls=TlsFiles(served.cert, served.key),
+            authenticators=[KeyFile(keys)],
+        ) as server,
+    ):
+        target = f"localhost:{server.port}"
+        env = {"DURABLE_CA": str(ca.pem.cert), "DURABLE_TOKEN": "dk_node"}
+        args = ("node", "client.mjs", target, "greeter/greet", "TLS")
+        code, out, err = await _run(*args, cwd=NODE_DIR, timeout=60, env=env)
+        assert code == 0, err
+        assert json.loads(out)["result"] == "Hello, TLS!"
+        # Without the token: the first call is refused, UNAUTHENTICATED (16).
+        code, out, err = await _run(
+            *args, cwd=NODE_DIR, timeout=60, env={"DURABLE_CA": str(ca.pem.cert)}
+        )
+        assert code != 0 and ("UNAUTHENTICATED" in err or "16" in err), err

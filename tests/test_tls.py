@@ -116,3 +116,50 @@ async def test_mutual_tls_wants_a_client_certificate_from_its_ca(
         assert await _refused(_client(server.target, credentials=theirs)) == (
             grpc.StatusCode.UNAVAILABLE
         )
+
+
+async def _cli(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    import os
+    import sys
+
+    from tests.procs import REPO
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "durable_server.cli", *argv,
+        cwd=REPO, env={**os.environ, **(env or {})},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_the_cli_speaks_tls_with_a_token(nats_server: EmbeddedNats, tmp_path: Path) -> None:
+    from durable_server.control.auth import token_digest
+
+    ca = CertificateAuthority(tmp_path / "ca")
+    served = ca.issue("server", "localhost", server=True)
+    keys = tmp_path / "keys.toml"
+    keys.write_text(
+        f'[[key]]\nname = "cli"\nroles = ["read"]\nsha256 = "{token_digest("dk_cli")}"\n'
+    )
+    async with (
+        start_engine([secure], nats_url=nats_server.url) as engine,
+        ControlServer(
+            engine.config,
+            "127.0.0.1:0",
+            tls=TlsFiles(served.cert, served.key),
+            authenticators=[KeyFile(keys)],
+        ) as server,
+    ):
+        flags = ["--target", server.target, "--ca", str(ca.pem.cert)]
+        code, out, err = await _cli(*flags, "--token", "dk_cli", "handlers")
+        assert code == 0 and "secure/hello" in out, err
+        # The token from the environment, TLS from the environment too.
+        env = {"DURABLE_TOKEN": "dk_cli", "DURABLE_CA": str(ca.pem.cert)}
+        code, out, err = await _cli("--target", server.target, "--json", "stats", env=env)
+        assert code == 0, err
+        code, out, err = await _cli(*flags, "handlers")
+        assert code == 1 and "UNAUTHENTICATED" in err, err
+        code, out, err = await _cli(*flags, "--token", "dk_cli", "invoke", "secure/hello", '"x"')
+        assert code == 1 and "PERMISSION_DENIED" in err and "invoke role" in err, err

@@ -69,6 +69,7 @@ from durable._store.workqueue import lane_of_record
 from durable._worker.cli import (
     ShowDefaults,
     add_engine_flags,
+    add_nats_auth_flags,
     add_worker_flags,
     engine_config,
     grpc_endpoints,
@@ -114,6 +115,7 @@ __all__ = [
     "Waker",
     "Worker",
     "add_engine_flags",
+    "add_nats_auth_flags",
     "add_worker_flags",
     "at_start_up",
     "awakeable_id",

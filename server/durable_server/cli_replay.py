@@ -24,6 +24,7 @@ from durable.contract import (
     Registry,
     Verdict,
     Waker,
+    add_nats_auth_flags,
     connect_nats,
     load_modules,
     open_store,
@@ -59,6 +60,7 @@ def add_replay_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nats", default="nats://127.0.0.1:4222", help="NATS URL of the store")
     p.add_argument("--prefix", default="durable", help="namespace of streams and buckets")
     p.add_argument("--replicas", type=int, default=1, help="JetStream replicas; 3 on a cluster")
+    add_nats_auth_flags(p)
 
 
 def _since(text: str) -> dt.datetime | None:
@@ -97,7 +99,15 @@ async def cmd_replay(client: Client, args: argparse.Namespace) -> int:
     services, _ = load_modules(args.module)
     registry = Registry(services)
     version = args.code_version or registry.code_version()
-    cfg = EngineConfig(nats_url=args.nats, prefix=args.prefix, replicas=args.replicas)
+    cfg = EngineConfig(
+        nats_url=args.nats,
+        prefix=args.prefix,
+        replicas=args.replicas,
+        nats_creds=args.nats_creds,
+        nats_ca=args.nats_ca,
+        nats_cert=args.nats_cert,
+        nats_key=args.nats_key,
+    )
     nc = await connect_nats(cfg, "durable-replay", wait=10.0)
     progress = Progress(sys.stderr)
     found = []

@@ -19,6 +19,7 @@ import grpc
 
 from durable_server.control.auth import Authenticator, KeyFile, Role, load_plugin, token_digest
 from durable_server.control.tls import TlsFiles
+from durable_server.nats_permissions import permissions_config
 
 
 def add_security_flags(p: argparse.ArgumentParser, *, dev: bool = False) -> None:
@@ -183,6 +184,33 @@ def add_keys_command(sub: argparse._SubParsersAction[Any]) -> None:
         "--service", dest="services", action="append", help="only this service (repeatable)"
     )
     new.set_defaults(func=_new_key)
+
+
+def add_nats_permissions_command(sub: argparse._SubParsersAction[Any]) -> None:
+    perms = sub.add_parser(
+        "nats-permissions",
+        help="print a nats-server accounts block with the control-plane and worker users",
+        description="Print a nats-server config block: an account with JetStream holding a "
+        "control-plane user (manages the engine's streams) and a worker user (publishes and "
+        "subscribes on its own subjects only). Passwords are read by nats-server from the "
+        "environment variables named.",
+    )
+    perms.add_argument("--prefix", default="durable", help="the engine's --prefix")
+    perms.add_argument("--control-user", default="durable-control")
+    perms.add_argument("--worker-user", default="durable-worker")
+    perms.set_defaults(func=_print_permissions)
+
+
+def _print_permissions(args: argparse.Namespace) -> int:
+    block = permissions_config(
+        args.prefix,
+        control=(args.control_user, "$DURABLE_CONTROL_PASSWORD"),
+        worker=(args.worker_user, "$DURABLE_WORKER_PASSWORD"),
+    )
+    # nats-server reads $NAME as an environment variable only outside quotes.
+    block = block.replace('"$DURABLE_CONTROL_PASSWORD"', "$DURABLE_CONTROL_PASSWORD")
+    print(block.replace('"$DURABLE_WORKER_PASSWORD"', "$DURABLE_WORKER_PASSWORD"), end="")
+    return 0
 
 
 def _new_key(args: argparse.Namespace) -> int:

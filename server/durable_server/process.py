@@ -32,7 +32,12 @@ from durable.contract import (
     until_signalled,
 )
 from durable_server.banner import banner
-from durable_server.cli_security import add_keys_command, add_security_flags, security_options
+from durable_server.cli_security import (
+    add_keys_command,
+    add_nats_permissions_command,
+    add_security_flags,
+    security_options,
+)
 from durable_server.control.server import ControlServer
 from durable_server.natsd import EmbeddedNats
 from durable_server.preflight import check_port_free, lock_data_dir, release
@@ -138,6 +143,7 @@ def add_engine_commands(sub: argparse._SubParsersAction[Any]) -> None:
     add_engine_flags(setup)
     setup.set_defaults(func=lambda a: run(_setup(a), a), parser=setup)
     add_keys_command(sub)
+    add_nats_permissions_command(sub)
 
 
 async def _server(args: argparse.Namespace) -> None:

@@ -1,7 +1,10 @@
 // Drives the engine through DurableControl from Node.js, with stubs loaded at run time from
 // the repository's proto/ (the same files the Python stubs come from):
 //   node client.mjs <host:port> <handler> <input string>
-// Prints one JSON object: the Invoke response and the invocation's journal.
+// Prints one JSON object: the Invoke response and the invocation's journal. With
+// DURABLE_CA (a PEM file) it speaks TLS; with DURABLE_TOKEN it sends the token as
+// "authorization: Bearer <token>" on every call.
+import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import grpc from "@grpc/grpc-js";
@@ -21,7 +24,20 @@ const definition = protoLoader.loadSync("durable/v1/control.proto", {
   oneofs: true,
 });
 const durable = grpc.loadPackageDefinition(definition).durable.v1;
-const client = new durable.DurableControl(target, grpc.credentials.createInsecure());
+function credentials() {
+  const ca = process.env.DURABLE_CA;
+  const token = process.env.DURABLE_TOKEN;
+  if (!ca) return grpc.credentials.createInsecure();
+  const channel = grpc.credentials.createSsl(fs.readFileSync(ca));
+  if (!token) return channel;
+  const bearer = grpc.credentials.createFromMetadataGenerator((_params, callback) => {
+    const metadata = new grpc.Metadata();
+    metadata.add("authorization", `Bearer ${token}`);
+    callback(null, metadata);
+  });
+  return grpc.credentials.combineChannelCredentials(channel, bearer);
+}
+const client = new durable.DurableControl(target, credentials());
 
 // google.rpc.Status and ErrorInfo, as the engine sends them in grpc-status-details-bin
 // (Any spelled out: same fields, same wire format; protobufjs names its fields camelCase).

@@ -24,8 +24,10 @@ its upper case):
   inbox), and acks on ``$JS.ACK.<P>_WORK.>``;
 * subscribe ``<p>.signal.>`` and its own ``_INBOX.>``; publish ``<p>.progress.>``.
 
-It never needs ``$JS.API.STREAM.CREATE``/``UPDATE``/``DELETE`` or the durable consumer's
-create. (The security work will pin this list with a test against a restricted account.)
+It never needs ``$JS.API.STREAM.CREATE``/``UPDATE``/``DELETE`` or a durable consumer's
+create. The exact set, as nats-server permissions, is ``worker_permissions`` in
+``durable_server/nats_permissions.py`` (``durable nats-permissions`` prints it);
+tests/test_nats_auth.py runs a worker under it.
 """
 
 from __future__ import annotations

@@ -35,6 +35,14 @@ class EngineConfig:
 
     nats_url: str = "nats://127.0.0.1:4222"
     """One URL or a comma-separated list (a cluster)."""
+    nats_creds: str = ""
+    """A NATS credentials file (user JWT and nkey seed), for servers in operator mode."""
+    nats_ca: str = ""
+    """PEM file of the CA that signed the NATS servers' certificates (TLS to NATS)."""
+    nats_cert: str = ""
+    """PEM client certificate for NATS servers that verify clients (with ``nats_key``)."""
+    nats_key: str = ""
+    """The client certificate's private key."""
     prefix: str = "durable"
     """Namespace of every subject, stream and bucket; lets engines share a NATS account."""
     replicas: int = 1

@@ -55,9 +55,44 @@ def engine_config(args: argparse.Namespace, nats_url: str | None = None) -> Engi
         max_state_bytes=args.max_state_bytes,
         retention=args.retention,
         heartbeat_interval=args.heartbeat_interval,
+        nats_creds=getattr(args, "nats_creds", "") or "",
+        nats_ca=getattr(args, "nats_ca", "") or "",
+        nats_cert=getattr(args, "nats_cert", "") or "",
+        nats_key=getattr(args, "nats_key", "") or "",
         # Control-plane settings: a worker has no such flags.
         max_waiters=getattr(args, "max_waiters", EngineConfig.max_waiters),
         max_wait=getattr(args, "max_wait", EngineConfig.max_wait),
+    )
+
+
+def add_nats_auth_flags(p: argparse.ArgumentParser) -> None:
+    """How to authenticate to NATS and verify it, beyond what the URL carries (each also
+    from the environment: DURABLE_NATS_CREDS, DURABLE_NATS_CA, DURABLE_NATS_CERT,
+    DURABLE_NATS_KEY)."""
+    env = os.environ.get
+    p.add_argument(
+        "--nats-creds",
+        default=env("DURABLE_NATS_CREDS", ""),
+        metavar="FILE",
+        help="NATS credentials file (user JWT + nkey seed; needs the nkeys package)",
+    )
+    p.add_argument(
+        "--nats-ca",
+        default=env("DURABLE_NATS_CA", ""),
+        metavar="PEM",
+        help="CA of the NATS servers",
+    )
+    p.add_argument(
+        "--nats-cert",
+        default=env("DURABLE_NATS_CERT", ""),
+        metavar="PEM",
+        help="client certificate for NATS servers that verify clients",
+    )
+    p.add_argument(
+        "--nats-key",
+        default=env("DURABLE_NATS_KEY", ""),
+        metavar="PEM",
+        help="the NATS client certificate's private key",
     )
 
 
@@ -65,9 +100,11 @@ def add_engine_flags(p: argparse.ArgumentParser, *, with_nats: bool = True) -> N
     if with_nats:
         p.add_argument(
             "--nats",
-            default="nats://127.0.0.1:4222",
-            help="NATS URL, or a comma-separated list for a cluster",
+            default=os.environ.get("DURABLE_NATS", "nats://127.0.0.1:4222"),
+            help="NATS URL, or a comma-separated list for a cluster; may carry user:password@ "
+            "or token@ (env DURABLE_NATS, which keeps a password out of ps)",
         )
+        add_nats_auth_flags(p)
     p.add_argument("--prefix", default="durable", help="namespace of streams and buckets")
     p.add_argument("--replicas", type=int, default=1, help="JetStream replicas; 3 on a cluster")
     p.add_argument(

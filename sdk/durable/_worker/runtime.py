@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import socket
+import ssl
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Mapping
@@ -61,25 +62,73 @@ async def connect_nats(cfg: EngineConfig, name: str, *, wait: float = 30.0) -> N
 
     The first connection is retried for up to ``wait`` seconds too, so the engine can start
     alongside its NATS servers (compose, systemd) instead of failing on the first refusal;
-    then it fails with a ConnectionError naming the URL.
+    then it fails with a ConnectionError naming the URL. Credentials come from the URL
+    (``nats://user:password@host``, ``nats://token@host``) or ``cfg.nats_creds``; TLS from
+    ``cfg.nats_ca``/``nats_cert``/``nats_key`` (or a ``tls://`` URL with the system's CAs).
+    Credentials the server refuses fail at once, in one line, instead of retrying.
     """
-    try:
-        return await asyncio.wait_for(
-            nats.connect(
-                servers=cfg.servers,
-                name=name,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                allow_reconnect=True,
-                connect_timeout=2,
-                error_cb=_log_nats_error,
-            ),
-            timeout=wait,
+    refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def on_error(err: Exception) -> None:
+        text = str(err)
+        if ("Authorization" in text or "authorization" in text) and not refused.done():
+            refused.set_result(text)
+        await _log_nats_error(err)
+
+    options: dict[str, Any] = {}
+    if cfg.nats_creds:
+        options["user_credentials"] = cfg.nats_creds
+    if cfg.nats_ca or cfg.nats_cert:
+        options["tls"] = _nats_tls(cfg)
+    connecting = asyncio.ensure_future(
+        nats.connect(
+            servers=cfg.servers,
+            name=name,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            allow_reconnect=True,
+            connect_timeout=2,
+            error_cb=on_error,
+            **options,
         )
-    except (OSError, nats.errors.NoServersError, TimeoutError) as err:
+    )
+    refusal = (
+        f"NATS at {redact_url(cfg.nats_url)} refused this process's credentials "
+        "({}): check the URL's user and password or token, --nats-creds, and the "
+        "user's permissions"
+    )
+    try:
+        waits: set[asyncio.Future[Any]] = {connecting, refused}
+        done, _ = await asyncio.wait(waits, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+        if connecting in done:
+            return connecting.result()
+        if refused in done:
+            raise ConnectionError(refusal.format(refused.result().strip()))
+        raise ConnectionError(f"cannot reach NATS at {redact_url(cfg.nats_url)} within {wait:.0f}s")
+    except (OSError, nats.errors.Error, TimeoutError) as err:
+        if isinstance(err, ConnectionError) and not isinstance(err, ConnectionRefusedError):
+            raise
+        if refused.done() or isinstance(err, nats.errors.AuthorizationError):
+            why = refused.result() if refused.done() else str(err)
+            raise ConnectionError(refusal.format(why.strip())) from err
         raise ConnectionError(
             f"cannot reach NATS at {redact_url(cfg.nats_url)} within {wait:.0f}s"
         ) from err
+    finally:
+        if not connecting.done():
+            connecting.cancel()
+            with contextlib.suppress(BaseException):
+                await connecting
+
+
+def _nats_tls(cfg: EngineConfig) -> ssl.SSLContext:
+    try:
+        context = ssl.create_default_context(cafile=cfg.nats_ca or None)
+        if cfg.nats_cert:
+            context.load_cert_chain(cfg.nats_cert, cfg.nats_key or None)
+    except (OSError, ssl.SSLError) as err:
+        raise ConnectionError(f"cannot load the NATS TLS files: {err}") from err
+    return context
 
 
 class Worker:
