@@ -150,3 +150,42 @@ async def test_wrong_nats_credentials_end_a_process_in_one_line(
         assert line.startswith("error: NATS at tls://worker:***@localhost"), line
         assert "refused this process's credentials" in line
         assert "not-the-password" not in err.decode() + out.decode()
+
+
+async def test_durable_dev_can_start_its_nats_with_users(tmp_path: Path) -> None:
+    """``durable dev --nats-auth``: the embedded nats-server wants users; the engine runs
+    with the two permission sets, and names the worker URL for workers of one's own."""
+    from durable import Client
+    from tests.procs import free_port
+    from tests.test_dev import DevProc
+
+    grpc_port, nats_port = free_port(), free_port()
+    dev = DevProc(tmp_path / "data", f"127.0.0.1:{grpc_port}", nats_port, tmp_path / "dev.log")
+    dev.argv.append("--nats-auth")
+    await dev.start()
+    try:
+        banner = await dev.wait_banner()
+        line = next(x for x in banner.splitlines() if "durable worker --module" in x)
+        worker_url = line.split("DURABLE_NATS=", 1)[1].split()[0]
+        async with Client(f"127.0.0.1:{grpc_port}") as client:
+            assert await client.execute("greeter/greet", "auth", timeout=30) == "Hello, auth!"
+        # Anonymous connections are refused; the worker user cannot manage streams.
+        anonymous = nats.connect(f"nats://127.0.0.1:{nats_port}", allow_reconnect=False)
+        with pytest.raises(Exception):  # noqa: B017 - nats-py raises several kinds here
+            nc = await asyncio.wait_for(anonymous, 5)
+            await nc.close()
+        errors: list[str] = []
+
+        async def seen(err: Exception) -> None:
+            errors.append(str(err))
+
+        nc = await nats.connect(worker_url, error_cb=seen, max_reconnect_attempts=0)
+        try:
+            with pytest.raises((nats.errors.TimeoutError, TimeoutError)):
+                await nc.jetstream(timeout=1.0).delete_stream("DURABLE_WORK")
+            await asyncio.sleep(0.2)
+            assert any("permissions violation" in e.lower() for e in errors), errors
+        finally:
+            await nc.close()
+    finally:
+        await dev.close()

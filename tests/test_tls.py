@@ -163,3 +163,84 @@ async def test_the_cli_speaks_tls_with_a_token(nats_server: EmbeddedNats, tmp_pa
         assert code == 1 and "UNAUTHENTICATED" in err, err
         code, out, err = await _cli(*flags, "--token", "dk_cli", "invoke", "secure/hello", '"x"')
         assert code == 1 and "PERMISSION_DENIED" in err and "invoke role" in err, err
+
+
+async def test_grpcurl_and_buf_curl_speak_tls_with_a_token(
+    nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    """The standard tools reach a secured control plane with nothing but the CA and token
+    (reflection open, as by default)."""
+    from durable_server.control.auth import token_digest
+    from tests.test_grpcurl import BUF, GRPCURL
+
+    ca = CertificateAuthority(tmp_path / "ca")
+    served = ca.issue("server", "localhost", server=True)
+    keys = tmp_path / "keys.toml"
+    keys.write_text(
+        f'[[key]]\nname = "tools"\nroles = ["read"]\nsha256 = "{token_digest("dk_t")}"\n'
+    )
+    async with (
+        start_engine([secure], nats_url=nats_server.url) as engine,
+        ControlServer(
+            engine.config,
+            "127.0.0.1:0",
+            tls=TlsFiles(served.cert, served.key),
+            authenticators=[KeyFile(keys)],
+        ) as server,
+    ):
+        target = f"localhost:{server.port}"
+        method = "durable.v1.DurableControl/ListHandlers"
+        proc = await asyncio.create_subprocess_exec(
+            str(GRPCURL), "-cacert", str(ca.pem.cert), "-H", "authorization: Bearer dk_t",
+            target, method,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0 and b"secure/hello" in out, err
+        proc = await asyncio.create_subprocess_exec(
+            str(BUF), "curl", "--cacert", str(ca.pem.cert), "-H", "authorization: Bearer dk_t",
+            "--protocol", "grpc", "--http2-prior-knowledge=false",
+            f"https://{target}/{method}",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0 and b"secure/hello" in out, err
+        # Without the token grpcurl gets the status, as any client does.
+        proc = await asyncio.create_subprocess_exec(
+            str(GRPCURL), "-cacert", str(ca.pem.cert), target, method,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode != 0 and b"Unauthenticated" in err, err
+
+
+async def test_reflection_can_be_turned_off(nats_server: EmbeddedNats) -> None:
+    from tests.test_grpcurl import GRPCURL
+
+    async with (
+        start_engine([secure], nats_url=nats_server.url) as engine,
+        ControlServer(engine.config, "127.0.0.1:0", reflection=False) as server,
+    ):
+        proc = await asyncio.create_subprocess_exec(
+            str(GRPCURL), "-plaintext", server.target, "list",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode != 0 and b"does not support the reflection API" in err, err
+
+
+async def test_a_control_plane_beyond_loopback_wants_tls_and_auth_or_insecure(
+    nats_server: EmbeddedNats,
+) -> None:
+    from tests.procs import free_port
+
+    port = free_port()
+    code, out, err = await _cli(
+        "server", "--listen", f"0.0.0.0:{port}", "--nats", nats_server.url, "--prefix", "bind"
+    )
+    assert code == 1, (out, err)
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith(f"error: refusing to listen on 0.0.0.0:{port} without TLS and authentication")
+    ), err

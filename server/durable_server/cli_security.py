@@ -22,7 +22,7 @@ from durable_server.control.tls import TlsFiles
 from durable_server.nats_permissions import permissions_config
 
 
-def add_security_flags(p: argparse.ArgumentParser, *, dev: bool = False) -> None:
+def add_security_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("security (see the README's Security section)")
     g.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve TLS with this certificate")
     g.add_argument("--tls-key", type=Path, metavar="PEM", help="the certificate's private key")

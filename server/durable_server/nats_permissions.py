@@ -15,7 +15,10 @@ Give each engine (prefix) its own account, so neither role reaches another engin
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import secrets
+import urllib.parse
 from typing import Any
 
 
@@ -89,3 +92,29 @@ def permissions_config(
         f"accounts {{\n  {account} {{\n    jetstream: enabled\n    users: [\n      {users}\n"
         "    ]\n  }\n}\n"
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class DevUsers:
+    """The users ``durable dev --nats-auth`` starts its embedded nats-server with."""
+
+    passwords: dict[str, str]
+    config: str
+
+    def url(self, server_url: str, role: str) -> str:
+        """``server_url`` with the user of ``role`` (control or worker) in it."""
+        parts = urllib.parse.urlsplit(server_url)
+        user = f"durable-{role}"
+        netloc = f"{user}:{self.passwords[role]}@{parts.netloc}"
+        return parts._replace(netloc=netloc).geturl()
+
+
+def dev_nats_users(prefix: str) -> DevUsers:
+    """A control-plane and a worker user with passwords made now (nothing to configure)."""
+    passwords = {role: secrets.token_urlsafe(18) for role in ("control", "worker")}
+    config = permissions_config(
+        prefix,
+        control=("durable-control", passwords["control"]),
+        worker=("durable-worker", passwords["worker"]),
+    )
+    return DevUsers(passwords, config)

@@ -39,6 +39,7 @@ from durable_server.cli_security import (
     security_options,
 )
 from durable_server.control.server import ControlServer
+from durable_server.nats_permissions import dev_nats_users
 from durable_server.natsd import EmbeddedNats
 from durable_server.preflight import check_port_free, lock_data_dir, release
 from durable_server.provision import provision
@@ -101,7 +102,13 @@ def add_engine_commands(sub: argparse._SubParsersAction[Any]) -> None:
     dev.add_argument("--slots", type=int, default=64, help="concurrent invocations")
     add_engine_flags(dev, with_nats=False)
     _control_flags(dev)
-    add_security_flags(dev, dev=True)
+    add_security_flags(dev)
+    dev.add_argument(
+        "--nats-auth",
+        action="store_true",
+        help="start the embedded nats-server with users: a control-plane user and a "
+        "least-privilege worker user, with passwords made for this run",
+    )
     dev.set_defaults(func=lambda a: run(_dev(a), a), parser=dev)
 
     server = sub.add_parser(
@@ -194,18 +201,31 @@ async def _dev(args: argparse.Namespace) -> None:
     host, _, port = args.listen.rpartition(":")
     check_port_free(host or "127.0.0.1", int(port or 0), "gRPC", "--listen")
     check_port_free("127.0.0.1", args.nats_port, "NATS", "--nats-port")
-    natsd = EmbeddedNats(data, port=args.nats_port, sync_interval=args.sync)
+    users = dev_nats_users(args.prefix) if args.nats_auth else None
+    natsd = EmbeddedNats(
+        data,
+        port=args.nats_port,
+        sync_interval=args.sync,
+        extra_config=users.config if users else "",
+    )
     try:
         await natsd.astart()
     except BaseException:
         release(lock)
         raise
     try:
-        cfg = engine_config(args, natsd.url)
+        cfg = engine_config(args, users.url(natsd.url, "control") if users else natsd.url)
+        worker_cfg = engine_config(args, users.url(natsd.url, "worker") if users else natsd.url)
+        if users:
+            print(
+                "embedded NATS requires users; a worker of your own connects with: "
+                f"DURABLE_NATS={users.url(natsd.url, 'worker')} durable worker --module M",
+                flush=True,
+            )
         async with (
             ControlServer(cfg, args.listen, **secure) as server,
             Worker(
-                cfg,
+                worker_cfg,
                 services,
                 slots=args.slots,
                 servicers=servicers,
