@@ -237,3 +237,39 @@ async def test_every_rpc_against_every_caller(
         async with grpc.aio.insecure_channel(server.target) as channel:
             reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_an_auth_plugin_is_asked_after_the_key_file(
+    nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    from durable_server.control.auth import load_plugin
+    from tests.auth_plugin import sign
+
+    tokens = _key_file(tmp_path / "keys.toml")
+    authenticators = [KeyFile(tmp_path / "keys.toml"), load_plugin("tests.auth_plugin:plugin")]
+    async with (
+        start_engine([payments], nats_url=nats_server.url) as engine,
+        ControlServer(engine.config, "127.0.0.1:0", authenticators=authenticators) as server,
+    ):
+
+        async def stats(authorization: str) -> grpc.StatusCode:
+            async with grpc.aio.insecure_channel(server.target) as channel:
+                stub = control_pb2_grpc.DurableControlStub(channel)
+                try:
+                    await stub.Stats(C.StatsRequest(), metadata=(("authorization", authorization),))
+                except grpc.aio.AioRpcError as err:
+                    return err.code()
+                return grpc.StatusCode.OK
+
+        assert await stats(sign("ada")) == grpc.StatusCode.OK
+        assert await stats(sign("ada")[:-1] + "0") == grpc.StatusCode.UNAUTHENTICATED
+        assert await stats(f"Bearer {tokens['reader']}") == grpc.StatusCode.OK
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            stub = control_pb2_grpc.DurableControlStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.Pause(
+                    C.PauseRequest(invocation_id="inv_" + "a" * 26),
+                    metadata=(("authorization", sign("ada")),),
+                )
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "operate role" in (refused.value.details() or "")
