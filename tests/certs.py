@@ -3,15 +3,22 @@ server certificates for 127.0.0.1/localhost and client certificates signed by it
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import ipaddress
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from durable._store.config import EngineConfig
+from durable_server.control.auth import KeyFile, token_digest
+from durable_server.control.server import ControlServer
+from durable_server.control.tls import TlsFiles
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,3 +93,25 @@ class CertificateAuthority:
                 x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
             )
         return _write(self.directory, stem, builder.sign(self.key, hashes.SHA256()), key)
+
+
+@contextlib.asynccontextmanager
+async def secured_control_plane(
+    cfg: EngineConfig, directory: Path, *, token: str, roles: list[str]
+) -> AsyncIterator[tuple[ControlServer, CertificateAuthority]]:
+    """A second control plane on ``cfg``'s store serving TLS (a fresh CA's certificate for
+    localhost and 127.0.0.1) and accepting one key, ``token``, with ``roles``."""
+    ca = CertificateAuthority(directory / "ca")
+    served = ca.issue("server", "localhost", server=True)
+    keys = directory / "keys.toml"
+    listed = ", ".join(f'"{r}"' for r in roles)
+    keys.write_text(
+        f'[[key]]\nname = "test"\nroles = [{listed}]\nsha256 = "{token_digest(token)}"\n'
+    )
+    async with ControlServer(
+        cfg,
+        "127.0.0.1:0",
+        tls=TlsFiles(served.cert, served.key),
+        authenticators=[KeyFile(keys)],
+    ) as server:
+        yield server, ca

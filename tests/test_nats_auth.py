@@ -189,3 +189,50 @@ async def test_durable_dev_can_start_its_nats_with_users(tmp_path: Path) -> None
             await nc.close()
     finally:
         await dev.close()
+
+
+async def test_the_engine_runs_with_jwt_creds_files(tmp_path: Path) -> None:
+    """Decentralized auth (an operator, an account with JetStream, users as .creds files
+    whose JWTs carry the two permission sets): the control plane and a worker connect with
+    --nats-creds and run a workflow; a creds file of another operator is refused in one
+    line."""
+    from durable import Client
+    from durable_server.nats_permissions import control_permissions, worker_permissions
+    from tests.nats_jwt import Operator
+
+    operator = Operator()
+    prefix = f"jwt{uuid.uuid4().hex[:6]}"
+    natsd = EmbeddedNats(tmp_path / "store", extra_config=operator.server_config())
+    await natsd.astart()
+    try:
+        control = operator.creds(tmp_path / "control.creds", "control", control_permissions(prefix))
+        worker = operator.creds(tmp_path / "worker.creds", "worker", worker_permissions(prefix))
+
+        def cfg(creds: Path) -> EngineConfig:
+            return EngineConfig(nats_url=natsd.url, prefix=prefix, nats_creds=str(creds))
+
+        async with (
+            ControlServer(cfg(control), "127.0.0.1:0") as server,
+            Worker(cfg(worker), [guarded, ledger], slots=8),
+            Client(server.target) as client,
+        ):
+            handle = await client.invoke("guarded/flow", 5, wait=False)
+            for _ in range(200):
+                view = await client.get(handle.id)
+                if view.status.name == "SUSPENDED" and view.journal_length >= 3:
+                    break
+                await asyncio.sleep(0.05)
+            await client.resolve_awakeable(awakeable_id(handle.id, 2), 1)
+            assert await handle.result(timeout=30) == 6
+
+        stranger = Operator().creds(tmp_path / "other.creds", "x", worker_permissions(prefix))
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "durable_server.cli", "worker", "--module", "examples.hello",
+            "--nats", natsd.url, "--nats-creds", str(stranger), "--prefix", prefix,
+            cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 1, (out, err)
+        assert "refused this process's credentials" in err.decode().strip().splitlines()[-1]
+    finally:
+        await natsd.astop()

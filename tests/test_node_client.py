@@ -14,12 +14,9 @@ from pathlib import Path
 import pytest
 
 from durable.testing import start_engine
-from durable_server.control.auth import KeyFile, token_digest
-from durable_server.control.server import ControlServer
-from durable_server.control.tls import TlsFiles
 from durable_server.natsd import EmbeddedNats
 from examples.hello import greeter
-from tests.certs import CertificateAuthority
+from tests.certs import secured_control_plane
 from tests.engine_support import EngineFactory, start_ready
 
 pytestmark = pytest.mark.slow  # real processes or long waits: not in make test-fast
@@ -83,19 +80,11 @@ async def test_node_client_invokes_and_reads_the_journal(
 async def test_node_client_speaks_tls_with_a_token(
     nats_server: EmbeddedNats, node_modules: Path, tmp_path: Path
 ) -> None:
-    ca = CertificateAuthority(tmp_path / "ca")
-    served = ca.issue("server", "localhost", server=True)
-    keys = tmp_path / "keys.toml"
-    digest = token_digest("dk_node")
-    keys.write_text(f'[[key]]\nname = "node"\nroles = ["invoke", "read"]\nsha256 = "{digest}"\n')
     async with (
         start_engine([greeter], nats_url=nats_server.url) as engine,
-        ControlServer(
-            engine.config,
-            "127.0.0.1:0",
-            tls=TlsFiles(served.cert, served.key),
-            authenticators=[KeyFile(keys)],
-        ) as server,
+        secured_control_plane(
+            engine.config, tmp_path, token="dk_node", roles=["invoke", "read"]
+        ) as (server, ca),
     ):
         target = f"localhost:{server.port}"
         env = {"DURABLE_CA": str(ca.pem.cert), "DURABLE_TOKEN": "dk_node"}

@@ -17,7 +17,7 @@ from durable_server.control.auth import KeyFile
 from durable_server.control.server import ControlServer
 from durable_server.control.tls import TlsFiles
 from durable_server.natsd import EmbeddedNats
-from tests.certs import CertificateAuthority
+from tests.certs import CertificateAuthority, secured_control_plane
 
 secure = Service("secure")
 
@@ -135,22 +135,12 @@ async def _cli(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str,
 
 
 async def test_the_cli_speaks_tls_with_a_token(nats_server: EmbeddedNats, tmp_path: Path) -> None:
-    from durable_server.control.auth import token_digest
-
-    ca = CertificateAuthority(tmp_path / "ca")
-    served = ca.issue("server", "localhost", server=True)
-    keys = tmp_path / "keys.toml"
-    keys.write_text(
-        f'[[key]]\nname = "cli"\nroles = ["read"]\nsha256 = "{token_digest("dk_cli")}"\n'
-    )
     async with (
         start_engine([secure], nats_url=nats_server.url) as engine,
-        ControlServer(
-            engine.config,
-            "127.0.0.1:0",
-            tls=TlsFiles(served.cert, served.key),
-            authenticators=[KeyFile(keys)],
-        ) as server,
+        secured_control_plane(engine.config, tmp_path, token="dk_cli", roles=["read"]) as (
+            server,
+            ca,
+        ),
     ):
         flags = ["--target", server.target, "--ca", str(ca.pem.cert)]
         code, out, err = await _cli(*flags, "--token", "dk_cli", "handlers")
@@ -170,23 +160,14 @@ async def test_grpcurl_and_buf_curl_speak_tls_with_a_token(
 ) -> None:
     """The standard tools reach a secured control plane with nothing but the CA and token
     (reflection open, as by default)."""
-    from durable_server.control.auth import token_digest
     from tests.test_grpcurl import BUF, GRPCURL
 
-    ca = CertificateAuthority(tmp_path / "ca")
-    served = ca.issue("server", "localhost", server=True)
-    keys = tmp_path / "keys.toml"
-    keys.write_text(
-        f'[[key]]\nname = "tools"\nroles = ["read"]\nsha256 = "{token_digest("dk_t")}"\n'
-    )
     async with (
         start_engine([secure], nats_url=nats_server.url) as engine,
-        ControlServer(
-            engine.config,
-            "127.0.0.1:0",
-            tls=TlsFiles(served.cert, served.key),
-            authenticators=[KeyFile(keys)],
-        ) as server,
+        secured_control_plane(engine.config, tmp_path, token="dk_t", roles=["read"]) as (
+            server,
+            ca,
+        ),
     ):
         target = f"localhost:{server.port}"
         method = "durable.v1.DurableControl/ListHandlers"

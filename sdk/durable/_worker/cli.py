@@ -74,7 +74,7 @@ def add_nats_auth_flags(p: argparse.ArgumentParser) -> None:
         "--nats-creds",
         default=env("DURABLE_NATS_CREDS", ""),
         metavar="FILE",
-        help="NATS credentials file (user JWT + nkey seed; needs the nkeys package)",
+        help="NATS credentials file (a user JWT and its nkey seed, as nsc makes them)",
     )
     p.add_argument(
         "--nats-ca",
