@@ -35,9 +35,10 @@ def add_security_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--auth-keys",
         type=Path,
+        default=os.environ.get("DURABLE_AUTH_KEYS") or None,
         metavar="TOML",
         help="require credentials: API keys (by SHA-256) and client identities with roles; "
-        "re-read when it changes (`durable keys new` makes entries)",
+        "re-read when it changes (`durable keys new` makes entries; env DURABLE_AUTH_KEYS)",
     )
     g.add_argument(
         "--auth-plugin",
