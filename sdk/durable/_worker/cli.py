@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import contextlib
 import importlib
-import logging
 import os
 import signal
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from durable._handlers import Service
+from durable._logs import configure as configure_logs
 from durable._store.config import EngineConfig
 from durable._worker.rpc import parse_endpoints
 from durable._worker.runtime import Servicer, Worker
@@ -142,6 +142,13 @@ def add_engine_flags(p: argparse.ArgumentParser, *, with_nats: bool = True) -> N
     p.add_argument(
         "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (Python logging)"
     )
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=os.environ.get("DURABLE_LOG_FORMAT", "text"),
+        help="text for people, or one JSON object per line naming the invocation, handler, "
+        "attempt and step a line concerns (env DURABLE_LOG_FORMAT)",
+    )
 
 
 class ShowDefaults(argparse.HelpFormatter):
@@ -175,10 +182,7 @@ def add_worker_flags(p: argparse.ArgumentParser) -> None:
 
 
 def run(main: Coroutine[Any, Any, None], args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logs(args.log_level, getattr(args, "log_format", "text"))
     try:
         if os.environ.get("DURABLE_EVENT_LOOP", "uvloop") == "uvloop":
             # libuv's loop costs noticeably less CPU per message than asyncio's own; the

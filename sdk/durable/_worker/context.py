@@ -25,6 +25,7 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from durable import _codec
+from durable import _logs as logs
 from durable._context import DurableFuture, DurablePromise, Duration, StubT, WorkflowContext
 from durable._handlers import handler_name
 from durable._retry import RetryPolicy
@@ -179,6 +180,7 @@ class InvocationContext(WorkflowContext):
     def _take(self, kind: int, name: str) -> tuple[int, storage_pb2.JournalRecord | None]:
         index = self._next_index
         self._next_index += 1
+        logs.at_step(index)
         if index < len(self._entries):
             entry = self._entries[index]
             if entry.HasField("draws") and entry.draws != self._draws:

@@ -26,6 +26,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from nats.aio.msg import Msg
 
 from durable import _codec
+from durable import _logs as logs
 from durable._handlers import HandlerDef, Registry
 from durable._retry import DEFAULT_HANDLER_RETRY
 from durable._store.ids import service_of
@@ -257,6 +258,7 @@ class Executor:
         rec = claim.record
         hdef = self._registry.get(rec.handler)
         assert hdef is not None, "checked before claiming"
+        logs.note(handler=rec.handler, attempt=rec.attempt)
         flags.pause = flags.pause or rec.pause_requested
         flags.cancel = flags.cancel or rec.cancel_requested
         flags.cancel_reason = flags.cancel_reason or rec.cancel_reason

@@ -32,6 +32,7 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from durable import _logs as logs
 from durable._handlers import Registry, Service
 from durable._rpc import NatsServer, NatsTransport
 from durable._store import open_store
@@ -383,6 +384,7 @@ class Worker:
         self._tasks.add(task)
 
     async def _drive(self, msg: Msg, invocation_id: str, flags: ControlFlags, lease: Lease) -> None:
+        logs.about(invocation_id, worker=self.worker_id)
         try:
             await self._executor.drive(msg, invocation_id, flags, lease)
         except asyncio.CancelledError:
@@ -416,6 +418,7 @@ class Worker:
     async def _wake_up(self, msg: Msg, invocation_id: str) -> None:
         """A timer fired: wake its invocation if it still sleeps (it may have been woken by
         something else, paused or cancelled since; then there is nothing to do)."""
+        logs.about(invocation_id, worker=self.worker_id)
         try:
             # Also when it finds the record PENDING: its waker (maybe this wake-up's first
             # delivery) may have died between the CAS and the enqueue; wake makes sure.
