@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,12 +131,24 @@ async def measure_floor(
 
 
 async def _pipelined(nc: Any, n: int, window: int) -> float:
-    """Publish ``n`` messages keeping ``window`` unacknowledged; seconds until the last ack.
+    """Publish ``n`` floor messages keeping ``window`` unacknowledged; seconds until the
+    last ack."""
+    return await publish_pipelined(
+        nc, ((_FLOOR_SUBJECT, _FLOOR_PAYLOAD) for _ in range(n)), n, window, limit_s=120.0
+    )
+
+
+async def publish_pipelined(
+    nc: Any, messages: Iterable[tuple[str, bytes]], n: int, window: int, *, limit_s: float
+) -> float:
+    """Publish the ``n`` (subject, data) ``messages`` to JetStream keeping ``window``
+    unacknowledged; seconds until the last ack.
 
     Core publishes with a reply subject, the acks counted on one inbox subscription: what
     ``js.publish_async`` does, without its per-message future bookkeeping (which halves the
     rate), so this is the ceiling a Python client can reach. Every ack is checked for an
-    error; the wait is bounded (a rejected message would otherwise never be acknowledged).
+    error; the wait is bounded by ``limit_s`` (a rejected message would otherwise never be
+    acknowledged).
     """
     inbox = nc.new_inbox()
     slots = asyncio.Semaphore(window)
@@ -157,10 +169,10 @@ async def _pipelined(nc: Any, n: int, window: int) -> float:
     sub = await nc.subscribe(inbox, cb=on_ack)
     try:
         t0 = time.perf_counter()
-        async with asyncio.timeout(120.0):
-            for _ in range(n):
+        async with asyncio.timeout(limit_s):
+            for subject, data in messages:
                 await slots.acquire()
-                await nc.publish(_FLOOR_SUBJECT, _FLOOR_PAYLOAD, reply=inbox)
+                await nc.publish(subject, data, reply=inbox)
             await done.wait()
         elapsed = time.perf_counter() - t0
     finally:

@@ -26,7 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from durable import Client, InvocationStatus
 from durable.contract import EngineConfig, awakeable_id
 from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
-from durable_server.bench import measure_floor, measure_throughput
+from durable_server.bench import measure_floor, measure_throughput, publish_pipelined
 from durable_server.bench_handlers import LONG_HANDLER
 from durable_server.bench_procs import (
     Proc,
@@ -67,29 +67,12 @@ def _rss_mib(pid: int) -> float:
 async def _write_records(url: str, cfg: EngineConfig, n: int) -> float:
     """``n`` ended invocations of ten handlers (one in a hundred FAILED), 100-byte inputs
     and outputs, written with pipelined KV puts; records per second."""
-    nc = await nats.connect(url, name="durable-bench-scale")
-    inbox = nc.new_inbox()
-    window = asyncio.Semaphore(2000)
-    acked = 0
-    done = asyncio.Event()
-    errors: list[bytes] = []
-
-    async def on_ack(msg: Any) -> None:
-        nonlocal acked
-        if b'"error"' in (msg.data or b""):
-            errors.append(msg.data)
-        acked += 1
-        window.release()
-        if acked >= n:
-            done.set()
-
-    sub = await nc.subscribe(inbox, cb=on_ack)
     payload = storage_pb2.StoredPayload(
         data=b'"' + b"x" * 98 + b'"', content_type="application/json"
     )
     base = time.time_ns() - n * 1_000_000
-    started = time.perf_counter()
-    try:
+
+    def records() -> Iterator[tuple[str, bytes]]:
         for i in range(n):
             r = storage_pb2.InvocationRecord(
                 id=f"inv_{i:026d}",
@@ -108,19 +91,16 @@ async def _write_records(url: str, cfg: EngineConfig, n: int) -> float:
             r.updated_at.FromNanoseconds(base + i * 1_000_000 + 500_000)
             r.started_at.CopyFrom(r.created_at)
             r.ended_at.CopyFrom(r.updated_at)
-            await window.acquire()
-            await nc.publish(
-                f"$KV.{cfg.invocations_bucket}.{r.id}", r.SerializeToString(), reply=inbox
-            )
             if i and i % 100_000 == 0:
                 log_progress(f"  {i:,} records written")
-        await asyncio.wait_for(done.wait(), 300)
+            yield f"$KV.{cfg.invocations_bucket}.{r.id}", r.SerializeToString()
+
+    nc = await nats.connect(url, name="durable-bench-scale")
+    try:
+        elapsed = await publish_pipelined(nc, records(), n, 2000, limit_s=600.0)
     finally:
-        await sub.unsubscribe()
         await nc.close()
-    if errors:
-        raise RuntimeError(f"{len(errors)} record writes failed, e.g. {errors[0]!r}")
-    return n / (time.perf_counter() - started)
+    return n / elapsed
 
 
 async def _p50_ms(call: Any, times: int = _QUERIES) -> float:

@@ -181,11 +181,6 @@ class EngineConfig:
         lane = lane or ANY_LANE
         return f"run_{service}" if lane == ANY_LANE else f"run_{service}@{lane}"
 
-    @property
-    def run_filter_all(self) -> str:
-        """Every work item of every service and lane."""
-        return f"{self.prefix}.work.run.>"
-
     # Before routing by service (stores made by engine 0.1), every item went to
     # ``<p>.work.<id>`` and every wake-up to ``<p>.work.wake.<id>``, consumed by one shared
     # consumer, ``workers``. A control plane moves what is left there (and what schedules

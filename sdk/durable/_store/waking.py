@@ -162,16 +162,7 @@ class Waker:
     async def to_own_lane(self, record: Record, *, fresh: bool = False) -> None:
         """Enqueue a pinned invocation's item in its version's lane (it was found in
         another); ``fresh``: the item carries ``record`` as not yet written."""
-        await self._work.enqueue(
-            record.id,
-            record.handler,
-            max(record.generation, 1),
-            "its version's lane",
-            initial=record if fresh else None,
-            lane=lane_of_record(record),
-            dedupe=":lane",
-            incarnation=record.created_at.ToNanoseconds(),
-        )
+        await self._work.enqueue_record(record, "its version's lane", dedupe=":lane", fresh=fresh)
 
     async def enqueue_current(self, invocation_id: str, reason: str) -> None:
         """Enqueue an invocation at its record's generation (one that just got its key)."""

@@ -71,14 +71,21 @@ class WorkQueue:
         await until_answered(publish, f"enqueueing {invocation_id}")
 
     async def enqueue_record(
-        self, record: storage_pb2.InvocationRecord, reason: str, *, dedupe: str = ""
+        self,
+        record: storage_pb2.InvocationRecord,
+        reason: str,
+        *,
+        dedupe: str = "",
+        fresh: bool = False,
     ) -> None:
-        """Enqueue an invocation whose record exists, at the record's generation."""
+        """Enqueue an invocation at the record's generation, in its lane; ``fresh``: no
+        worker has written the record yet, so the item carries it (``initial``)."""
         await self.enqueue(
             record.id,
             record.handler,
             record.generation,
             reason,
+            initial=record if fresh else None,
             lane=lane_of_record(record),
             dedupe=dedupe,
             incarnation=record.created_at.ToNanoseconds(),

@@ -55,7 +55,6 @@ class Lane:
     service's lane of this worker's code version."""
 
     service: str
-    lane: str
     consumer: str
     api: str
     inbox: str = ""

@@ -72,7 +72,7 @@ async def connect_nats(cfg: EngineConfig, name: str, *, wait: float = 30.0) -> N
 
     async def on_error(err: Exception) -> None:
         text = str(err)
-        if ("Authorization" in text or "authorization" in text) and not refused.done():
+        if "authorization" in text.lower() and not refused.done():
             refused.set_result(text)
         await _log_nats_error(err)
 
@@ -93,33 +93,29 @@ async def connect_nats(cfg: EngineConfig, name: str, *, wait: float = 30.0) -> N
             **options,
         )
     )
-    refusal = (
-        f"NATS at {redact_url(cfg.nats_url)} refused this process's credentials "
-        "({}): check the URL's user and password or token, --nats-creds, and the "
-        "user's permissions"
-    )
     try:
         waits: set[asyncio.Future[Any]] = {connecting, refused}
         done, _ = await asyncio.wait(waits, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
-        if connecting in done:
-            return connecting.result()
-        if refused in done:
-            raise ConnectionError(refusal.format(refused.result().strip()))
-        raise ConnectionError(f"cannot reach NATS at {redact_url(cfg.nats_url)} within {wait:.0f}s")
-    except (OSError, nats.errors.Error, TimeoutError) as err:
-        if isinstance(err, ConnectionError) and not isinstance(err, ConnectionRefusedError):
-            raise
-        if refused.done() or isinstance(err, nats.errors.AuthorizationError):
-            why = refused.result() if refused.done() else str(err)
-            raise ConnectionError(refusal.format(why.strip())) from err
-        raise ConnectionError(
-            f"cannot reach NATS at {redact_url(cfg.nats_url)} within {wait:.0f}s"
-        ) from err
     finally:
         if not connecting.done():
             connecting.cancel()
             with contextlib.suppress(BaseException):
                 await connecting
+    error = connecting.exception() if connecting in done else None
+    if connecting in done and error is None:
+        return connecting.result()
+    if error is not None and not isinstance(error, OSError | nats.errors.Error | TimeoutError):
+        raise error
+    if refused.done() or isinstance(error, nats.errors.AuthorizationError):
+        why = refused.result() if refused.done() else str(error)
+        raise ConnectionError(
+            f"NATS at {redact_url(cfg.nats_url)} refused this process's credentials "
+            f"({why.strip()}): check the URL's user and password or token, --nats-creds, "
+            "and the user's permissions"
+        ) from error
+    raise ConnectionError(
+        f"cannot reach NATS at {redact_url(cfg.nats_url)} within {wait:.0f}s"
+    ) from error
 
 
 def _nats_tls(cfg: EngineConfig) -> ssl.SSLContext:
@@ -172,8 +168,6 @@ class Worker:
         #: Deliveries this worker has finished handling (attempts and timer wake-ups), for
         #: whoever must know that a delivery was dealt with, not merely that time passed.
         self.handled = 0
-        #: Items delivered to this worker, by service: what a test of routing counts.
-        self.deliveries: collections.Counter[str] = collections.Counter()
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._main: asyncio.Task[None] | None = None
@@ -305,7 +299,7 @@ class Worker:
             for lane in [ANY_LANE] + ([lane_of(self.version)] if service in pinned else []):
                 consumer = cfg.run_consumer(service, lane)
                 api = f"$JS.API.CONSUMER.MSG.NEXT.{cfg.work_stream}.{consumer}"
-                lanes.append(Lane(service, lane, consumer, api))
+                lanes.append(Lane(service, consumer, api))
         return lanes
 
     async def _open_lanes(self) -> None:
@@ -361,7 +355,6 @@ class Worker:
                 self._wake.set()
             return
         lane.delivered()
-        self.deliveries[lane.service] += 1
         invocation_id = msg.subject.rsplit(".", 1)[-1]
         if msg.subject.startswith(f"{self.cfg.prefix}.work.wake."):
             self._spawn(self._wake_up(msg, invocation_id))

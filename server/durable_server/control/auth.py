@@ -35,7 +35,6 @@ The key file (TOML; reloaded when it changes)::
 
 from __future__ import annotations
 
-import contextvars
 import dataclasses
 import enum
 import hashlib
@@ -202,11 +201,6 @@ def load_plugin(spec: str) -> Authenticator:
     return plugin  # type: ignore[no-any-return]
 
 
-#: The principal of the call being served (None when no authentication is configured).
-current_principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
-    "durable_principal", default=None
-)
-
 #: Finds the service an invocation belongs to (None when there is no such invocation).
 ServiceOf = Callable[[str], Awaitable[str | None]]
 
@@ -267,7 +261,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 {"role": str(role), "principal": principal.name},
             )
         if principal.services is not None:
-            service = await self._target_service(rpc, request)
+            service = await self._target_service(request)
             if rpc == "ListWorkflows" and service is None:
                 await _abort(
                     context,
@@ -287,7 +281,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             audit.info("%s by %s: %s", rpc, principal.name, _target_text(request) or "(no target)")
         return principal
 
-    async def _target_service(self, rpc: str, request: Any) -> str | None:
+    async def _target_service(self, request: Any) -> str | None:
         handler = getattr(request, "handler", "")
         if handler:
             return service_of(handler)
@@ -351,19 +345,14 @@ def _guarded(handler: Handler, rpc: str, auth: AuthInterceptor) -> Handler:
 
         async def unary(request: Any, context: Any) -> Any:
             principal = await auth.check(rpc, request, context)
-            token = current_principal.set(principal)
-            try:
-                return narrowed(principal, await behaviour(request, context))
-            finally:
-                current_principal.reset(token)
+            return narrowed(principal, await behaviour(request, context))
 
         return handler._replace(unary_unary=unary)  # type: ignore[attr-defined,no-any-return]
     if handler.unary_stream is not None:
         stream = handler.unary_stream
 
         async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
-            principal = await auth.check(rpc, request, context)
-            current_principal.set(principal)
+            await auth.check(rpc, request, context)
             async for response in stream(request, context):  # type: ignore[attr-defined]
                 yield response
 

@@ -73,8 +73,9 @@ class HandlerCatalog:
                     out[h.name] = info
                 if live:
                     info.live_workers += 1
+        versions = self._versions_by_service()
         for info in out.values():
-            info.versions[:] = self.versions(info.service)
+            info.versions[:] = versions.get(info.service, [])
         return out
 
     def services(self) -> dict[str, tuple[int, Timestamp | None]]:
@@ -91,38 +92,37 @@ class HandlerCatalog:
                 out[service] = (count + (1 if live else 0), seen)
         return out
 
-    def versions(self, service: str) -> list[str]:
-        """The code versions of the registered workers hosting ``service``, newest first:
+    def _versions_by_service(self) -> dict[str, list[str]]:
+        """The code versions of the registered workers hosting each service, newest first:
         ordered by when the first worker of each version that is still registered started
-        (a registration lasts a day after its worker's last heartbeat)."""
-        first: dict[str, int] = {}
+        (a registration lasts a day after its worker's last heartbeat). One pass."""
+        first: dict[str, dict[str, int]] = {}
         for reg in self._workers.values():
-            if any(service_of(h.name) == service for h in reg.handlers):
-                started = reg.started_at.ToNanoseconds()
-                first[reg.version] = min(first.get(reg.version, started), started)
-        return sorted(first, key=lambda v: (-first[v], v))
+            for service in {service_of(h.name) for h in reg.handlers}:
+                _fold_first(first.setdefault(service, {}), reg)
+        return {service: _newest_first(started) for service, started in first.items()}
 
     def pinned_version(self, handler: str) -> str | None:
         """Where a new invocation of ``handler`` goes when its service is pinned: the newest
-        version (as :meth:`versions` orders them) of the workers that pin it; None when
-        none does."""
+        version (ordered as ``_versions_by_service`` orders them) of the workers that pin
+        it; None when none does."""
         service = service_of(handler)
         first: dict[str, int] = {}
         for reg in self._workers.values():
             if service in reg.pinned_services:
-                started = reg.started_at.ToNanoseconds()
-                first[reg.version] = min(first.get(reg.version, started), started)
-        return max(first, key=lambda v: (first[v], v)) if first else None
+                _fold_first(first, reg)
+        return _newest_first(first)[0] if first else None
 
     def get(self, name: str) -> types_pb2.HandlerInfo | None:
         return self.handlers().get(name)
 
-    def unserved_since(
-        self, name: str, created_at: Timestamp, version: str = ""
-    ) -> Timestamp | None:
-        """Since when no live worker has hosted handler ``name`` (of code ``version``, for
-        an invocation pinned to one), for an invocation created at ``created_at`` that
-        waits for one; None while a live worker hosts it."""
+    def unserved_since(self, record: storage_pb2.InvocationRecord) -> Timestamp | None:
+        """Since when no live worker has hosted the handler of ``record``, an invocation
+        that waits for one (a worker of its version, when it is pinned to one): that
+        worker's last heartbeat, or the invocation's creation if later; None while a live
+        worker hosts it."""
+        name, created_at = record.handler, record.created_at
+        version = record.version if record.pinned else ""
         now = time.time()
         live = False
         seen = 0
@@ -139,6 +139,17 @@ class HandlerCatalog:
         since = Timestamp()
         since.FromNanoseconds(max(created_at.ToNanoseconds(), seen))
         return since
+
+
+def _fold_first(first: dict[str, int], reg: storage_pb2.WorkerRegistration) -> None:
+    """Keep in ``first`` the earliest start of any worker of ``reg``'s version."""
+    started = reg.started_at.ToNanoseconds()
+    first[reg.version] = min(first.get(reg.version, started), started)
+
+
+def _newest_first(first: dict[str, int]) -> list[str]:
+    """Versions by their first worker's start, newest first (ties by name)."""
+    return sorted(first, key=lambda v: (-first[v], v))
 
 
 def closest_names(name: str, known: list[str], most: int = 3) -> list[str]:

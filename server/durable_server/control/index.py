@@ -103,12 +103,11 @@ class InvocationIndex:
     def __init__(self) -> None:
         self._by_id: dict[str, Summary] = {}
         self._order: builtins.list[tuple[int, str]] = []
-        self._by_status: collections.Counter[int] = collections.Counter()
         self._by_handler: dict[str, collections.Counter[int]] = collections.defaultdict(
             collections.Counter
         )
-        # The ids in each status, of each handler and of each key: what a filtered page
-        # sorts when its matches are few.
+        # The ids in each status (their sizes are Stats' counts), of each handler and of
+        # each key: what a filtered page sorts when its matches are few.
         self._status_ids: dict[int, set[str]] = collections.defaultdict(set)
         self._handler_ids: dict[str, set[str]] = collections.defaultdict(set)
         self._key_ids: dict[str, set[str]] = collections.defaultdict(set)
@@ -192,7 +191,6 @@ class InvocationIndex:
             self._status_ids[s.status].add(s.id)
         else:
             _discard(self._status_ids, s.status, s.id)
-        self._by_status[s.status] += delta
         self._by_handler[s.handler][s.status] += delta
         if self._by_handler[s.handler][s.status] == 0:
             del self._by_handler[s.handler][s.status]
@@ -301,11 +299,11 @@ class InvocationIndex:
         if handler:
             counts = self._by_handler.get(handler, collections.Counter())
             return sum(c for st, c in counts.items() if not wanted or st in wanted)
-        return sum(c for st, c in self._by_status.items() if not wanted or st in wanted)
+        return sum(len(ids) for st, ids in self._status_ids.items() if not wanted or st in wanted)
 
     def stats(self) -> tuple[dict[int, int], dict[str, dict[int, int]]]:
         by_handler = {h: dict(c) for h, c in sorted(self._by_handler.items())}
-        return dict(self._by_status), by_handler
+        return {st: len(ids) for st, ids in self._status_ids.items()}, by_handler
 
     def _sorted_page(
         self,

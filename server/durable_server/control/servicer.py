@@ -192,9 +192,7 @@ class DurableControlServicer(control_pb2_grpc.DurableControlServicer):
         if ended:
             response.result.CopyFrom(result_of(record))
         else:
-            since = self._plane.catalog.unserved_since(
-                record.handler, record.created_at, record.version if record.pinned else ""
-            )
+            since = self._plane.catalog.unserved_since(record)
             if since is not None:
                 response.no_worker_since.CopyFrom(since)
         return response
@@ -229,9 +227,7 @@ class DurableControlServicer(control_pb2_grpc.DurableControlServicer):
             record, journal, self._plane.progress.get(invocation_id)
         )
         if invocation.status in _WAITS_FOR_A_WORKER:
-            since = self._plane.catalog.unserved_since(
-                record.handler, record.created_at, record.version if record.pinned else ""
-            )
+            since = self._plane.catalog.unserved_since(record)
             if since is not None:
                 invocation.no_worker_since.CopyFrom(since)
         return C.GetWorkflowResponse(invocation=invocation, journal=entries)
