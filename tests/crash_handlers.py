@@ -141,6 +141,16 @@ async def stop_then_hold(ctx: Context, seed: int) -> dict[str, int]:
     """Like ``stop_at_start``, but the first step waits for the test's release, so the worker
     that takes over claims the invocation and holds it without journaling anything."""
     _stop_once(f"hold-{ctx.invocation_id}")
+    return await _held_chain(ctx, seed)
+
+
+@crash.handler()
+async def held(ctx: Context, seed: int) -> dict[str, int]:
+    """Five short steps, the first of which waits for the test's release."""
+    return await _held_chain(ctx, seed)
+
+
+async def _held_chain(ctx: Context, seed: int) -> dict[str, int]:
     value = await ctx.run("step0", _held_step, ctx.invocation_id, 0, ctx.attempt, seed)
     for step in range(1, STEPS):
         value = await ctx.run(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import time
 from pathlib import Path
@@ -24,13 +25,16 @@ import pytest
 from nats.js.errors import NotFoundError
 
 from durable import Client
+from durable._store import open_store
 from durable._store.config import EngineConfig
 from durable._store.journal import Journal, JournalFenced
+from durable._worker.runtime import Worker
+from durable._worker.signals import ControlFlags
 from durable.internal.v1 import storage_pb2
 from durable.v1 import types_pb2
 from durable_server.natsd import EmbeddedNats
 from durable_server.provision import ensure_resources
-from tests.crash_handlers import FENCE_STEP, STEPS, release_marker
+from tests.crash_handlers import FENCE_STEP, STEPS, crash, release_marker
 from tests.procs import EngineProc, ProcGroup, free_port, read_ledger, wait_healthy
 
 pytestmark = pytest.mark.slow  # real processes or long waits: not in make test-fast
@@ -291,6 +295,70 @@ async def test_thawed_worker_runs_no_step_another_journaled(
         assert result == {"seed": seed, "value": int(journal[-1][1].value.data)}
         assert a.running and b.running
     finally:
+        group.close()
+
+
+async def test_stale_delivery_takes_nothing_over(
+    isolated_nats: EmbeddedNats, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A frozen worker's delivery, handled after the item was redelivered and claimed by
+    another worker, must not claim the invocation (nor ack or nak the item): it would run a
+    second attempt beside the live one, and step side effects twice (the chaos finding of
+    seed 819409). The test process holds the first delivery, unacked, as a frozen worker
+    would; worker A gets the redelivery and holds its first step; then the test hands the
+    stale delivery to an in-process worker's executor."""
+    caplog.set_level(logging.INFO)
+    ledger = tmp_path / "ledger.txt"
+    prefix = "stale"
+    cfg = EngineConfig(nats_url=isolated_nats.url, prefix=prefix, ack_wait=ACK_WAIT)
+    group = ProcGroup(
+        tmp_path / "logs", isolated_nats.url, prefix, ack_wait=ACK_WAIT, ledger=ledger
+    )
+    nc = await nats.connect(isolated_nats.url)
+    try:
+        port = free_port()
+        target = f"127.0.0.1:{port}"
+        server = group.server(port).start()
+        first = group.worker("first", slots=1).start()
+        await wait_healthy(target, proc=server)
+        await first.wait_for_log("serving")  # its registration created the consumer
+        # Frozen, it stays registered; its open pull request expires (a third of the ack
+        # wait, at least a second) before the invocation is made, so the test gets the item.
+        first.freeze()
+        await asyncio.sleep(1.5)
+        async with Client(target) as client:
+            inv = (await client.start("crash/held", random.randrange(1_000_000))).id
+            sub = await nc.jetstream().pull_subscribe_bind(
+                durable=cfg.run_consumer("crash"), stream=cfg.work_stream
+            )
+            [stale] = await sub.fetch(1, timeout=10)
+            assert stale.metadata.num_delivered == 1
+            a = group.worker("worker-a", slots=1, worker_id="wa").start()
+            records = (await open_store(nc, cfg)).records
+            await wait_view(
+                client,
+                inv,
+                lambda v: v.status == types_pb2.INVOCATION_STATUS_RUNNING,
+                "claimed by A from the redelivery",
+            )
+            claimed = (await records.get(inv)).record
+            assert (claimed.worker_id, claimed.claimed_delivery) == ("wa", 2), claimed
+            async with Worker(cfg, [crash], slots=1, worker_id="wb") as b:
+                assert b._executor is not None
+                await asyncio.wait_for(b._executor.drive(stale, inv, ControlFlags()), 20)
+            after = (await records.get(inv)).record
+            assert (after.worker_id, after.attempt) == ("wa", claimed.attempt), after
+            assert "from a newer delivery" in caplog.text
+            info = await nc.jetstream().consumer_info(cfg.work_stream, cfg.run_consumer("crash"))
+            assert info.num_ack_pending == 1, "the stale delivery acked A's item"
+            await asyncio.to_thread(Path(release_marker(str(ledger), inv)).touch)
+            await client.result(inv, timeout=30)
+        _, journal = await raw_journal(isolated_nats.url, cfg, inv)
+        assert {e.worker_id for _, e in journal} == {"wa"}
+        runs = [r for runs in read_ledger(ledger).values() for r in runs]
+        assert all(r.pid == a.pid for r in runs), runs
+    finally:
+        await nc.close()
         group.close()
 
 

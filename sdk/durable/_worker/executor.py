@@ -152,6 +152,7 @@ class Executor:
         # Every earlier delivery of a fresh item may have been an attempt that never wrote
         # the record; counting them keeps attempt numbers unique and increasing.
         floor = (msg.metadata.num_delivered or 1) - 1 if fresh else 0
+        delivery = delivery_of(msg)
         current: Versioned | None = None
         if fresh:
             if not await self._serves(msg, item.initial.handler, invocation_id):
@@ -170,6 +171,7 @@ class Executor:
                 claim = Claim.fresh(
                     self._records, item.initial, floor + 1, self._worker_id, self._version
                 )
+                claim.record.claimed_item_seq, claim.record.claimed_delivery = delivery
                 if await self._attempt(msg, claim, flags, lease, load_journal=floor > 0):
                     return
                 # Fenced at once (another driver or a seal came first), or paused for a
@@ -179,7 +181,9 @@ class Executor:
         while True:
             # The record says whether a pause stands (the flag may be a withdrawn one's).
             flags.pause = False
-            claimed = await self._claim_existing(msg, invocation_id, current, floor=floor)
+            claimed = await self._claim_existing(
+                msg, invocation_id, current, floor=floor, delivery=delivery
+            )
             if claimed is None:
                 return
             claim = Claim(self._records, claimed.record, self._worker_id, written=claimed)
@@ -194,7 +198,13 @@ class Executor:
             return None
 
     async def _claim_existing(
-        self, msg: Msg, invocation_id: str, current: Versioned | None, *, floor: int
+        self,
+        msg: Msg,
+        invocation_id: str,
+        current: Versioned | None,
+        *,
+        floor: int,
+        delivery: tuple[int, int],
     ) -> Versioned | None:
         if current is None:
             try:
@@ -228,6 +238,9 @@ class Executor:
         if self._version.foreign(rec):
             await self._to_own_lane(msg, rec)
             return None
+        if stale_delivery(rec, delivery):
+            await self._leave_stale(msg, rec, delivery)
+            return None
         if not await self._holds_key(rec):
             await msg.ack()  # queued behind the key's holder: it is enqueued when its turn comes
             return None
@@ -238,11 +251,32 @@ class Executor:
                 return None
         try:
             return await self._records.mutate(
-                invocation_id, lambda r: self._claim(r, floor), current=current
+                invocation_id, lambda r: self._claim(r, floor, delivery), current=current
             )
-        except MutationRefused:
-            await msg.ack()
+        except MutationRefused as refused:
+            if stale_delivery(refused.record, delivery):
+                await self._leave_stale(msg, refused.record, delivery)
+            else:
+                await msg.ack()
             return None
+
+    async def _leave_stale(self, msg: Msg, rec: Record, delivery: tuple[int, int]) -> None:
+        """A delivery older than the one whose claim runs the invocation now: a frozen
+        worker's, handled after the item was redelivered and claimed. An older item is done
+        with (ack it); an older delivery of the claiming item is left alone, since acking or
+        naking it would end or hand back the live attempt's delivery (the server tells the
+        two apart by stream sequence only)."""
+        log.info(
+            "invocation %s runs attempt %d from a newer delivery (%d/%d) than this one "
+            "(%d/%d); leaving it",
+            rec.id,
+            rec.attempt,
+            rec.claimed_item_seq,
+            rec.claimed_delivery,
+            *delivery,
+        )
+        if delivery[0] < rec.claimed_item_seq:
+            await msg.ack()
 
     async def _attempt(
         self,
@@ -488,15 +522,18 @@ class Executor:
         await self._waker.to_own_lane(rec, fresh=fresh)
         await msg.ack()
 
-    def _claim(self, r: Record, floor: int) -> None:
+    def _claim(self, r: Record, floor: int, delivery: tuple[int, int]) -> None:
         if is_terminal(r.status) or r.status == S.INVOCATION_STATUS_PAUSED:
             raise MutationRefused(f"not runnable ({r.status})", r)
+        if stale_delivery(r, delivery):
+            raise MutationRefused("claimed by a newer delivery", r)
         if self._version.foreign(r):
             raise MutationRefused(f"pinned to version {r.version}", r)
         self._version.stamp(r)
         r.status = S.INVOCATION_STATUS_RUNNING
         r.attempt = max(r.attempt, floor) + 1
         r.worker_id = self._worker_id
+        r.claimed_item_seq, r.claimed_delivery = delivery
         if not r.HasField("started_at"):
             r.started_at.CopyFrom(now_ts())
         r.ClearField("next_attempt_at")
@@ -629,3 +666,19 @@ class Executor:
                 r.failure.CopyFrom(out.failure)
             # Ended: a cancel that arrived too late to be seen is moot, not pending.
             r.cancel_requested = False
+
+
+def delivery_of(msg: Msg) -> tuple[int, int]:
+    """Which delivery of which work item ``msg`` is: (stream sequence, delivery count).
+    Later items have higher sequences, and later deliveries of one item higher counts."""
+    meta = msg.metadata
+    return int(meta.sequence.stream or 0), int(meta.num_delivered or 0)
+
+
+def stale_delivery(rec: Record, delivery: tuple[int, int]) -> bool:
+    """Whether the record's latest attempt was claimed from a newer delivery than this
+    one, and it has not ended: then this one must not claim it (a RUNNING attempt may be
+    live; see :meth:`Executor._leave_stale`). Records written before deliveries were
+    recorded carry (0, 0), older than any."""
+    claimed = (rec.claimed_item_seq, rec.claimed_delivery)
+    return not is_terminal(rec.status) and claimed > delivery

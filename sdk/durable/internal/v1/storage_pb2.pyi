@@ -86,6 +86,8 @@ class InvocationRecord(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     PINNED_FIELD_NUMBER: _builtins.int
     ATTEMPT_VERSION_FIELD_NUMBER: _builtins.int
+    CLAIMED_ITEM_SEQ_FIELD_NUMBER: _builtins.int
+    CLAIMED_DELIVERY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Invocation id."""
     handler: _builtins.str
@@ -128,6 +130,14 @@ class InvocationRecord(_message.Message):
     """
     attempt_version: _builtins.str
     """Code version of the worker that claimed the current attempt."""
+    claimed_item_seq: _builtins.int
+    """The work item delivery whose claim started the current attempt: the item's stream
+    sequence in the work stream. With `claimed_delivery` it orders deliveries, so that a
+    stale delivery (one a frozen worker handles after the item was redelivered and claimed
+    by another) never takes a running invocation over.
+    """
+    claimed_delivery: _builtins.int
+    """That delivery's count (JetStream's num_delivered for the item)."""
     @_builtins.property
     def input(self) -> Global___StoredPayload:
         """Input."""
@@ -211,10 +221,12 @@ class InvocationRecord(_message.Message):
         version: _builtins.str = ...,
         pinned: _builtins.bool = ...,
         attempt_version: _builtins.str = ...,
+        claimed_item_seq: _builtins.int = ...,
+        claimed_delivery: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "ended_at", b"ended_at", "failure", b"failure", "input", b"input", "last_failure", b"last_failure", "next_attempt_at", b"next_attempt_at", "output", b"output", "scheduled_at", b"scheduled_at", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempt_version", b"attempt_version", "caller_id", b"caller_id", "cancel_reason", b"cancel_reason", "cancel_requested", b"cancel_requested", "continuations", b"continuations", "created_at", b"created_at", "ended_at", b"ended_at", "failure", b"failure", "generation", b"generation", "handler", b"handler", "id", b"id", "idempotency_key", b"idempotency_key", "input", b"input", "journal_length", b"journal_length", "key", b"key", "last_failure", b"last_failure", "more_callers", b"more_callers", "next_attempt_at", b"next_attempt_at", "output", b"output", "pause_requested", b"pause_requested", "pinned", b"pinned", "scheduled_at", b"scheduled_at", "started_at", b"started_at", "status", b"status", "status_reason", b"status_reason", "updated_at", b"updated_at", "version", b"version", "waiting_for", b"waiting_for", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempt_version", b"attempt_version", "caller_id", b"caller_id", "cancel_reason", b"cancel_reason", "cancel_requested", b"cancel_requested", "claimed_delivery", b"claimed_delivery", "claimed_item_seq", b"claimed_item_seq", "continuations", b"continuations", "created_at", b"created_at", "ended_at", b"ended_at", "failure", b"failure", "generation", b"generation", "handler", b"handler", "id", b"id", "idempotency_key", b"idempotency_key", "input", b"input", "journal_length", b"journal_length", "key", b"key", "last_failure", b"last_failure", "more_callers", b"more_callers", "next_attempt_at", b"next_attempt_at", "output", b"output", "pause_requested", b"pause_requested", "pinned", b"pinned", "scheduled_at", b"scheduled_at", "started_at", b"started_at", "status", b"status", "status_reason", b"status_reason", "updated_at", b"updated_at", "version", b"version", "waiting_for", b"waiting_for", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
