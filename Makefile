@@ -52,7 +52,7 @@ $(BIN)/python:
 # editable: sdk/ (durable-nats, with its worker extra) and server/ (durable-nats-server),
 # plus the repository's dev tools (pyproject.toml's dependency group, pip >= 25.1).
 $(STAMP): pyproject.toml sdk/pyproject.toml server/pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e './sdk[worker]' -e ./server --group dev
+	$(BIN)/python -m pip install --quiet -e './sdk[worker,otel]' -e ./server --group dev
 	@touch $@
 
 venv: $(STAMP) ## Create .venv and install the project with dev extras (alias: setup)

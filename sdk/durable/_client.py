@@ -29,6 +29,7 @@ import grpc
 import grpc.aio
 from google.protobuf.message import Message
 
+from durable import _tracing as tracing
 from durable._codec import from_payload, to_payload
 from durable._handle import (
     InvocationHandle,
@@ -85,30 +86,33 @@ _DEFAULT_OPTIONS: Final[tuple[tuple[str, Any], ...]] = (
 log = logging.getLogger("durable.client")
 
 
-def _with_token(details: Any, token: str) -> Any:
-    metadata = list(details.metadata or ())
-    metadata.append(("authorization", f"Bearer {token}"))
+def _outgoing(details: Any, token: str | None) -> Any:
+    """The call's metadata plus the bearer token and the current trace context (a trace
+    started by the caller goes on in the engine)."""
+    metadata = tracing.metadata_with_context(list(details.metadata or ()))
+    if token:
+        metadata.append(("authorization", f"Bearer {token}"))
     return details._replace(metadata=metadata)
 
 
-class _Bearer(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
-    """Adds the bearer token to every unary call."""
+class _Outgoing(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
+    """Adds the bearer token and trace context to every unary call."""
 
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str | None) -> None:
         self._token = token
 
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(_with_token(details, self._token), request)
+        return await continuation(_outgoing(details, self._token), request)
 
 
-class _BearerStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
-    """Adds the bearer token to every server-streaming call (WatchWorkflow)."""
+class _OutgoingStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
+    """Adds them to every server-streaming call (WatchWorkflow)."""
 
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str | None) -> None:
         self._token = token
 
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(_with_token(details, self._token), request)
+        return await continuation(_outgoing(details, self._token), request)
 
 
 class Client:
@@ -141,7 +145,7 @@ class Client:
         token: str | None = None,
     ) -> None:
         self._target = target
-        self._interceptors: list[Any] = [_Bearer(token), _BearerStream(token)] if token else []
+        self._token = token
         self._unavailable_retry = unavailable_retry
         self._credentials = credentials
         self._options = [*_DEFAULT_OPTIONS, *options]
@@ -210,6 +214,13 @@ class Client:
 
     def _stub(self) -> control_pb2_grpc.DurableControlAsyncStub:
         if self._stub_ is None:
+            # Interceptors cost a little on every call: only when there is something to add
+            # (a token, or spans to continue: tracing configured by the time of the first call).
+            self._interceptors: list[Any] = (
+                [_Outgoing(self._token), _OutgoingStream(self._token)]
+                if self._token or tracing.enabled()
+                else []
+            )
             if self._credentials is None:
                 channel = grpc.aio.insecure_channel(
                     self._target, options=self._options, interceptors=self._interceptors

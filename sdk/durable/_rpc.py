@@ -31,6 +31,7 @@ from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
+from durable import _tracing as tracing
 from durable.errors import RpcStatusError
 
 log = logging.getLogger("durable.rpc")
@@ -68,7 +69,7 @@ class NatsTransport:
         self, path: str, request: bytes, *, timeout: float | None, metadata: Metadata
     ) -> bytes:
         wait = timeout if timeout is not None else self._default_timeout
-        headers = {f"{_MD}{k}": v for k, v in metadata}
+        headers = {f"{_MD}{k}": v for k, v in tracing.metadata_with_context(metadata)}
         headers["Grpc-Timeout"] = f"{wait:.6f}"
         try:
             reply = await self._nc.request(
@@ -101,7 +102,9 @@ class GrpcTransport:
     ) -> bytes:
         rpc = self._channel.unary_unary(path, None, None)  # bytes in, bytes out
         try:
-            response: bytes = await rpc(request, timeout=timeout, metadata=tuple(metadata))
+            response: bytes = await rpc(
+                request, timeout=timeout, metadata=tuple(tracing.metadata_with_context(metadata))
+            )
             return response
         except grpc.aio.AioRpcError as err:
             details = b""
@@ -303,6 +306,31 @@ class NatsServer:
         ctx = _NatsServicerContext(
             metadata, None if timeout is None else time.monotonic() + timeout, "nats"
         )
+        with tracing.span(
+            path.strip("/"),
+            parent=tracing.context_of_metadata(metadata),
+            kind=tracing.SpanKind.SERVER,
+            attributes={"rpc.system": "grpc", "rpc.transport": "nats"},
+        ) as current:
+            code, message, data = await self._answer(msg, handler, path, ctx, timeout)
+            if code != grpc.StatusCode.OK and current.is_recording():
+                current.set_status(tracing.Status(tracing.StatusCode.ERROR, message))
+            current.set_attribute("rpc.grpc.status_code", code.value[0])
+        if not msg.reply:
+            return
+        headers = {"Grpc-Status": str(code.value[0])}
+        if message:
+            headers["Grpc-Message"] = message.replace("\r", " ").replace("\n", " ")
+        for key, value in ctx.trailing:
+            if key == "grpc-status-details-bin" and isinstance(value, bytes):
+                headers["Grpc-Status-Details-Bin"] = base64.b64encode(value).decode()
+        await self._nc.publish(msg.reply, data, headers=headers)
+
+    @staticmethod
+    async def _answer(
+        msg: Msg, handler: Any, path: str, ctx: _NatsServicerContext, timeout: float | None
+    ) -> tuple[grpc.StatusCode, str, bytes]:
+        """Run the method: its status code, message and serialized response."""
         code, message, data = grpc.StatusCode.OK, "", b""
         try:
             request = handler.request_deserializer(msg.data or b"")
@@ -325,12 +353,4 @@ class NatsServer:
             message = ctx.details() or f"{type(err).__name__}: {err}"
             if code == grpc.StatusCode.UNKNOWN:
                 log.exception("%s failed", path)
-        if not msg.reply:
-            return
-        headers = {"Grpc-Status": str(code.value[0])}
-        if message:
-            headers["Grpc-Message"] = message.replace("\r", " ").replace("\n", " ")
-        for key, value in ctx.trailing:
-            if key == "grpc-status-details-bin" and isinstance(value, bytes):
-                headers["Grpc-Status-Details-Bin"] = base64.b64encode(value).decode()
-        await self._nc.publish(msg.reply, data, headers=headers)
+        return code, message, data

@@ -13,6 +13,8 @@ the server that uses them.
 """
 
 from durable import _codec as codec
+from durable import _metrics as metrics
+from durable import _tracing as tracing
 from durable._client import DEFAULT_TARGET, Client, parse_status
 from durable._codec import (
     from_value,
@@ -70,6 +72,7 @@ from durable._worker.cli import (
     ShowDefaults,
     add_engine_flags,
     add_nats_auth_flags,
+    add_telemetry_flags,
     add_worker_flags,
     engine_config,
     grpc_endpoints,
@@ -116,6 +119,7 @@ __all__ = [
     "Worker",
     "add_engine_flags",
     "add_nats_auth_flags",
+    "add_telemetry_flags",
     "add_worker_flags",
     "at_start_up",
     "awakeable_id",
@@ -135,6 +139,7 @@ __all__ = [
     "lane_of",
     "lane_of_record",
     "load_modules",
+    "metrics",
     "new_invocation_id",
     "now_ts",
     "open_store",
@@ -153,6 +158,7 @@ __all__ = [
     "to_payload",
     "to_value",
     "token",
+    "tracing",
     "until_signalled",
     "value_to_json_bytes",
     "workflow_run_id",

@@ -96,7 +96,15 @@ def _shown(handlers: list[HandlerDef]) -> list[HandlerDef]:
 
 
 def banner(
-    target: str, nats_url: str, sync: str, data: Path, worker_id: str, handlers: list[HandlerDef]
+    target: str,
+    nats_url: str,
+    sync: str,
+    data: Path,
+    worker_id: str,
+    handlers: list[HandlerDef],
+    *,
+    metrics: str = "",
+    console: str = "",
 ) -> str:
     """The text ``durable dev`` prints when it is ready."""
     program = durable_program()
@@ -108,6 +116,8 @@ def banner(
         f"  gRPC DurableControl  {target}   (reflection + health on)",
         f"  nats-server          {nats_url}   JetStream under {data} (sync_interval={sync})",
         f"  worker               {worker_id} serving {names}",
+        *([f"  web console          {console}"] if console else []),
+        *([f"  Prometheus metrics   {metrics}"] if metrics else []),
         "",
         "Try it:",
         f"  {program} handlers{flag}",

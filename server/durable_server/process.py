@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from durable.contract import (
     ShowDefaults,
     Worker,
     add_engine_flags,
+    add_telemetry_flags,
     add_worker_flags,
     at_start_up,
     connect_nats,
@@ -26,9 +28,11 @@ from durable.contract import (
     grpc_endpoints,
     handler_names,
     load_modules,
+    metrics,
     redact_url,
     run,
     run_worker,
+    tracing,
     until_signalled,
 )
 from durable_server.banner import banner
@@ -45,6 +49,10 @@ from durable_server.preflight import check_port_free, lock_data_dir, release
 from durable_server.provision import provision
 
 log = logging.getLogger("durable")
+
+#: Where `durable dev` serves Prometheus metrics (the port OpenTelemetry's Prometheus
+#: exporter uses by convention).
+DEV_METRICS = "127.0.0.1:9464"
 
 DEFAULT_MODULES = [
     "examples.hello",
@@ -103,6 +111,7 @@ def add_engine_commands(sub: argparse._SubParsersAction[Any]) -> None:
     add_engine_flags(dev, with_nats=False)
     _control_flags(dev)
     add_security_flags(dev)
+    add_telemetry_flags(dev, metrics_default=DEV_METRICS)
     dev.add_argument(
         "--nats-auth",
         action="store_true",
@@ -127,6 +136,7 @@ def add_engine_commands(sub: argparse._SubParsersAction[Any]) -> None:
     add_engine_flags(server)
     _control_flags(server)
     add_security_flags(server)
+    add_telemetry_flags(server)
     server.set_defaults(func=lambda a: run(_server(a), a), parser=server)
 
     worker = sub.add_parser(
@@ -154,11 +164,15 @@ def add_engine_commands(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 async def _server(args: argparse.Namespace) -> None:
+    tracing.configure_from_env("durable-control")
     cfg = engine_config(args)
     secure = security_options(args)
     async with contextlib.AsyncExitStack() as stack:
         server = await stack.enter_async_context(ControlServer(cfg, args.listen, **secure))
         print(f"durable control plane on {server.target}", flush=True)
+        endpoint = await stack.enter_async_context(serving_metrics(args.metrics_listen, server))
+        if endpoint is not None:
+            print(f"metrics on http://{endpoint.address}/metrics", flush=True)
         if args.module:
             services, servicers = load_modules(args.module)
             worker = Worker(
@@ -193,6 +207,7 @@ async def _setup(args: argparse.Namespace) -> None:
 
 
 async def _dev(args: argparse.Namespace) -> None:
+    tracing.configure_from_env("durable-dev")
     services, servicers = load_modules(args.module or DEFAULT_MODULES)
     secure = security_options(args)
     data = _prepare_data_dir(args.data)
@@ -231,6 +246,7 @@ async def _dev(args: argparse.Namespace) -> None:
                 servicers=servicers,
                 grpc_endpoints=grpc_endpoints(args),
             ) as worker,
+            serving_metrics(args.metrics_listen, server) as endpoint,
         ):
             print(
                 banner(
@@ -240,6 +256,7 @@ async def _dev(args: argparse.Namespace) -> None:
                     data,
                     worker.worker_id,
                     list(worker.registry),
+                    metrics=f"http://{endpoint.address}/metrics" if endpoint else "",
                 ),
                 flush=True,
             )
@@ -247,6 +264,16 @@ async def _dev(args: argparse.Namespace) -> None:
     finally:
         await natsd.astop()
         release(lock)
+
+
+@contextlib.asynccontextmanager
+async def serving_metrics(listen: str, server: ControlServer) -> AsyncIterator[Any]:
+    """The metrics endpoint of a process hosting a control plane (and maybe a worker):
+    the control plane's gauges are refreshed from its index at each scrape."""
+    async with metrics.serving(listen) as endpoint:
+        if endpoint is not None and server.gauges is not None:
+            endpoint.before_scrape.append(server.gauges.refresh)
+        yield endpoint
 
 
 def _prepare_data_dir(path: str) -> Path:

@@ -22,6 +22,7 @@ import datetime as dt
 import functools
 import json
 import logging
+import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy, RawStreamMsg
 from nats.js.errors import APIError, NotFoundError
 
+from durable._metrics import METRICS
 from durable._store.config import EngineConfig
 from durable._store.patience import TRY_TIMEOUT, until_answered
 from durable.internal.v1 import storage_pb2
@@ -130,6 +132,7 @@ class Journal:
             # Same entry republished after a lost ack is dropped instead of doubled.
             "Nats-Msg-Id": f"{invocation_id}:{entry.index}:{entry.worker_id}:{entry.attempt}",
         }
+        began = time.perf_counter()
         try:
             ack = await self._js.publish(subject, entry.SerializeToString(), headers=headers)
         except APIError as err:
@@ -138,6 +141,7 @@ class Journal:
                     f"journal of {invocation_id} moved past sequence {expected_last_seq}"
                 ) from err
             raise
+        METRICS.journal_append.observe(time.perf_counter() - began)
         if ack.duplicate:
             # Our own earlier publish of this very entry landed; find its sequence.
             msg = await self._read(subject=subject)

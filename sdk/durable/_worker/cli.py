@@ -19,6 +19,8 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
+from durable import _metrics as metrics
+from durable import _tracing as tracing
 from durable._handlers import Service
 from durable._logs import configure as configure_logs
 from durable._store.config import EngineConfig
@@ -151,6 +153,18 @@ def add_engine_flags(p: argparse.ArgumentParser, *, with_nats: bool = True) -> N
     )
 
 
+def add_telemetry_flags(p: argparse.ArgumentParser, *, metrics_default: str = "") -> None:
+    """``--metrics-listen``; tracing is configured by the standard OTEL_* variables."""
+    p.add_argument(
+        "--metrics-listen",
+        default=os.environ.get("DURABLE_METRICS_LISTEN", metrics_default),
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (env "
+        "DURABLE_METRICS_LISTEN; empty: off). Traces: set OTEL_EXPORTER_OTLP_ENDPOINT or "
+        "OTEL_TRACES_EXPORTER (needs the otel extra)",
+    )
+
+
 class ShowDefaults(argparse.HelpFormatter):
     """``--help`` names every flag's default, except where there is none to name (None,
     False), so nobody has to read the source to learn what an omitted flag means."""
@@ -179,6 +193,7 @@ def add_worker_flags(p: argparse.ArgumentParser) -> None:
         "by pinned services (default: a digest of the handler modules' source files)",
     )
     add_engine_flags(p)
+    add_telemetry_flags(p)
 
 
 def run(main: Coroutine[Any, Any, None], args: argparse.Namespace) -> int:
@@ -211,17 +226,23 @@ async def until_signalled() -> None:
 
 
 async def run_worker(args: argparse.Namespace) -> None:
+    tracing.configure_from_env("durable-worker")
     services, servicers = load_modules(args.module)
-    async with Worker(
-        engine_config(args),
-        services,
-        slots=args.slots,
-        worker_id=args.worker_id,
-        servicers=servicers,
-        grpc_endpoints=grpc_endpoints(args),
-        version=args.code_version,
-    ) as w:
+    async with (
+        Worker(
+            engine_config(args),
+            services,
+            slots=args.slots,
+            worker_id=args.worker_id,
+            servicers=servicers,
+            grpc_endpoints=grpc_endpoints(args),
+            version=args.code_version,
+        ) as w,
+        metrics.serving(args.metrics_listen) as endpoint,
+    ):
         print(f"durable worker {w.worker_id} ({w.version}): {handler_names(w)}", flush=True)
+        if endpoint is not None:
+            print(f"metrics on http://{endpoint.address}/metrics", flush=True)
         await until_signalled()
 
 

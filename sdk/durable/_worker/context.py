@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import random as _random
+import time
 import uuid as _uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -26,6 +27,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from durable import _codec
 from durable import _logs as logs
+from durable import _metrics as metrics
+from durable import _tracing as tracing
 from durable._context import DurableFuture, DurablePromise, Duration, StubT, WorkflowContext
 from durable._handlers import handler_name
 from durable._retry import RetryPolicy
@@ -353,8 +356,12 @@ class InvocationContext(WorkflowContext):
         announce = asyncio.get_running_loop().call_later(
             _ANNOUNCE_AFTER, self._announce, index, types_pb2.STEP_KIND_RUN, name
         )
+        began = time.perf_counter()
         try:
-            value = await execute(fn, args, kwargs, retry, self._check_claim)
+            with tracing.span(f"step {name}", attributes=self._step_attributes(index, "run")):
+                value = await execute(
+                    fn, args, kwargs, retry, self._check_claim, on_retry=self._retried
+                )
             entry.value.CopyFrom(
                 encode_bounded(value, self._max_payload, f"the result of step {name!r}")
             )
@@ -365,6 +372,9 @@ class InvocationContext(WorkflowContext):
             raise
         finally:
             announce.cancel()
+            metrics.METRICS.step(
+                self._record.handler, types_pb2.STEP_KIND_RUN, time.perf_counter() - began
+            )
         if failed is not None:
             entry.failure.CopyFrom(failure_of(failed))
         self._complete(entry)
@@ -372,6 +382,18 @@ class InvocationContext(WorkflowContext):
             raise failed
         # Hand back what a replay would, so the first run and the replays agree.
         return _codec.decode(entry.value.data, entry.value.content_type, result_type)
+
+    def _step_attributes(self, index: int, kind: str) -> dict[str, Any]:
+        return {
+            "durable.invocation_id": self._record.id,
+            "durable.step": index,
+            "durable.step_kind": kind,
+            "durable.attempt": self._record.attempt,
+        }
+
+    def _retried(self, err: BaseException) -> None:
+        """A try of a step failed and will be tried again in place."""
+        metrics.METRICS.retry(self._record.handler, "step", type(err).__name__)
 
     async def now(self) -> dt.datetime:
         index, entry = self._take(types_pb2.STEP_KIND_NOW, "now")
@@ -416,9 +438,12 @@ class InvocationContext(WorkflowContext):
             target.due_at.FromJsonString(self._replay(entry, str))
         else:
             target.due_at.CopyFrom(timestamp_in(seconds(duration)))
-            self._value_entry(
-                index, types_pb2.STEP_KIND_SLEEP, "sleep", target.due_at.ToJsonString()
-            )
+            attributes = self._step_attributes(index, "sleep")
+            attributes["durable.due_at"] = target.due_at.ToJsonString()
+            with tracing.span("sleep", attributes=attributes):
+                self._value_entry(
+                    index, types_pb2.STEP_KIND_SLEEP, "sleep", target.due_at.ToJsonString()
+                )
         return StepFuture(self._await, target, type(None))
 
     def awakeable(self, result_type: Any = None) -> tuple[str, DurableFuture[Any]]:
@@ -482,6 +507,21 @@ class InvocationContext(WorkflowContext):
         """Start the invocation of a call or send (idempotently: its id is derived from
         ours and the step, or from the workflow id), then journal the step with its id."""
         child = child_invocation_id(self._record.id, index)
+        verb = "call" if call is not None else "send"
+        with tracing.span(f"{verb} {name}", attributes=self._step_attributes(index, verb)):
+            return await self._create_child(index, kind, name, key, input, at, call, child)
+
+    async def _create_child(
+        self,
+        index: int,
+        kind: int,
+        name: str,
+        key: str,
+        input: Any,
+        at: Timestamp | None,
+        call: types_pb2.WaitTarget | None,
+        child: str,
+    ) -> str:
         try:
             # Our results so far, before the side effect (not this step's own entry).
             await self._flush(min(self._handed, index - 1))
@@ -504,7 +544,9 @@ class InvocationContext(WorkflowContext):
                 caller_id=self._record.id if call is not None else "",
                 scheduled_at=at,
             )
+            tracing.stamp(record.trace_context)  # the callee's attempts continue this span
             child = await self._waker.start(record, at=at)
+            metrics.METRICS.started(name)
         except TerminalError as err:
             # Journaled as the step's outcome, so a replay fails the same way.
             entry = self._entry(index, kind, name)

@@ -96,6 +96,8 @@ async def execute(
     kwargs: dict[str, Any],
     retry: RetryPolicy | None,
     before_try: Callable[[], Awaitable[None]] | None = None,
+    *,
+    on_retry: Callable[[BaseException], None] | None = None,
 ) -> Any:
     """Run a ``ctx.run`` body: sync ones in a thread. Exceptions other than TerminalError
     are retried in place under ``retry`` (then a TerminalError once it gives up), or end
@@ -122,4 +124,6 @@ async def execute(
                 raise TerminalError(
                     f"gave up after {attempt} attempts: {type(err).__name__}: {err}"
                 ) from err
+            if on_retry is not None:
+                on_retry(err)
             await asyncio.sleep(retry.delay(attempt))

@@ -27,6 +27,8 @@ from nats.aio.msg import Msg
 
 from durable import _codec
 from durable import _logs as logs
+from durable import _metrics as metrics
+from durable import _tracing as tracing
 from durable._handlers import HandlerDef, Registry
 from durable._retry import DEFAULT_HANDLER_RETRY
 from durable._store.ids import service_of
@@ -336,8 +338,25 @@ class Executor:
                 self._running_record_after, lambda: self._spawn(claim.mark_running(flags))
             )
         final: storage_pb2.FinalOutcome | None = None
+        attempt_span = tracing.span(
+            f"attempt {rec.handler}",
+            parent=tracing.context_of(rec.trace_context),
+            attributes={
+                "durable.invocation_id": rec.id,
+                "durable.handler": rec.handler,
+                "durable.attempt": rec.attempt,
+                "durable.worker_id": self._worker_id,
+                "durable.replayed_steps": len(loaded.entries),
+            },
+        )
         try:
-            outcome = await self._run_handler(hdef, rec, ctx)
+            with attempt_span as current:
+                outcome = await self._run_handler(hdef, rec, ctx)
+                current.set_attribute("durable.outcome", metrics.status_label(outcome.status))
+                if outcome.failure is not None and not is_terminal(outcome.status):
+                    current.set_status(
+                        tracing.Status(tracing.StatusCode.ERROR, outcome.failure.message)
+                    )
             view = ctx.keyed.view
             if view.touched and not await self._state_fits(rec, view):
                 outcome = Outcome(
@@ -424,6 +443,12 @@ class Executor:
             )
             return True
         rec = claim.record
+        metrics.METRICS.attempt(rec.handler, outcome.status)
+        if outcome.retry_in is not None:
+            error = outcome.failure.error_type if outcome.failure is not None else ""
+            metrics.METRICS.retry(rec.handler, "attempt", error)
+        if is_terminal(outcome.status):
+            metrics.METRICS.ended(rec.handler, outcome.status, rec.created_at)
         if outcome.status == S.INVOCATION_STATUS_SUSPENDED:
             # A completion (or a Cancel) that came while we were suspending found the record
             # still RUNNING and could not wake it: look once more, now that it says SUSPENDED.

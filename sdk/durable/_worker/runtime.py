@@ -34,6 +34,7 @@ from nats.js.errors import NotFoundError
 
 from durable import _logs as logs
 from durable._handlers import Registry, Service
+from durable._metrics import METRICS
 from durable._rpc import NatsServer, NatsTransport
 from durable._store import open_store
 from durable._store.config import ANY_LANE, EngineConfig, lane_of, redact_url
@@ -90,6 +91,7 @@ async def connect_nats(cfg: EngineConfig, name: str, *, wait: float = 30.0) -> N
             allow_reconnect=True,
             connect_timeout=2,
             error_cb=on_error,
+            reconnected_cb=functools.partial(_reconnected, name),
             **options,
         )
     )
@@ -116,6 +118,12 @@ async def connect_nats(cfg: EngineConfig, name: str, *, wait: float = 30.0) -> N
     raise ConnectionError(
         f"cannot reach NATS at {redact_url(cfg.nats_url)} within {wait:.0f}s"
     ) from error
+
+
+async def _reconnected(name: str) -> None:
+    # "durable-worker-w1" -> worker, "durable-control" -> control: bounded by the code.
+    component = name.removeprefix("durable-").split("-", 1)[0] or "other"
+    METRICS.nats_reconnects.labels(component).inc()
 
 
 def _nats_tls(cfg: EngineConfig) -> ssl.SSLContext:
@@ -215,6 +223,7 @@ class Worker:
         await at_start_up(self.nc, self._register, "the worker registration")
         await at_start_up(self.nc, self._open_lanes, "the work consumers of its services")
         self._main = asyncio.create_task(self._run_loops(), name=f"worker-{self.worker_id}")
+        METRICS.slots.inc(self.slots)
         log.info(
             "worker %s (version %s) serving %d handlers of %s with %d slots",
             self.worker_id,
@@ -226,6 +235,8 @@ class Worker:
 
     async def stop(self, *, graceful: bool = True) -> None:
         """Stop pulling; hand running invocations back (nak) so another worker continues."""
+        if self._main is not None and not self._stopping:
+            METRICS.slots.dec(self.slots)
         self._stopping = True
         # First stop listening: the server drops pull requests nobody listens to, so what
         # this worker hands back below (nak) goes to another worker, not to its own
@@ -375,6 +386,7 @@ class Worker:
         _, flags, lease = self._inflight[invocation_id]
         task = asyncio.create_task(self._drive(msg, invocation_id, flags, lease))
         self._tasks.add(task)
+        METRICS.slots_in_use.inc()
 
     async def _drive(self, msg: Msg, invocation_id: str, flags: ControlFlags, lease: Lease) -> None:
         logs.about(invocation_id, worker=self.worker_id)
@@ -390,6 +402,7 @@ class Worker:
             with contextlib.suppress(Exception):
                 await msg.nak(delay=1.0)
         finally:
+            METRICS.slots_in_use.dec()
             self._inflight.pop(invocation_id, None)
             self.handled += 1
             task = asyncio.current_task()

@@ -26,11 +26,13 @@ from durable.contract import (
     idempotent_invocation_id,
     is_terminal,
     lane_of_record,
+    metrics,
     new_invocation_id,
     now_ts,
     quote,
     service_of,
     status_name,
+    tracing,
     workflow_run_id,
 )
 from durable.internal.v1 import storage_pb2
@@ -194,6 +196,7 @@ class Invocations:
         )
         if info.kind == S.HANDLER_KIND_WORKFLOW_RUN:
             record.id = workflow_run_id(info.service, key)
+        tracing.stamp(record.trace_context)  # Invoke's span: every attempt is its child
         pinned_to = self.catalog.pinned_version(handler)
         if pinned_to is not None:
             # New invocations of a pinned service go to its newest version, and stay there.
@@ -214,11 +217,16 @@ class Invocations:
             return await self.view_record(record.id), False, False
 
     async def _accept_kind(self, kind: int, id_conflict: int, record: Record) -> Record | None:
+        """Store and enqueue ``record``; the invocation that exists instead, if one does."""
         if kind == S.HANDLER_KIND_OBJECT_EXCLUSIVE:
-            return await self._accept_exclusive(record)
-        if kind == S.HANDLER_KIND_WORKFLOW_RUN:
-            return await self._accept_run(record, id_conflict)
-        return await self._accept(record)
+            existing = await self._accept_exclusive(record)
+        elif kind == S.HANDLER_KIND_WORKFLOW_RUN:
+            existing = await self._accept_run(record, id_conflict)
+        else:
+            existing = await self._accept(record)
+        if existing is None:
+            metrics.METRICS.started(record.handler)
+        return existing
 
     async def _accept(self, record: Record) -> Record | None:
         """Store and enqueue a new invocation; the existing one instead when its idempotency

@@ -25,6 +25,7 @@ from durable.contract import (
     Store,
     Waker,
     is_terminal,
+    metrics,
     quote,
     service_of,
     status_name,
@@ -182,7 +183,9 @@ class KeyedControl:
             del r.waiting_for[:]
 
         with contextlib.suppress(MutationRefused):
-            await self._records.mutate(invocation_id, change)
+            written = await self._records.mutate(invocation_id, change)
+            ended = written.record
+            metrics.METRICS.ended(ended.handler, ended.status, ended.created_at)
         record = (await self._records.get(invocation_id)).record
         await self._ended(record)
         await self._signals.send(invocation_id, {"cancel": True, "reason": failure.message})

@@ -19,6 +19,7 @@ from durable_server.control.errors import RequestBodyCheck
 from durable_server.control.plane import ControlPlane
 from durable_server.control.reflection import enable_reflection
 from durable_server.control.servicer import DurableControlServicer
+from durable_server.control.telemetry import Gauges, TelemetryInterceptor
 from durable_server.control.tls import TlsFiles
 from durable_server.control.validation import RequestError
 
@@ -71,16 +72,23 @@ class ControlServer:
         self._server: grpc.aio.Server | None = None
         self.plane: ControlPlane | None = None
         self.servicer: DurableControlServicer | None = None
+        self.gauges: Gauges | None = None
 
     async def start(self) -> None:
         if self._nc is None:
             self._nc = await connect_nats(self.cfg, "durable-control")
         self.plane = ControlPlane(self.cfg, self._nc)
         await self.plane.start()
+        self.gauges = Gauges(self.plane, self.cfg)
+        self.gauges.start()
         # Accept messages well over the payload limit so the limit is reported precisely
         # (RESOURCE_EXHAUSTED with the numbers) instead of by grpc's generic size check.
         max_message = 4 * self.cfg.max_payload_bytes + 1024 * 1024
-        interceptors: list[grpc.aio.ServerInterceptor] = [RequestBodyCheck()]  # type: ignore[type-arg]
+        # Outermost first: telemetry sees every call, refused ones included.
+        interceptors: list[grpc.aio.ServerInterceptor] = [  # type: ignore[type-arg]
+            TelemetryInterceptor(),
+            RequestBodyCheck(),
+        ]
         if self.authenticators is not None:
             interceptors.append(AuthInterceptor(self.authenticators, self._service_of))
         server = grpc.aio.server(
@@ -139,6 +147,8 @@ class ControlServer:
     async def stop(self, grace: float = 1.0) -> None:
         if self._server is not None:
             await self._server.stop(grace)
+        if self.gauges is not None:
+            await self.gauges.stop()
         if self.plane is not None:
             await self.plane.stop()
         if self._own_nc and self._nc is not None:

@@ -56,6 +56,26 @@ class InvocationRecord(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class TraceContextEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ID_FIELD_NUMBER: _builtins.int
     HANDLER_FIELD_NUMBER: _builtins.int
     KEY_FIELD_NUMBER: _builtins.int
@@ -88,6 +108,7 @@ class InvocationRecord(_message.Message):
     ATTEMPT_VERSION_FIELD_NUMBER: _builtins.int
     CLAIMED_ITEM_SEQ_FIELD_NUMBER: _builtins.int
     CLAIMED_DELIVERY_FIELD_NUMBER: _builtins.int
+    TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Invocation id."""
     handler: _builtins.str
@@ -188,6 +209,13 @@ class InvocationRecord(_message.Message):
         another invocation had started already.
         """
 
+    @_builtins.property
+    def trace_context(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The W3C trace context (`traceparent`, `tracestate`) of the span that created it: the
+        caller's Invoke, or the `ctx.call`/`ctx.send` step of its caller. Every attempt's span
+        is its child, so one invocation is one trace across suspensions and crashes.
+        """
+
     def __init__(
         self,
         *,
@@ -223,10 +251,11 @@ class InvocationRecord(_message.Message):
         attempt_version: _builtins.str = ...,
         claimed_item_seq: _builtins.int = ...,
         claimed_delivery: _builtins.int = ...,
+        trace_context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "ended_at", b"ended_at", "failure", b"failure", "input", b"input", "last_failure", b"last_failure", "next_attempt_at", b"next_attempt_at", "output", b"output", "scheduled_at", b"scheduled_at", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempt_version", b"attempt_version", "caller_id", b"caller_id", "cancel_reason", b"cancel_reason", "cancel_requested", b"cancel_requested", "claimed_delivery", b"claimed_delivery", "claimed_item_seq", b"claimed_item_seq", "continuations", b"continuations", "created_at", b"created_at", "ended_at", b"ended_at", "failure", b"failure", "generation", b"generation", "handler", b"handler", "id", b"id", "idempotency_key", b"idempotency_key", "input", b"input", "journal_length", b"journal_length", "key", b"key", "last_failure", b"last_failure", "more_callers", b"more_callers", "next_attempt_at", b"next_attempt_at", "output", b"output", "pause_requested", b"pause_requested", "pinned", b"pinned", "scheduled_at", b"scheduled_at", "started_at", b"started_at", "status", b"status", "status_reason", b"status_reason", "updated_at", b"updated_at", "version", b"version", "waiting_for", b"waiting_for", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempt_version", b"attempt_version", "caller_id", b"caller_id", "cancel_reason", b"cancel_reason", "cancel_requested", b"cancel_requested", "claimed_delivery", b"claimed_delivery", "claimed_item_seq", b"claimed_item_seq", "continuations", b"continuations", "created_at", b"created_at", "ended_at", b"ended_at", "failure", b"failure", "generation", b"generation", "handler", b"handler", "id", b"id", "idempotency_key", b"idempotency_key", "input", b"input", "journal_length", b"journal_length", "key", b"key", "last_failure", b"last_failure", "more_callers", b"more_callers", "next_attempt_at", b"next_attempt_at", "output", b"output", "pause_requested", b"pause_requested", "pinned", b"pinned", "scheduled_at", b"scheduled_at", "started_at", b"started_at", "status", b"status", "status_reason", b"status_reason", "trace_context", b"trace_context", "updated_at", b"updated_at", "version", b"version", "waiting_for", b"waiting_for", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
