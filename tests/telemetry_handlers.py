@@ -6,9 +6,13 @@ steps the engine must count.
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Sequence
 
 from durable import Context, RetryPolicy, Service, TerminalError
+from examples.grpc_services import HelloServicer
+from examples.v1 import hello_pb2, hello_pb2_grpc
 
 tele = Service("tele", retry=RetryPolicy(initial_interval=0.05, maximum_attempts=5))
 
@@ -81,14 +85,59 @@ def _maybe_die(invocation_id: str, step: int) -> int:
 
 @tele.handler()
 async def traced(ctx: Context, n: int) -> int:
-    """Two steps, a sleep, a call to another handler, and a gRPC call over NATS."""
-    from examples.v1 import hello_pb2, hello_pb2_grpc
-
+    """Two steps, a sleep long enough to suspend, a call to another handler, and a gRPC
+    call over NATS."""
     a = await ctx.run("first", _maybe_die, ctx.invocation_id, 0)
     b = await ctx.run("second", _maybe_die, ctx.invocation_id, 1)
-    await ctx.sleep(0.2)
+    await ctx.sleep(1.5)
     called = await ctx.call(ok, n)
     reply = await ctx.stub(hello_pb2_grpc.HelloServiceStub).SayHello(
-        hello_pb2.HelloRequest(name="trace")
+        hello_pb2.SayHelloRequest(name="trace")
     )
     return a + b + called + len(reply.greeting)
+
+
+GRPC_SERVICERS = [(hello_pb2_grpc.add_HelloServiceServicer_to_server, HelloServicer())]
+
+#: A worker process started with this variable writes every span it ends to the file it
+#: names, one JSON object per line, as it ends (the tracing test's exporter across a kill).
+SPAN_FILE_ENV = "DURABLE_TEST_SPAN_FILE"
+
+
+def _export_spans_to_file(path: str) -> None:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        SimpleSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+
+    class FileExporter(SpanExporter):
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            with open(path, "a") as f:
+                for span in spans:
+                    f.write(json.dumps(span_json(span)) + "\n")
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(FileExporter()))
+    trace.set_tracer_provider(provider)
+
+
+def span_json(span: object) -> dict[str, object]:
+    """What the tests look at of a span: name, ids, parent, attributes."""
+    ctx = span.context  # type: ignore[attr-defined]
+    parent = span.parent  # type: ignore[attr-defined]
+    return {
+        "name": span.name,  # type: ignore[attr-defined]
+        "trace_id": f"{ctx.trace_id:032x}",
+        "span_id": f"{ctx.span_id:016x}",
+        "parent_id": f"{parent.span_id:016x}" if parent is not None else None,
+        "kind": str(span.kind),  # type: ignore[attr-defined]
+        "attributes": dict(span.attributes or {}),  # type: ignore[attr-defined]
+    }
+
+
+if os.environ.get(SPAN_FILE_ENV):
+    _export_spans_to_file(os.environ[SPAN_FILE_ENV])
