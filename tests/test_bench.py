@@ -64,6 +64,10 @@ def test_bench_prints_json_report(tmp_path: Path) -> None:
     floor = report["floor"]
     for field in ("publish_p50_ms", "publish_p99_ms", "pipelined_msgs_per_s"):
         assert math.isfinite(floor[field]) and floor[field] > 0, field
+    for variant in ("metrics", "tracing"):  # measured in the same run, as ratios
+        measured = report["variants"][variant]
+        assert measured["workflows_per_s"] > 0 and measured["p50_ms"] > 0, variant
+        assert measured["p50_vs_default"] == round(measured["p50_ms"] / workflow["p50_ms"], 3)
     assert len(report["per_run"]) == 1
     assert report["per_run"][0]["workflow"]["p50_ms"] == workflow["p50_ms"]
     machine = report["machine"]

@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 import traceback
+import urllib.request
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,7 @@ from durable_server.bench_handlers import HANDLER, STEPS
 from durable_server.bench_procs import (
     BenchError,
     Proc,
+    free_port,
     log_progress,
     repo_root,
     start_server,
@@ -229,6 +231,7 @@ class Settings:
     floor_pipelined: int
     floor_in_flight: int
     topology: str = "split"
+    variants: tuple[str, ...] = ()
 
 
 @contextlib.contextmanager
@@ -244,7 +247,6 @@ def _stopping(procs: list[Proc]) -> Iterator[list[Proc]]:
 
 async def one_run(k: int, s: Settings) -> dict[str, Any]:
     tag = f"run {k}/{s.runs}"
-    root = repo_root()
     workdir = Path(tempfile.mkdtemp(prefix=f"durable-bench{k}-"))
     started = time.perf_counter()
     try:
@@ -264,61 +266,106 @@ async def one_run(k: int, s: Settings) -> dict[str, Any]:
                 pipelined=s.floor_pipelined,
                 pipelined_in_flight=s.floor_in_flight,
             )
-            prefix = f"bench{k}"
-            engine = ["--nats", natsd.url, "--prefix", prefix]
-            procs: list[Proc] = []
-            with _stopping(procs):
-                if s.topology == "split":
-                    log_progress(f"{tag}: starting `durable worker` and `durable server`")
-                    procs.append(
-                        Proc(
-                            "worker",
-                            ["worker", "--module", HANDLERS_MODULE, *engine],
-                            workdir / "worker.log",
-                            root,
-                        )
-                    )
-                else:
-                    log_progress(
-                        f"{tag}: starting `durable server --module` (control plane + worker)"
-                    )
-                    engine = [*engine, "--module", HANDLERS_MODULE]
-                target = await start_server(engine, workdir, root, procs)
-                async with Client(target) as client:
-                    await wait_registered(client, procs)
-                    log_progress(f"{tag}: warm-up ({s.warmup} workflows)")
-                    await measure_sequential(client, s.warmup)
-                    await measure_throughput(client, s.warmup, max(1, min(s.in_flight, 10)))
-                    log_progress(f"{tag}: sequential latency ({s.sequential} workflows)")
-                    seq = await measure_sequential(client, s.sequential)
-                    log_progress(
-                        f"{tag}: throughput ({s.throughput} workflows, {s.in_flight} in flight)"
-                    )
-                    elapsed, loaded = await measure_throughput(client, s.throughput, s.in_flight)
-                for proc in procs:
-                    proc.check_alive()
+            workflow = await _measure(tag, s, natsd.url, f"bench{k}", workdir, "default")
+            variants = {
+                v: await _measure(tag, s, natsd.url, f"bench{k}{v}", workdir, v) for v in s.variants
+            }
         finally:
             await natsd.astop()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    result = {"run": k, "workflow": workflow, "floor": floor, "variants": variants}
+    result["wall_s"] = time.perf_counter() - started
+    log_progress(
+        f"{tag}: done in {result['wall_s']:.1f}s: p50 {workflow['p50_ms']:.2f} ms, "
+        f"{workflow['workflows_per_s']:.0f} workflows/s (floor: publish p50 "
+        f"{floor['publish_p50_ms']:.3f} ms, {floor['pipelined_msgs_per_s']:.0f} msgs/s "
+        "pipelined)"
+    )
+    return result
+
+
+#: What each variant changes: ``metrics`` serves --metrics-listen from every process and is
+#: scraped every 2 s (a busy Prometheus); ``tracing`` runs the processes with the
+#: OpenTelemetry SDK exporting every span to an in-memory sink (durable_server.bench_tracing).
+VARIANTS = ("metrics", "tracing")
+
+
+async def _measure(
+    tag: str, s: Settings, nats_url: str, prefix: str, workdir: Path, variant: str
+) -> dict[str, float]:
+    """Start the engine's processes in one configuration, measure, stop them."""
+    root = repo_root()
+    engine = ["--nats", nats_url, "--prefix", prefix]
+    module = "durable_server.bench_tracing" if variant == "tracing" else "durable_server.cli"
+    scraped: list[str] = []
+
+    def metrics_flag() -> list[str]:
+        if variant != "metrics":
+            return []
+        scraped.append(f"127.0.0.1:{free_port()}")
+        return ["--metrics-listen", scraped[-1]]
+
+    label = "" if variant == "default" else f" [{variant}]"
+    procs: list[Proc] = []
+    with _stopping(procs):
+        if s.topology == "split":
+            log_progress(f"{tag}{label}: starting `durable worker` and `durable server`")
+            procs.append(
+                Proc(
+                    "worker",
+                    ["worker", "--module", HANDLERS_MODULE, *engine, *metrics_flag()],
+                    workdir / f"worker-{variant}.log",
+                    root,
+                    module=module,
+                )
+            )
+            server_args = [*engine, *metrics_flag()]
+        else:
+            log_progress(f"{tag}{label}: starting `durable server --module` (control + worker)")
+            server_args = [*engine, "--module", HANDLERS_MODULE, *metrics_flag()]
+        target = await start_server(server_args, workdir, root, procs, module=module)
+        scraper = asyncio.create_task(_scrape_every(scraped, 2.0))
+        try:
+            async with Client(target) as client:
+                await wait_registered(client, procs)
+                log_progress(f"{tag}{label}: warm-up ({s.warmup} workflows)")
+                await measure_sequential(client, s.warmup)
+                await measure_throughput(client, s.warmup, max(1, min(s.in_flight, 10)))
+                log_progress(f"{tag}{label}: sequential latency ({s.sequential} workflows)")
+                seq = await measure_sequential(client, s.sequential)
+                log_progress(
+                    f"{tag}{label}: throughput ({s.throughput} workflows, {s.in_flight} in flight)"
+                )
+                elapsed, loaded = await measure_throughput(client, s.throughput, s.in_flight)
+        finally:
+            scraper.cancel()
+        for proc in procs:
+            proc.check_alive()
     wps = s.throughput / elapsed if elapsed > 0 else math.nan
     lat = _latency_ms(seq)
     loaded_lat = _latency_ms(loaded)
-    workflow = {
+    return {
         **lat,
         "workflows_per_s": wps,
         "steps_per_s": wps * STEPS,
         "loaded_p50_ms": loaded_lat["p50_ms"],
         "loaded_p99_ms": loaded_lat["p99_ms"],
     }
-    result = {"run": k, "workflow": workflow, "floor": floor}
-    result["wall_s"] = time.perf_counter() - started
-    log_progress(
-        f"{tag}: done in {result['wall_s']:.1f}s: p50 {lat['p50_ms']:.2f} ms, "
-        f"{wps:.0f} workflows/s (floor: publish p50 {floor['publish_p50_ms']:.3f} ms, "
-        f"{floor['pipelined_msgs_per_s']:.0f} msgs/s pipelined)"
-    )
-    return result
+
+
+async def _scrape_every(addresses: list[str], period: float) -> None:
+    """Scrape each metrics endpoint every ``period`` seconds, as Prometheus would."""
+
+    def scrape(address: str) -> None:
+        with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as response:
+            response.read()
+
+    while addresses:
+        await asyncio.sleep(period)
+        for address in addresses:
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(scrape, address)
 
 
 def _median_of(per_run: list[dict[str, Any]], section: str, field: str) -> float:
@@ -359,6 +406,17 @@ def summarize(s: Settings, per_run: list[dict[str, Any]]) -> dict[str, Any]:
         pipelined_n=s.floor_pipelined,
         pipelined_in_flight=s.floor_in_flight,
     )
+    variants: dict[str, Any] = {}
+    for v in s.variants:
+        fields = {
+            f: _round(statistics.median(float(r["variants"][v][f]) for r in per_run), 3)
+            for f in wf_fields
+        }
+        fields["p50_vs_default"] = _round(fields["p50_ms"] / workflow["p50_ms"], 3)
+        fields["throughput_vs_default"] = _round(
+            fields["workflows_per_s"] / workflow["workflows_per_s"], 3
+        )
+        variants[v] = fields
     rounded_runs = [
         {
             "run": r["run"],
@@ -366,6 +424,10 @@ def summarize(s: Settings, per_run: list[dict[str, Any]]) -> dict[str, Any]:
             "workflow": {k: _round(float(v), 3) for k, v in r["workflow"].items()},
             "floor": {
                 k: _round(float(v), 3) if isinstance(v, float) else v for k, v in r["floor"].items()
+            },
+            "variants": {
+                name: {k: _round(float(v), 3) for k, v in fields.items()}
+                for name, fields in r["variants"].items()
             },
         }
         for r in per_run
@@ -378,6 +440,9 @@ def summarize(s: Settings, per_run: list[dict[str, Any]]) -> dict[str, Any]:
         "handler": HANDLER,
         "workflow": workflow,
         "floor": floor,
+        # The same workload with metrics served and scraped, and with tracing exporting
+        # every span: their cost as ratios to the default in the same runs.
+        "variants": variants,
         "per_run": rounded_runs,
         "machine": {
             "cpus": os.cpu_count(),
@@ -407,6 +472,14 @@ def render_table(report: dict[str, Any]) -> str:
             f"{fl['pipelined_msgs_per_s']:.0f} msgs/s",
         ),
     ]
+    for name, v in report.get("variants", {}).items():
+        rows.append(
+            (
+                f"with {name}: p50, workflows/s",
+                f"{v['p50_ms']:.2f} ms ({v['p50_vs_default']:.2f}x), "
+                f"{v['workflows_per_s']:.0f} ({v['throughput_vs_default']:.2f}x)",
+            )
+        )
     m = report["machine"]
     title = (
         f"durable bench: sync_interval={report['sync']}, median of {report['runs']} run(s), "
@@ -473,6 +546,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="combined: one engine process (control plane + worker, as `make run`); "
         "split: `durable server` and `durable worker` as two processes",
     )
+    p.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help="also measure these configurations in every run, as ratios to the default: "
+        "metrics (served and scraped), tracing (every span exported to memory); '' for none",
+    )
     p.add_argument("--out", type=Path, default=None, help="also write the JSON report here")
     return p
 
@@ -495,7 +574,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         floor_pipelined=args.floor_pipelined,
         floor_in_flight=args.floor_in_flight,
         topology=args.topology,
+        variants=tuple(v for v in args.variants.split(",") if v),
     )
+    unknown = set(settings.variants) - set(VARIANTS)
+    if unknown:
+        print(f"error: unknown --variants {sorted(unknown)}; known: {VARIANTS}", file=sys.stderr)
+        return 2
     try:
         report = uvloop.run(run_bench(settings))
     except KeyboardInterrupt:

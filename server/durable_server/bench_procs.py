@@ -65,11 +65,21 @@ class Proc:
 
     _live: set[Proc] = set()
 
-    def __init__(self, name: str, args: list[str], log_path: Path, root: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        log_path: Path,
+        root: Path,
+        *,
+        module: str = "durable_server.cli",
+    ) -> None:
+        """``module``: what ``python -m`` runs with ``args`` (the durable CLI, or
+        ``durable_server.bench_tracing``, the same CLI with tracing on)."""
         self.name = name
         self.log_path = log_path
         self.log_progress: IO[bytes] = log_path.open("wb")
-        cmd = [sys.executable, "-m", "durable_server.cli", *args]
+        cmd = [sys.executable, "-m", module, *args]
         try:
             self.popen = subprocess.Popen(
                 cmd,
@@ -174,7 +184,14 @@ async def wait_registered(
         await asyncio.sleep(0.1)
 
 
-async def start_server(engine: list[str], workdir: Path, root: Path, procs: list[Proc]) -> str:
+async def start_server(
+    engine: list[str],
+    workdir: Path,
+    root: Path,
+    procs: list[Proc],
+    *,
+    module: str = "durable_server.cli",
+) -> str:
     """Start ``durable server`` on a free port and wait until it is healthy; its target.
 
     The port is picked by binding port 0 and closing it, so another process may take it
@@ -188,6 +205,7 @@ async def start_server(engine: list[str], workdir: Path, root: Path, procs: list
             ["server", "--listen", target, *engine],
             workdir / f"server-{attempt}.log",
             root,
+            module=module,
         )
         procs.append(server)
         try:
