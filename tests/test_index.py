@@ -95,6 +95,33 @@ def test_pages_and_counts_match_a_scan(
                 ]
                 got, total = _pages(idx, statuses=statuses, handler=handler, key=key)
                 assert (got, total) == (want, len(want)), (statuses, handler, key)
+    # The console's filters: a service (every handler of it) and a creation-time range.
+    times = sorted(s.created_ns for s in everyone)
+    ranges = [(0, 0), (times[len(times) // 3], 0), (0, times[len(times) // 2])]
+    ranges.append((times[len(times) // 4], times[len(times) // 4 + 40]))
+    for service in ("", "a", "b"):
+        for statuses in ([], [S.INVOCATION_STATUS_COMPLETED]):
+            for handler in ("", "a/y"):
+                for start, end in ranges:
+                    want = [
+                        s.id
+                        for s in everyone
+                        if (not service or s.handler.startswith(service + "/"))
+                        and (not statuses or s.status in statuses)
+                        and (not handler or s.handler == handler)
+                        and (not start or s.created_ns >= start)
+                        and (not end or s.created_ns < end)
+                    ]
+                    got, total = _pages(
+                        idx,
+                        statuses=statuses,
+                        handler=handler,
+                        service=service,
+                        created_from_ns=start,
+                        created_before_ns=end,
+                    )
+                    case = (service, statuses, handler, start, end)
+                    assert (got, total) == (want, len(want)), case
 
     cutoff = max(s.updated_ns for s in everyone) // 2
     stale = {

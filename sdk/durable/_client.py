@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import datetime
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -495,12 +496,17 @@ class Client:
         key: str = "",
         page_size: int = 0,
         page_token: str = "",
+        service: str = "",
+        created_after: datetime.datetime | None = None,
+        created_before: datetime.datetime | None = None,
     ) -> InvocationPage:
         """Return one page of invocations, newest first (``ListWorkflows``).
 
-        ``statuses`` are names (``"running"``) or values; empty means any. ``page_size`` is
-        1 to 1000 (0: the server default, 50). Pass the response's ``next_page_token`` as
-        ``page_token`` with the same filters for the next page, or use :meth:`list_all`.
+        ``statuses`` are names (``"running"``) or values; empty means any. ``service``:
+        any handler of it. ``created_after`` (inclusive) and ``created_before`` (exclusive)
+        bound the creation time. ``page_size`` is 1 to 1000 (0: the server default, 50).
+        Pass the response's ``next_page_token`` as ``page_token`` with the same filters for
+        the next page, or use :meth:`list_all`.
         """
         if isinstance(statuses, str | int):
             statuses = [statuses]
@@ -510,7 +516,12 @@ class Client:
             key=key,
             page_size=page_size,
             page_token=page_token,
+            service=service,
         )
+        if created_after is not None:
+            request.created_after.FromDatetime(created_after)
+        if created_before is not None:
+            request.created_before.FromDatetime(created_before)
         response = await self._call(
             self._stub().ListWorkflows, request, self._rpc_timeout, repeatable=True
         )
@@ -528,6 +539,9 @@ class Client:
         handler: str = "",
         key: str = "",
         page_size: int = 0,
+        service: str = "",
+        created_after: datetime.datetime | None = None,
+        created_before: datetime.datetime | None = None,
     ) -> AsyncIterator[InvocationSummary]:
         """Iterate over every matching invocation, newest first, fetching pages as needed."""
         if isinstance(statuses, str | int):
@@ -536,7 +550,14 @@ class Client:
         token = ""
         while True:
             page = await self.list(
-                statuses=wanted, handler=handler, key=key, page_size=page_size, page_token=token
+                statuses=wanted,
+                handler=handler,
+                key=key,
+                page_size=page_size,
+                page_token=token,
+                service=service,
+                created_after=created_after,
+                created_before=created_before,
             )
             for summary in page.invocations:
                 yield summary

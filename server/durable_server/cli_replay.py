@@ -12,9 +12,7 @@ nothing runs, nothing is written. It reports every invocation the code would not
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import re
 import sys
 from collections.abc import AsyncIterator
 
@@ -32,11 +30,9 @@ from durable.contract import (
 )
 from durable.contract import RecordNotFound as _RecordNotFound
 from durable_server._tables import format_table
-from durable_server.cli_views import Progress
+from durable_server.cli_views import Progress, since
 
 _AddCommand = argparse.ArgumentParser
-_SINCE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
-_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def add_replay_flags(p: argparse.ArgumentParser) -> None:
@@ -63,32 +59,17 @@ def add_replay_flags(p: argparse.ArgumentParser) -> None:
     add_nats_auth_flags(p)
 
 
-def _since(text: str) -> dt.datetime | None:
-    if not text:
-        return None
-    m = _SINCE.fullmatch(text.strip())
-    if m:
-        return dt.datetime.now(dt.UTC) - dt.timedelta(seconds=float(m[1]) * _UNIT[m[2]])
-    try:
-        when = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise SystemExit(
-            f"error: --since {text!r} is neither a duration (30m, 12h, 7d) nor an ISO time"
-        ) from None
-    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
-
-
 async def _ids(client: Client, registry: Registry, args: argparse.Namespace) -> AsyncIterator[str]:
-    since = _since(args.since)
+    since_time = since(args.since)
     names = {h.full_name for h in registry}
     if args.handler and args.handler not in names:
         raise SystemExit(f"error: the modules define no handler {args.handler}")
     handlers = [args.handler] if args.handler else sorted(names)
     seen = 0
     for handler in handlers:
-        async for summary in client.list_all(handler=handler, page_size=1000):
-            if since is not None and summary.created_at is not None and summary.created_at < since:
-                break  # newest first: the rest is older still
+        async for summary in client.list_all(
+            handler=handler, page_size=1000, created_after=since_time
+        ):
             yield summary.id
             seen += 1
             if args.limit and seen >= args.limit:

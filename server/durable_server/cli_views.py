@@ -5,7 +5,9 @@ and the progress line long listings draw on a terminal."""
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
+import re
 import sys
 import time
 from typing import Any, TextIO
@@ -118,6 +120,27 @@ async def cmd_get(client: Client, args: argparse.Namespace) -> int:
 _STORED_LATE_MS = 1000
 
 
+_SINCE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def since(text: str) -> dt.datetime | None:
+    """A `--since` value (a duration back from now, or an ISO time) as a time; None for
+    none."""
+    if not text:
+        return None
+    m = _SINCE.fullmatch(text.strip())
+    if m:
+        return dt.datetime.now(dt.UTC) - dt.timedelta(seconds=float(m[1]) * _UNIT[m[2]])
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise SystemExit(
+            f"error: --since {text!r} is neither a duration (30m, 12h, 7d) nor an ISO time"
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
 def recorded_text(e: types_pb2.JournalEntry) -> str:
     """When the worker made the entry, and how much later JetStream stored it when that
     differs noticeably (the entry was buffered across a NATS restart)."""
@@ -149,6 +172,8 @@ async def cmd_list(client: Client, args: argparse.Namespace) -> int:
         "statuses": args.statuses,
         "handler": args.handler,
         "key": args.key,
+        "service": args.service,
+        "created_after": since(args.since),
     }
     if not args.all:
         page = (await client.list(**filters, page_size=args.limit, page_token=args.page_token)).raw

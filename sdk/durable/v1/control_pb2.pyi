@@ -305,6 +305,9 @@ class ListWorkflowsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     KEY_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    CREATED_AFTER_FIELD_NUMBER: _builtins.int
+    CREATED_BEFORE_FIELD_NUMBER: _builtins.int
     handler: _builtins.str
     """Only invocations of this handler, "<service>/<handler>"; empty means any."""
     page_size: _builtins.int
@@ -313,9 +316,19 @@ class ListWorkflowsRequest(_message.Message):
     """next_page_token of the previous page; empty for the first page. Keep the same filters."""
     key: _builtins.str
     """Only invocations of this object key or workflow id; empty means any."""
+    service: _builtins.str
+    """Only invocations of this service (any of its handlers), e.g. "orders"."""
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[_types_pb2.InvocationStatus.ValueType]:
         """Only invocations in one of these statuses; empty means any."""
+
+    @_builtins.property
+    def created_after(self) -> _timestamp_pb2.Timestamp:
+        """Only invocations created at or after this time."""
+
+    @_builtins.property
+    def created_before(self) -> _timestamp_pb2.Timestamp:
+        """Only invocations created before this time."""
 
     def __init__(
         self,
@@ -325,10 +338,13 @@ class ListWorkflowsRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         key: _builtins.str = ...,
+        service: _builtins.str = ...,
+        created_after: _timestamp_pb2.Timestamp | None = ...,
+        created_before: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["handler", b"handler", "key", b"key", "page_size", b"page_size", "page_token", b"page_token", "statuses", b"statuses"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before", "handler", b"handler", "key", b"key", "page_size", b"page_size", "page_token", b"page_token", "service", b"service", "statuses", b"statuses"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -232,56 +232,89 @@ class InvocationIndex:
         statuses: Iterable[int] = (),
         handler: str = "",
         key: str = "",
+        service: str = "",
+        created_from_ns: int = 0,
+        created_before_ns: int = 0,
         page_size: int,
         after: Cursor | None,
     ) -> tuple[builtins.list[Summary], Cursor | None, int]:
-        """One page, newest first, plus the cursor of the next page and the match count."""
+        """One page, newest first, plus the cursor of the next page and the match count.
+
+        A creation-time range is a slice of the creation order (two bisections); a page
+        walks it from its newest end, or sorts the few matches of the other filters when
+        they are fewer (costed as for the other filters). Counting matches in a range takes
+        the smaller of the range and the other filters' candidates.
+        """
         wanted = set(statuses)
+        prefix = f"{service}/" if service else ""
 
         def match(s: Summary) -> bool:
             return (
                 (not wanted or s.status in wanted)
                 and (not handler or s.handler == handler)
                 and (not key or s.key == key)
+                and (not prefix or s.handler.startswith(prefix))
+                and (not created_from_ns or s.created_ns >= created_from_ns)
+                and (not created_before_ns or s.created_ns < created_before_ns)
             )
 
-        total = self._count_matches(wanted, handler, key, match)
-        filtered = bool(wanted or handler or key)
-        n = len(self._by_id)
-        if filtered and total * total * _SORT_COST < page_size * n:
-            page, nxt = self._sorted_page(self._few(wanted, handler, key), match, page_size, after)
+        lo = bisect.bisect_left(self._order, (created_from_ns, "")) if created_from_ns else 0
+        hi = len(self._order)
+        if created_before_ns:
+            hi = bisect.bisect_left(self._order, (created_before_ns, ""))
+        ranged = bool(created_from_ns or created_before_ns)
+        filtered = bool(wanted or handler or key or service)
+        few = self._few(wanted, handler, key, service) if filtered else None
+        if ranged:
+            if few is not None and len(few) < hi - lo:
+                total = sum(1 for i in few if match(self._by_id[i]))
+            else:
+                total = sum(1 for _, i in self._order[lo:hi] if match(self._by_id[i]))
+        else:
+            total = self._count_matches(wanted, handler, key, service, match)
+        n = hi - lo
+        if few is not None and total * total * _SORT_COST < page_size * n:
+            page, nxt = self._sorted_page(few, match, page_size, after)
             return page, nxt, total
-        start = len(self._order)
+        start = hi
         if after is not None:
-            start = bisect.bisect_left(self._order, (after.created_ns, after.id))
+            start = min(start, bisect.bisect_left(self._order, (after.created_ns, after.id)))
         budget = n
         if filtered:
             budget = max(_WALK_AT_LEAST, _WALK_SLACK * page_size * n // max(total, 1))
         page = []
         i = start - 1
-        while i >= 0 and len(page) <= page_size:  # one more than a page: is there a next?
+        while i >= lo and len(page) <= page_size:  # one more than a page: is there a next?
             s = self._by_id[self._order[i][1]]
             if match(s):
                 page.append(s)
             i -= 1
             budget -= 1
-            if budget < 0:
-                page, nxt = self._sorted_page(
-                    self._few(wanted, handler, key), match, page_size, after
-                )
+            if budget < 0 and few is not None:
+                page, nxt = self._sorted_page(few, match, page_size, after)
                 return page, nxt, total
         more = len(page) > page_size
         page = page[:page_size]
         nxt = Cursor(page[-1].created_ns, page[-1].id) if page and more else None
         return page, nxt, total
 
-    def _few(self, wanted: set[int], handler: str, key: str) -> builtins.list[str] | set[str]:
+    def _service_ids(self, service: str) -> builtins.list[str]:
+        prefix = f"{service}/"
+        return [i for h, ids in self._handler_ids.items() if h.startswith(prefix) for i in ids]
+
+    def _few(
+        self, wanted: set[int], handler: str, key: str, service: str = ""
+    ) -> builtins.list[str] | set[str]:
         """The smallest id set holding every match of the filters."""
         sizes: builtins.list[tuple[int, str]] = []
         if key:
             sizes.append((len(self._key_ids.get(key, ())), "key"))
         if handler:
             sizes.append((len(self._handler_ids.get(handler, ())), "handler"))
+        if service:
+            prefix = f"{service}/"
+            size = sum(len(ids) for h, ids in self._handler_ids.items() if h.startswith(prefix))
+            sizes.append((size, "service"))
         if wanted:
             sizes.append((sum(len(self._status_ids.get(st, ())) for st in wanted), "status"))
         smallest = min(sizes)[1]
@@ -289,14 +322,32 @@ class InvocationIndex:
             return self._key_ids.get(key, set())
         if smallest == "handler":
             return self._handler_ids.get(handler, set())
+        if smallest == "service":
+            return self._service_ids(service)
         return [i for st in wanted for i in self._status_ids.get(st, ())]
 
     def _count_matches(
-        self, wanted: set[int], handler: str, key: str, match: Callable[[Summary], bool]
+        self,
+        wanted: set[int],
+        handler: str,
+        key: str,
+        service: str,
+        match: Callable[[Summary], bool],
     ) -> int:
         if key:
             return sum(1 for i in self._key_ids.get(key, ()) if match(self._by_id[i]))
+        if service and not handler:
+            prefix = f"{service}/"
+            return sum(
+                c
+                for h, counts in self._by_handler.items()
+                if h.startswith(prefix)
+                for st, c in counts.items()
+                if not wanted or st in wanted
+            )
         if handler:
+            if service and not handler.startswith(f"{service}/"):
+                return 0
             counts = self._by_handler.get(handler, collections.Counter())
             return sum(c for st, c in counts.items() if not wanted or st in wanted)
         return sum(len(ids) for st, ids in self._status_ids.items() if not wanted or st in wanted)

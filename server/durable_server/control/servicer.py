@@ -18,6 +18,7 @@ from google.protobuf.duration_pb2 import Duration
 from durable.contract import (
     DEFAULT_PAGE_SIZE,
     MAX_KEY_CHARS,
+    MAX_NAME_CHARS,
     MAX_PAGE_SIZE,
     Record,
     patience,
@@ -46,6 +47,7 @@ from durable_server.control.validation import (
     filter_digest,
     invalid,
     payload_to_stored,
+    timestamp_ns,
 )
 from durable_server.control.views import invocation_view, result_of
 from durable_server.control.watch import watch
@@ -250,12 +252,39 @@ class DurableControlServicer(control_pb2_grpc.DurableControlServicer):
                     field="statuses",
                 )
         check_text("key", request.key, MAX_KEY_CHARS)
-        digest = filter_digest(statuses, request.handler, request.key)
+        check_text("service", request.service, MAX_NAME_CHARS)
+        created_from = (
+            timestamp_ns(request.created_after, "created_after")
+            if request.HasField("created_after")
+            else 0
+        )
+        created_before = (
+            timestamp_ns(request.created_before, "created_before")
+            if request.HasField("created_before")
+            else 0
+        )
+        if created_from and created_before and created_before <= created_from:
+            raise invalid(
+                "created_before must be later than created_after (the range is "
+                "[created_after, created_before))",
+                field="created_before",
+            )
+        digest = filter_digest(
+            statuses,
+            request.handler,
+            request.key,
+            request.service,
+            created_from,
+            created_before,
+        )
         after = decode_page_token(request.page_token, digest) if request.page_token else None
         page, nxt, total = self._plane.index.list(
             statuses=statuses,
             handler=request.handler,
             key=request.key,
+            service=request.service,
+            created_from_ns=created_from,
+            created_before_ns=created_before,
             page_size=request.page_size or DEFAULT_PAGE_SIZE,
             after=after,
         )

@@ -115,6 +115,19 @@ def duration_seconds(duration: Duration, what: str) -> float:
     return seconds + nanos / 1e9
 
 
+def timestamp_ns(value: Any, field: str) -> int:
+    """A request's Timestamp in nanoseconds since the epoch; INVALID_ARGUMENT naming
+    ``field`` when it is not a time protobuf allows (years 1 to 9999, nanos below 1e9)."""
+    try:
+        return int(value.ToNanoseconds())
+    except ValueError:
+        raise invalid(
+            f"{field} is not a valid time: seconds must be between -62135596800 and "
+            "253402300799 (years 1 to 9999), nanos between 0 and 999999999",
+            field=field,
+        ) from None
+
+
 def check_enum(what: str, value: int, enum: Any) -> int:
     """An enum field holding a number its enum does not define (proto3 passes those on)."""
     if value not in enum.values():
@@ -336,8 +349,14 @@ def schema_errors(schema: dict[str, Any], value: Any, path: str) -> list[str]:
 # -- page tokens ------------------------------------------------------------------------------
 
 
-def filter_digest(statuses: list[int], handler: str, key: str) -> str:
-    raw = json.dumps([sorted(statuses), handler, key]).encode()
+def filter_digest(statuses: list[int], handler: str, key: str, *more: str | int) -> str:
+    """What a page token is bound to: the filters it was issued for. ``more``: the filters
+    added since (service, creation range), appended only when set, so tokens issued before
+    them stay valid."""
+    extra = list(more)
+    while extra and not extra[-1]:
+        extra.pop()
+    raw = json.dumps([sorted(statuses), handler, key, *extra]).encode()
     return hashlib.sha256(raw).hexdigest()[:12]
 
 
