@@ -142,6 +142,11 @@ class DevProc:
             listen,
             "--nats-port",
             str(nats_port),
+            # Not the fixed defaults: engines of other tests may hold those.
+            "--metrics-listen",
+            f"127.0.0.1:{free_port()}",
+            "--console-listen",
+            f"127.0.0.1:{free_port()}",
         ]
         self.log_path = log_path
         self.proc: asyncio.subprocess.Process | None = None

@@ -55,6 +55,7 @@ from durable_server.cli_views import (
     cmd_list,
     cmd_stats,
 )
+from durable_server.console import DEFAULT_CONSOLE, run_console
 from durable_server.version import engine_version
 
 __all__ = ["build_parser", "main"]
@@ -300,6 +301,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("stats", cmd_stats, "count invocations by status and by handler")
 
+    console = command(
+        "console",
+        cmd_console,
+        "serve the web console: a DurableControl client in the browser (--target, --token)",
+    )
+    console.add_argument(
+        "--listen", default=DEFAULT_CONSOLE, metavar="HOST:PORT", help="where the page is served"
+    )
+    console.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback --listen while holding a --token (anyone reaching the "
+        "console then acts with that key)",
+    )
+
     replay = command(
         "replay", cmd_replay, "replay stored journals against code, before deploying it"
     )
@@ -451,6 +467,11 @@ def _invoke_exit(args: argparse.Namespace, status: int, failed: bool) -> int:
     if not is_terminal(status):
         return EXIT_NOT_ENDED
     return EXIT_OK
+
+
+async def cmd_console(client: Client, args: argparse.Namespace) -> int:
+    await run_console(args.target, args.listen, client_security(args), args.insecure)
+    return 0
 
 
 async def _cmd_pause(client: Client, args: argparse.Namespace) -> int:

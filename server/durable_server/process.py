@@ -42,6 +42,7 @@ from durable_server.cli_security import (
     add_security_flags,
     security_options,
 )
+from durable_server.console import DEFAULT_CONSOLE, Console
 from durable_server.control.server import ControlServer
 from durable_server.nats_permissions import dev_nats_users
 from durable_server.natsd import EmbeddedNats
@@ -112,6 +113,12 @@ def add_engine_commands(sub: argparse._SubParsersAction[Any]) -> None:
     _control_flags(dev)
     add_security_flags(dev)
     add_telemetry_flags(dev, metrics_default=DEV_METRICS)
+    dev.add_argument(
+        "--console-listen",
+        default=DEFAULT_CONSOLE,
+        metavar="HOST:PORT",
+        help="serve the web console here (empty: none); it calls this control plane",
+    )
     dev.add_argument(
         "--nats-auth",
         action="store_true",
@@ -216,6 +223,13 @@ async def _dev(args: argparse.Namespace) -> None:
     host, _, port = args.listen.rpartition(":")
     check_port_free(host or "127.0.0.1", int(port or 0), "gRPC", "--listen")
     check_port_free("127.0.0.1", args.nats_port, "NATS", "--nats-port")
+    for value, what, flag in (
+        (args.metrics_listen, "metrics", "--metrics-listen"),
+        (args.console_listen, "console", "--console-listen"),
+    ):
+        if value:
+            mhost, _, mport = value.rpartition(":")
+            check_port_free(mhost or "127.0.0.1", int(mport or 0), what, flag + " (empty: off)")
     users = dev_nats_users(args.prefix) if args.nats_auth else None
     natsd = EmbeddedNats(
         data,
@@ -247,6 +261,7 @@ async def _dev(args: argparse.Namespace) -> None:
                 grpc_endpoints=grpc_endpoints(args),
             ) as worker,
             serving_metrics(args.metrics_listen, server) as endpoint,
+            dev_console(args, server) as console,
         ):
             print(
                 banner(
@@ -257,6 +272,7 @@ async def _dev(args: argparse.Namespace) -> None:
                     worker.worker_id,
                     list(worker.registry),
                     metrics=f"http://{endpoint.address}/metrics" if endpoint else "",
+                    console=console.address if console else "",
                 ),
                 flush=True,
             )
@@ -274,6 +290,18 @@ async def serving_metrics(listen: str, server: ControlServer) -> AsyncIterator[A
         if endpoint is not None and server.gauges is not None:
             endpoint.before_scrape.append(server.gauges.refresh)
         yield endpoint
+
+
+@contextlib.asynccontextmanager
+async def dev_console(args: argparse.Namespace, server: ControlServer) -> AsyncIterator[Any]:
+    """The web console of ``durable dev``, calling its control plane; none when
+    ``--console-listen`` is empty or the control plane serves TLS (then run ``durable
+    console --tls --ca ...``)."""
+    if not args.console_listen or server.tls is not None:
+        yield None
+        return
+    async with Console(server.target, args.console_listen) as console:
+        yield console
 
 
 def _prepare_data_dir(path: str) -> Path:
