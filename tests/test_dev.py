@@ -17,6 +17,7 @@ import shlex
 import shutil
 import signal
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -270,6 +271,11 @@ async def _run_banner_commands(banner: str, program: str) -> None:
                 last_id = line.split()[1]
 
 
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return str(response.read().decode())
+
+
 def _jetstream_files(data: Path) -> list[Path]:
     return [p for p in (data / "jetstream").rglob("*") if p.is_file() and p.stat().st_size > 0]
 
@@ -321,6 +327,16 @@ async def test_dev_serves_the_examples_and_keeps_them_across_restarts(tmp_path: 
         assert re.fullmatch(r"pay-[0-9a-f]{8}", receipt["payment"]), receipt
         assert re.fullmatch(r"shp-[0-9a-f]{8}", receipt["shipment"]), receipt
         checkout_id = ran.field("invocation")
+
+        # The web console and the metrics endpoint, at the addresses the banner prints.
+        console = re.search(r"web console\s+(http://\S+)", banner)
+        metrics = re.search(r"Prometheus metrics\s+(http://\S+)", banner)
+        assert console and metrics, banner
+        page = await asyncio.to_thread(_get, console[1])
+        assert "<title>durable console</title>" in page
+        scraped = await asyncio.to_thread(_get, metrics[1])
+        assert 'durable_invocations_ended_total{handler="checkout",service="orders"' in scraped
+        assert "durable_rpc_requests_total" in scraped
 
         code = await dev.terminate()
         assert code == 0, dev.tail()

@@ -9,7 +9,8 @@ pointed at it, and placeholders (`<id>`, `inv_agq74...`, `<awakeable id>`, `awk_
 filled with the last invocation or awakeable id an earlier command printed. A command may
 be refused by the engine (a pause of an ended invocation is FAILED_PRECONDITION, exit 1),
 but never a usage error (2), never "no engine" (5), never an unknown handler unless the
-docs show that error. Engine commands (`dev`, `server`, `worker`) are parsed, not run.
+docs show that error. Engine commands (`dev`, `server`, `worker`) and `console` are parsed,
+not run.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ PROGRAMS = {"durable", "grpcurl", "buf"}
 #: Blocks that hold command lines (``text`` blocks show output, such as the dev banner).
 SHELL_BLOCKS = {"sh", "console", "bash", "shell", ""}
 DOC_ADDRESS = "127.0.0.1:50051"
-ENGINE_COMMANDS = {"dev", "server", "worker"}
+ENGINE_COMMANDS = {"dev", "server", "worker", "console"}  # long-running: parsed only
 ID = re.compile(r"\binv_[a-z0-9]{26}\b")
 AWAKEABLE = re.compile(r"\bawk_[a-z0-9]{26}_\d+\b")
 #: `watch` follows an invocation to its end; a documented one may wait for a long timer.

@@ -24,8 +24,8 @@ from tests.procs import REPO, ProcGroup, free_port, wait_healthy
 pytestmark = pytest.mark.slow
 
 #: What a client-only install may hold besides the sdk: grpcio (and what grpcio itself
-#: requires) and protobuf.
-CLIENT_ONLY = {"durable-nats", "grpcio", "protobuf", "typing-extensions"}
+#: requires), protobuf, and the OpenTelemetry API (spans are no-ops without an SDK).
+CLIENT_ONLY = {"durable-nats", "grpcio", "protobuf", "typing-extensions", "opentelemetry-api"}
 
 _SIZES = textwrap.dedent(
     """
