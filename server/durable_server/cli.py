@@ -49,6 +49,7 @@ from durable_server.cli_replay import add_replay_flags, cmd_replay
 from durable_server.cli_security import add_client_security_flags, client_security
 from durable_server.cli_views import (
     MAX_PAGE,
+    add_since_flag,
     cmd_get,
     cmd_handlers,
     cmd_info,
@@ -289,12 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("--handler", default="", metavar="H", help="only this handler")
     lst.add_argument("--key", default="", metavar="K", help="only this object key / workflow id")
     lst.add_argument("--service", default="", metavar="S", help="only handlers of this service")
-    lst.add_argument(
-        "--since",
-        default="",
-        metavar="WHEN",
-        help="only invocations created since: a duration (30m, 12h, 7d) or an ISO time",
-    )
+    add_since_flag(lst)
     lst.add_argument("--limit", type=_page_size, default=0, metavar="N", help="page size, 1-1000")
     lst.add_argument("--page-token", default="", metavar="T", help="page to show")
     lst.add_argument("--all", action="store_true", help="follow every page to the end")

@@ -30,7 +30,7 @@ from durable.contract import (
 )
 from durable.contract import RecordNotFound as _RecordNotFound
 from durable_server._tables import format_table
-from durable_server.cli_views import Progress, since
+from durable_server.cli_views import Progress, add_since_flag, since
 
 _AddCommand = argparse.ArgumentParser
 
@@ -40,12 +40,7 @@ def add_replay_flags(p: argparse.ArgumentParser) -> None:
         "--module", action="append", required=True, help="module with the handlers to check"
     )
     p.add_argument("--handler", default="", metavar="H", help="only this handler")
-    p.add_argument(
-        "--since",
-        default="",
-        metavar="WHEN",
-        help="only invocations created since: a duration (30m, 12h, 7d) or an ISO time",
-    )
+    add_since_flag(p)
     p.add_argument("--limit", type=int, default=0, metavar="N", help="check at most N (newest)")
     p.add_argument(
         "--code-version",

@@ -124,6 +124,16 @@ _SINCE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+def add_since_flag(p: argparse.ArgumentParser) -> None:
+    """``--since WHEN``, read by :func:`since`."""
+    p.add_argument(
+        "--since",
+        default="",
+        metavar="WHEN",
+        help="only invocations created since: a duration (30m, 12h, 7d) or an ISO time",
+    )
+
+
 def since(text: str) -> dt.datetime | None:
     """A `--since` value (a duration back from now, or an ISO time) as a time; None for
     none."""

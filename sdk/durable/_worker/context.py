@@ -509,57 +509,44 @@ class InvocationContext(WorkflowContext):
         child = child_invocation_id(self._record.id, index)
         verb = "call" if call is not None else "send"
         with tracing.span(f"{verb} {name}", attributes=self._step_attributes(index, verb)):
-            return await self._create_child(index, kind, name, key, input, at, call, child)
-
-    async def _create_child(
-        self,
-        index: int,
-        kind: int,
-        name: str,
-        key: str,
-        input: Any,
-        at: Timestamp | None,
-        call: types_pb2.WaitTarget | None,
-        child: str,
-    ) -> str:
-        try:
-            # Our results so far, before the side effect (not this step's own entry).
-            await self._flush(min(self._handed, index - 1))
-            payload = encode_bounded(input, self._max_payload, f"the input of {name}")
-            await self._check_claim()
-            now = now_ts()
-            record = storage_pb2.InvocationRecord(
-                id=child,
-                handler=name,
-                key=key,
-                input=payload,
-                status=(
-                    types_pb2.INVOCATION_STATUS_SCHEDULED
-                    if at is not None
-                    else types_pb2.INVOCATION_STATUS_PENDING
-                ),
-                created_at=now,
-                updated_at=now,
-                generation=1,
-                caller_id=self._record.id if call is not None else "",
-                scheduled_at=at,
-            )
-            tracing.stamp(record.trace_context)  # the callee's attempts continue this span
-            child = await self._waker.start(record, at=at)
-            metrics.METRICS.started(name)
-        except TerminalError as err:
-            # Journaled as the step's outcome, so a replay fails the same way.
-            entry = self._entry(index, kind, name)
-            entry.failure.CopyFrom(failure_of(err))
-            self._complete(entry)
-            raise
-        except Exception as err:
-            self._abort(RetryAttempt(err))
-            raise RetryAttempt(err) from err
-        if call is not None:
-            call.invocation_id = child
-        self._value_entry(index, kind, name, child)
-        return child
+            try:
+                # Our results so far, before the side effect (not this step's own entry).
+                await self._flush(min(self._handed, index - 1))
+                payload = encode_bounded(input, self._max_payload, f"the input of {name}")
+                await self._check_claim()
+                now = now_ts()
+                record = storage_pb2.InvocationRecord(
+                    id=child,
+                    handler=name,
+                    key=key,
+                    input=payload,
+                    status=(
+                        types_pb2.INVOCATION_STATUS_SCHEDULED
+                        if at is not None
+                        else types_pb2.INVOCATION_STATUS_PENDING
+                    ),
+                    created_at=now,
+                    updated_at=now,
+                    generation=1,
+                    caller_id=self._record.id if call is not None else "",
+                    scheduled_at=at,
+                )
+                tracing.stamp(record.trace_context)  # the callee's attempts continue this span
+                child = await self._waker.start(record, at=at)
+                metrics.METRICS.started(name)
+            except TerminalError as err:
+                # Journaled as the step's outcome, so a replay fails the same way.
+                entry = self._entry(index, kind, name)
+                entry.failure.CopyFrom(failure_of(err))
+                self._complete(entry)
+                raise
+            except Exception as err:
+                self._abort(RetryAttempt(err))
+                raise RetryAttempt(err) from err
+            if call is not None:
+                call.invocation_id = child
+            self._value_entry(index, kind, name, child)
+            return child
 
     async def _await(self, fut: StepFuture) -> Any:
         """The outcome of a timer, awakeable or call; suspends while it has none."""
