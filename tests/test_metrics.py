@@ -116,6 +116,14 @@ async def test_metrics_count_what_the_engine_recorded(
 
             await wait_until(all_ended, "everything ended")
             views = [await client.get(h.id) for h in handles]
+
+            # A worker counts an end right after its record write is acknowledged, which
+            # the control plane may show a moment before: wait for the last ones.
+            async def all_counted() -> bool:
+                counted = [scrape(a) for a in endpoints]
+                return total(counted, "durable_invocations_ended_total") == len(load)
+
+            await wait_until(all_counted, "every end counted", within=10)
             scraped = [scrape(a) for a in endpoints]
 
         ended = collections.Counter((v.handler, _STATUS_NAMES[v.status]) for v in views)
