@@ -117,3 +117,37 @@ async def test_reconciler_passes_on_a_key_its_ended_holder_kept(
     )
 
     assert await engine.client.result(waiting, timeout=30) == 5
+
+
+async def test_a_late_state_apply_by_an_earlier_holder_is_refused(
+    engine_factory: EngineFactory, engine_store: StoreOpener
+) -> None:
+    """A worker that froze between journaling an exclusive invocation's outcome and applying
+    its state changes must not apply them after the key moved on: another worker applied
+    them for it, the next holder changed the state since, and a late apply would put the
+    old values back (chaos seed 432344: two adds to one counter returned the same count).
+    Changes are applied under the holder's inbox sequence, once, and never under an earlier
+    one than the state's last."""
+    engine = await start_ready(engine_factory, [tally])
+    store = await engine_store(engine)
+    key = f"late-{uuid.uuid4().hex[:8]}"
+    a, b = "inv_" + "a" * 26, "inv_" + "b" * 26
+
+    def total(n: int) -> dict[str, storage_pb2.StoredPayload | None]:
+        value = storage_pb2.StoredPayload(data=str(n).encode(), content_type="application/json")
+        return {"total": value}
+
+    assert await store.keys.enqueue("tally", key, a)
+    assert not await store.keys.enqueue("tally", key, b)  # in line behind a
+    seq_a = await store.keys.held_seq("tally", key, a)
+    assert seq_a and await store.keys.held_seq("tally", key, b) is None
+    assert await store.state.apply("tally", key, total(7), False, seq=seq_a)
+    # The same holder's changes again (another worker finishing its outcome): nothing.
+    assert not await store.state.apply("tally", key, total(7), False, seq=seq_a)
+    assert await store.keys.release("tally", key, a) == b
+    seq_b = await store.keys.held_seq("tally", key, b)
+    assert seq_b is not None and seq_b > seq_a
+    assert await store.state.apply("tally", key, total(8), False, seq=seq_b)
+    # a's frozen worker thaws and applies its changes: refused, b's state stands.
+    assert not await store.state.apply("tally", key, total(7), False, seq=seq_a)
+    assert (await store.state.load("tally", key))["total"].data == b"8"

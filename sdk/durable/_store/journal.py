@@ -35,7 +35,7 @@ from nats.js.errors import APIError, NotFoundError
 
 from durable._metrics import METRICS
 from durable._store.config import EngineConfig
-from durable._store.patience import TRY_TIMEOUT, until_answered
+from durable._store.patience import TRANSIENT, TRY_TIMEOUT, until_answered
 from durable.internal.v1 import storage_pb2
 
 Entry = storage_pb2.JournalRecord
@@ -209,12 +209,20 @@ class Journal:
             yield None
             return
         seal = self._cfg.journal_seal_subject(invocation_id)
-        sub = await self._js.subscribe(
-            self._cfg.journal_filter(invocation_id),
-            stream=self._cfg.journal_stream,
-            ordered_consumer=True,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
-        )
+        try:
+            # Creating the consumer is a JetStream API request that an election may leave
+            # unanswered: then read entry by entry, each read tried again until answered,
+            # rather than fail the attempt (chaos seed 432344 found a timer 5 s late so).
+            async with asyncio.timeout(TRY_TIMEOUT * 2):
+                sub = await self._js.subscribe(
+                    self._cfg.journal_filter(invocation_id),
+                    stream=self._cfg.journal_stream,
+                    ordered_consumer=True,
+                    config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+                )
+        except TRANSIENT as err:
+            log.info("journal read of %s: no consumer (%r); reading by entry", invocation_id, err)
+            return
         try:
             while True:
                 try:

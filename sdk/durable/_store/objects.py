@@ -102,6 +102,14 @@ class KeyQueue:
         current = await self._lock(obj, key)
         return current[0].holder if current else None
 
+    async def held_seq(self, obj: str, key: str, invocation_id: str) -> int | None:
+        """The inbox sequence under which ``invocation_id`` holds the key; None when it
+        does not hold it (any more)."""
+        current = await self._lock(obj, key)
+        if current is None or current[0].holder != invocation_id:
+            return None
+        return int(current[0].inbox_seq)
+
     async def _lock(self, obj: str, key: str) -> tuple[storage_pb2.KeyLock, int] | None:
         try:
             entry = await self._locks.get(lock_key(obj, key))
@@ -185,10 +193,18 @@ class StateStore:
             state.ParseFromString(entry.value)
         return state, int(entry.revision or 0)
 
-    async def apply(self, obj: str, key: str, changes: Changes, cleared_all: bool) -> None:
-        """Apply an invocation's changes in one write. Applying the same changes again gives
-        the same state, so an attempt that finds them applied already changes nothing."""
-        await self.edit(obj, key, _applier(changes, cleared_all))
+    async def apply(
+        self, obj: str, key: str, changes: Changes, cleared_all: bool, seq: int = 0
+    ) -> bool:
+        """Apply an invocation's changes in one write; False when refused.
+
+        ``seq``: the inbox sequence under which an exclusive invocation holds the key. Its
+        changes are applied once: again under the same sequence, or under an earlier one
+        than the last applied (a late apply, see ``ObjectState.applied_seq``), nothing is
+        written. 0 (a workflow's run, the key's only writer) applies unconditionally; the
+        same changes again give the same state.
+        """
+        return await self.edit(obj, key, _applier(changes, cleared_all), seq=seq) is not None
 
     async def check(self, obj: str, key: str, changes: Changes, cleared_all: bool) -> None:
         """Raise StateTooLarge if applying the changes would exceed the limit."""
@@ -205,14 +221,25 @@ class StateStore:
             )
 
     async def edit(
-        self, obj: str, key: str, change: Callable[[dict[str, StoredPayload]], None]
-    ) -> dict[str, StoredPayload]:
-        """CAS ``change`` into the key's state; returns the state written."""
+        self,
+        obj: str,
+        key: str,
+        change: Callable[[dict[str, StoredPayload]], None],
+        *,
+        seq: int = 0,
+    ) -> dict[str, StoredPayload] | None:
+        """CAS ``change`` into the key's state; returns the state written. With ``seq``
+        (an exclusive invocation's inbox sequence): None, writing nothing, once the state
+        holds the changes of that holder or a later one."""
         for _ in range(50):
             state, revision = await self._get(obj, key)
+            if seq and state.applied_seq >= seq:
+                return None
             entries = dict(state.entries)
             change(entries)
-            written = storage_pb2.ObjectState(entries=entries)
+            written = storage_pb2.ObjectState(
+                entries=entries, applied_seq=max(seq, state.applied_seq)
+            )
             data = written.SerializeToString()
             self._fits(obj, key, data)
             try:

@@ -33,7 +33,7 @@ from durable._handlers import HandlerDef, Registry
 from durable._retry import DEFAULT_HANDLER_RETRY
 from durable._store.ids import service_of
 from durable._store.journal import Journal, LoadedJournal
-from durable._store.objects import KeyQueue, StateStore, StateTooLarge
+from durable._store.objects import Changes, KeyQueue, StateStore, StateTooLarge
 from durable._store.records import (
     MutationRefused,
     Record,
@@ -376,11 +376,8 @@ class Executor:
                     final.started_at.CopyFrom(rec.started_at)
             await ctx.flush_all(final)
             if view.touched:
-                assert self._state is not None
                 # With the journal, before the record: readers see all changes or none.
-                await self._state.apply(
-                    service_of(rec.handler), rec.key, view.changes, view.cleared_all
-                )
+                await self._apply_state(rec, view.changes, view.cleared_all)
             for target in outcome.waits:
                 if target.kind == S.WAIT_KIND_TIMER:
                     # Before the record says SUSPENDED: a suspended timer always has one.
@@ -477,12 +474,27 @@ class Executor:
         )
         steps = sum(1 for e in entries if e.kind != S.STEP_KIND_UNSPECIFIED)
         view = changes_in(entries)
-        if view.touched and self._state is not None:
-            rec = claim.record
-            await self._state.apply(
-                service_of(rec.handler), rec.key, view.changes, view.cleared_all
-            )
+        if view.touched:
+            await self._apply_state(claim.record, view.changes, view.cleared_all)
         return await self._settle(msg, claim, outcome, steps, journaled=True)
+
+    async def _apply_state(self, rec: Record, changes: Changes, cleared_all: bool) -> None:
+        """Apply an attempt's journaled state changes. An exclusive invocation applies them
+        under the inbox sequence it holds its key by, so that it does so at most once and
+        never after a later holder (its worker may have frozen right after journaling the
+        outcome, while another worker applied the changes for it and the key moved on).
+        One that no longer holds its key applies nothing: whoever ended its record applied
+        them first, before the key could pass on."""
+        assert self._state is not None
+        obj = service_of(rec.handler)
+        seq = 0
+        if self._kind(rec) == S.HANDLER_KIND_OBJECT_EXCLUSIVE and self._keys is not None:
+            held = await self._keys.held_seq(obj, rec.key, rec.id)
+            if held is None:
+                log.info("invocation %s no longer holds its key: its state is applied", rec.id)
+                return
+            seq = held
+        await self._state.apply(obj, rec.key, changes, cleared_all, seq=seq)
 
     def _kind(self, rec: Record) -> int:
         hdef = self._registry.get(rec.handler)

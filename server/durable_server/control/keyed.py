@@ -129,7 +129,9 @@ class KeyedControl:
             entries.update(values)
 
         try:
-            return _entries(await self._state.edit(obj, key, change))
+            written = await self._state.edit(obj, key, change)
+            assert written is not None, "an edit without seq always writes"
+            return _entries(written)
         except StateTooLarge as err:
             raise RequestError(
                 str(err),

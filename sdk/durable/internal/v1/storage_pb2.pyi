@@ -540,6 +540,14 @@ class ObjectState(_message.Message):
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     ENTRIES_FIELD_NUMBER: _builtins.int
+    APPLIED_SEQ_FIELD_NUMBER: _builtins.int
+    applied_seq: _builtins.int
+    """The inbox sequence (KeyLock.inbox_seq) of the exclusive invocation whose changes were
+    applied last; 0 when none was (a workflow's state, or one only an operator edited). An
+    apply by an earlier holder comes late (its worker froze between journaling its outcome
+    and applying it, and another worker applied it for it) and is refused: the later
+    holders' changes stand.
+    """
     @_builtins.property
     def entries(self) -> _containers.MessageMap[_builtins.str, Global___StoredPayload]:
         """Values by state key."""
@@ -548,10 +556,11 @@ class ObjectState(_message.Message):
         self,
         *,
         entries: _abc.Mapping[_builtins.str, Global___StoredPayload] | None = ...,
+        applied_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_seq", b"applied_seq", "entries", b"entries"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
