@@ -126,8 +126,9 @@ async def test_a_late_state_apply_by_an_earlier_holder_is_refused(
     its state changes must not apply them after the key moved on: another worker applied
     them for it, the next holder changed the state since, and a late apply would put the
     old values back (chaos seed 432344: two adds to one counter returned the same count).
-    Changes are applied under the holder's inbox sequence, once, and never under an earlier
-    one than the state's last."""
+    Changes are applied under the revision of the holder's lock entry, once, and never
+    under an earlier one than the state's last. The revision, not the inbox sequence: a
+    repair may hand a key out of inbox order (here: c queued before d, d took the key)."""
     engine = await start_ready(engine_factory, [tally])
     store = await engine_store(engine)
     key = f"late-{uuid.uuid4().hex[:8]}"
@@ -139,15 +140,31 @@ async def test_a_late_state_apply_by_an_earlier_holder_is_refused(
 
     assert await store.keys.enqueue("tally", key, a)
     assert not await store.keys.enqueue("tally", key, b)  # in line behind a
-    seq_a = await store.keys.held_seq("tally", key, a)
-    assert seq_a and await store.keys.held_seq("tally", key, b) is None
-    assert await store.state.apply("tally", key, total(7), False, seq=seq_a)
+    seq_a = await store.keys.held_revision("tally", key, a)
+    assert seq_a and await store.keys.held_revision("tally", key, b) is None
+    assert await store.state.apply("tally", key, total(7), False, holder=seq_a)
     # The same holder's changes again (another worker finishing its outcome): nothing.
-    assert not await store.state.apply("tally", key, total(7), False, seq=seq_a)
+    assert not await store.state.apply("tally", key, total(7), False, holder=seq_a)
     assert await store.keys.release("tally", key, a) == b
-    seq_b = await store.keys.held_seq("tally", key, b)
+    seq_b = await store.keys.held_revision("tally", key, b)
     assert seq_b is not None and seq_b > seq_a
-    assert await store.state.apply("tally", key, total(8), False, seq=seq_b)
+    assert await store.state.apply("tally", key, total(8), False, holder=seq_b)
     # a's frozen worker thaws and applies its changes: refused, b's state stands.
-    assert not await store.state.apply("tally", key, total(7), False, seq=seq_a)
+    assert not await store.state.apply("tally", key, total(7), False, holder=seq_a)
     assert (await store.state.load("tally", key))["total"].data == b"8"
+
+    # Out of inbox order: c's Invoke died between its inbox message and the lock, d came
+    # after and took the free key; once d is done, a repair hands the key to c.
+    c, d = "inv_" + "c" * 26, "inv_" + "d" * 26
+    assert await store.keys.release("tally", key, b) is None  # free again
+    await _publish_inbox(store, engine.config, key, c)
+    assert await store.keys.enqueue("tally", key, d)
+    seq_d = await store.keys.held_revision("tally", key, d)
+    assert seq_d is not None
+    assert await store.state.apply("tally", key, total(9), False, holder=seq_d)
+    assert await store.keys.release("tally", key, d) is None  # c is before d in the inbox
+    assert await store.keys.take_if_free("tally", key) == c
+    seq_c = await store.keys.held_revision("tally", key, c)
+    assert seq_c is not None and seq_c > seq_d
+    assert await store.state.apply("tally", key, total(10), False, holder=seq_c)
+    assert (await store.state.load("tally", key))["total"].data == b"10"

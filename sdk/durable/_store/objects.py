@@ -102,13 +102,14 @@ class KeyQueue:
         current = await self._lock(obj, key)
         return current[0].holder if current else None
 
-    async def held_seq(self, obj: str, key: str, invocation_id: str) -> int | None:
-        """The inbox sequence under which ``invocation_id`` holds the key; None when it
-        does not hold it (any more)."""
+    async def held_revision(self, obj: str, key: str, invocation_id: str) -> int | None:
+        """The revision of the lock entry by which ``invocation_id`` holds the key (each
+        handover writes it anew, so a later holder's is higher); None when it does not hold
+        the key (any more)."""
         current = await self._lock(obj, key)
         if current is None or current[0].holder != invocation_id:
             return None
-        return int(current[0].inbox_seq)
+        return current[1]
 
     async def _lock(self, obj: str, key: str) -> tuple[storage_pb2.KeyLock, int] | None:
         try:
@@ -194,17 +195,19 @@ class StateStore:
         return state, int(entry.revision or 0)
 
     async def apply(
-        self, obj: str, key: str, changes: Changes, cleared_all: bool, seq: int = 0
+        self, obj: str, key: str, changes: Changes, cleared_all: bool, holder: int = 0
     ) -> bool:
         """Apply an invocation's changes in one write; False when refused.
 
-        ``seq``: the inbox sequence under which an exclusive invocation holds the key. Its
-        changes are applied once: again under the same sequence, or under an earlier one
-        than the last applied (a late apply, see ``ObjectState.applied_seq``), nothing is
-        written. 0 (a workflow's run, the key's only writer) applies unconditionally; the
-        same changes again give the same state.
+        ``holder``: the revision of the lock entry by which an exclusive invocation holds the
+        key (``KeyQueue.held_revision``). Its changes are applied once: under the same
+        revision again, or under an earlier one than the last applied (a late apply, see
+        ``ObjectState.applied_lock_revision``), nothing is written. 0 (a workflow's run, its
+        state's only writer) applies unconditionally; the same changes again give the same
+        state.
         """
-        return await self.edit(obj, key, _applier(changes, cleared_all), seq=seq) is not None
+        change = _applier(changes, cleared_all)
+        return await self.edit(obj, key, change, holder=holder) is not None
 
     async def check(self, obj: str, key: str, changes: Changes, cleared_all: bool) -> None:
         """Raise StateTooLarge if applying the changes would exceed the limit."""
@@ -226,19 +229,20 @@ class StateStore:
         key: str,
         change: Callable[[dict[str, StoredPayload]], None],
         *,
-        seq: int = 0,
+        holder: int = 0,
     ) -> dict[str, StoredPayload] | None:
-        """CAS ``change`` into the key's state; returns the state written. With ``seq``
-        (an exclusive invocation's inbox sequence): None, writing nothing, once the state
-        holds the changes of that holder or a later one."""
+        """CAS ``change`` into the key's state; returns the state written. With ``holder``
+        (see :meth:`apply`): None, writing nothing, once the state holds the changes of that
+        holder or a later one."""
         for _ in range(50):
             state, revision = await self._get(obj, key)
-            if seq and state.applied_seq >= seq:
+            if holder and state.applied_lock_revision >= holder:
                 return None
             entries = dict(state.entries)
             change(entries)
             written = storage_pb2.ObjectState(
-                entries=entries, applied_seq=max(seq, state.applied_seq)
+                entries=entries,
+                applied_lock_revision=max(holder, state.applied_lock_revision),
             )
             data = written.SerializeToString()
             self._fits(obj, key, data)

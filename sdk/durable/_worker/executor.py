@@ -480,21 +480,21 @@ class Executor:
 
     async def _apply_state(self, rec: Record, changes: Changes, cleared_all: bool) -> None:
         """Apply an attempt's journaled state changes. An exclusive invocation applies them
-        under the inbox sequence it holds its key by, so that it does so at most once and
-        never after a later holder (its worker may have frozen right after journaling the
-        outcome, while another worker applied the changes for it and the key moved on).
-        One that no longer holds its key applies nothing: whoever ended its record applied
-        them first, before the key could pass on."""
+        under the revision of the lock entry by which it holds its key, so that it does so
+        at most once and never after a later holder (its worker may have frozen right after
+        journaling the outcome, while another worker applied the changes for it and the key
+        moved on). One that no longer holds its key applies nothing: whoever ended its
+        record applied them first, before the key could pass on."""
         assert self._state is not None
         obj = service_of(rec.handler)
-        seq = 0
+        holder = 0
         if self._kind(rec) == S.HANDLER_KIND_OBJECT_EXCLUSIVE and self._keys is not None:
-            held = await self._keys.held_seq(obj, rec.key, rec.id)
+            held = await self._keys.held_revision(obj, rec.key, rec.id)
             if held is None:
                 log.info("invocation %s no longer holds its key: its state is applied", rec.id)
                 return
-            seq = held
-        await self._state.apply(obj, rec.key, changes, cleared_all, seq=seq)
+            holder = held
+        await self._state.apply(obj, rec.key, changes, cleared_all, holder=holder)
 
     def _kind(self, rec: Record) -> int:
         hdef = self._registry.get(rec.handler)

@@ -20,6 +20,11 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
@@ -540,14 +545,31 @@ class ObjectState(_message.Message):
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     ENTRIES_FIELD_NUMBER: _builtins.int
+    APPLIED_LOCK_REVISION_FIELD_NUMBER: _builtins.int
     APPLIED_SEQ_FIELD_NUMBER: _builtins.int
-    applied_seq: _builtins.int
-    """The inbox sequence (KeyLock.inbox_seq) of the exclusive invocation whose changes were
-    applied last; 0 when none was (a workflow's state, or one only an operator edited). An
-    apply by an earlier holder comes late (its worker froze between journaling its outcome
-    and applying it, and another worker applied it for it) and is refused: the later
-    holders' changes stand.
+    applied_lock_revision: _builtins.int
+    """The revision of the key's lock entry (its KeyLock) under which the exclusive invocation
+    whose changes were applied last held the key; 0 when none was (a workflow's state, or one
+    only an operator edited). Every handover of a key writes its lock anew, so later holders
+    have higher revisions (inbox sequences would not do: a key may be handed out of inbox
+    order after a repair). An apply by an earlier holder comes late (its worker froze between
+    journaling its outcome and applying it, and another worker applied it for it) and is
+    refused: the later holders' changes stand.
     """
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def applied_seq(self) -> _builtins.int:
+        """Unused: an inbox sequence for the same purpose, briefly; a repair may hand a key out of
+        inbox order, so it could refuse a legitimate apply.
+        """
+
+    @applied_seq.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def applied_seq(self, value: _builtins.int) -> None:
+        """Unused: an inbox sequence for the same purpose, briefly; a repair may hand a key out of
+        inbox order, so it could refuse a legitimate apply.
+        """
+
     @_builtins.property
     def entries(self) -> _containers.MessageMap[_builtins.str, Global___StoredPayload]:
         """Values by state key."""
@@ -556,11 +578,12 @@ class ObjectState(_message.Message):
         self,
         *,
         entries: _abc.Mapping[_builtins.str, Global___StoredPayload] | None = ...,
+        applied_lock_revision: _builtins.int = ...,
         applied_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_seq", b"applied_seq", "entries", b"entries"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_lock_revision", b"applied_lock_revision", "applied_seq", b"applied_seq", "entries", b"entries"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
