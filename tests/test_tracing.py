@@ -125,6 +125,8 @@ async def test_one_invocation_is_one_trace(
     check_invocation_trace([s for s in ours if s is not root_json], root_json)
     attempt = named(ours, "attempt tele/traced")[0]
     assert attempt["attributes"]["durable.invocation_id"] == handle.id
+    [invoke] = named(ours, "durable.v1.DurableControl/Invoke")
+    assert invoke["attributes"]["durable.invocation_id"] == handle.id
 
 
 async def _until_ended(spans: InMemorySpanExporter, *names: str) -> None:

@@ -34,6 +34,7 @@ __all__ = [
     "SpanKind",
     "Status",
     "StatusCode",
+    "annotate",
     "configure_from_env",
     "context_of",
     "context_of_metadata",
@@ -66,6 +67,13 @@ def stamp(target: MutableMapping[str, str]) -> None:
     if carrier:
         target.clear()
         target.update(carrier)
+
+
+def annotate(attributes: Mapping[str, Any]) -> None:
+    """Add attributes to the current span (a no-op when nothing records)."""
+    current = trace.get_current_span()
+    if current.is_recording():
+        current.set_attributes(dict(attributes))
 
 
 def context_of(carrier: Mapping[str, str]) -> Context | None:

@@ -197,6 +197,7 @@ class Invocations:
         if info.kind == S.HANDLER_KIND_WORKFLOW_RUN:
             record.id = workflow_run_id(info.service, key)
         tracing.stamp(record.trace_context)  # Invoke's span: every attempt is its child
+        tracing.annotate({"durable.invocation_id": record.id, "durable.handler": handler})
         pinned_to = self.catalog.pinned_version(handler)
         if pinned_to is not None:
             # New invocations of a pinned service go to its newest version, and stay there.
