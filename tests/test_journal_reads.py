@@ -139,6 +139,18 @@ async def test_a_long_journal_on_a_cluster_is_read_through_one_ordered_consumer(
         one_by_one = await by_entry.load(invocation_id)
         assert one_by_one.entries == ordered.entries and one_by_one.last_seq == last
         assert (await journal.load("inv_" + "c" * 26)).entries == []
+
+        # A short journal makes no consumer (a proposal to the meta leader): a few leader
+        # reads cost less, and a busy cluster is not left with a consumer per read.
+        short_id, last = "inv_" + "d" * 26, 0
+        for index in range(5):
+            entry = storage_pb2.JournalRecord(index=index, name=f"step-{index}", attempt=1)
+            last = await journal.append(short_id, entry, last)
+        requests.clear()
+        short = await journal.load(short_id)
+        await spy.flush()
+        assert [e.index for e in short.entries] == list(range(5)) and short.last_seq == last
+        assert not [r for r in requests if ".CONSUMER.CREATE." in r], requests
     finally:
         await spy.close()
         await nc.close()

@@ -108,6 +108,12 @@ async def unleash(topo: Topology, actions: list[Action], seed: int, stop: asynci
                 {"t": topo.now(), "action": "skipped", "kind": action.kind, "why": skipped}
             )
             continue
+        if action.kind in ("kill-control", "kill-worker"):
+            # Down from now, not from when the task first runs: an action due at once must
+            # see it down and be skipped (seed 252168 killed control0 twice, and the second
+            # restart found it running).
+            procs = topo.controls if action.kind == "kill-control" else topo.workers
+            topo.down.add(procs[action.victim].name)
         task = asyncio.create_task(_carry_out(topo, action, pick))
         running.append(task)
         if action.kind != "kill-control":

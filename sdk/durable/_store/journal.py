@@ -44,6 +44,11 @@ log = logging.getLogger("durable.journal")
 _WRONG_LAST_SEQUENCE = (10071, 10164)
 # On a purge's seal: the creation time (ns) of the invocation that was purged.
 PURGED_HEADER = "Durable-Purged-Created"
+#: On a replicated store, journals of this many entries or more are read through one ordered
+#: consumer; shorter ones by a leader read per entry (``Journal._ordered``).
+ORDERED_FROM = 16
+#: Why an ordered consumer may not be made: then the read goes on entry by entry.
+_NO_CONSUMER: tuple[type[BaseException], ...] = (*TRANSIENT, APIError)
 
 
 class JournalFenced(Exception):
@@ -208,19 +213,27 @@ class Journal:
         if end.seq == 0:
             yield None
             return
+        if end.entry is None or end.entry.index + 1 < ORDERED_FROM:
+            return  # short (or sealed): a few leader reads cost less than a consumer
         seal = self._cfg.journal_seal_subject(invocation_id)
         try:
-            # Creating the consumer is a JetStream API request that an election may leave
-            # unanswered: then read entry by entry, each read tried again until answered,
-            # rather than fail the attempt (chaos seed 432344 found a timer 5 s late so).
+            # Creating the consumer is a proposal to the meta leader, which an election may
+            # leave unanswered (chaos seed 432344: a timer 5 s late) and which the server
+            # may refuse under load (seed 252168: "maximum consumers limit reached"): then
+            # read entry by entry, each read tried again until answered.
             async with asyncio.timeout(TRY_TIMEOUT * 2):
                 sub = await self._js.subscribe(
                     self._cfg.journal_filter(invocation_id),
                     stream=self._cfg.journal_stream,
                     ordered_consumer=True,
-                    config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+                    config=ConsumerConfig(
+                        deliver_policy=DeliverPolicy.ALL,
+                        # Unsubscribing leaves an ephemeral consumer to the server: let it
+                        # go soon after the read, not after the default 5 s.
+                        inactive_threshold=1.0,
+                    ),
                 )
-        except TRANSIENT as err:
+        except _NO_CONSUMER as err:
             log.info("journal read of %s: no consumer (%r); reading by entry", invocation_id, err)
             return
         try:
