@@ -21,6 +21,10 @@ LATE_SLACK = 2.0  # seconds a timer may be late beyond the ack wait
 _COUNTED = ("kill", "freeze", "kill-nats", "skipped")
 
 
+#: gRPC codes that only a server bug answers.
+_BUGS = frozenset({"INTERNAL", "UNKNOWN"})
+
+
 def _label(event: dict[str, Any]) -> str:
     """ "kill worker", "kill control", "freeze worker", "kill-nats", "skipped kill-nats"..."""
     if event["action"] == "skipped":
@@ -73,6 +77,8 @@ def phase_report(
         ("0 re-run journaled steps", len(f.rerun_journaled)),
         ("0 consistency violations", len(f.consistency)),
         (f"timers late by at most {bound:g} s", len(f.late_timers)),
+        # A server bug, whatever the chaos: every failure must be a status a client acts on.
+        ("0 INTERNAL or UNKNOWN answers", sum(u["code"] in _BUGS for u in unexpected)),
     ]
     return {
         "phase": phase,
