@@ -20,6 +20,7 @@ from durable import (
     Client,
     Context,
     ObjectContext,
+    PermissionDeniedError,
     Service,
     VirtualObject,
     Workflow,
@@ -233,6 +234,12 @@ async def test_every_rpc_against_every_caller(
         async with Client(server.target, token=tokens["payments-only"]) as scoped:
             assert {h.service for h in await scoped.handlers()} == {"payments"}
             assert set((await scoped.stats()).by_service) <= {"payments"}
+            # It may list its service's invocations by service as by handler, not others'.
+            await scoped.list(service="payments")
+            with pytest.raises(PermissionDeniedError):
+                await scoped.list(service="orders")
+            with pytest.raises(PermissionDeniedError):
+                await scoped.list()
         # Health needs no credentials.
         async with grpc.aio.insecure_channel(server.target) as channel:
             reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())

@@ -267,7 +267,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                     context,
                     errors_pb2.ERROR_REASON_PERMISSION_DENIED,
                     f"{principal.name} may list only invocations of "
-                    f"{', '.join(sorted(principal.services))}: filter by one of their handlers",
+                    f"{', '.join(sorted(principal.services))}: filter by one of them or its "
+                    "handlers",
                     {"role": str(role), "principal": principal.name},
                 )
             if service is not None and not principal.may_touch(service):
@@ -285,9 +286,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         handler = getattr(request, "handler", "")
         if handler:
             return service_of(handler)
-        obj = getattr(request, "object", "")
-        if obj:
-            return str(obj)
+        # ListWorkflows' service filter, or an object's name.
+        named = getattr(request, "service", "") or getattr(request, "object", "")
+        if named:
+            return str(named)
         invocation_id = getattr(request, "invocation_id", "")
         awakeable = getattr(request, "awakeable_id", "")
         if awakeable:
