@@ -1,6 +1,6 @@
 """Prometheus metrics of workers and control planes, and the HTTP endpoint that serves them.
 
-Every metric lives in one registry per process (:data:`REGISTRY`), so ``durable dev``, which
+Every metric lives in one registry per process (``METRICS.registry``), so ``durable dev``, which
 runs a control plane and a worker in one process, serves both sets from one endpoint; a
 separate worker serves its own. Labels are bounded by the code, never by traffic: service,
 handler, status, step kind, error type (a class name), RPC method and gRPC code. No
@@ -9,13 +9,14 @@ invocation id, key or step name is ever a label.
 Counters count where the record write that makes them true lands, so they add up exactly
 across processes: an attempt's outcome is counted by the worker whose write settled it, an
 invocation's end by whoever wrote the ended record (a worker, or the control plane for a
-Kill or a Cancel that ends it there), a start by whoever created the record (the control
-plane for Invoke, the calling worker for ``ctx.call``/``ctx.send``).
+Kill), a start by whoever created the record (the control plane for Invoke, the calling
+worker for ``ctx.call``/``ctx.send``).
 
-The endpoint (:func:`serve`) answers ``GET /metrics`` from the process's own event loop, so
-gauges computed from in-memory state (the control plane's index, a worker's slots) are read
-without a lock. prometheus-client is optional: without it (``pip install
-durable-nats[worker]`` brings it) the counters are no-ops and ``--metrics-listen`` refuses.
+The endpoint (:class:`MetricsEndpoint`, :func:`serving`) answers ``GET /metrics`` from the
+process's own event loop, so gauges computed from in-memory state (the control plane's
+index, a worker's slots) are read without a lock. prometheus-client is optional: without
+it (``pip install durable-nats[worker]`` brings it) the counters are no-ops and
+``--metrics-listen`` refuses.
 """
 
 from __future__ import annotations
@@ -24,10 +25,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
-
-from durable.v1 import types_pb2
 
 log = logging.getLogger("durable.metrics")
 
@@ -105,9 +104,6 @@ class _Nothing:
         pass
 
     def set(self, *_: Any) -> None:
-        pass
-
-    def set_function(self, *_: Any) -> None:
         pass
 
 
@@ -232,9 +228,9 @@ class Metrics:
     def retry(self, handler: str, scope: str, error_type: str) -> None:
         self.retries.labels(*service_handler(handler), scope, error_type or "Exception").inc()
 
-    def step(self, handler: str, kind: int, seconds: float) -> None:
-        kind_name = types_pb2.StepKind.Name(kind).removeprefix("STEP_KIND_").lower()  # type: ignore[arg-type]
-        self.steps.labels(*service_handler(handler), kind_name).observe(seconds)
+    def step(self, handler: str, kind: str, seconds: float) -> None:
+        """A step this process ran; ``kind`` as the label shows it (``run``)."""
+        self.steps.labels(*service_handler(handler), kind).observe(seconds)
 
     def render(self) -> bytes:
         """The exposition text, for a scrape."""
@@ -245,15 +241,6 @@ class Metrics:
 
 #: This process's metrics.
 METRICS = Metrics()
-
-
-@contextlib.contextmanager
-def timed(observe: Callable[[float], None]) -> Iterator[None]:
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        observe(time.perf_counter() - start)
 
 
 class MetricsEndpoint:
@@ -305,10 +292,14 @@ class MetricsEndpoint:
             )
             writer.write(head.encode("latin-1") + body)
             await writer.drain()
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError):
-            pass
-        except ConnectionError:
-            pass
+        except (
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            TimeoutError,
+            ValueError,
+            ConnectionError,
+        ):
+            pass  # a client that went away or sent something else than a request
         finally:
             writer.close()
             with contextlib.suppress(ConnectionError):

@@ -220,16 +220,15 @@ async def _dev(args: argparse.Namespace) -> None:
     data = _prepare_data_dir(args.data)
     # Before the store is touched or a server started: one store, one engine, one port each.
     lock = lock_data_dir(data)
-    host, _, port = args.listen.rpartition(":")
-    check_port_free(host or "127.0.0.1", int(port or 0), "gRPC", "--listen")
-    check_port_free("127.0.0.1", args.nats_port, "NATS", "--nats-port")
     for value, what, flag in (
-        (args.metrics_listen, "metrics", "--metrics-listen"),
-        (args.console_listen, "console", "--console-listen"),
+        (args.listen, "gRPC", "--listen"),
+        (f"127.0.0.1:{args.nats_port}", "NATS", "--nats-port"),
+        (args.metrics_listen, "metrics", "--metrics-listen (empty: off)"),
+        (args.console_listen, "console", "--console-listen (empty: off)"),
     ):
         if value:
-            mhost, _, mport = value.rpartition(":")
-            check_port_free(mhost or "127.0.0.1", int(mport or 0), what, flag + " (empty: off)")
+            host, _, port = value.rpartition(":")
+            check_port_free(host or "127.0.0.1", int(port or 0), what, flag)
     users = dev_nats_users(args.prefix) if args.nats_auth else None
     natsd = EmbeddedNats(
         data,

@@ -372,9 +372,7 @@ class InvocationContext(WorkflowContext):
             raise
         finally:
             announce.cancel()
-            metrics.METRICS.step(
-                self._record.handler, types_pb2.STEP_KIND_RUN, time.perf_counter() - began
-            )
+            metrics.METRICS.step(self._record.handler, "run", time.perf_counter() - began)
         if failed is not None:
             entry.failure.CopyFrom(failure_of(failed))
         self._complete(entry)

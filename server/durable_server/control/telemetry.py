@@ -42,20 +42,17 @@ _LIVE = (
 )
 
 
+#: gRPC code names by number, for a context that reports its code as an int.
+_CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+
+
 def _code_of(context: Any, failed: BaseException | None) -> str:
     code = context.code()
     if code is None:
         return "UNKNOWN" if failed is not None else "OK"
     if isinstance(code, grpc.StatusCode):
         return str(code.name)
-    return str(grpc.StatusCode(code).name) if not isinstance(code, int) else _by_value(code)
-
-
-def _by_value(value: int) -> str:
-    for code in grpc.StatusCode:
-        if code.value[0] == value:
-            return str(code.name)
-    return "UNKNOWN"
+    return _CODE_NAMES.get(int(code), "UNKNOWN")
 
 
 class TelemetryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
