@@ -58,7 +58,8 @@ def add_security_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _loopback(listen: str) -> bool:
+def is_loopback(listen: str) -> bool:
+    """Whether ``HOST:PORT`` listens on this machine only (never a name or a wildcard)."""
     host = listen.rsplit(":", 1)[0].strip("[]")
     if host == "localhost":
         return True
@@ -93,7 +94,11 @@ def security_options(args: argparse.Namespace) -> dict[str, Any]:
                 authenticators.append(load_plugin(args.auth_plugin))
             except (ImportError, AttributeError, ValueError) as err:
                 raise SystemExit(f"error: --auth-plugin: {err}") from None
-    if not _loopback(args.listen) and not args.insecure and (tls is None or authenticators is None):
+    if (
+        not is_loopback(args.listen)
+        and not args.insecure
+        and (tls is None or authenticators is None)
+    ):
         missing = " and ".join(
             what
             for what, absent in (("TLS", tls is None), ("authentication", authenticators is None))

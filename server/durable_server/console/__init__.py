@@ -20,7 +20,6 @@ would lend it to anyone who reaches it; it refuses to start so unless told ``--i
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import logging
 from importlib import resources
@@ -34,6 +33,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from durable.v1 import control_pb2, control_pb2_grpc
+from durable_server.cli_security import is_loopback
 
 log = logging.getLogger("durable.console")
 
@@ -62,15 +62,6 @@ DEFAULT_CONSOLE = "127.0.0.1:8055"
 RPC_TIMEOUT = 30.0
 
 
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 class Console:
     """The console's HTTP server and its DurableControl channel."""
 
@@ -85,7 +76,7 @@ class Console:
     ) -> None:
         host, _, port = listen.rpartition(":")
         self.host, self.port = host or "127.0.0.1", int(port)
-        if token and not insecure and not is_loopback(self.host):
+        if token and not insecure and not is_loopback(f"{self.host}:{self.port}"):
             raise SystemExit(
                 f"error: the console would listen on {listen} holding a --token: anyone who "
                 "reaches it could act with that key. Listen on 127.0.0.1 (people then type "
