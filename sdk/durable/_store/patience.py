@@ -18,8 +18,8 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
 import nats.errors
 import nats.js.errors
@@ -162,3 +162,20 @@ async def at_start_up(nc: NATS, op: Callable[[], Awaitable[T]], what: str) -> T:
             last_log = now
         await asyncio.sleep(pause)
         pause = min(_START_PAUSE_MAX, pause * 2)
+
+
+async def stop_tasks(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """Cancel background loops and wait until they have ended, cancelling again until they
+    do. Under Python 3.11, ``asyncio.wait_for`` (which nats-py awaits every request with)
+    returns the answer and drops a cancellation that arrives with it (gh-86296); the loop
+    then goes on, and one cancel and a wait would wait forever (a control plane refusing a
+    taken port hung so, one start in ten, in its Routes loop)."""
+    tasks = list(tasks)
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.5)
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("%s ended with %r", task.get_name(), task.exception())

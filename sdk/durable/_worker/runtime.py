@@ -38,7 +38,7 @@ from durable._metrics import METRICS
 from durable._rpc import NatsServer, NatsTransport
 from durable._store import open_store
 from durable._store.config import ANY_LANE, EngineConfig, lane_of, redact_url
-from durable._store.patience import NotProvisioned, at_start_up
+from durable._store.patience import NotProvisioned, at_start_up, stop_tasks
 from durable._store.records import now_ts
 from durable._store.waking import HandlerKinds, Waker
 from durable._worker.claim import Version
@@ -247,9 +247,7 @@ class Worker:
         if self._nats_server is not None:
             await self._nats_server.stop()
         if self._main:
-            self._main.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._main
+            await stop_tasks([self._main])
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:

@@ -18,7 +18,6 @@ crash lost.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -36,6 +35,7 @@ from durable.contract import (
     at_start_up,
     now_ts,
     open_store,
+    patience,
     service_of,
 )
 from durable.internal.v1 import storage_pb2
@@ -115,10 +115,7 @@ class ControlPlane:
         self.keyed = KeyedControl(self.cfg, js, store, self.waker, self.invocations, signals)
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await patience.stop_tasks(self._tasks)
         await self.index.stop()
         await self.catalog.stop()
 

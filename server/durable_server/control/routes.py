@@ -31,6 +31,7 @@ from durable.contract import (
     RecordStore,
     lane_of,
     lane_of_record,
+    patience,
     service_of,
 )
 from durable.internal.v1 import storage_pb2
@@ -80,9 +81,7 @@ class Routes:
                     await asyncio.sleep(0.5)
                     self._changed.set()
         finally:
-            legacy.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await legacy
+            await patience.stop_tasks([legacy])
 
     async def _move_legacy(self) -> None:
         cfg = self._cfg

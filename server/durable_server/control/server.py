@@ -160,7 +160,14 @@ class ControlServer:
         await self._server.wait_for_termination()
 
     async def __aenter__(self) -> ControlServer:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            # A start that failed (the port is taken, NATS refused) stops what it started:
+            # the plane's follows and loops, the gauges, the connection; not left to the
+            # event loop's teardown.
+            await self.stop(grace=0)
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -14,7 +14,6 @@ a trace a Go or Node client started goes on through Invoke into the invocation (
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import time
@@ -23,7 +22,7 @@ from typing import Any
 
 import grpc
 
-from durable.contract import EngineConfig, metrics, service_of, status_name, tracing
+from durable.contract import EngineConfig, metrics, patience, service_of, status_name, tracing
 from durable.v1 import types_pb2
 from durable_server.control.errors import Handler
 
@@ -184,9 +183,7 @@ class Gauges:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await patience.stop_tasks([self._task])
 
     async def _consumers_loop(self) -> None:
         """The work consumers' lag, from JetStream (one consumer-list request a round)."""
